@@ -1,0 +1,476 @@
+#!/usr/bin/env bash
+# End-to-end cache-hit benchmark: nginx proxy_cache vs digue (plus a bare
+# static-file nginx as a reference ceiling), all in front of the same origin,
+# same object, same client, same connection count.
+#
+# Usage (from anywhere; it cd's to the repo root):
+#   benches/run.sh
+#   SKIP_DIGUE=1 benches/run.sh              # nginx only
+#   DIGUE_BIN=/path/to/digue OUT=/tmp/r.md benches/run.sh
+#
+# Knobs (environment):
+#   DIGUE_BIN      digue binary (default target/release/digue; built with
+#                  `cargo build --release` if that default is missing)
+#   SKIP_DIGUE=1   do not build/run digue
+#   SKIP_STATIC=1  do not run the bare static-file nginx reference
+#   OUT            markdown results file (default benches/results-YYYY-MM-DD.md)
+#   CONNS=64 THREADS=1 DURATION=10s WARMUP=2s OBJ_SIZE=2048
+#   SERVER_CPU=0 CLIENT_CPU=1      taskset CPU lists for server / wrk
+#   READY_TIMEOUT=20               seconds to wait for a server to come up
+#   BUILD_TIMEOUT=1800             seconds allowed for `cargo build --release`
+#   INSTALL=0      do not try to apt-get missing nginx/wrk/curl
+#   KEEP_TMP=1     keep the temp dir (configs, logs, raw wrk output)
+#   RUNS=1         rounds; with RUNS>1 the servers are measured in interleaved
+#                  rounds and the median req/s and median p99 are reported
+#   QUIET_PCT=15 QUIET_WAIT=120    before each measured run, wait up to
+#                  QUIET_WAIT s for the machine to be under QUIET_PCT % busy
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DIGUE_BIN_DEFAULT="target/release/digue"
+DIGUE_BIN="${DIGUE_BIN:-$DIGUE_BIN_DEFAULT}"
+SKIP_DIGUE="${SKIP_DIGUE:-0}"
+SKIP_STATIC="${SKIP_STATIC:-0}"
+OUT="${OUT:-benches/results-$(date +%F).md}"
+CONNS="${CONNS:-64}"
+THREADS="${THREADS:-1}"
+DURATION="${DURATION:-10s}"
+WARMUP="${WARMUP:-2s}"
+OBJ_SIZE="${OBJ_SIZE:-2048}"
+SERVER_CPU="${SERVER_CPU:-0}"
+CLIENT_CPU="${CLIENT_CPU:-1}"
+READY_TIMEOUT="${READY_TIMEOUT:-20}"
+BUILD_TIMEOUT="${BUILD_TIMEOUT:-1800}"
+INSTALL="${INSTALL:-1}"
+KEEP_TMP="${KEEP_TMP:-0}"
+RUNS="${RUNS:-1}"
+QUIET_PCT="${QUIET_PCT:-15}"
+QUIET_WAIT="${QUIET_WAIT:-120}"
+
+log()  { printf '[bench] %s\n' "$*" >&2; }
+die()  { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- tools
+ensure_tools() {
+  local missing=()
+  command -v nginx   >/dev/null 2>&1 || missing+=(nginx-light)
+  command -v wrk     >/dev/null 2>&1 || missing+=(wrk)
+  command -v curl    >/dev/null 2>&1 || missing+=(curl)
+  command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  ((${#missing[@]} == 0)) && return 0
+  [[ "$INSTALL" == 1 ]] || die "missing tools (${missing[*]}) and INSTALL=0"
+  [[ "$(id -u)" == 0 ]] || die "missing tools (${missing[*]}); install them: apt-get install ${missing[*]}"
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! timeout 600 apt-get install -y -q "${missing[@]}" >&2; then
+    timeout 600 apt-get update -q >&2
+    timeout 600 apt-get install -y -q "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
+  fi
+  # Debian's nginx package may start a system nginx on :80; it is not used here.
+}
+ensure_tools
+
+# ---------------------------------------------------------------- digue binary (before any measurement)
+DIGUE_REV=""
+if [[ "$SKIP_DIGUE" != 1 ]]; then
+  if [[ ! -x "$DIGUE_BIN" ]]; then
+    [[ "$DIGUE_BIN" == "$DIGUE_BIN_DEFAULT" ]] || die "DIGUE_BIN=$DIGUE_BIN does not exist or is not executable"
+    command -v cargo >/dev/null 2>&1 || die "$DIGUE_BIN missing and cargo not found (or set SKIP_DIGUE=1)"
+    log "building digue: cargo build --release (timeout ${BUILD_TIMEOUT}s)"
+    timeout "$BUILD_TIMEOUT" cargo build --release >&2 || die "cargo build --release failed (or set SKIP_DIGUE=1)"
+    [[ -x "$DIGUE_BIN" ]] || die "cargo build --release did not produce $DIGUE_BIN"
+  fi
+  if [[ "$DIGUE_BIN" == "$DIGUE_BIN_DEFAULT" ]]; then
+    DIGUE_REV="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || true)"
+  fi
+fi
+
+# ---------------------------------------------------------------- temp dir + cleanup
+TMP="$(mktemp -d -t digue-bench.XXXXXX)"
+PIDS=()
+
+stop_pid() {
+  local pid="$1" i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    pkill -KILL -P "$pid" 2>/dev/null || true   # nginx workers of this master
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  local p
+  for p in "${PIDS[@]}"; do stop_pid "$p"; done
+  if [[ "$KEEP_TMP" == 1 || $rc != 0 ]]; then
+    log "temp dir kept: $TMP"
+  else
+    rm -rf "$TMP"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- free ports
+free_ports() {  # free_ports N -> N distinct free loopback ports
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+EOF
+}
+read -r ORIGIN_PORT STATIC_PORT NGINX_PORT DIGUE_PORT DIGUE_ADMIN_PORT < <(free_ports 5)
+
+# ---------------------------------------------------------------- helpers
+wait_http() {  # wait_http URL PID NAME LOGFILE
+  local url="$1" pid="$2" name="$3" logf="$4" deadline=$((SECONDS + READY_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited during startup; last log lines:"
+      tail -n 30 "$logf" >&2 2>/dev/null || true
+      die "$name did not come up"
+    fi
+    if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  log "$name: no answer from $url after ${READY_TIMEOUT}s; last log lines:"
+  tail -n 30 "$logf" >&2 2>/dev/null || true
+  die "$name did not come up within ${READY_TIMEOUT}s"
+}
+
+# headers URL -> response headers of a GET (body discarded), CR stripped
+headers() { { curl -sS --max-time 5 -D - -o /dev/null "$1" || true; } | tr -d '\r'; }
+
+check_body() {  # check_body URL NAME : body must be OBJ_SIZE bytes with 200
+  local got
+  got="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code} %{size_download}' "$1")" \
+    || die "$2: request to $1 failed"
+  [[ "$got" == "200 $OBJ_SIZE" ]] || die "$2: expected '200 $OBJ_SIZE' from $1, got '$got'"
+}
+
+# nginx_start NAME CONF_BODY  (CONF_BODY is the contents of the http{} block)
+nginx_start() {
+  local name="$1" body="$2" d="$TMP/$1"
+  mkdir -p "$d"/{tmp/body,tmp/proxy,tmp/fastcgi,tmp/uwsgi,tmp/scgi,logs}
+  cat >"$d/nginx.conf" <<EOF
+# generated by benches/run.sh
+worker_processes 1;
+daemon off;
+user $(id -un) $(id -gn);
+pid $d/nginx.pid;
+error_log $d/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  default_type application/octet-stream;
+  client_body_temp_path $d/tmp/body;
+  proxy_temp_path       $d/tmp/proxy;
+  fastcgi_temp_path     $d/tmp/fastcgi;
+  uwsgi_temp_path       $d/tmp/uwsgi;
+  scgi_temp_path        $d/tmp/scgi;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_timeout 65;
+  keepalive_requests 10000000;   # never close benchmark connections
+$body
+}
+EOF
+  nginx -t -q -p "$d" -e "$d/logs/error.log" -c "$d/nginx.conf" 2>"$d/logs/configtest.log" \
+    || { cat "$d/logs/configtest.log" >&2; die "nginx config for $name is invalid ($d/nginx.conf)"; }
+  taskset -c "$SERVER_CPU" nginx -p "$d" -e "$d/logs/error.log" -c "$d/nginx.conf" \
+    >"$d/logs/stdout.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  printf '%s' "$pid" >"$d/master.pid"
+}
+
+# ---------------------------------------------------------------- wrk + parsing
+declare -A RPS P99 RUNS_RPS RUNS_P99 RAW
+SERVERS=()        # names, in measurement order
+declare -A URL SPID OTHER
+HZ="$(getconf CLK_TCK)"
+
+parse_p99_ms() {  # " 99%   1.23ms" -> 1.23 (milliseconds)
+  awk '$1 == "99%" {
+         v = $2; u = v; sub(/^[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
+         if (u == "us") v /= 1000; else if (u == "s") v *= 1000; else if (u == "m") v *= 60000;
+         printf "%.3f", v }' "$1"
+}
+
+# --- interference accounting (the machine may be shared with builds/tests)
+total_busy_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+tree_jiffies() {  # CPU jiffies used so far by PID and its direct children (nginx master + worker)
+  local pid="$1" p kids
+  kids="$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)"
+  for p in $pid $kids; do
+    sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null || true
+  done | awk '{ s += $12 + $13 } END { print s + 0 }'
+}
+children_jiffies() {  # CPU time of reaped children of this shell (the `times` builtin), in jiffies
+  # must run in the main shell (a $(...) subshell has its own, empty, child accounting):
+  # usage: children_jiffies; c0=$CHILD_J
+  times >"$TMP/times.txt"
+  CHILD_J="$(awk -v hz="$HZ" 'NR == 2 { t = 0
+      for (i = 1; i <= 2; i++) { split($i, a, "m"); sub(/s$/, "", a[2]); t += a[1] * 60 + a[2] }
+      printf "%d", t * hz }' "$TMP/times.txt")"
+}
+cpu_busy_pct() {  # % of all CPUs busy over 1 s
+  local a b
+  a="$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"; sleep 1
+  b="$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)"
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    busy = y[1] - x[1]; idle = y[2] - x[2];
+    printf "%.0f", (busy + idle > 0) ? 100 * busy / (busy + idle) : 0 }'
+}
+wait_quiet() {  # wait (bounded) until the machine is idle enough to measure
+  local deadline=$((SECONDS + QUIET_WAIT)) busy warned=0
+  while :; do
+    busy="$(cpu_busy_pct)"
+    ((busy <= QUIET_PCT)) && return 0
+    if ((SECONDS >= deadline)); then
+      log "WARNING: machine still ${busy}% busy after waiting ${QUIET_WAIT}s; measuring anyway (numbers will be low)"
+      return 0
+    fi
+    ((warned)) || { log "machine is ${busy}% busy (other work); waiting up to ${QUIET_WAIT}s for it to settle"; warned=1; }
+  done
+}
+
+run_wrk() {  # run_wrk NAME ROUND
+  local name="$1" round="$2" url="${URL[$1]}" f="$TMP/wrk-$1-$2.txt" secs wsecs
+  secs="${DURATION%s}"; [[ "$secs" =~ ^[0-9]+$ ]] || secs=60
+  wsecs="${WARMUP%s}"; [[ "$wsecs" =~ ^[0-9]+$ ]] || wsecs=60
+  log "$name (round $round/$RUNS): warm-up ${WARMUP}, then ${DURATION} measured ($url)"
+  timeout $((wsecs + 30)) taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$url" >"$TMP/warmup-$name-$round.txt" 2>&1 \
+    || { cat "$TMP/warmup-$name-$round.txt" >&2; die "$name: wrk warm-up failed"; }
+  wait_quiet
+  local t0 s0 c0 w0 t1 s1 c1 w1 other
+  t0="$(total_busy_jiffies)"; s0="$(tree_jiffies "${SPID[$name]}")"; children_jiffies; c0=$CHILD_J; w0=$SECONDS
+  timeout $((secs + 30)) taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" >"$f" 2>&1 \
+    || { cat "$f" >&2; die "$name: wrk failed"; }
+  t1="$(total_busy_jiffies)"; s1="$(tree_jiffies "${SPID[$name]}")"; children_jiffies; c1=$CHILD_J; w1=$SECONDS
+  # CPU used by anything other than the server under test and wrk, as % of one CPU
+  other="$(awk -v t="$((t1 - t0))" -v s="$((s1 - s0))" -v c="$((c1 - c0))" -v w="$((w1 - w0))" -v hz="$HZ" \
+    'BEGIN { o = t - s - c; if (o < 0) o = 0; printf "%.0f", (w > 0) ? 100 * o / (w * hz) : 0 }')"
+  cat "$f" >&2
+  log "$name (round $round): other processes used ${other}% of a CPU during the measured run"
+  ((other <= 10)) || log "WARNING: $name (round $round): other work used ${other}% of a CPU during the run; numbers are suspect"
+  if grep -qE 'Non-2xx or 3xx responses|Socket errors' "$f"; then
+    log "WARNING: $name: wrk reported errors (see above); numbers are suspect"
+  fi
+  local rps p99
+  rps="$(awk '/^Requests\/sec:/ {print $2}' "$f")"
+  p99="$(parse_p99_ms "$f")"
+  [[ -n "$rps" && -n "$p99" ]] || die "$name: could not parse wrk output ($f)"
+  RUNS_RPS[$name]+="$rps "; RUNS_P99[$name]+="$p99 "; RAW[$name]+="$f "; OTHER[$name]+="$other "
+}
+
+median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
+
+# ---------------------------------------------------------------- origin
+mkdir -p "$TMP/www"
+head -c "$OBJ_SIZE" /dev/urandom | base64 -w 0 | head -c "$OBJ_SIZE" >"$TMP/www/obj"
+chmod 755 "$TMP" "$TMP/www"; chmod 644 "$TMP/www/obj"
+
+# The origin is pinned to the server CPU too, but it only sees traffic on a
+# cache miss: it is idle during the measured (all-hit) runs.
+nginx_start origin "
+  server {
+    listen 127.0.0.1:$ORIGIN_PORT;
+    root $TMP/www;
+    location = /obj { add_header Cache-Control \"max-age=3600\"; }
+  }"
+wait_http "http://127.0.0.1:$ORIGIN_PORT/obj" "$(cat "$TMP/origin/master.pid")" origin "$TMP/origin/logs/error.log"
+check_body "http://127.0.0.1:$ORIGIN_PORT/obj" origin
+origin_headers="$(headers "http://127.0.0.1:$ORIGIN_PORT/obj")"
+grep -qi '^cache-control: max-age=3600' <<<"$origin_headers" \
+  || die "origin: missing Cache-Control: max-age=3600"
+log "origin up on :$ORIGIN_PORT"
+
+# All servers under test are started and verified first, then measured one at a
+# time (the others sit idle). With RUNS>1 the rounds interleave the servers.
+
+# ---------------------------------------------------------------- (0) bare static nginx
+if [[ "$SKIP_STATIC" != 1 ]]; then
+  nginx_start static "
+  server {
+    listen 127.0.0.1:$STATIC_PORT;
+    root $TMP/www;
+    location = /obj { add_header Cache-Control \"max-age=3600\"; }
+  }"
+  wait_http "http://127.0.0.1:$STATIC_PORT/obj" "$(cat "$TMP/static/master.pid")" nginx-static "$TMP/static/logs/error.log"
+  check_body "http://127.0.0.1:$STATIC_PORT/obj" nginx-static
+  log "nginx static up on :$STATIC_PORT"
+  SERVERS+=(nginx-static); URL[nginx-static]="http://127.0.0.1:$STATIC_PORT/obj"; SPID[nginx-static]="$(cat "$TMP/static/master.pid")"
+fi
+
+# ---------------------------------------------------------------- (a) nginx proxy_cache
+nginx_start proxy "
+  proxy_cache_path $TMP/proxy/cache levels=1:2 keys_zone=bench:10m max_size=64m inactive=1h use_temp_path=off;
+  upstream origin {
+    server 127.0.0.1:$ORIGIN_PORT;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location = /__ready { return 204; }
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_cache bench;
+      proxy_cache_valid 200 1h;
+      proxy_cache_lock on;
+      add_header X-Cache \$upstream_cache_status;
+    }
+  }"
+# readiness on a local path, so the benchmark object is first fetched below
+wait_http "http://127.0.0.1:$NGINX_PORT/__ready" "$(cat "$TMP/proxy/master.pid")" nginx-proxy_cache "$TMP/proxy/logs/error.log"
+check_body "http://127.0.0.1:$NGINX_PORT/obj" nginx-proxy_cache   # miss: fills the cache
+nginx_x_cache() { headers "http://127.0.0.1:$NGINX_PORT/obj" | awk -F': *' 'tolower($1) == "x-cache" {print $2}'; }
+x_cache="$(nginx_x_cache)"
+[[ "$x_cache" == HIT ]] || die "nginx proxy_cache: second request was X-Cache: '${x_cache:-<none>}', expected HIT"
+log "nginx proxy_cache up on :$NGINX_PORT (X-Cache: $x_cache)"
+SERVERS+=(nginx); URL[nginx]="http://127.0.0.1:$NGINX_PORT/obj"; SPID[nginx]="$(cat "$TMP/proxy/master.pid")"
+
+# ---------------------------------------------------------------- (b) digue
+digue_cache_status() {
+  headers "http://127.0.0.1:$DIGUE_PORT/obj" \
+    | awk 'tolower($0) ~ /^cache-status:/ { sub(/^[^:]*: */, ""); print }'
+}
+is_hit() { grep -qiE '(^|[^a-z-])hit([^a-z-]|$)' <<<"$1"; }
+
+if [[ "$SKIP_DIGUE" != 1 ]]; then
+  mkdir -p "$TMP/digue"
+  cat >"$TMP/digue/digue.toml" <<EOF
+[server]
+listen = "127.0.0.1:$DIGUE_PORT"
+admin_listen = "127.0.0.1:$DIGUE_ADMIN_PORT"
+worker_threads = 1        # digue option: tokio worker threads (bench fairness: one core)
+
+[cache]
+max_size = "64MiB"
+
+[[site]]
+name = "bench"
+hosts = ["*"]
+origin = "http://127.0.0.1:$ORIGIN_PORT"
+origin_concurrency = 64
+EOF
+  # Quiet logs, like nginx's access_log off (override with RUST_LOG).
+  RUST_LOG="${RUST_LOG:-warn}" taskset -c "$SERVER_CPU" "$DIGUE_BIN" run --config "$TMP/digue/digue.toml" \
+    >"$TMP/digue/digue.log" 2>&1 &
+  DIGUE_PID=$!
+  PIDS+=("$DIGUE_PID")
+  wait_http "http://127.0.0.1:$DIGUE_ADMIN_PORT/healthz" "$DIGUE_PID" digue "$TMP/digue/digue.log"
+  check_body "http://127.0.0.1:$DIGUE_PORT/obj" digue   # miss: fills the cache
+  cache_status="$(digue_cache_status)"
+  is_hit "$cache_status" \
+    || die "digue: second request had Cache-Status '${cache_status:-<none>}', expected it to contain 'hit'"
+  log "digue up on :$DIGUE_PORT (Cache-Status: $cache_status)"
+  SERVERS+=(digue); URL[digue]="http://127.0.0.1:$DIGUE_PORT/obj"; SPID[digue]="$DIGUE_PID"
+fi
+
+# ---------------------------------------------------------------- measure
+for round in $(seq 1 "$RUNS"); do
+  for name in "${SERVERS[@]}"; do
+    run_wrk "$name" "$round"
+  done
+done
+
+# still all hits afterwards?
+x_cache="$(nginx_x_cache)"
+[[ "$x_cache" == HIT ]] || log "WARNING: nginx proxy_cache: X-Cache after the runs is '${x_cache:-<none>}'"
+if [[ "$SKIP_DIGUE" != 1 ]]; then
+  kill -0 "$DIGUE_PID" 2>/dev/null || die "digue died during the benchmark (log: $TMP/digue/digue.log)"
+  cache_status="$(digue_cache_status)"
+  is_hit "$cache_status" || log "WARNING: digue: Cache-Status after the runs is '${cache_status:-<none>}'"
+fi
+
+for name in "${SERVERS[@]}"; do
+  RPS[$name]="$(median <<<"${RUNS_RPS[$name]}")"
+  P99[$name]="$(median <<<"${RUNS_P99[$name]}")"
+done
+
+# ---------------------------------------------------------------- report
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+table() {
+  echo "| server | req/s | p99 (ms) | req/s vs nginx | p99 vs nginx |"
+  echo "|---|---:|---:|---:|---:|"
+  local n label
+  for n in "${SERVERS[@]}"; do
+    case "$n" in
+      nginx-static) label="nginx static file, no proxy (ceiling)" ;;
+      nginx)        label="nginx proxy_cache" ;;
+      digue)        label="digue${DIGUE_REV:+ ($DIGUE_REV)}" ;;
+      *)            label="$n" ;;
+    esac
+    printf '| %s | %.0f | %.2f | %s | %s |\n' "$label" "${RPS[$n]}" "${P99[$n]}" \
+      "$(ratio "${RPS[$n]}" "${RPS[nginx]}")" "$(ratio "${P99[$n]}" "${P99[nginx]}")"
+  done
+  if [[ "$SKIP_DIGUE" == 1 ]]; then
+    echo "| digue | skipped | skipped | - | - |"
+  fi
+}
+
+TABLE="$(table)"
+echo
+echo "$TABLE"
+if [[ -n "${RPS[digue]:-}" ]]; then
+  echo
+  echo "digue/nginx: req/s ratio $(ratio "${RPS[digue]}" "${RPS[nginx]}"), p99 ratio $(ratio "${P99[digue]}" "${P99[nginx]}")"
+fi
+
+mkdir -p "$(dirname "$OUT")"
+{
+  echo "# digue cache-hit benchmark, $(date +%F)"
+  echo
+  echo "- machine: $(nproc) CPUs, $(lscpu 2>/dev/null | awk -F': *' '/^Model name/ {print $2; exit}'), $(uname -sr)"
+  echo "- $(nginx -v 2>&1), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')"
+  echo "- server under test pinned to CPU $SERVER_CPU, wrk to CPU $CLIENT_CPU"
+  echo "- wrk -t$THREADS -c$CONNS -d$DURATION --latency, after a $WARMUP warm-up; ${OBJ_SIZE} B object, every measured request a cache hit"
+  if ((RUNS > 1)); then
+    echo "- $RUNS interleaved rounds; table shows the median req/s and median p99 of each server"
+    for n in "${SERVERS[@]}"; do echo "  - $n req/s: ${RUNS_RPS[$n]}; p99 ms: ${RUNS_P99[$n]}"; done
+  fi
+  echo "- CPU used by other processes during each measured run (% of one CPU; should be ~0):"
+  for n in "${SERVERS[@]}"; do echo "  - $n: ${OTHER[$n]}"; done
+  echo
+  echo "$TABLE"
+  echo
+  echo "## Raw wrk output"
+  for n in "${SERVERS[@]}"; do
+    for f in ${RAW[$n]}; do
+      echo
+      echo "### $n ($(basename "$f" .txt))"
+      echo
+      echo '```'
+      cat "$f"
+      echo '```'
+    done
+  done
+} >"$OUT"
+log "results written to $OUT"

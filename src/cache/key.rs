@@ -1,0 +1,147 @@
+//! Cache keys: site, host and request target, plus the normalised values of
+//! the headers a response varies on.
+
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName};
+
+/// Identifies one stored response. Cheap to clone (one shared string).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey(Arc<str>);
+
+/// Separates key parts; cannot appear in a host, a request target or a
+/// header value that passed hyper's parser.
+const SEP: char = '\u{0}';
+
+impl CacheKey {
+    /// The key of a URL on a site. `host` is lower-case without port.
+    pub fn primary(site: &str, host: &str, target: &str) -> CacheKey {
+        let mut k = String::with_capacity(site.len() + host.len() + target.len() + 2);
+        k.push_str(site);
+        k.push(SEP);
+        k.push_str(host);
+        k.push(SEP);
+        k.push_str(target);
+        CacheKey(k.into())
+    }
+
+    /// The key of the variant of this URL selected by `headers`.
+    pub fn variant(&self, vary: &[HeaderName], headers: &HeaderMap) -> CacheKey {
+        let mut k = String::with_capacity(self.0.len() + 32);
+        k.push_str(&self.0);
+        for name in vary {
+            k.push(SEP);
+            k.push_str(name.as_str());
+            k.push('=');
+            normalise_into(&mut k, headers, name);
+        }
+        CacheKey(k.into())
+    }
+
+    /// The site name this key belongs to.
+    pub fn site(&self) -> &str {
+        self.0.split(SEP).next().unwrap_or_default()
+    }
+
+    /// The request target (path and query) of this key.
+    pub fn target(&self) -> &str {
+        self.0.split(SEP).nth(2).unwrap_or_default()
+    }
+
+    /// Bytes this key takes, for the cache weigher.
+    pub fn weight(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Appends a canonical form of a header's values: lists split on commas,
+/// trimmed, lower-cased and sorted, so `gzip, br` and `br,gzip` share a variant.
+fn normalise_into(out: &mut String, headers: &HeaderMap, name: &HeaderName) {
+    let mut items: Vec<String> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    items.sort_unstable();
+    items.dedup();
+    out.push_str(&items.join(","));
+}
+
+/// What a response's `Vary` header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vary {
+    /// No `Vary`: one response for every request.
+    None,
+    /// `Vary: *`: never reusable.
+    Any,
+    /// The request headers that select the variant.
+    Headers(Arc<[HeaderName]>),
+}
+
+impl Vary {
+    pub fn of(response: &HeaderMap) -> Vary {
+        let mut names: Vec<HeaderName> = Vec::new();
+        for value in response.get_all(http::header::VARY) {
+            let Ok(value) = value.to_str() else {
+                return Vary::Any;
+            };
+            for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                if item == "*" {
+                    return Vary::Any;
+                }
+                match HeaderName::from_bytes(item.as_bytes()) {
+                    Ok(name) => names.push(name),
+                    Err(_) => return Vary::Any,
+                }
+            }
+        }
+        if names.is_empty() {
+            return Vary::None;
+        }
+        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        Vary::Headers(names.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn equivalent_header_values_share_a_variant() {
+        let base = CacheKey::primary("portal", "ent.example.fr", "/a?b=1");
+        let vary = [http::header::ACCEPT_ENCODING];
+        let a = base.variant(&vary, &headers(&[("accept-encoding", "gzip, br")]));
+        let b = base.variant(&vary, &headers(&[("accept-encoding", "BR,gzip")]));
+        let c = base.variant(&vary, &headers(&[("accept-encoding", "gzip")]));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.site(), "portal");
+        assert_eq!(a.target(), "/a?b=1");
+    }
+
+    #[test]
+    fn vary_star_or_garbage_means_never_reusable() {
+        assert_eq!(Vary::of(&headers(&[("vary", "accept, *")])), Vary::Any);
+        assert_eq!(Vary::of(&headers(&[("vary", "bad header")])), Vary::Any);
+        assert_eq!(Vary::of(&HeaderMap::new()), Vary::None);
+        let Vary::Headers(names) = Vary::of(&headers(&[("vary", "Cookie"), ("vary", "accept")]))
+        else {
+            panic!("two names expected");
+        };
+        assert_eq!(names.len(), 2);
+    }
+}

@@ -1,0 +1,7 @@
+//! The shared cache: what may be stored ([`policy`]), under which key
+//! ([`key`]), where ([`store`]), and fetching a cold key once ([`coalesce`]).
+
+pub mod coalesce;
+pub mod key;
+pub mod policy;
+pub mod store;

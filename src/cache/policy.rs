@@ -1,0 +1,413 @@
+//! What may be cached, and for how long (RFC 9111), with the site's rules on top.
+//!
+//! Freshness and storability come from `http-cache-semantics` evaluated as a
+//! shared cache. digue is stricter than the RFC where users' privacy is at
+//! stake: a response carrying `Set-Cookie` is never stored, and requests with
+//! `Authorization` or a session cookie never touch the shared cache.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode, request, response};
+use http_cache_semantics::{CacheOptions, CachePolicy};
+
+use crate::cache::key::Vary;
+use crate::config::{CacheRule, RuleAction, SiteConfig};
+use crate::outcome::BypassReason;
+
+/// Decides whether a request may use the shared cache at all.
+pub fn classify(
+    req: &request::Parts,
+    site: &SiteConfig,
+    rule: Option<&CacheRule>,
+) -> Result<(), BypassReason> {
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return Err(BypassReason::Method);
+    }
+    if has_body(&req.headers) {
+        // A GET with a body is unusual enough to be per-request.
+        return Err(BypassReason::Method);
+    }
+    if matches!(rule.map(|r| r.action), Some(RuleAction::Bypass)) {
+        return Err(BypassReason::Rule);
+    }
+    if req.headers.contains_key(header::AUTHORIZATION) {
+        return Err(BypassReason::Authorization);
+    }
+    if req.headers.contains_key(header::RANGE) {
+        return Err(BypassReason::Range);
+    }
+    let shared = rule.is_some_and(|r| r.shared);
+    if !shared && has_session_cookie(&req.headers, &site.session_cookies) {
+        return Err(BypassReason::SessionCookie);
+    }
+    Ok(())
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Whether any `Cookie` header names one of `names`.
+pub fn has_session_cookie(headers: &HeaderMap, names: &[String]) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.split_once('=').map(|(name, _)| name.trim()))
+        .any(|name| names.iter().any(|n| n == name))
+}
+
+/// How a storable response is to be kept.
+pub struct StorePlan {
+    pub policy: CachePolicy,
+    pub vary: Vary,
+    /// Fresh for this long from now.
+    pub ttl: Duration,
+    /// After that, served stale at once while one fetch refreshes it.
+    pub stale_while_revalidate: Duration,
+    /// After that, served stale only when the origin fails.
+    pub stale_if_error: Duration,
+}
+
+/// Why a response was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStorable {
+    SetCookie,
+    VaryAny,
+    /// `private`, `no-store`, an unknown status, or an `Authorization` request.
+    Forbidden,
+    /// Storable but already stale (`max-age=0`, `no-cache`, no freshness info).
+    NoFreshness,
+}
+
+/// Statuses a rule may force a TTL on: those RFC 9110 calls heuristically
+/// cacheable. Never 5xx: an error page must not outlive the error.
+fn forceable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414
+    )
+}
+
+/// Decides whether and how to store `res`, the answer to `req`.
+pub fn plan(
+    req: &request::Parts,
+    res: &response::Parts,
+    site: &SiteConfig,
+    rule: Option<&CacheRule>,
+    now: SystemTime,
+) -> Result<StorePlan, NotStorable> {
+    if res.headers.contains_key(header::SET_COOKIE) {
+        return Err(NotStorable::SetCookie);
+    }
+    let vary = Vary::of(&res.headers);
+    if vary == Vary::Any {
+        return Err(NotStorable::VaryAny);
+    }
+    let options = CacheOptions {
+        shared: true,
+        ..CacheOptions::default()
+    };
+    let policy = CachePolicy::new_options(req, res, now, options);
+    if !policy.is_storable() {
+        return Err(NotStorable::Forbidden);
+    }
+    let directives = Directives::of(&res.headers);
+    let forced = rule.and_then(|r| match r.action {
+        RuleAction::ForceTtl(ttl) => Some(ttl),
+        RuleAction::Headers | RuleAction::Bypass => None,
+    });
+    let (ttl, may_serve_stale) = match forced {
+        Some(ttl) if forceable(res.status) => (ttl, true),
+        Some(_) => return Err(NotStorable::Forbidden),
+        None => (policy.time_to_live(now), !directives.must_revalidate),
+    };
+    if ttl.is_zero() {
+        return Err(NotStorable::NoFreshness);
+    }
+    let window = |rule_value: Option<Duration>, site_value: Duration, own: Option<Duration>| {
+        if !may_serve_stale {
+            return Duration::ZERO;
+        }
+        rule_value.unwrap_or_else(|| own.map_or(site_value, |own| own.max(site_value)))
+    };
+    Ok(StorePlan {
+        stale_while_revalidate: window(
+            rule.and_then(|r| r.stale_while_revalidate),
+            site.cache.stale_while_revalidate,
+            directives.stale_while_revalidate,
+        ),
+        stale_if_error: window(
+            rule.and_then(|r| r.stale_if_error),
+            site.cache.stale_if_error,
+            directives.stale_if_error,
+        ),
+        policy,
+        vary,
+        ttl,
+    })
+}
+
+/// The response directives that bound stale serving (RFC 5861, RFC 9111 §5.2.2).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Directives {
+    must_revalidate: bool,
+    stale_while_revalidate: Option<Duration>,
+    stale_if_error: Option<Duration>,
+}
+
+impl Directives {
+    fn of(headers: &HeaderMap) -> Directives {
+        let mut d = Directives::default();
+        let items = headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim);
+        for item in items {
+            let (name, value) = match item.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                None => (item, None),
+            };
+            let secs = value
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            match name.to_ascii_lowercase().as_str() {
+                "must-revalidate" | "proxy-revalidate" | "no-cache" => d.must_revalidate = true,
+                "stale-while-revalidate" => d.stale_while_revalidate = secs,
+                "stale-if-error" => d.stale_if_error = secs,
+                _ => {}
+            }
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn site(rules: &str) -> SiteConfig {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[site]]\nname = \"p\"\nhosts = [\"*\"]\n\
+             origin = \"http://127.0.0.1:1\"\n[site.cache]\nstale_while_revalidate = \"10s\"\n\
+             stale_if_error = \"1h\"\n{rules}"
+        );
+        Config::parse(&text).expect("valid").sites.remove(0)
+    }
+
+    fn req(headers: &[(&'static str, &'static str)]) -> request::Parts {
+        let mut b = http::Request::get("http://ent.example.fr/page");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("valid").into_parts().0
+    }
+
+    fn res(status: u16, headers: &[(&'static str, &'static str)]) -> response::Parts {
+        let mut b = http::Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("valid").into_parts().0
+    }
+
+    fn decide(
+        site: &SiteConfig,
+        req: &request::Parts,
+        res: &response::Parts,
+    ) -> Result<StorePlan, NotStorable> {
+        plan(
+            req,
+            res,
+            site,
+            site.rule_for(req.uri.path()),
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn max_age_sets_ttl_and_site_windows_apply() {
+        let s = site("");
+        let p = decide(&s, &req(&[]), &res(200, &[("cache-control", "max-age=60")]))
+            .unwrap_or_else(|e| panic!("storable: {e:?}"));
+        assert_eq!(p.ttl, Duration::from_secs(60));
+        assert_eq!(p.stale_while_revalidate, Duration::from_secs(10));
+        assert_eq!(p.stale_if_error, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn s_maxage_wins_over_max_age_for_a_shared_cache() {
+        let s = site("");
+        let p = decide(
+            &s,
+            &req(&[]),
+            &res(200, &[("cache-control", "max-age=10, s-maxage=100")]),
+        )
+        .unwrap_or_else(|e| panic!("storable: {e:?}"));
+        assert_eq!(p.ttl, Duration::from_secs(100));
+    }
+
+    #[test]
+    fn private_no_store_and_set_cookie_are_never_stored() {
+        let s = site("[[site.cache.rule]]\nprefix = \"/\"\nttl = \"1h\"\n");
+        for (headers, why) in [
+            (
+                vec![("cache-control", "private, max-age=60")],
+                NotStorable::Forbidden,
+            ),
+            (vec![("cache-control", "no-store")], NotStorable::Forbidden),
+            (
+                vec![
+                    ("set-cookie", "JSESSIONID=1"),
+                    ("cache-control", "public, max-age=60"),
+                ],
+                NotStorable::SetCookie,
+            ),
+            (
+                vec![("vary", "*"), ("cache-control", "max-age=60")],
+                NotStorable::VaryAny,
+            ),
+        ] {
+            assert_eq!(
+                decide(&s, &req(&[]), &res(200, &headers)).err(),
+                Some(why),
+                "{headers:?} must not be stored, even under a forced-ttl rule"
+            );
+        }
+    }
+
+    #[test]
+    fn authorization_responses_are_stored_only_when_explicitly_shareable() {
+        let s = site("");
+        let auth = req(&[("authorization", "Basic eDp5")]);
+        assert_eq!(
+            decide(&s, &auth, &res(200, &[("cache-control", "max-age=60")])).err(),
+            Some(NotStorable::Forbidden)
+        );
+        assert!(
+            decide(
+                &s,
+                &auth,
+                &res(200, &[("cache-control", "public, max-age=60")])
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn headerless_responses_are_stored_only_under_a_forced_ttl() {
+        let plain = site("");
+        assert_eq!(
+            decide(&plain, &req(&[]), &res(200, &[])).err(),
+            Some(NotStorable::NoFreshness)
+        );
+        let forced = site("[[site.cache.rule]]\nprefix = \"/\"\nttl = \"1h\"\n");
+        let p = decide(
+            &forced,
+            &req(&[]),
+            &res(200, &[("cache-control", "no-cache")]),
+        )
+        .unwrap_or_else(|e| panic!("forced: {e:?}"));
+        assert_eq!(p.ttl, Duration::from_secs(3600));
+        assert_eq!(
+            decide(&forced, &req(&[]), &res(503, &[])).err(),
+            Some(NotStorable::Forbidden),
+            "an error page is never forced into the cache"
+        );
+    }
+
+    #[test]
+    fn heuristic_freshness_follows_last_modified() {
+        let s = site("");
+        let now = httpdate::fmt_http_date(SystemTime::now());
+        let p = decide(
+            &s,
+            &req(&[]),
+            &res(
+                200,
+                &[
+                    ("date", Box::leak(now.into_boxed_str())),
+                    ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ],
+            ),
+        )
+        .unwrap_or_else(|e| panic!("heuristically fresh: {e:?}"));
+        assert!(
+            p.ttl > Duration::from_secs(86_400),
+            "10% of a long age: {:?}",
+            p.ttl
+        );
+    }
+
+    #[test]
+    fn expires_in_the_past_or_invalid_is_stale() {
+        let s = site("");
+        assert_eq!(
+            decide(&s, &req(&[]), &res(200, &[("expires", "0")])).err(),
+            Some(NotStorable::NoFreshness)
+        );
+    }
+
+    #[test]
+    fn must_revalidate_forbids_stale_serving() {
+        let s = site("");
+        let p = decide(
+            &s,
+            &req(&[]),
+            &res(200, &[("cache-control", "max-age=60, must-revalidate")]),
+        )
+        .unwrap_or_else(|e| panic!("storable: {e:?}"));
+        assert_eq!(p.stale_while_revalidate, Duration::ZERO);
+        assert_eq!(p.stale_if_error, Duration::ZERO);
+    }
+
+    #[test]
+    fn response_stale_directives_extend_the_site_defaults() {
+        let s = site("");
+        let p = decide(
+            &s,
+            &req(&[]),
+            &res(
+                200,
+                &[("cache-control", "max-age=60, stale-while-revalidate=600")],
+            ),
+        )
+        .unwrap_or_else(|e| panic!("storable: {e:?}"));
+        assert_eq!(p.stale_while_revalidate, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn session_cookies_make_a_request_per_user_unless_the_rule_shares_it() {
+        let s = site("[[site.cache.rule]]\nprefix = \"/static/\"\nttl = \"1h\"\nshared = true\n");
+        let with_cookie = |path: &str| {
+            http::Request::get(path)
+                .header("cookie", "theme=dark; JSESSIONID=abc")
+                .body(())
+                .expect("valid")
+                .into_parts()
+                .0
+        };
+        let page = with_cookie("/page");
+        assert_eq!(
+            classify(&page, &s, s.rule_for("/page")),
+            Err(BypassReason::SessionCookie)
+        );
+        let asset = with_cookie("/static/app.css");
+        assert_eq!(classify(&asset, &s, s.rule_for("/static/app.css")), Ok(()));
+        let other_cookie = http::Request::get("/page")
+            .header("cookie", "theme=dark")
+            .body(())
+            .expect("valid")
+            .into_parts()
+            .0;
+        assert_eq!(classify(&other_cookie, &s, None), Ok(()));
+    }
+}

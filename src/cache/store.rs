@@ -1,0 +1,226 @@
+//! The shared response store: moka, bounded in bytes by a weigher, plus the
+//! short memory of uncacheable keys (hit-for-miss).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{HeaderMap, HeaderName};
+use http_cache_semantics::CachePolicy;
+use moka::notification::RemovalCause;
+use prometheus::IntCounter;
+use tokio::time::Instant;
+
+use crate::cache::key::{CacheKey, Vary};
+use crate::cache::policy::StorePlan;
+
+/// Bytes counted for an entry beyond its headers and body (maps, policy).
+const ENTRY_OVERHEAD: usize = 512;
+
+/// A stored response. Immutable once stored except for the purge flag; a
+/// refresh replaces the whole entry.
+pub struct Entry {
+    /// The storage key (the variant key when the response varies).
+    pub key: CacheKey,
+    pub status: StatusCode,
+    /// Prebuilt at store time: hop-by-hop headers are gone and `Set-Cookie`
+    /// never gets here (such responses are not stored).
+    pub headers: HeaderMap,
+    /// Shared by every hit, never copied.
+    pub body: Bytes,
+    /// Kept to merge a 304 and to build revalidation requests.
+    pub policy: CachePolicy,
+    /// The headers this response varies on, if any.
+    pub vary: Option<Arc<[HeaderName]>>,
+    stored_at: Instant,
+    /// `Age` the response already had when stored (from upstream caches).
+    initial_age: Duration,
+    ttl: Duration,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    /// Set by a soft purge: the entry counts as stale from then on.
+    purged: AtomicBool,
+}
+
+/// Where an entry stands at a given instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Serve it; `ttl` seconds left.
+    Fresh { ttl: u64 },
+    /// Serve it now and refresh it with one background fetch.
+    StaleWhileRevalidate,
+    /// Must be refreshed; may still be served if the origin fails.
+    Stale,
+}
+
+impl Entry {
+    pub fn new(
+        key: CacheKey,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        plan: StorePlan,
+        now: SystemTime,
+    ) -> Entry {
+        let initial_age = plan.policy.age(now);
+        Entry {
+            key,
+            status,
+            headers,
+            body,
+            vary: match plan.vary {
+                Vary::Headers(names) => Some(names),
+                Vary::None | Vary::Any => None,
+            },
+            policy: plan.policy,
+            stored_at: Instant::now(),
+            initial_age,
+            ttl: plan.ttl,
+            stale_while_revalidate: plan.stale_while_revalidate,
+            stale_if_error: plan.stale_if_error,
+            purged: AtomicBool::new(false),
+        }
+    }
+
+    pub fn freshness(&self, now: Instant) -> Freshness {
+        let age = now.saturating_duration_since(self.stored_at);
+        if self.purged.load(Ordering::Relaxed) {
+            // A purge must not cause a stampede: serve stale, refetch once.
+            return Freshness::StaleWhileRevalidate;
+        }
+        if age < self.ttl {
+            return Freshness::Fresh {
+                ttl: (self.ttl - age).as_secs(),
+            };
+        }
+        if age < self.ttl + self.stale_while_revalidate {
+            Freshness::StaleWhileRevalidate
+        } else {
+            Freshness::Stale
+        }
+    }
+
+    /// Whether this copy may stand in for an origin that failed.
+    pub fn usable_if_error(&self, now: Instant) -> bool {
+        let age = now.saturating_duration_since(self.stored_at);
+        age < self.ttl + self.stale_while_revalidate.max(self.stale_if_error)
+    }
+
+    /// The `Age` header value (RFC 9111 §4.2.3).
+    pub fn age(&self, now: Instant) -> u64 {
+        (self.initial_age + now.saturating_duration_since(self.stored_at)).as_secs()
+    }
+
+    /// Marks the entry stale (soft purge).
+    pub fn purge(&self) {
+        self.purged.store(true, Ordering::Relaxed);
+    }
+
+    fn weight(&self) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        let total = self.key.weight() + headers + self.body.len() + ENTRY_OVERHEAD;
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+}
+
+/// What is stored under a primary key.
+#[derive(Clone)]
+enum Slot {
+    Response(Arc<Entry>),
+    /// The URL varies: look up the variant key built from these headers.
+    Vary(Arc<[HeaderName]>),
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    Found(Arc<Entry>),
+    /// Nothing for this URL.
+    Miss,
+    /// Responses for this URL exist, but none for these header values;
+    /// the key the missing variant would be stored under.
+    VaryMiss(CacheKey),
+}
+
+/// The response store shared by all sites.
+pub struct Store {
+    entries: moka::sync::Cache<CacheKey, Slot>,
+    /// Keys that recently answered something uncacheable: their requests go
+    /// straight to the origin instead of queueing behind the coalescer.
+    uncacheable: moka::sync::Cache<CacheKey, ()>,
+}
+
+impl Store {
+    pub fn new(max_bytes: u64, hit_for_miss: Duration, evictions: IntCounter) -> Store {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &CacheKey, slot: &Slot| match slot {
+                Slot::Response(e) => e.weight(),
+                Slot::Vary(names) => {
+                    u32::try_from(key.weight() + names.len() * 32 + 64).unwrap_or(u32::MAX)
+                }
+            })
+            .eviction_listener(move |_, _, cause| {
+                if cause == RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
+            .build();
+        let uncacheable = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(hit_for_miss)
+            .build();
+        Store {
+            entries,
+            uncacheable,
+        }
+    }
+
+    /// Finds the response for `primary` that matches the request `headers`.
+    pub fn lookup(&self, primary: &CacheKey, headers: &HeaderMap) -> Lookup {
+        match self.entries.get(primary) {
+            None => Lookup::Miss,
+            Some(Slot::Response(e)) => Lookup::Found(e),
+            Some(Slot::Vary(names)) => {
+                let variant = primary.variant(&names, headers);
+                match self.entries.get(&variant) {
+                    Some(Slot::Response(e)) => Lookup::Found(e),
+                    Some(Slot::Vary(_)) | None => Lookup::VaryMiss(variant),
+                }
+            }
+        }
+    }
+
+    /// Stores an entry built for `primary`.
+    pub fn insert(&self, primary: &CacheKey, entry: Arc<Entry>) {
+        match &entry.vary {
+            Some(names) => {
+                self.entries
+                    .insert(primary.clone(), Slot::Vary(names.clone()));
+                self.entries
+                    .insert(entry.key.clone(), Slot::Response(entry));
+            }
+            None => self.entries.insert(primary.clone(), Slot::Response(entry)),
+        }
+        self.uncacheable.invalidate(primary);
+    }
+
+    pub fn mark_uncacheable(&self, primary: &CacheKey) {
+        self.uncacheable.insert(primary.clone(), ());
+    }
+
+    pub fn is_uncacheable(&self, primary: &CacheKey) -> bool {
+        self.uncacheable.contains_key(primary)
+    }
+
+    /// Entries and weighted bytes, for metrics.
+    pub fn usage(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+}

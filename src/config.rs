@@ -1,0 +1,1098 @@
+//! Configuration: a raw serde layer in human units, validated into typed values.
+//!
+//! Validation collects every problem with its key path (`site[0].cache.rule[1].ttl`)
+//! so an operator fixes the file in one pass. Unknown keys are errors too: a typo
+//! in a limit must never silently fall back to a default during a surge.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderValue, Uri};
+use serde::Deserialize;
+
+/// Most connections the public listener keeps open at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Largest request head accepted; larger heads get `431`.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
+/// hyper cannot buffer less than this for a request head.
+const MIN_HEADER_BYTES: u64 = 8 * 1024;
+/// Time a client has to send a complete request head (slowloris guard).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Bytes of stored responses when `cache.max_size` is not set.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest single response worth storing when `cache.max_object_size` is not set.
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
+/// How long an uncacheable key skips the coalescer (Varnish's hit-for-miss).
+pub const DEFAULT_HIT_FOR_MISS: Duration = Duration::from_secs(120);
+/// Requests that may wait on one in-flight fetch; the excess get the busy page.
+pub const DEFAULT_MAX_WAITERS_PER_KEY: usize = 10_000;
+pub const DEFAULT_ORIGIN_CONCURRENCY: usize = 64;
+pub const DEFAULT_ORIGIN_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::from_secs(30);
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(3600);
+/// Cookies that mark a request as per-user when a site names none.
+pub const DEFAULT_SESSION_COOKIES: &[&str] = &["JSESSIONID", "PHPSESSID", "oneSessionId"];
+pub const DEFAULT_SESSION_DURATION: Duration = Duration::from_secs(20 * 60);
+
+/// A validated configuration. Built only by [`Config::parse`], so every value is usable.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub cache: CacheConfig,
+    pub sites: Vec<SiteConfig>,
+    pub cluster: Option<ClusterConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Public listener: HTTP/1.1 and h2c.
+    pub listen: SocketAddr,
+    /// `/metrics`, `/healthz` and the admin API; never the public port.
+    pub admin_listen: Option<SocketAddr>,
+    /// Tokio worker threads; all cores when unset.
+    pub worker_threads: Option<NonZeroUsize>,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Peers whose `X-Forwarded-*` headers are believed (a load balancer in front).
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Bytes of stored responses, headers included.
+    pub max_size: u64,
+    pub max_object_size: u64,
+    pub hit_for_miss: Duration,
+    pub max_waiters_per_key: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    /// `http://host:port`, no path.
+    pub origin: Uri,
+    /// Replaces the client's `Host` toward the origin; passed through when unset.
+    pub origin_host: Option<HeaderValue>,
+    pub origin_concurrency: usize,
+    pub origin_queue_timeout: Duration,
+    pub origin_timeout: Duration,
+    pub origin_connect_timeout: Duration,
+    /// Cookie names that make a request per-user.
+    pub session_cookies: Vec<String>,
+    pub cache: SiteCacheConfig,
+    pub admission: Option<AdmissionConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SiteCacheConfig {
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    pub rules: Vec<CacheRule>,
+}
+
+/// A forced policy for paths under `prefix`, for origins that send no or bad headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheRule {
+    pub prefix: String,
+    pub action: RuleAction,
+    /// Session cookies don't make these requests per-user (static assets).
+    pub shared: bool,
+    pub stale_while_revalidate: Option<Duration>,
+    pub stale_if_error: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    /// Follow the origin's headers.
+    Headers,
+    /// Treat storable responses as fresh for this long, whatever the origin says.
+    ForceTtl(Duration),
+    /// Never cache.
+    Bypass,
+}
+
+/// The waiting-room settings of a site (enforced by the admission stage).
+#[derive(Debug, Clone)]
+pub struct AdmissionConfig {
+    pub paths: Vec<String>,
+    pub new_users_per_minute: u32,
+    pub burst: u32,
+    pub max_active_users: Option<u32>,
+    pub session_duration: Duration,
+    pub mode: AdmissionMode,
+    pub cookie_domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionMode {
+    Auto,
+    QueueAll,
+    Passthrough,
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub redis_url: String,
+}
+
+/// A `hosts` entry: an exact name (lower-cased, no port) or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Any,
+    Exact(String),
+}
+
+impl HostPattern {
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(name) => name.eq_ignore_ascii_case(host),
+        }
+    }
+}
+
+/// An address range, `10.0.0.0/8` or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                mask_eq(u32::from(net).into(), u32::from(ip).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                mask_eq(u128::from(net), u128::from(ip), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mask_eq(net: u128, ip: u128, prefix: u8, bits: u8) -> bool {
+    let shift = u32::from(bits - prefix);
+    shift >= 128 || (net >> shift) == (ip >> shift)
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has a bad prefix length (0..={max})"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+/// One problem in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text, reporting every problem at once.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let mut errors = Errors::default();
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::parse(text).map_err(|e| single(e.to_string()))?;
+        let raw: RawConfig = serde_ignored::deserialize(de, |path| {
+            unknown.push(key_path(&path));
+        })
+        .map_err(|e| single(e.to_string()))?;
+        for key in unknown {
+            errors.push(key, "unknown key");
+        }
+        let config = raw.validate(&mut errors);
+        if errors.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors.0))
+        }
+    }
+
+    /// Finds the site answering `host` (lower-case, without port): the first exact
+    /// match wins over any `*` site, whatever their order in the file.
+    pub fn site_for_host(&self, host: &str) -> Option<usize> {
+        let exact = self.sites.iter().position(|s| {
+            s.hosts
+                .iter()
+                .any(|h| matches!(h, HostPattern::Exact(_)) && h.matches(host))
+        });
+        exact.or_else(|| {
+            self.sites
+                .iter()
+                .position(|s| s.hosts.contains(&HostPattern::Any))
+        })
+    }
+}
+
+impl SiteConfig {
+    /// The rule governing `path`: the longest matching prefix.
+    pub fn rule_for(&self, path: &str) -> Option<&CacheRule> {
+        self.cache
+            .rules
+            .iter()
+            .filter(|r| path.starts_with(&r.prefix))
+            .max_by_key(|r| r.prefix.len())
+    }
+}
+
+fn single(message: String) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        path: String::new(),
+        message: message.trim_end().to_owned(),
+    }])
+}
+
+/// `site.0.cache.x` as serde_ignored sees it → `site[0].cache.x`.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        P::Map { parent, key } => {
+            let parent = key_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            key_path(parent)
+        }
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, raw: Option<&str>, default: Duration) -> Duration {
+        self.opt_duration(path, raw).unwrap_or(default)
+    }
+
+    fn opt_duration(&mut self, path: &str, raw: Option<&str>) -> Option<Duration> {
+        let raw = raw?;
+        match humantime::parse_duration(raw) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                self.push(
+                    path,
+                    format!("{raw:?} is not a duration (write it like \"30s\", \"20m\", \"1h\")"),
+                );
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, path: &str, raw: Option<&str>, default: u64) -> u64 {
+        let Some(raw) = raw else { return default };
+        match raw.parse::<bytesize::ByteSize>() {
+            Ok(size) if size.as_u64() > 0 => size.as_u64(),
+            _ => {
+                self.push(
+                    path,
+                    format!("{raw:?} is not a size (write it like \"256MiB\", \"64KiB\")"),
+                );
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, path: &str, raw: &str) -> Option<SocketAddr> {
+        match raw.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(
+                    path,
+                    format!("{raw:?} is not an address (write it like \"127.0.0.1:8080\")"),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, path: &str, raw: Option<u64>, default: usize) -> usize {
+        match raw {
+            None => default,
+            Some(0) => {
+                self.push(path, "must be at least 1");
+                default
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+// ---- the raw layer: what the file says, in human units ----
+
+#[derive(Deserialize)]
+struct RawConfig {
+    server: Option<RawServer>,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    site: Vec<RawSite>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize)]
+struct RawServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    worker_threads: Option<u64>,
+    max_connections: Option<u64>,
+    max_header_size: Option<String>,
+    header_read_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    tls_listen: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawCache {
+    max_size: Option<String>,
+    max_object_size: Option<String>,
+    hit_for_miss: Option<String>,
+    max_waiters_per_key: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawSite {
+    name: Option<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    origin: Option<String>,
+    origin_host: Option<String>,
+    origin_concurrency: Option<u64>,
+    origin_queue_timeout: Option<String>,
+    origin_timeout: Option<String>,
+    origin_connect_timeout: Option<String>,
+    session_cookies: Option<Vec<String>>,
+    #[serde(default)]
+    cache: RawSiteCache,
+    admission: Option<RawAdmission>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawSiteCache {
+    stale_while_revalidate: Option<String>,
+    stale_if_error: Option<String>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+struct RawRule {
+    prefix: Option<String>,
+    ttl: Option<String>,
+    #[serde(default)]
+    bypass: bool,
+    #[serde(default)]
+    shared: bool,
+    stale_while_revalidate: Option<String>,
+    stale_if_error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawAdmission {
+    #[serde(default)]
+    paths: Vec<String>,
+    new_users_per_minute: Option<u64>,
+    burst: Option<u64>,
+    max_active_users: Option<u64>,
+    session_duration: Option<String>,
+    mode: Option<String>,
+    cookie_domain: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawCluster {
+    redis_url: Option<String>,
+}
+
+impl RawConfig {
+    fn validate(self, errors: &mut Errors) -> Config {
+        let server = match self.server {
+            Some(s) => s.validate(errors),
+            None => {
+                errors.push("server", "missing section (it needs at least `listen`)");
+                RawServer::fallback()
+            }
+        };
+        let cache = self.cache.validate(errors);
+        if self.site.is_empty() {
+            errors.push("site", "no [[site]] configured: digue would answer nothing");
+        }
+        let sites: Vec<SiteConfig> = self
+            .site
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| s.validate(&format!("site[{i}]"), errors))
+            .collect();
+        check_unique_sites(&sites, errors);
+        let cluster = self.cluster.and_then(|c| match c.redis_url {
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Some(ClusterConfig { redis_url: url })
+            }
+            Some(_) => {
+                errors.push("cluster.redis_url", "must start with redis:// or rediss://");
+                None
+            }
+            None => {
+                errors.push("cluster.redis_url", "missing");
+                None
+            }
+        });
+        Config {
+            server,
+            cache,
+            sites,
+            cluster,
+        }
+    }
+}
+
+fn check_unique_sites(sites: &[SiteConfig], errors: &mut Errors) {
+    let mut names = BTreeSet::new();
+    let mut hosts = BTreeSet::new();
+    for (i, site) in sites.iter().enumerate() {
+        if !names.insert(site.name.as_str()) {
+            errors.push(
+                format!("site[{i}].name"),
+                format!("{:?} is used by an earlier site", site.name),
+            );
+        }
+        for (j, host) in site.hosts.iter().enumerate() {
+            let key = match host {
+                HostPattern::Any => "*",
+                HostPattern::Exact(h) => h.as_str(),
+            };
+            if !hosts.insert(key.to_owned()) {
+                errors.push(
+                    format!("site[{i}].hosts[{j}]"),
+                    format!("{key:?} is already answered by an earlier site"),
+                );
+            }
+        }
+    }
+}
+
+impl RawServer {
+    fn fallback() -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: None,
+            worker_threads: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES as usize,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            trusted_proxies: Vec::new(),
+        }
+    }
+
+    fn validate(self, errors: &mut Errors) -> ServerConfig {
+        let mut out = RawServer::fallback();
+        match self.listen.as_deref() {
+            Some(raw) => {
+                if let Some(a) = errors.addr("server.listen", raw) {
+                    out.listen = a;
+                }
+            }
+            None => errors.push("server.listen", "missing (e.g. \"0.0.0.0:8080\")"),
+        }
+        out.admin_listen = self
+            .admin_listen
+            .as_deref()
+            .and_then(|raw| errors.addr("server.admin_listen", raw));
+        if out.admin_listen == Some(out.listen) {
+            errors.push(
+                "server.admin_listen",
+                "must differ from server.listen: the admin API is never public",
+            );
+        }
+        out.worker_threads = self.worker_threads.map(|n| {
+            NonZeroUsize::new(errors.positive("server.worker_threads", Some(n), 1))
+                .expect("invariant: positive() never returns 0")
+        });
+        out.max_connections = errors.positive(
+            "server.max_connections",
+            self.max_connections,
+            out.max_connections,
+        );
+        let header = errors.size(
+            "server.max_header_size",
+            self.max_header_size.as_deref(),
+            DEFAULT_MAX_HEADER_BYTES,
+        );
+        if header < MIN_HEADER_BYTES {
+            errors.push(
+                "server.max_header_size",
+                format!("must be at least {}KiB", MIN_HEADER_BYTES / 1024),
+            );
+        }
+        out.max_header_bytes = usize::try_from(header.max(MIN_HEADER_BYTES)).unwrap_or(usize::MAX);
+        out.header_read_timeout = errors.duration(
+            "server.header_read_timeout",
+            self.header_read_timeout.as_deref(),
+            DEFAULT_HEADER_READ_TIMEOUT,
+        );
+        out.shutdown_grace = errors.duration(
+            "server.shutdown_grace",
+            self.shutdown_grace.as_deref(),
+            DEFAULT_SHUTDOWN_GRACE,
+        );
+        for (i, raw) in self.trusted_proxies.iter().enumerate() {
+            match raw.parse::<Cidr>() {
+                Ok(c) => out.trusted_proxies.push(c),
+                Err(e) => errors.push(format!("server.trusted_proxies[{i}]"), e),
+            }
+        }
+        if self.tls_listen.is_some() || self.tls_cert.is_some() || self.tls_key.is_some() {
+            errors.push(
+                "server.tls_listen",
+                "TLS is not available in this version of digue; terminate TLS in front of it",
+            );
+        }
+        out
+    }
+}
+
+impl RawCache {
+    fn validate(self, errors: &mut Errors) -> CacheConfig {
+        let max_size = errors.size(
+            "cache.max_size",
+            self.max_size.as_deref(),
+            DEFAULT_CACHE_BYTES,
+        );
+        let max_object_size = errors.size(
+            "cache.max_object_size",
+            self.max_object_size.as_deref(),
+            DEFAULT_MAX_OBJECT_BYTES.min(max_size / 4).max(1),
+        );
+        if max_object_size > max_size {
+            errors.push(
+                "cache.max_object_size",
+                "is larger than cache.max_size: such objects could never be stored",
+            );
+        }
+        CacheConfig {
+            max_size,
+            max_object_size,
+            hit_for_miss: errors.duration(
+                "cache.hit_for_miss",
+                self.hit_for_miss.as_deref(),
+                DEFAULT_HIT_FOR_MISS,
+            ),
+            max_waiters_per_key: errors.positive(
+                "cache.max_waiters_per_key",
+                self.max_waiters_per_key,
+                DEFAULT_MAX_WAITERS_PER_KEY,
+            ),
+        }
+    }
+}
+
+impl RawSite {
+    fn validate(self, at: &str, errors: &mut Errors) -> SiteConfig {
+        let name = match self.name {
+            Some(n) if valid_name(&n) => n,
+            Some(n) => {
+                errors.push(
+                    format!("{at}.name"),
+                    format!("{n:?} must be 1-64 characters among a-z, 0-9, '-' and '_'"),
+                );
+                n
+            }
+            None => {
+                errors.push(format!("{at}.name"), "missing");
+                String::new()
+            }
+        };
+        if self.hosts.is_empty() {
+            errors.push(
+                format!("{at}.hosts"),
+                "missing: list the Host names this site answers, or [\"*\"] for any",
+            );
+        }
+        let hosts = self
+            .hosts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| parse_host(h, &format!("{at}.hosts[{i}]"), errors))
+            .collect();
+        let origin = match self.origin.as_deref() {
+            Some(raw) => parse_origin(raw, &format!("{at}.origin"), errors),
+            None => {
+                errors.push(
+                    format!("{at}.origin"),
+                    "missing (e.g. \"http://10.0.0.5:8080\")",
+                );
+                Uri::from_static("http://127.0.0.1")
+            }
+        };
+        let origin_host = self
+            .origin_host
+            .and_then(|h| match HeaderValue::from_str(&h) {
+                Ok(v) if !h.is_empty() => Some(v),
+                _ => {
+                    errors.push(
+                        format!("{at}.origin_host"),
+                        format!("{h:?} is not a host name"),
+                    );
+                    None
+                }
+            });
+        let session_cookies = self.session_cookies.unwrap_or_else(|| {
+            DEFAULT_SESSION_COOKIES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        });
+        for (i, c) in session_cookies.iter().enumerate() {
+            if c.is_empty()
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"=;,".contains(&b))
+            {
+                errors.push(
+                    format!("{at}.session_cookies[{i}]"),
+                    format!("{c:?} is not a cookie name"),
+                );
+            }
+        }
+        SiteConfig {
+            origin_concurrency: errors.positive(
+                &format!("{at}.origin_concurrency"),
+                self.origin_concurrency,
+                DEFAULT_ORIGIN_CONCURRENCY,
+            ),
+            origin_queue_timeout: errors.duration(
+                &format!("{at}.origin_queue_timeout"),
+                self.origin_queue_timeout.as_deref(),
+                DEFAULT_ORIGIN_QUEUE_TIMEOUT,
+            ),
+            origin_timeout: errors.duration(
+                &format!("{at}.origin_timeout"),
+                self.origin_timeout.as_deref(),
+                DEFAULT_ORIGIN_TIMEOUT,
+            ),
+            origin_connect_timeout: errors.duration(
+                &format!("{at}.origin_connect_timeout"),
+                self.origin_connect_timeout.as_deref(),
+                DEFAULT_ORIGIN_CONNECT_TIMEOUT,
+            ),
+            cache: self.cache.validate(&format!("{at}.cache"), errors),
+            admission: self
+                .admission
+                .map(|a| a.validate(&format!("{at}.admission"), errors)),
+            name,
+            hosts,
+            origin,
+            origin_host,
+            session_cookies,
+        }
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn parse_host(raw: &str, at: &str, errors: &mut Errors) -> Option<HostPattern> {
+    if raw == "*" {
+        return Some(HostPattern::Any);
+    }
+    let ok = !raw.is_empty()
+        && raw.len() <= 253
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Some(HostPattern::Exact(raw.to_ascii_lowercase()))
+    } else {
+        errors.push(
+            at,
+            format!("{raw:?} is not a host name (no port, no scheme; \"*\" for any)"),
+        );
+        None
+    }
+}
+
+fn parse_origin(raw: &str, at: &str, errors: &mut Errors) -> Uri {
+    let fallback = Uri::from_static("http://127.0.0.1");
+    let Ok(uri) = raw.parse::<Uri>() else {
+        errors.push(
+            at,
+            format!("{raw:?} is not a URL (e.g. \"http://10.0.0.5:8080\")"),
+        );
+        return fallback;
+    };
+    if uri.scheme_str() == Some("https") {
+        errors.push(
+            at,
+            "https origins are not supported yet; reach the origin over http on a private network",
+        );
+        return fallback;
+    }
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        errors.push(at, format!("{raw:?} must look like \"http://host:port\""));
+        return fallback;
+    }
+    if uri.path() != "/" || uri.query().is_some() {
+        errors.push(at, "must not have a path: requests keep their own path");
+        return fallback;
+    }
+    uri
+}
+
+impl RawSiteCache {
+    fn validate(self, at: &str, errors: &mut Errors) -> SiteCacheConfig {
+        let rules = self
+            .rule
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.validate(&format!("{at}.rule[{i}]"), errors))
+            .collect();
+        SiteCacheConfig {
+            stale_while_revalidate: errors.duration(
+                &format!("{at}.stale_while_revalidate"),
+                self.stale_while_revalidate.as_deref(),
+                DEFAULT_STALE_WHILE_REVALIDATE,
+            ),
+            stale_if_error: errors.duration(
+                &format!("{at}.stale_if_error"),
+                self.stale_if_error.as_deref(),
+                DEFAULT_STALE_IF_ERROR,
+            ),
+            rules,
+        }
+    }
+}
+
+impl RawRule {
+    fn validate(self, at: &str, errors: &mut Errors) -> CacheRule {
+        let prefix = match self.prefix {
+            Some(p) if p.starts_with('/') => p,
+            Some(p) => {
+                errors.push(format!("{at}.prefix"), format!("{p:?} must start with '/'"));
+                p
+            }
+            None => {
+                errors.push(format!("{at}.prefix"), "missing (e.g. \"/static/\")");
+                String::from("/")
+            }
+        };
+        let ttl = errors.opt_duration(&format!("{at}.ttl"), self.ttl.as_deref());
+        let action = match (ttl, self.bypass) {
+            (Some(_), true) => {
+                errors.push(
+                    format!("{at}.bypass"),
+                    "a rule cannot both force a ttl and bypass",
+                );
+                RuleAction::Bypass
+            }
+            (Some(ttl), false) => RuleAction::ForceTtl(ttl),
+            (None, true) => RuleAction::Bypass,
+            (None, false) => RuleAction::Headers,
+        };
+        if self.shared && self.bypass {
+            errors.push(format!("{at}.shared"), "a bypass rule shares nothing");
+        }
+        CacheRule {
+            prefix,
+            action,
+            shared: self.shared,
+            stale_while_revalidate: errors.opt_duration(
+                &format!("{at}.stale_while_revalidate"),
+                self.stale_while_revalidate.as_deref(),
+            ),
+            stale_if_error: errors.opt_duration(
+                &format!("{at}.stale_if_error"),
+                self.stale_if_error.as_deref(),
+            ),
+        }
+    }
+}
+
+impl RawAdmission {
+    fn validate(self, at: &str, errors: &mut Errors) -> AdmissionConfig {
+        for (i, p) in self.paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                errors.push(
+                    format!("{at}.paths[{i}]"),
+                    format!("{p:?} must start with '/'"),
+                );
+            }
+        }
+        let rate = match self.new_users_per_minute {
+            Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
+            None => {
+                errors.push(format!("{at}.new_users_per_minute"), "missing");
+                60
+            }
+        };
+        let mode = match self.mode.as_deref() {
+            None | Some("auto") => AdmissionMode::Auto,
+            Some("queue_all") => AdmissionMode::QueueAll,
+            Some("passthrough") => AdmissionMode::Passthrough,
+            Some("closed") => AdmissionMode::Closed,
+            Some(other) => {
+                errors.push(
+                    format!("{at}.mode"),
+                    format!("{other:?} is not one of auto, queue_all, passthrough, closed"),
+                );
+                AdmissionMode::Auto
+            }
+        };
+        AdmissionConfig {
+            paths: self.paths,
+            new_users_per_minute: rate,
+            // Five seconds' worth of the rate, at least one.
+            burst: self
+                .burst
+                .map_or((rate / 12).max(1), |b| u32::try_from(b).unwrap_or(u32::MAX)),
+            max_active_users: self
+                .max_active_users
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            session_duration: errors.duration(
+                &format!("{at}.session_duration"),
+                self.session_duration.as_deref(),
+                DEFAULT_SESSION_DURATION,
+            ),
+            mode,
+            cookie_domain: self.cookie_domain,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [server]
+        listen = "127.0.0.1:8080"
+        [[site]]
+        name = "portal"
+        hosts = ["*"]
+        origin = "http://127.0.0.1:8081"
+    "#;
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match Config::parse(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse(MINIMAL).expect("minimal config is valid");
+        assert_eq!(c.cache.max_size, DEFAULT_CACHE_BYTES);
+        let site = &c.sites[0];
+        assert_eq!(site.origin_concurrency, DEFAULT_ORIGIN_CONCURRENCY);
+        assert_eq!(site.origin_queue_timeout, DEFAULT_ORIGIN_QUEUE_TIMEOUT);
+        assert_eq!(site.session_cookies, DEFAULT_SESSION_COOKIES);
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../config.toml");
+        if let Err(e) = Config::parse(text) {
+            panic!("config.toml must parse:\n{e}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let text = r#"
+            [server]
+            listen = "nowhere"
+            colour = "blue"
+            [cache]
+            max_size = "lots"
+            [[site]]
+            name = "portal"
+            hosts = ["*"]
+            origin = "http://127.0.0.1:8081"
+            [[site.cache.rule]]
+            prefix = "/static/"
+            ttl = "1h"
+            [[site.cache.rule]]
+            prefix = "static"
+            ttl = "1 hour please"
+            typo = 1
+        "#;
+        let errs = errors_of(text);
+        for expected in [
+            "server.listen: \"nowhere\" is not an address",
+            "server.colour: unknown key",
+            "cache.max_size: \"lots\" is not a size",
+            "site[0].cache.rule[1].prefix: \"static\" must start with '/'",
+            "site[0].cache.rule[1].ttl: \"1 hour please\" is not a duration",
+            "site[0].cache.rule[1].typo: unknown key",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(expected)),
+                "missing {expected:?} in {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let errs = errors_of(&MINIMAL.replace(
+            "hosts = [\"*\"]",
+            "hosts = [\"*\"]\norigin_concurrency = \"many\"",
+        ));
+        assert!(
+            errs.len() == 1 && errs[0].contains("origin_concurrency"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn bad_origins_and_duplicate_hosts_are_refused() {
+        let text = format!(
+            "{MINIMAL}\n[[site]]\nname = \"portal\"\nhosts = [\"*\"]\norigin = \"https://x\"\n"
+        );
+        let errs = errors_of(&text);
+        assert!(
+            errs.iter().any(|e| e.starts_with("site[1].name")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("site[1].hosts[0]")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("site[1].origin")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn exact_host_wins_over_wildcard_whatever_the_order() {
+        let text = format!(
+            "{MINIMAL}\n[[site]]\nname = \"ent\"\nhosts = [\"ent.example.fr\"]\norigin = \"http://127.0.0.1:9\"\n"
+        );
+        let c = Config::parse(&text).expect("valid");
+        assert_eq!(c.site_for_host("ent.example.fr"), Some(1));
+        assert_eq!(c.site_for_host("other"), Some(0));
+    }
+
+    #[test]
+    fn longest_rule_prefix_wins() {
+        let text = format!(
+            "{MINIMAL}\n[[site.cache.rule]]\nprefix = \"/static/\"\nttl = \"1h\"\n[[site.cache.rule]]\nprefix = \"/static/private/\"\nbypass = true\n"
+        );
+        let c = Config::parse(&text).expect("valid");
+        let site = &c.sites[0];
+        assert_eq!(
+            site.rule_for("/static/private/x").map(|r| r.action),
+            Some(RuleAction::Bypass)
+        );
+        assert_eq!(
+            site.rule_for("/static/a.css").map(|r| r.action),
+            Some(RuleAction::ForceTtl(Duration::from_secs(3600)))
+        );
+        assert!(site.rule_for("/other").is_none());
+    }
+
+    #[test]
+    fn cidr_ranges_match_v4_and_mapped_v6() {
+        let net: Cidr = "10.0.0.0/8".parse().expect("valid");
+        assert!(net.contains("10.1.2.3".parse().expect("ip")));
+        assert!(net.contains("::ffff:10.1.2.3".parse().expect("ip")));
+        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
+        let all: Cidr = "0.0.0.0/0".parse().expect("valid");
+        assert!(all.contains("1.2.3.4".parse().expect("ip")));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! The `digue` command: run, check, demo. Thin: the work lives in the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use digue::config::{Config, HostPattern};
+use digue::demo::{Portal, PortalOptions};
+
+/// The example config shipped at the root of the repository; `digue demo`
+/// runs it against the built-in demo portal.
+const EXAMPLE_CONFIG: &str = include_str!("../config.toml");
+
+#[derive(Parser)]
+#[command(
+    name = "digue",
+    version,
+    about = "A caching reverse proxy and surge shield for school portals"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Run with this config when no subcommand is given.
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run(RunArgs),
+    /// Validate a config file, print every problem with its key path.
+    Check(RunArgs),
+    /// Start a fragile demo portal with digue in front of it, on loopback.
+    Demo {
+        /// Where digue listens for the demo.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The config file (TOML).
+    #[arg(long, short, default_value = "config.toml")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    match cli.command {
+        Some(Command::Check(args)) => check(&args.config),
+        Some(Command::Run(args)) => run(&args.config),
+        None => run(&cli.run.config),
+        Some(Command::Demo { listen }) => demo(listen),
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{}: {} problem(s):", path.display(), errors.0.len());
+        for e in &errors.0 {
+            eprintln!("  {e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} site(s), listening on {})",
+                path.display(),
+                config.sites.len(),
+                config.server.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn runtime(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.server.worker_threads {
+        builder.worker_threads(n.get());
+    }
+    builder.enable_all().build()
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    warn_unenforced(&config);
+    let rt = match runtime(&config) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let running = match digue::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot bind a listener");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(listen = %running.listen, admin = ?running.admin, "digue is serving");
+        wait_for_shutdown_signal().await;
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Keys that parse but whose stage is not built yet: say so rather than
+/// let an operator believe they protect anything.
+fn warn_unenforced(config: &Config) {
+    for site in config.sites.iter().filter(|s| s.admission.is_some()) {
+        tracing::warn!(site = %site.name, "[site.admission] is validated but the waiting room is not enforced by this version");
+    }
+    if config.cluster.is_some() {
+        tracing::warn!("[cluster] is validated but cluster mode is not available in this version");
+    }
+}
+
+/// Returns on SIGTERM or SIGINT. SIGHUP is caught so that a reload attempt
+/// does not kill the process (the default action of SIGHUP).
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => tracing::warn!("SIGHUP: live reload is not available in this version; restart to apply config changes"),
+        }
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn demo(listen: SocketAddr) -> ExitCode {
+    let mut config = match Config::parse(EXAMPLE_CONFIG) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("the embedded config.toml is invalid:\n{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime(&config) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let origin = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot bind the demo portal: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let portal = Portal::spawn(origin, PortalOptions::default());
+        let origin_uri: http::Uri = match format!("http://{}", portal.addr).parse() {
+            Ok(u) => u,
+            Err(_) => return ExitCode::FAILURE,
+        };
+        config.server.listen = listen;
+        config.server.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.sites.truncate(1);
+        for site in &mut config.sites {
+            site.origin = origin_uri.clone();
+            site.hosts = vec![HostPattern::Any];
+        }
+        let running = match digue::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!(
+                    "cannot listen on {listen}: {e} (try `digue demo --listen 127.0.0.1:8181`)"
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        println!(
+            "digue demo: a fragile school portal on http://{} (capacity 32)",
+            portal.addr
+        );
+        println!(
+            "            digue in front of it:   http://{}/",
+            running.listen
+        );
+        if let Some(admin) = running.admin {
+            println!("            metrics:                http://{admin}/metrics");
+        }
+        println!(
+            "Open http://{}/ in a browser; Ctrl-C to stop.",
+            running.listen
+        );
+        wait_for_shutdown_signal().await;
+        running.shutdown().await;
+        drop(portal);
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,231 @@
+//! The upstream client: pooled keep-alive connections, timeouts, and header
+//! hygiene in both directions (hop-by-hop removal, `X-Forwarded-*` set by
+//! digue from the real connection, never taken from the client).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{Cidr, SiteConfig};
+use crate::outcome::OriginErrorKind;
+
+/// A request body toward the origin: the client's stream, or nothing.
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// How long an idle pooled connection is kept. Below the 15-20 s keep-alive
+/// of common portal stacks (Tomcat, Apache), so digue closes first and rarely
+/// races an origin that is closing the same connection.
+const POOL_IDLE: Duration = Duration::from_secs(10);
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The downstream connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Downstream {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// The client toward one site's origin.
+pub struct Origin {
+    client: Client<HttpConnector, UpstreamBody>,
+    /// `http://host:port` of the origin.
+    base: Uri,
+    host_override: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+impl Origin {
+    pub fn new(site: &SiteConfig) -> Origin {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(site.origin_connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(site.origin_concurrency)
+            .build(connector);
+        Origin {
+            client,
+            base: site.origin.clone(),
+            host_override: site.origin_host.clone(),
+            timeout: site.origin_timeout,
+        }
+    }
+
+    /// Builds the request to send upstream from a downstream request's head.
+    /// `host` is the Host the client asked for.
+    pub fn request(
+        &self,
+        parts: &http::request::Parts,
+        host: &HeaderValue,
+        from: Downstream,
+        trusted: &[Cidr],
+        body: UpstreamBody,
+    ) -> Request<UpstreamBody> {
+        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut uri = self.base.clone().into_parts();
+        uri.path_and_query = path.parse().ok();
+        let uri = Uri::from_parts(uri).unwrap_or_else(|_| self.base.clone());
+
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        headers.insert(
+            header::HOST,
+            self.host_override.clone().unwrap_or_else(|| host.clone()),
+        );
+        set_forwarded(&mut headers, host, from, trusted);
+
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+        req
+    }
+
+    /// Sends a request and waits at most `origin_timeout` for the response head.
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, OriginErrorKind> {
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(OriginErrorKind::Timeout),
+            Ok(Err(e)) if e.is_connect() => Err(OriginErrorKind::Connect),
+            Ok(Err(_)) => Err(OriginErrorKind::Protocol),
+            Ok(Ok(mut res)) => {
+                strip_hop_by_hop(res.headers_mut());
+                Ok(res)
+            }
+        }
+    }
+}
+
+/// Removes the headers that describe one connection, not the message
+/// (RFC 9110 §7.6.1), including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` from the real connection. A client's
+/// own values are dropped unless it is a trusted proxy: a forged
+/// `X-Forwarded-Host` must never reach a portal that builds cacheable
+/// redirects from it.
+fn set_forwarded(headers: &mut HeaderMap, host: &HeaderValue, from: Downstream, trusted: &[Cidr]) {
+    let peer_ip = from.peer.ip().to_canonical();
+    let is_trusted = trusted.iter().any(|c| c.contains(peer_ip));
+    let peer = HeaderValue::from_str(&peer_ip.to_string())
+        .expect("invariant: an IP address is a valid header value");
+    if !is_trusted {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        headers.remove(&X_REAL_IP);
+        headers.remove(header::FORWARDED);
+    }
+    let chain = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prior) => {
+            let mut v = prior.to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or(peer)
+        }
+        None => peer,
+    };
+    headers.insert(&X_FORWARDED_FOR, chain);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        let proto = if from.tls { "https" } else { "http" };
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        headers.insert(&X_FORWARDED_HOST, host.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn downstream(ip: &str) -> Downstream {
+        Downstream {
+            peer: SocketAddr::new(ip.parse().expect("ip"), 40000),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "only Accept survives: {h:?}");
+    }
+
+    #[test]
+    fn client_forwarded_headers_are_overwritten_unless_trusted() {
+        let host = HeaderValue::from_static("ent.example.fr");
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        set_forwarded(&mut h, &host, downstream("192.0.2.7"), &[]);
+        assert_eq!(h[&X_FORWARDED_HOST], "ent.example.fr");
+        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.7");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+
+        let lb: Cidr = "10.0.0.0/8".parse().expect("cidr");
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        set_forwarded(&mut h, &host, downstream("10.0.0.2"), &[lb]);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.2");
+        assert_eq!(
+            h[&X_FORWARDED_PROTO], "https",
+            "a trusted proxy's scheme is kept"
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! How a request was served, as closed enums: one source for the
+//! `Cache-Status` header, metric labels and logs.
+//!
+//! Each enum lists its variants in `ALL` in declaration order, so metric
+//! handles can be indexed by `variant as usize`.
+
+/// The outcome of one request, the `outcome` label of `digue_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Stale,
+    Miss,
+    Collapsed,
+    Bypass,
+    Pass,
+    Busy,
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Hit,
+        Outcome::Stale,
+        Outcome::Miss,
+        Outcome::Collapsed,
+        Outcome::Bypass,
+        Outcome::Pass,
+        Outcome::Busy,
+        Outcome::Error,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Stale => "stale",
+            Outcome::Miss => "miss",
+            Outcome::Collapsed => "collapsed",
+            Outcome::Bypass => "bypass",
+            Outcome::Pass => "pass",
+            Outcome::Busy => "busy",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Why a stale copy was served instead of a fresh one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleReason {
+    /// Within stale-while-revalidate: one background fetch refreshes it.
+    Revalidating,
+    /// The origin failed (5xx, connect error, timeout): stale-if-error.
+    OriginError,
+    /// No origin slot within origin_queue_timeout, or too many waiters.
+    OriginBusy,
+}
+
+impl StaleReason {
+    pub const ALL: [StaleReason; 3] = [
+        StaleReason::Revalidating,
+        StaleReason::OriginError,
+        StaleReason::OriginBusy,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaleReason::Revalidating => "revalidating",
+            StaleReason::OriginError => "origin_error",
+            StaleReason::OriginBusy => "origin_busy",
+        }
+    }
+    /// The `detail` of `Cache-Status`.
+    fn detail(self) -> &'static str {
+        match self {
+            StaleReason::Revalidating => "stale-while-revalidate",
+            StaleReason::OriginError => "stale-if-error",
+            StaleReason::OriginBusy => "origin-busy",
+        }
+    }
+}
+
+/// Why a request skipped the shared cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BypassReason {
+    /// Not GET or HEAD: passed untouched.
+    Method,
+    /// Carries one of the site's session cookies: per-user.
+    SessionCookie,
+    /// Carries `Authorization`: per-user (RFC 9111 §3.5).
+    Authorization,
+    /// A `Range` request: digue does not store partial content.
+    Range,
+    /// A cache rule says bypass.
+    Rule,
+    /// The key recently answered something uncacheable (hit-for-miss).
+    Uncacheable,
+}
+
+impl BypassReason {
+    pub const ALL: [BypassReason; 6] = [
+        BypassReason::Method,
+        BypassReason::SessionCookie,
+        BypassReason::Authorization,
+        BypassReason::Range,
+        BypassReason::Rule,
+        BypassReason::Uncacheable,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BypassReason::Method => "method",
+            BypassReason::SessionCookie => "session_cookie",
+            BypassReason::Authorization => "authorization",
+            BypassReason::Range => "range",
+            BypassReason::Rule => "rule",
+            BypassReason::Uncacheable => "uncacheable",
+        }
+    }
+    fn detail(self) -> &'static str {
+        match self {
+            BypassReason::Method => "method",
+            BypassReason::SessionCookie => "session-cookie",
+            BypassReason::Authorization => "authorization",
+            BypassReason::Range => "range",
+            BypassReason::Rule => "rule",
+            BypassReason::Uncacheable => "hit-for-miss",
+        }
+    }
+}
+
+/// Why the busy page was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyReason {
+    /// No origin slot freed within origin_queue_timeout.
+    QueueTimeout,
+    /// Too many requests already wait on the same fetch.
+    WaitersFull,
+    /// The fetch this request waited on did not finish within its deadline.
+    WaitTimeout,
+}
+
+impl BusyReason {
+    pub const ALL: [BusyReason; 3] = [
+        BusyReason::QueueTimeout,
+        BusyReason::WaitersFull,
+        BusyReason::WaitTimeout,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusyReason::QueueTimeout => "queue_timeout",
+            BusyReason::WaitersFull => "waiters_full",
+            BusyReason::WaitTimeout => "wait_timeout",
+        }
+    }
+}
+
+/// How a request to the origin failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginErrorKind {
+    /// Could not connect (refused, unreachable, connect timeout).
+    Connect,
+    /// No response headers within origin_timeout (or body stalled).
+    Timeout,
+    /// The connection broke or the origin spoke bad HTTP.
+    Protocol,
+    /// The origin answered 5xx (counted; the response itself is relayed).
+    Status5xx,
+}
+
+impl OriginErrorKind {
+    pub const ALL: [OriginErrorKind; 4] = [
+        OriginErrorKind::Connect,
+        OriginErrorKind::Timeout,
+        OriginErrorKind::Protocol,
+        OriginErrorKind::Status5xx,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginErrorKind::Connect => "connect",
+            OriginErrorKind::Timeout => "timeout",
+            OriginErrorKind::Protocol => "protocol",
+            OriginErrorKind::Status5xx => "status_5xx",
+        }
+    }
+}
+
+/// Why the cache forwarded a request (RFC 9211 `fwd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// Nothing stored for this URI.
+    UriMiss,
+    /// Stored, but for other values of the `Vary` headers.
+    VaryMiss,
+    /// Stored but stale: forwarded to revalidate.
+    Stale,
+    /// Not eligible for the cache.
+    Bypass(BypassReason),
+}
+
+/// The `Cache-Status` entry of one response (RFC 9211).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served fresh from the cache; `ttl` seconds left.
+    Hit { ttl: u64 },
+    /// Served a stale copy without waiting for the origin.
+    StaleServed(StaleReason),
+    /// Forwarded to the origin.
+    Forwarded {
+        fwd: Forward,
+        status: u16,
+        stored: bool,
+        collapsed: bool,
+    },
+    /// The origin could not be asked or did not answer: a digue page.
+    NotServed { fwd: Forward, detail: &'static str },
+}
+
+impl CacheStatus {
+    /// The header value, `digue; hit; ttl=30`.
+    pub fn render(self) -> String {
+        match self {
+            CacheStatus::Hit { ttl } => format!("digue; hit; ttl={ttl}"),
+            CacheStatus::StaleServed(reason) => {
+                format!("digue; fwd=stale; detail={}", reason.detail())
+            }
+            CacheStatus::Forwarded {
+                fwd,
+                status,
+                stored,
+                collapsed,
+            } => {
+                let mut s = format!("digue; {}; fwd-status={status}", fwd_param(fwd));
+                if stored {
+                    s.push_str("; stored");
+                }
+                if collapsed {
+                    s.push_str("; collapsed");
+                }
+                s
+            }
+            CacheStatus::NotServed { fwd, detail } => {
+                format!("digue; {}; detail={detail}", fwd_param(fwd))
+            }
+        }
+    }
+}
+
+fn fwd_param(fwd: Forward) -> String {
+    match fwd {
+        Forward::UriMiss => "fwd=uri-miss".to_owned(),
+        Forward::VaryMiss => "fwd=vary-miss".to_owned(),
+        Forward::Stale => "fwd=stale".to_owned(),
+        Forward::Bypass(BypassReason::Method) => "fwd=method".to_owned(),
+        Forward::Bypass(reason) => format!("fwd=bypass; detail={}", reason.detail()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_follow_declaration_order() {
+        assert!(
+            Outcome::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, o)| *o as usize == i)
+        );
+        assert!(
+            StaleReason::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, o)| *o as usize == i)
+        );
+        assert!(
+            BypassReason::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, o)| *o as usize == i)
+        );
+        assert!(
+            BusyReason::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, o)| *o as usize == i)
+        );
+        assert!(
+            OriginErrorKind::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, o)| *o as usize == i)
+        );
+    }
+
+    #[test]
+    fn cache_status_values_follow_rfc_9211() {
+        assert_eq!(CacheStatus::Hit { ttl: 30 }.render(), "digue; hit; ttl=30");
+        let miss = CacheStatus::Forwarded {
+            fwd: Forward::UriMiss,
+            status: 200,
+            stored: true,
+            collapsed: false,
+        };
+        assert_eq!(miss.render(), "digue; fwd=uri-miss; fwd-status=200; stored");
+        assert_eq!(
+            CacheStatus::StaleServed(StaleReason::OriginError).render(),
+            "digue; fwd=stale; detail=stale-if-error"
+        );
+        let bypass = CacheStatus::Forwarded {
+            fwd: Forward::Bypass(BypassReason::SessionCookie),
+            status: 200,
+            stored: false,
+            collapsed: false,
+        };
+        assert_eq!(
+            bypass.render(),
+            "digue; fwd=bypass; detail=session-cookie; fwd-status=200"
+        );
+    }
+}

@@ -1,0 +1,700 @@
+//! The request path: site by Host, cache lookup, coalesced fetch under the
+//! origin guard, stale serving, and the one place where failures become pages.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, request, response};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::{CollectError, Collected, ProxyBody, collect_limited};
+use crate::cache::coalesce::{Failure, Landing, Leader, Role};
+use crate::cache::key::{CacheKey, Vary};
+use crate::cache::policy;
+use crate::cache::store::{Entry, Freshness, Lookup};
+use crate::guard::OriginPermit;
+use crate::origin::{Downstream, UpstreamBody};
+use crate::outcome::{
+    BusyReason, BypassReason, CacheStatus, Forward, OriginErrorKind, Outcome, StaleReason,
+};
+use crate::pages::{Page, Prefs};
+use crate::site::Site;
+use crate::{App, Snapshot};
+
+/// Times a request re-joins a key whose leader vanished or stored another
+/// variant, before fetching on its own.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Request headers that make a fetch conditional or partial; removed from
+/// fetches meant for the cache, which must get the whole response.
+const CONDITIONALS: [HeaderName; 5] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
+/// Headers of a 304 that must not replace the stored ones (RFC 9111 §3.2
+/// lets a cache keep its own framing; some origins send a bogus
+/// `Content-Length: 0` or `Content-Type` on 304).
+const KEPT_ON_304: [HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+];
+
+static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Answers one downstream request. Never fails: every error becomes a page.
+pub async fn handle(
+    app: Arc<App>,
+    from: Downstream,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let prefs = Prefs::of(req.headers());
+    let Some((host, host_name)) = downstream_host(&req) else {
+        return app.pages.render(Page::BadRequest, prefs);
+    };
+    let snapshot = app.snapshot();
+    let Some(site) = snapshot.site_for_host(&host_name) else {
+        app.metrics.misdirected.inc();
+        return app.pages.render(Page::UnknownHost, prefs);
+    };
+    let ctx = Ctx {
+        app,
+        snapshot,
+        site,
+        host,
+        host_name,
+        from,
+        prefs,
+    };
+    let res = ctx.serve(req).await;
+    ctx.site.metrics.response(res.status());
+    res
+}
+
+/// The Host a client asked for (`Host`, or the authority of an HTTP/2
+/// request), and its lower-cased name without port for site matching.
+fn downstream_host<B>(req: &Request<B>) -> Option<(HeaderValue, String)> {
+    let value = match req.headers().get(header::HOST) {
+        Some(h) => h.clone(),
+        None => HeaderValue::from_str(req.uri().authority()?.as_str()).ok()?,
+    };
+    let raw = value.to_str().ok()?;
+    let name = match raw.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(']') || port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => raw,
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+    valid.then_some((value, name))
+}
+
+/// What one request is served with; cheap to clone for a background refresh.
+#[derive(Clone)]
+struct Ctx {
+    app: Arc<App>,
+    snapshot: Arc<Snapshot>,
+    site: Arc<Site>,
+    host: HeaderValue,
+    host_name: String,
+    from: Downstream,
+    prefs: Prefs,
+}
+
+/// What the leader's fetch produced.
+enum Fetched {
+    /// Stored, or refreshed by a 304.
+    Cached(Arc<Entry>, CacheStatus),
+    /// A response not to be stored: relayed as it streams.
+    Relay(Relay),
+    /// A 5xx from the origin: a stale copy beats it when there is one.
+    ServerError(Relay),
+    /// No response at all.
+    Failed(Failure),
+}
+
+struct Relay {
+    head: response::Parts,
+    prefix: Option<Bytes>,
+    body: Incoming,
+    slot: OriginPermit,
+    status: CacheStatus,
+}
+
+fn empty() -> UpstreamBody {
+    Either::Right(Empty::new())
+}
+
+impl Ctx {
+    async fn serve(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let (parts, body) = req.into_parts();
+        let rule = self.site.config.rule_for(parts.uri.path());
+        if let Err(reason) = policy::classify(&parts, &self.site.config, rule) {
+            return self
+                .forward(&parts, Either::Left(body), Forward::Bypass(reason))
+                .await;
+        }
+        drop(body);
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let primary = CacheKey::primary(&self.site.config.name, &self.host_name, target);
+        if self.app.store.is_uncacheable(&primary) {
+            let fwd = Forward::Bypass(BypassReason::Uncacheable);
+            return self.forward(&parts, empty(), fwd).await;
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let (stale, fwd, flight) = match self.app.store.lookup(&primary, &parts.headers) {
+                Lookup::Found(entry) => match entry.freshness(Instant::now()) {
+                    Freshness::Fresh { ttl } => {
+                        return self.cached_response(
+                            &parts,
+                            &entry,
+                            CacheStatus::Hit { ttl },
+                            Outcome::Hit,
+                        );
+                    }
+                    Freshness::StaleWhileRevalidate => {
+                        self.refresh_in_background(&parts, &primary, &entry);
+                        return self.stale(&parts, &entry, StaleReason::Revalidating);
+                    }
+                    Freshness::Stale => {
+                        let key = entry.key.clone();
+                        (Some(entry), Forward::Stale, key)
+                    }
+                },
+                Lookup::VaryMiss(variant) => (None, Forward::VaryMiss, variant),
+                Lookup::Miss => (None, Forward::UriMiss, primary.clone()),
+            };
+            if parts.method == Method::HEAD {
+                return self.forward(&parts, empty(), fwd).await;
+            }
+            match self.app.coalescer.join(&flight) {
+                Role::Leader(leader) => {
+                    let fetched = self
+                        .fetch(&parts, &primary, stale.clone(), fwd, leader)
+                        .await;
+                    return self.respond(&parts, fetched, stale, fwd);
+                }
+                Role::Follower(follower) => {
+                    self.site.metrics.coalesced.inc();
+                    match follower.wait(self.follow_deadline()).await {
+                        Some(Landing::Stored(entry)) => {
+                            if entry.key
+                                == self.storage_key(&primary, entry.vary.as_deref(), &parts)
+                            {
+                                let status = CacheStatus::Forwarded {
+                                    fwd,
+                                    status: entry.status.as_u16(),
+                                    stored: false,
+                                    collapsed: true,
+                                };
+                                return self.cached_response(
+                                    &parts,
+                                    &entry,
+                                    status,
+                                    Outcome::Collapsed,
+                                );
+                            }
+                        }
+                        Some(Landing::Abandoned) => {}
+                        Some(Landing::Uncacheable) => {
+                            let fwd = Forward::Bypass(BypassReason::Uncacheable);
+                            return self.forward(&parts, empty(), fwd).await;
+                        }
+                        Some(Landing::Failed(failure)) => {
+                            return self.failed(&parts, stale, failure, fwd);
+                        }
+                        None => {
+                            let failure = Failure::Busy(BusyReason::WaitTimeout);
+                            return self.failed(&parts, stale, failure, fwd);
+                        }
+                    }
+                }
+                Role::Full => {
+                    let failure = Failure::Busy(BusyReason::WaitersFull);
+                    return self.failed(&parts, stale, failure, fwd);
+                }
+            }
+        }
+        // Leaders kept vanishing: fetch alone rather than loop.
+        self.forward(&parts, empty(), Forward::UriMiss).await
+    }
+
+    /// How long a follower waits for its leader: the leader's own worst case.
+    fn follow_deadline(&self) -> std::time::Duration {
+        let c = &self.site.config;
+        c.origin_queue_timeout + c.origin_timeout * 2
+    }
+
+    fn storage_key(
+        &self,
+        primary: &CacheKey,
+        vary: Option<&[HeaderName]>,
+        parts: &request::Parts,
+    ) -> CacheKey {
+        match vary {
+            Some(names) => primary.variant(names, &parts.headers),
+            None => primary.clone(),
+        }
+    }
+
+    /// Starts one background fetch to refresh `entry`, unless one is running.
+    fn refresh_in_background(
+        &self,
+        parts: &request::Parts,
+        primary: &CacheKey,
+        entry: &Arc<Entry>,
+    ) {
+        let Role::Leader(leader) = self.app.coalescer.join(&entry.key) else {
+            return;
+        };
+        let ctx = self.clone();
+        let head = fetch_head(parts);
+        let primary = primary.clone();
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            // The result is stored by fetch(); nobody waits for the response.
+            let _ = ctx
+                .fetch(&head, &primary, Some(entry), Forward::Stale, leader)
+                .await;
+        });
+    }
+
+    /// The leader's fetch: one request to the origin for everybody waiting.
+    async fn fetch(
+        &self,
+        parts: &request::Parts,
+        primary: &CacheKey,
+        stale: Option<Arc<Entry>>,
+        fwd: Forward,
+        leader: Leader,
+    ) -> Fetched {
+        let site = &self.site;
+        let m = &site.metrics;
+        let mut head = fetch_head(parts);
+        if let Some(old) = &stale {
+            add_validators(&mut head.headers, &old.headers);
+        }
+        let Ok(slot) = site.guard.acquire(site.config.origin_queue_timeout).await else {
+            let failure = Failure::Busy(BusyReason::QueueTimeout);
+            leader.land(Landing::Failed(failure));
+            return Fetched::Failed(failure);
+        };
+        let trusted = &self.snapshot.config.server.trusted_proxies;
+        let req = site
+            .origin
+            .request(&head, &self.host, self.from, trusted, empty());
+        let started = Instant::now();
+        let sent = site.origin.send(req).await;
+        m.origin_seconds.observe(started.elapsed().as_secs_f64());
+        let (res, body) = match sent {
+            Ok(res) => res.into_parts(),
+            Err(kind) => {
+                m.origin_error(kind);
+                leader.land(Landing::Failed(Failure::Origin(kind)));
+                return Fetched::Failed(Failure::Origin(kind));
+            }
+        };
+        let status = res.status.as_u16();
+        let not_stored = CacheStatus::Forwarded {
+            fwd,
+            status,
+            stored: false,
+            collapsed: false,
+        };
+        if res.status.is_server_error() {
+            m.origin_error(OriginErrorKind::Status5xx);
+            leader.land(Landing::Failed(Failure::Origin(OriginErrorKind::Status5xx)));
+            return Fetched::ServerError(Relay {
+                head: res,
+                prefix: None,
+                body,
+                slot,
+                status: not_stored,
+            });
+        }
+        let now = SystemTime::now();
+        let rule = site.config.rule_for(parts.uri.path());
+        if let (StatusCode::NOT_MODIFIED, Some(old)) = (res.status, &stale) {
+            drop((body, slot));
+            let merged = merge_304(old, &res);
+            if let Ok(plan) = policy::plan(&head, &merged, &site.config, rule, now) {
+                let entry = Arc::new(Entry::new(
+                    old.key.clone(),
+                    old.status,
+                    merged.headers,
+                    old.body.clone(),
+                    plan,
+                    now,
+                ));
+                return self.store(primary, entry, leader, fwd, status);
+            }
+            // The refreshed headers forbid storing: serve the old body once.
+            self.app.store.mark_uncacheable(primary);
+            leader.land(Landing::Uncacheable);
+            return Fetched::Failed(Failure::Origin(OriginErrorKind::Protocol));
+        }
+        let Ok(plan) = policy::plan(&head, &res, &site.config, rule, now) else {
+            self.app.store.mark_uncacheable(primary);
+            leader.land(Landing::Uncacheable);
+            return Fetched::Relay(Relay {
+                head: res,
+                prefix: None,
+                body,
+                slot,
+                status: not_stored,
+            });
+        };
+        let limit = self.snapshot.config.cache.max_object_size;
+        match collect_limited(body, limit, site.config.origin_timeout).await {
+            Ok(Collected::Complete(bytes)) => {
+                drop(slot);
+                let key = match &plan.vary {
+                    Vary::Headers(names) => primary.variant(names, &parts.headers),
+                    Vary::None | Vary::Any => primary.clone(),
+                };
+                let entry = Arc::new(Entry::new(key, res.status, res.headers, bytes, plan, now));
+                self.store(primary, entry, leader, fwd, status)
+            }
+            Ok(Collected::TooBig { prefix, rest }) => {
+                self.app.store.mark_uncacheable(primary);
+                leader.land(Landing::Uncacheable);
+                Fetched::Relay(Relay {
+                    head: res,
+                    prefix: Some(prefix),
+                    body: rest,
+                    slot,
+                    status: not_stored,
+                })
+            }
+            Err(e) => {
+                let kind = match e {
+                    CollectError::Stalled => OriginErrorKind::Timeout,
+                    CollectError::Broken(_) => OriginErrorKind::Protocol,
+                };
+                m.origin_error(kind);
+                leader.land(Landing::Failed(Failure::Origin(kind)));
+                Fetched::Failed(Failure::Origin(kind))
+            }
+        }
+    }
+
+    fn store(
+        &self,
+        primary: &CacheKey,
+        entry: Arc<Entry>,
+        leader: Leader,
+        fwd: Forward,
+        status: u16,
+    ) -> Fetched {
+        self.app.store.insert(primary, entry.clone());
+        self.site.metrics.stores.inc();
+        leader.land(Landing::Stored(entry.clone()));
+        let status = CacheStatus::Forwarded {
+            fwd,
+            status,
+            stored: true,
+            collapsed: false,
+        };
+        Fetched::Cached(entry, status)
+    }
+
+    /// Turns the leader's fetch into the leader's own response.
+    fn respond(
+        &self,
+        parts: &request::Parts,
+        fetched: Fetched,
+        stale: Option<Arc<Entry>>,
+        fwd: Forward,
+    ) -> Response<ProxyBody> {
+        match fetched {
+            Fetched::Cached(entry, status) => {
+                self.cached_response(parts, &entry, status, Outcome::Miss)
+            }
+            Fetched::Relay(relay) => self.relay(relay, Outcome::Miss),
+            Fetched::ServerError(relay) => {
+                match stale.filter(|e| e.usable_if_error(Instant::now())) {
+                    Some(entry) => self.stale(parts, &entry, StaleReason::OriginError),
+                    None => self.relay(relay, Outcome::Miss),
+                }
+            }
+            Fetched::Failed(failure) => self.failed(parts, stale, failure, fwd),
+        }
+    }
+
+    /// Forwards a request that does not use the cache, under the origin guard.
+    async fn forward(
+        &self,
+        parts: &request::Parts,
+        body: UpstreamBody,
+        fwd: Forward,
+    ) -> Response<ProxyBody> {
+        let site = &self.site;
+        let m = &site.metrics;
+        let outcome = match fwd {
+            Forward::Bypass(BypassReason::Method) => Outcome::Pass,
+            Forward::Bypass(_) => Outcome::Bypass,
+            Forward::UriMiss | Forward::VaryMiss | Forward::Stale => Outcome::Miss,
+        };
+        if let Forward::Bypass(reason) = fwd {
+            m.bypass(reason);
+        }
+        let Ok(slot) = site.guard.acquire(site.config.origin_queue_timeout).await else {
+            return self.failed(parts, None, Failure::Busy(BusyReason::QueueTimeout), fwd);
+        };
+        let trusted = &self.snapshot.config.server.trusted_proxies;
+        let req = site
+            .origin
+            .request(parts, &self.host, self.from, trusted, body);
+        let started = Instant::now();
+        let sent = site.origin.send(req).await;
+        m.origin_seconds.observe(started.elapsed().as_secs_f64());
+        match sent {
+            Ok(res) => {
+                let (head, body) = res.into_parts();
+                if head.status.is_server_error() {
+                    m.origin_error(OriginErrorKind::Status5xx);
+                }
+                let status = CacheStatus::Forwarded {
+                    fwd,
+                    status: head.status.as_u16(),
+                    stored: false,
+                    collapsed: false,
+                };
+                self.relay(
+                    Relay {
+                        head,
+                        prefix: None,
+                        body,
+                        slot,
+                        status,
+                    },
+                    outcome,
+                )
+            }
+            Err(kind) => {
+                m.origin_error(kind);
+                self.failed(parts, None, Failure::Origin(kind), fwd)
+            }
+        }
+    }
+
+    fn relay(&self, relay: Relay, outcome: Outcome) -> Response<ProxyBody> {
+        self.site.metrics.request(outcome);
+        let body = ProxyBody::upstream(relay.prefix, relay.body, Some(relay.slot));
+        let mut res = Response::from_parts(relay.head, body);
+        add_cache_status(res.headers_mut(), relay.status);
+        res
+    }
+
+    /// A response built from a stored entry (hit, stale, collapsed, stored).
+    fn cached_response(
+        &self,
+        parts: &request::Parts,
+        entry: &Entry,
+        status: CacheStatus,
+        outcome: Outcome,
+    ) -> Response<ProxyBody> {
+        self.site.metrics.request(outcome);
+        let now = Instant::now();
+        let mut headers = entry.headers.clone();
+        headers.insert(header::AGE, HeaderValue::from(entry.age(now)));
+        add_cache_status(&mut headers, status);
+        let (code, body) =
+            if entry.status == StatusCode::OK && not_modified(&parts.headers, &headers) {
+                headers.remove(header::CONTENT_LENGTH);
+                (StatusCode::NOT_MODIFIED, ProxyBody::empty())
+            } else {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+                let body = if parts.method == Method::HEAD {
+                    ProxyBody::empty()
+                } else {
+                    ProxyBody::Full(Some(entry.body.clone()))
+                };
+                (entry.status, body)
+            };
+        let mut res = Response::new(body);
+        *res.status_mut() = code;
+        *res.headers_mut() = headers;
+        res
+    }
+
+    fn stale(
+        &self,
+        parts: &request::Parts,
+        entry: &Entry,
+        reason: StaleReason,
+    ) -> Response<ProxyBody> {
+        self.site.metrics.stale(reason);
+        self.cached_response(
+            parts,
+            entry,
+            CacheStatus::StaleServed(reason),
+            Outcome::Stale,
+        )
+    }
+
+    /// Nothing fresh came back: a stale copy if one may stand in, else a page.
+    fn failed(
+        &self,
+        parts: &request::Parts,
+        stale: Option<Arc<Entry>>,
+        failure: Failure,
+        fwd: Forward,
+    ) -> Response<ProxyBody> {
+        if let Some(entry) = stale.filter(|e| e.usable_if_error(Instant::now())) {
+            let reason = match failure {
+                Failure::Busy(_) => StaleReason::OriginBusy,
+                Failure::Origin(_) => StaleReason::OriginError,
+            };
+            return self.stale(parts, &entry, reason);
+        }
+        let m = &self.site.metrics;
+        let (page, detail) = match failure {
+            Failure::Busy(reason) => {
+                m.busy(reason);
+                m.request(Outcome::Busy);
+                (Page::Busy, "origin-busy")
+            }
+            Failure::Origin(kind) => {
+                m.request(Outcome::Error);
+                match kind {
+                    OriginErrorKind::Timeout => (Page::OriginTimeout, "origin-timeout"),
+                    OriginErrorKind::Connect
+                    | OriginErrorKind::Protocol
+                    | OriginErrorKind::Status5xx => (Page::OriginDown, "origin-unreachable"),
+                }
+            }
+        };
+        let mut res = self.app.pages.render(page, self.prefs);
+        add_cache_status(res.headers_mut(), CacheStatus::NotServed { fwd, detail });
+        res
+    }
+}
+
+fn add_cache_status(headers: &mut HeaderMap, status: CacheStatus) {
+    if let Ok(v) = HeaderValue::from_str(&status.render()) {
+        // Appended: entries from caches nearer the origin come first (RFC 9211 §2).
+        headers.append(&CACHE_STATUS, v);
+    }
+}
+
+/// The head of a fetch meant for the cache: a plain GET of the same target,
+/// without the client's conditionals (the cache needs the whole response).
+fn fetch_head(parts: &request::Parts) -> request::Parts {
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = Method::GET;
+    head.uri = parts.uri.clone();
+    head.version = parts.version;
+    head.headers = parts.headers.clone();
+    for name in &CONDITIONALS {
+        head.headers.remove(name);
+    }
+    head
+}
+
+/// Makes a refresh conditional on the stored validators (RFC 9111 §4.3.1).
+fn add_validators(req: &mut HeaderMap, stored: &HeaderMap) {
+    if let Some(etag) = stored.get(header::ETAG) {
+        req.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(modified) = stored.get(header::LAST_MODIFIED) {
+        req.insert(header::IF_MODIFIED_SINCE, modified.clone());
+    }
+}
+
+/// The stored response updated with a 304's headers (RFC 9111 §4.3.4).
+fn merge_304(old: &Entry, res: &response::Parts) -> response::Parts {
+    let (mut merged, ()) = Response::new(()).into_parts();
+    merged.status = old.status;
+    merged.headers = old.headers.clone();
+    for name in res.headers.keys() {
+        if KEPT_ON_304.contains(name) {
+            continue;
+        }
+        merged.headers.remove(name);
+        for value in res.headers.get_all(name) {
+            merged.headers.append(name, value.clone());
+        }
+    }
+    merged
+}
+
+/// Whether the client's conditional request matches the stored response
+/// (RFC 9110 §13.1.2, weak comparison; §13.1.3 only without If-None-Match).
+fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
+    let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let etag = weak(etag);
+        return inm.split(',').any(|t| t.trim() == "*" || weak(t) == etag);
+    }
+    let date = |h: &HeaderMap, name| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+    };
+    match (
+        date(req, header::IF_MODIFIED_SINCE),
+        date(stored, header::LAST_MODIFIED),
+    ) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_is_lower_cased_without_port() {
+        let req = Request::get("/")
+            .header("host", "ENT.Example.fr:8080")
+            .body(())
+            .expect("valid");
+        let (value, name) = downstream_host(&req).expect("valid host");
+        assert_eq!(value, "ENT.Example.fr:8080", "passed through unchanged");
+        assert_eq!(name, "ent.example.fr");
+        let bad = Request::get("/")
+            .header("host", "a b")
+            .body(())
+            .expect("valid");
+        assert!(downstream_host(&bad).is_none());
+        let h2 = Request::get("https://portal.example/x")
+            .body(())
+            .expect("valid");
+        assert_eq!(
+            downstream_host(&h2).map(|h| h.1),
+            Some("portal.example".to_owned())
+        );
+    }
+
+    #[test]
+    fn conditional_requests_match_weakly() {
+        let mut stored = HeaderMap::new();
+        stored.insert(header::ETAG, HeaderValue::from_static("W/\"v1\""));
+        let mut req = HeaderMap::new();
+        req.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"v0\", \"v1\""),
+        );
+        assert!(not_modified(&req, &stored));
+        req.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"v2\""));
+        assert!(!not_modified(&req, &stored));
+    }
+}
