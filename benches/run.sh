@@ -60,6 +60,7 @@ ensure_tools() {
   command -v curl    >/dev/null 2>&1 || missing+=(curl)
   command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  command -v pgrep   >/dev/null 2>&1 || missing+=(procps)
   ((${#missing[@]} == 0)) && return 0
   [[ "$INSTALL" == 1 ]] || die "missing tools (${missing[*]}) and INSTALL=0"
   [[ "$(id -u)" == 0 ]] || die "missing tools (${missing[*]}); install them: apt-get install ${missing[*]}"
@@ -222,7 +223,7 @@ parse_p99_ms() {  # " 99%   1.23ms" -> 1.23 (milliseconds)
 total_busy_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 tree_jiffies() {  # CPU jiffies used so far by PID and its direct children (nginx master + worker)
   local pid="$1" p kids
-  kids="$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)"
+  kids="$(pgrep -P "$pid" 2>/dev/null || true)"
   for p in $pid $kids; do
     sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null || true
   done | awk '{ s += $12 + $13 } END { print s + 0 }'
@@ -265,13 +266,13 @@ run_wrk() {  # run_wrk NAME ROUND
     || { cat "$TMP/warmup-$name-$round.txt" >&2; die "$name: wrk warm-up failed"; }
   wait_quiet
   local t0 s0 c0 w0 t1 s1 c1 w1 other
-  t0="$(total_busy_jiffies)"; s0="$(tree_jiffies "${SPID[$name]}")"; children_jiffies; c0=$CHILD_J; w0=$SECONDS
+  t0="$(total_busy_jiffies)"; s0="$(tree_jiffies "${SPID[$name]}")"; children_jiffies; c0=$CHILD_J; w0="$(date +%s%N)"
   timeout $((secs + 30)) taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" >"$f" 2>&1 \
     || { cat "$f" >&2; die "$name: wrk failed"; }
-  t1="$(total_busy_jiffies)"; s1="$(tree_jiffies "${SPID[$name]}")"; children_jiffies; c1=$CHILD_J; w1=$SECONDS
+  t1="$(total_busy_jiffies)"; s1="$(tree_jiffies "${SPID[$name]}")"; children_jiffies; c1=$CHILD_J; w1="$(date +%s%N)"
   # CPU used by anything other than the server under test and wrk, as % of one CPU
-  other="$(awk -v t="$((t1 - t0))" -v s="$((s1 - s0))" -v c="$((c1 - c0))" -v w="$((w1 - w0))" -v hz="$HZ" \
-    'BEGIN { o = t - s - c; if (o < 0) o = 0; printf "%.0f", (w > 0) ? 100 * o / (w * hz) : 0 }')"
+  other="$(awk -v t="$((t1 - t0))" -v s="$((s1 - s0))" -v c="$((c1 - c0))" -v w="$(((w1 - w0) / 1000000))" -v hz="$HZ" \
+    'BEGIN { o = t - s - c; if (o < 0) o = 0; printf "%.0f", (w > 0) ? 100 * o / (w / 1000 * hz) : 0 }')"
   cat "$f" >&2
   log "$name (round $round): other processes used ${other}% of a CPU during the measured run"
   ((other <= 10)) || log "WARNING: $name (round $round): other work used ${other}% of a CPU during the run; numbers are suspect"

@@ -588,7 +588,7 @@ impl RawServer {
             .admin_listen
             .as_deref()
             .and_then(|raw| errors.addr("server.admin_listen", raw));
-        if out.admin_listen == Some(out.listen) {
+        if out.admin_listen == Some(out.listen) && out.listen.port() != 0 {
             errors.push(
                 "server.admin_listen",
                 "must differ from server.listen: the admin API is never public",
