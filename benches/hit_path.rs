@@ -1,1 +1,96 @@
-fn main() {}
+//! The hit path: key computation, store lookup and response build, against a
+//! naive baseline (a mutex-guarded map whose hits copy the body).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use digue::cache::key::CacheKey;
+use digue::cache::policy;
+use digue::cache::serve;
+use digue::cache::store::{Entry, Lookup, Store};
+use digue::config::Config;
+use digue::outcome::CacheStatus;
+use http::{HeaderMap, Request, Response};
+
+const OBJECT_BYTES: usize = 2048;
+
+fn site() -> digue::config::SiteConfig {
+    let text = "[server]\nlisten = \"127.0.0.1:0\"\n[[site]]\nname = \"bench\"\nhosts = [\"*\"]\n\
+                origin = \"http://127.0.0.1:1\"\n";
+    Config::parse(text).expect("valid").sites.remove(0)
+}
+
+fn hit_path(c: &mut Criterion) {
+    let site = site();
+    let store = Store::new(
+        64 << 20,
+        std::time::Duration::from_secs(60),
+        prometheus::IntCounter::new("e", "e").expect("valid"),
+    );
+    let (req, ()) = Request::get("/static/app.css")
+        .header("host", "ent.example.fr")
+        .header("accept-encoding", "gzip, br")
+        .body(())
+        .expect("valid")
+        .into_parts();
+    let (res, ()) = Response::builder()
+        .header("cache-control", "max-age=3600")
+        .header("content-type", "text/css")
+        .header("etag", "\"v1\"")
+        .body(())
+        .expect("valid")
+        .into_parts();
+    let body = Bytes::from(vec![b'x'; OBJECT_BYTES]);
+    let now = SystemTime::now();
+    let plan = policy::plan(&req, &res, &site, None, now).expect("storable");
+    let primary = CacheKey::primary("bench", "ent.example.fr", "/static/app.css");
+    let entry = Entry::new(
+        primary.clone(),
+        res.status,
+        res.headers.clone(),
+        body.clone(),
+        plan,
+        now,
+    );
+    store.insert(&primary, std::sync::Arc::new(entry));
+
+    let mut group = c.benchmark_group("hit_path");
+    group.bench_function("digue", |b| {
+        b.iter(|| {
+            let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let key = CacheKey::primary("bench", "ent.example.fr", target);
+            let Lookup::Found(entry) = store.lookup(&key, &req.headers) else {
+                panic!("stored above")
+            };
+            serve::respond(
+                &entry,
+                &req,
+                CacheStatus::Hit { ttl: 60 },
+                tokio::time::Instant::now(),
+            )
+        });
+    });
+
+    let naive: Mutex<HashMap<String, (HeaderMap, Vec<u8>)>> = Mutex::new(HashMap::new());
+    naive.lock().expect("fresh").insert(
+        "ent.example.fr/static/app.css".to_owned(),
+        (res.headers.clone(), body.to_vec()),
+    );
+    group.bench_function("naive_mutex_map_copying_body", |b| {
+        b.iter(|| {
+            let key = format!("{}{}", "ent.example.fr", req.uri.path());
+            let map = naive.lock().expect("not poisoned");
+            let (headers, body) = map.get(&key).expect("stored above");
+            let mut res = Response::new(Bytes::copy_from_slice(body));
+            *res.headers_mut() = headers.clone();
+            res
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hit_path);
+criterion_main!(benches);

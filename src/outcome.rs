@@ -241,6 +241,16 @@ impl CacheStatus {
     }
 }
 
+impl CacheStatus {
+    /// Appends this entry to a response's `Cache-Status`: entries from caches
+    /// nearer the origin come first (RFC 9211 §2).
+    pub fn append_to(self, headers: &mut http::HeaderMap) {
+        if let Ok(v) = http::HeaderValue::from_str(&self.render()) {
+            headers.append(http::header::HeaderName::from_static("cache-status"), v);
+        }
+    }
+}
+
 fn fwd_param(fwd: Forward) -> String {
     match fwd {
         Forward::UriMiss => "fwd=uri-miss".to_owned(),

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use crate::body::{CollectError, Collected, ProxyBody, collect_limited};
 use crate::cache::coalesce::{Failure, Landing, Leader, Role};
 use crate::cache::key::{CacheKey, Vary};
-use crate::cache::policy;
 use crate::cache::store::{Entry, Freshness, Lookup};
+use crate::cache::{policy, serve};
 use crate::guard::OriginPermit;
 use crate::origin::{Downstream, UpstreamBody};
 use crate::outcome::{
@@ -48,8 +48,6 @@ const KEPT_ON_304: [HeaderName; 4] = [
     header::CONTENT_ENCODING,
     header::CONTENT_RANGE,
 ];
-
-static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Answers one downstream request. Never fails: every error becomes a page.
 pub async fn handle(
@@ -495,7 +493,7 @@ impl Ctx {
         self.site.metrics.request(outcome);
         let body = ProxyBody::upstream(relay.prefix, relay.body, Some(relay.slot));
         let mut res = Response::from_parts(relay.head, body);
-        add_cache_status(res.headers_mut(), relay.status);
+        relay.status.append_to(res.headers_mut());
         res
     }
 
@@ -508,27 +506,7 @@ impl Ctx {
         outcome: Outcome,
     ) -> Response<ProxyBody> {
         self.site.metrics.request(outcome);
-        let now = Instant::now();
-        let mut headers = entry.headers.clone();
-        headers.insert(header::AGE, HeaderValue::from(entry.age(now)));
-        add_cache_status(&mut headers, status);
-        let (code, body) =
-            if entry.status == StatusCode::OK && not_modified(&parts.headers, &headers) {
-                headers.remove(header::CONTENT_LENGTH);
-                (StatusCode::NOT_MODIFIED, ProxyBody::empty())
-            } else {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
-                let body = if parts.method == Method::HEAD {
-                    ProxyBody::empty()
-                } else {
-                    ProxyBody::Full(Some(entry.body.clone()))
-                };
-                (entry.status, body)
-            };
-        let mut res = Response::new(body);
-        *res.status_mut() = code;
-        *res.headers_mut() = headers;
-        res
+        serve::respond(entry, parts, status, Instant::now())
     }
 
     fn stale(
@@ -579,15 +557,8 @@ impl Ctx {
             }
         };
         let mut res = self.app.pages.render(page, self.prefs);
-        add_cache_status(res.headers_mut(), CacheStatus::NotServed { fwd, detail });
+        CacheStatus::NotServed { fwd, detail }.append_to(res.headers_mut());
         res
-    }
-}
-
-fn add_cache_status(headers: &mut HeaderMap, status: CacheStatus) {
-    if let Ok(v) = HeaderValue::from_str(&status.render()) {
-        // Appended: entries from caches nearer the origin come first (RFC 9211 §2).
-        headers.append(&CACHE_STATUS, v);
     }
 }
 
@@ -632,31 +603,6 @@ fn merge_304(old: &Entry, res: &response::Parts) -> response::Parts {
     merged
 }
 
-/// Whether the client's conditional request matches the stored response
-/// (RFC 9110 §13.1.2, weak comparison; §13.1.3 only without If-None-Match).
-fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
-    let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
-    if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
-            return false;
-        };
-        let etag = weak(etag);
-        return inm.split(',').any(|t| t.trim() == "*" || weak(t) == etag);
-    }
-    let date = |h: &HeaderMap, name| {
-        h.get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-    };
-    match (
-        date(req, header::IF_MODIFIED_SINCE),
-        date(stored, header::LAST_MODIFIED),
-    ) {
-        (Some(since), Some(modified)) => modified <= since,
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,19 +628,5 @@ mod tests {
             downstream_host(&h2).map(|h| h.1),
             Some("portal.example".to_owned())
         );
-    }
-
-    #[test]
-    fn conditional_requests_match_weakly() {
-        let mut stored = HeaderMap::new();
-        stored.insert(header::ETAG, HeaderValue::from_static("W/\"v1\""));
-        let mut req = HeaderMap::new();
-        req.insert(
-            header::IF_NONE_MATCH,
-            HeaderValue::from_static("\"v0\", \"v1\""),
-        );
-        assert!(not_modified(&req, &stored));
-        req.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"v2\""));
-        assert!(!not_modified(&req, &stored));
     }
 }
