@@ -68,16 +68,23 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiv
             let app = app.clone();
             async move { Ok::<_, Infallible>(proxy::handle(app, from, req).await) }
         });
-        let conn = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned(),
-        );
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let first_byte = server.header_read_timeout;
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            // Errors here are one client's broken connection; hyper has
-            // already answered what could be answered (400, 431).
-            let _ = conn.await;
+            // hyper's header timer starts only once it knows the protocol;
+            // a client that never sends a byte would otherwise hold its
+            // connection slot forever.
+            let mut probe = [0_u8; 1];
+            if let Ok(Ok(n)) = tokio::time::timeout(first_byte, stream.peek(&mut probe)).await
+                && n > 0
+            {
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                // Errors here are one client's broken connection; hyper has
+                // already answered what could be answered (400, 431).
+                let _ = watcher.watch(conn.into_owned()).await;
+            }
             metrics.connections_open.dec();
             drop(slot);
         });

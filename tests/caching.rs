@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use support::{Origin, Proxy, get, reply};
@@ -124,7 +126,16 @@ async fn headerless_static_assets_are_cached_by_a_forced_ttl_rule() {
 
 #[tokio::test]
 async fn stale_copy_is_served_while_origin_returns_503() {
-    let origin = Origin::start(|_| reply(200, &[("cache-control", "max-age=1")], "v1")).await;
+    let failing = Arc::new(AtomicBool::new(false));
+    let flag = failing.clone();
+    let origin = Origin::start(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            reply(503, &[], "en panne")
+        } else {
+            reply(200, &[("cache-control", "max-age=1")], "v1")
+        }
+    })
+    .await;
     let proxy = Proxy::start(
         &origin.url(),
         "",
@@ -132,14 +143,16 @@ async fn stale_copy_is_served_while_origin_returns_503() {
     )
     .await;
     assert_eq!(get(&proxy.url("/x"), &[]).await.text(), "v1");
-    drop(origin);
+    failing.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = get(&proxy.url("/x"), &[]).await;
     assert_eq!(r.status, 200, "a stale copy beats an error");
     assert_eq!(r.text(), "v1");
     assert!(
-        r.cache_status().contains("fwd=stale"),
+        r.cache_status()
+            .contains("fwd=stale; detail=stale-if-error"),
         "{}",
         r.cache_status()
     );
+    assert_eq!(origin.count("/x"), 2, "the origin was asked, and failed");
 }

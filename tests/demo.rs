@@ -1,0 +1,82 @@
+//! `digue demo`, the README's first command, works end to end: the binary
+//! starts the fragile portal and digue in front of it, and prints a URL
+//! that serves the portal's pages through the cache.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use support::get;
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `digue demo` on a free port and returns the URL it printed.
+fn start_demo() -> (Demo, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_digue"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("digue demo starts");
+    let stdout = child.stdout.take().expect("piped");
+    let demo = Demo(child);
+    let url = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let rest = line.split("digue in front of it:").nth(1)?;
+            Some(rest.trim().trim_end_matches('/').to_owned())
+        })
+        .expect("demo prints the URL to open");
+    (demo, url)
+}
+
+#[tokio::test]
+async fn demo_serves_the_portal_through_the_cache() {
+    let (_demo, url) = tokio::task::spawn_blocking(start_demo)
+        .await
+        .expect("no panic");
+
+    let home = get(&format!("{url}/"), &[]).await;
+    assert_eq!(home.status, 200, "home page through digue");
+    assert!(
+        home.text().contains("/pronote/eleve.html"),
+        "the portal's home links to the login"
+    );
+
+    let css = format!("{url}/static/portail.css");
+    get(&css, &[]).await;
+    let again = get(&css, &[]).await;
+    assert!(
+        again.cache_status().starts_with("digue; hit"),
+        "header-less static asset cached by the shipped rule: {}",
+        again.cache_status()
+    );
+
+    let login = get(&format!("{url}/pronote/eleve.html"), &[]).await;
+    let cookie = login
+        .header("set-cookie")
+        .expect("login creates a session")
+        .to_owned();
+    let session = cookie.split(';').next().expect("name=value").to_owned();
+    let notes = get(&format!("{url}/api/notes"), &[("cookie", &session)]).await;
+    assert_eq!(
+        notes.status,
+        200,
+        "per-user API with the session: {}",
+        notes.text()
+    );
+    assert!(
+        notes.cache_status().contains("fwd=bypass"),
+        "per-user calls bypass the cache: {}",
+        notes.cache_status()
+    );
+}
