@@ -64,12 +64,13 @@ pub async fn handle(
         app.metrics.misdirected.inc();
         return app.pages.render(Page::UnknownHost, prefs);
     };
+    let host_key = host_name_and_port(&host);
     let ctx = Ctx {
         app,
         snapshot,
         site,
         host,
-        host_name,
+        host_key,
         from,
         prefs,
     };
@@ -100,6 +101,10 @@ fn downstream_host<B>(req: &Request<B>) -> Option<(HeaderValue, String)> {
     valid.then_some((value, name))
 }
 
+fn host_name_and_port(host: &HeaderValue) -> String {
+    String::from_utf8_lossy(host.as_bytes()).to_ascii_lowercase()
+}
+
 /// What one request is served with; cheap to clone for a background refresh.
 #[derive(Clone)]
 struct Ctx {
@@ -107,7 +112,9 @@ struct Ctx {
     snapshot: Arc<Snapshot>,
     site: Arc<Site>,
     host: HeaderValue,
-    host_name: String,
+    /// The Host as the cache key sees it: lower-cased, port included, since
+    /// the full Host reaches the origin and may shape the page.
+    host_key: String,
     from: Downstream,
     prefs: Prefs,
 }
@@ -118,6 +125,9 @@ enum Fetched {
     Cached(Arc<Entry>, CacheStatus),
     /// A response not to be stored: relayed as it streams.
     Relay(Relay),
+    /// The stored body under headers that may not be stored (a 304 that
+    /// brought a Set-Cookie): for this client only.
+    Direct(Response<ProxyBody>, CacheStatus),
     /// A 5xx from the origin: a stale copy beats it when there is one.
     ServerError(Relay),
     /// No response at all.
@@ -147,7 +157,7 @@ impl Ctx {
         }
         drop(body);
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let primary = CacheKey::primary(&self.site.config.name, &self.host_name, target);
+        let primary = CacheKey::primary(&self.site.config.name, &self.host_key, target);
         if self.app.store.is_uncacheable(&primary) {
             let fwd = Forward::Bypass(BypassReason::Uncacheable);
             return self.forward(&parts, empty(), fwd).await;
@@ -339,10 +349,14 @@ impl Ctx {
                 ));
                 return self.store(primary, entry, leader, fwd, status);
             }
-            // The refreshed headers forbid storing: serve the old body once.
+            // The refreshed headers forbid storing (a Set-Cookie, `private`):
+            // this client alone gets the old body with them.
             self.app.store.mark_uncacheable(primary);
             leader.land(Landing::Uncacheable);
-            return Fetched::Failed(Failure::Origin(OriginErrorKind::Protocol));
+            let mut direct = Response::new(ProxyBody::Full(Some(old.body.clone())));
+            *direct.status_mut() = merged.status;
+            *direct.headers_mut() = merged.headers;
+            return Fetched::Direct(direct, not_stored);
         }
         let Ok(plan) = policy::plan(&head, &res, &site.config, rule, now) else {
             self.app.store.mark_uncacheable(primary);
@@ -422,6 +436,11 @@ impl Ctx {
                 self.cached_response(parts, &entry, status, Outcome::Miss)
             }
             Fetched::Relay(relay) => self.relay(relay, Outcome::Miss),
+            Fetched::Direct(mut res, status) => {
+                self.site.metrics.request(Outcome::Miss);
+                status.append_to(res.headers_mut());
+                res
+            }
             Fetched::ServerError(relay) => {
                 match stale.filter(|e| e.usable_if_error(Instant::now())) {
                     Some(entry) => self.stale(parts, &entry, StaleReason::OriginError),

@@ -296,7 +296,6 @@ async fn a_configured_session_cookie_replaces_the_default_markers() {
 }
 
 #[tokio::test]
-#[ignore = "digue bug: a Cookie header with a non-ASCII byte hides the session cookie (to_str fails), so the user's page is stored and served to others"]
 async fn a_session_cookie_next_to_a_non_ascii_cookie_is_still_per_user() {
     let origin = echo_origin(&[("cache-control", "max-age=60")]).await;
     let proxy = Proxy::start(&origin.url(), "", "").await;
@@ -384,7 +383,6 @@ async fn private_no_store_and_set_cookie_answers_are_never_shared_even_under_a_f
 }
 
 #[tokio::test]
-#[ignore = "digue bug: Cache-Control directives are matched case-sensitively (http-cache-semantics), so `Private`/`No-Store` pages are stored and shared"]
 async fn private_and_no_store_are_recognised_whatever_their_case() {
     let origin = Origin::start(|seen| {
         let cc = match seen.target.as_str() {
@@ -478,7 +476,6 @@ async fn equivalent_accept_language_lists_never_get_the_wrong_language() {
 }
 
 #[tokio::test]
-#[ignore = "digue bug: Vary values are sorted, so `fr, en` and `en, fr` (equal weights, RFC 4647 priority order) share a variant and one gets the other's language"]
 async fn languages_of_equal_weight_keep_their_priority_order() {
     let origin = language_origin().await;
     let proxy = Proxy::start(&origin.url(), "", "").await;
@@ -542,7 +539,6 @@ async fn vary_cookie_keeps_users_with_different_cookies_apart() {
 }
 
 #[tokio::test]
-#[ignore = "digue bug: Vary values are lower-cased, so Cookie `user=Alice` and `user=alice` share a variant and one user gets the other's page"]
 async fn vary_cookie_keeps_apart_values_that_differ_only_in_case() {
     let origin = echo_origin(&[("cache-control", "max-age=60"), ("vary", "Cookie")]).await;
     let proxy = Proxy::start(&origin.url(), "", "").await;
@@ -560,7 +556,6 @@ async fn vary_cookie_keeps_apart_values_that_differ_only_in_case() {
 }
 
 #[tokio::test]
-#[ignore = "digue bug: a non-ASCII Vary header value normalises to \"\", so it shares the variant of every other such value and of no header at all"]
 async fn vary_cookie_keeps_apart_non_ascii_values() {
     let origin = echo_origin(&[("cache-control", "max-age=60"), ("vary", "Cookie")]).await;
     let proxy = Proxy::start(&origin.url(), "", "").await;
@@ -759,11 +754,13 @@ async fn a_set_cookie_arriving_with_a_304_revalidation_is_never_replayed() {
             .any(|s| s.headers.contains_key("if-none-match")),
         "the stale entry was revalidated"
     );
+    // Answer 0 made the revalidation: the 304's cookie was issued to its own
+    // request, so it may carry it. Nobody after it may.
     for (i, got) in answers.iter().enumerate() {
         assert_eq!(got.status, 200, "answer {i}");
         assert_eq!(got.text(), "profil", "answer {i}");
         assert!(
-            got.header("set-cookie").is_none(),
+            i == 0 || got.header("set-cookie").is_none(),
             "answer {i} replays a cookie from a 304 ({})",
             got.cache_status()
         );
@@ -831,7 +828,6 @@ async fn each_host_gets_its_own_entries_on_a_wildcard_site() {
 }
 
 #[tokio::test]
-#[ignore = "digue bug: the cache key drops the Host port that is forwarded to the origin, so `a.example:8080` is served the page built for `a.example:9090`"]
 async fn the_host_port_sent_to_the_origin_is_part_of_the_key() {
     let origin = host_origin().await;
     let proxy = Proxy::start(&origin.url(), "", "").await;

@@ -54,20 +54,32 @@ impl CacheKey {
     }
 }
 
-/// Appends a canonical form of a header's values: lists split on commas,
-/// trimmed, lower-cased and sorted, so `gzip, br` and `br,gzip` share a variant.
+/// Appends a canonical form of a header's values: every line of the header
+/// joined, list items trimmed of surrounding spaces, so `gzip,br` and
+/// `gzip, br` share a variant. Case and order are kept (cookie values are
+/// case-sensitive, `Accept-Language` order is a priority), and bytes outside
+/// printable ASCII are %-escaped, so distinct values never share a key.
 fn normalise_into(out: &mut String, headers: &HeaderMap, name: &HeaderName) {
-    let mut items: Vec<String> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
-    items.sort_unstable();
-    items.dedup();
-    out.push_str(&items.join(","));
+    let mut first = true;
+    for value in headers.get_all(name) {
+        for item in value.as_bytes().split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() {
+                continue;
+            }
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            for &b in item {
+                if b.is_ascii_graphic() && b != b'%' || b == b' ' {
+                    out.push(char::from(b));
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+    }
 }
 
 /// What a response's `Vary` header says.
@@ -125,12 +137,42 @@ mod tests {
         let base = CacheKey::primary("portal", "ent.example.fr", "/a?b=1");
         let vary = [http::header::ACCEPT_ENCODING];
         let a = base.variant(&vary, &headers(&[("accept-encoding", "gzip, br")]));
-        let b = base.variant(&vary, &headers(&[("accept-encoding", "BR,gzip")]));
+        let b = base.variant(&vary, &headers(&[("accept-encoding", "gzip,br")]));
         let c = base.variant(&vary, &headers(&[("accept-encoding", "gzip")]));
+        let d = base.variant(&vary, &headers(&[("accept-encoding", "br, gzip")]));
         assert_eq!(a, b);
         assert_ne!(a, c);
+        assert_ne!(a, d, "order is kept: it can be a priority");
         assert_eq!(a.site(), "portal");
         assert_eq!(a.target(), "/a?b=1");
+    }
+
+    #[test]
+    fn distinct_values_never_share_a_variant() {
+        let base = CacheKey::primary("portal", "h", "/");
+        let vary = [http::header::COOKIE];
+        let raw = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                http::header::COOKIE,
+                HeaderValue::from_bytes(v).expect("valid"),
+            );
+            base.variant(&vary, &h)
+        };
+        assert_ne!(raw(b"t=abc"), raw(b"t=ABC"), "case matters");
+        assert_ne!(
+            raw("p=\u{c9}ric".as_bytes()),
+            raw("p=\u{c9}lodie".as_bytes())
+        );
+        assert_ne!(
+            raw("p=\u{c9}".as_bytes()),
+            base.variant(&vary, &HeaderMap::new())
+        );
+        assert_ne!(
+            raw(b"p=%C3%89"),
+            raw("p=\u{c9}".as_bytes()),
+            "escapes are escaped"
+        );
     }
 
     #[test]

@@ -52,14 +52,18 @@ fn has_body(headers: &HeaderMap) -> bool {
 }
 
 /// Whether any `Cookie` header names one of `names`.
+/// Works on bytes: browsers send non-ASCII cookie values, and such a header
+/// must not hide the session cookie next to them.
 pub fn has_session_cookie(headers: &HeaderMap, names: &[String]) -> bool {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.split_once('=').map(|(name, _)| name.trim()))
-        .any(|name| names.iter().any(|n| n == name))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            Some(pair[..eq].trim_ascii())
+        })
+        .any(|name| names.iter().any(|n| n.as_bytes() == name))
 }
 
 /// How a storable response is to be kept.
@@ -113,7 +117,8 @@ pub fn plan(
         shared: true,
         ..CacheOptions::default()
     };
-    let policy = CachePolicy::new_options(req, res, now, options);
+    let normalised = lower_case_directives(res).ok_or(NotStorable::Forbidden)?;
+    let policy = CachePolicy::new_options(req, &normalised, now, options);
     if !policy.is_storable() {
         return Err(NotStorable::Forbidden);
     }
@@ -151,6 +156,26 @@ pub fn plan(
         vary,
         ttl,
     })
+}
+
+/// A copy of the response head with `Cache-Control` and `Pragma` lower-cased:
+/// directive names are case-insensitive (RFC 9111 §5.2) but the library
+/// matches them as written, so `Private` would slip through. `None` when a
+/// directive is not readable text: such a response is not stored.
+fn lower_case_directives(res: &response::Parts) -> Option<response::Parts> {
+    let (mut copy, ()) = http::Response::new(()).into_parts();
+    copy.status = res.status;
+    copy.version = res.version;
+    copy.headers = res.headers.clone();
+    for name in [header::CACHE_CONTROL, header::PRAGMA] {
+        let values: Vec<_> = res.headers.get_all(&name).iter().cloned().collect();
+        copy.headers.remove(&name);
+        for v in values {
+            let lower = v.to_str().ok()?.to_ascii_lowercase();
+            copy.headers.append(&name, lower.parse().ok()?);
+        }
+    }
+    Some(copy)
 }
 
 /// The response directives that bound stale serving (RFC 5861, RFC 9111 §5.2.2).
@@ -282,6 +307,38 @@ mod tests {
                 "{headers:?} must not be stored, even under a forced-ttl rule"
             );
         }
+    }
+
+    #[test]
+    fn directives_are_recognised_whatever_their_case_or_bytes() {
+        let forced = site("[[site.cache.rule]]\nprefix = \"/\"\nttl = \"1h\"\n");
+        for cc in ["Private, max-age=60", "NO-STORE", "No-Store, max-age=60"] {
+            assert_eq!(
+                decide(&forced, &req(&[]), &res(200, &[("cache-control", cc)])).err(),
+                Some(NotStorable::Forbidden),
+                "{cc:?} must not be stored"
+            );
+        }
+        let mut odd = res(200, &[]);
+        odd.headers.insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_bytes(b"max-age=60, private\xff").expect("bytes"),
+        );
+        assert_eq!(
+            decide(&forced, &req(&[]), &odd).err(),
+            Some(NotStorable::Forbidden)
+        );
+    }
+
+    #[test]
+    fn a_non_ascii_cookie_does_not_hide_the_session_cookie() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            http::HeaderValue::from_bytes("prenom=\u{c9}lodie; JSESSIONID=alice".as_bytes())
+                .expect("bytes"),
+        );
+        assert!(has_session_cookie(&h, &["JSESSIONID".to_owned()]));
     }
 
     #[test]
