@@ -32,7 +32,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-DIGUE_BIN_DEFAULT="target/release/digue"
+DIGUE_BIN_DEFAULT="${CARGO_TARGET_DIR:-target}/release/digue"
 DIGUE_BIN="${DIGUE_BIN:-$DIGUE_BIN_DEFAULT}"
 SKIP_DIGUE="${SKIP_DIGUE:-0}"
 SKIP_STATIC="${SKIP_STATIC:-0}"
@@ -143,7 +143,8 @@ for s in socks:
     s.close()
 EOF
 }
-read -r ORIGIN_PORT STATIC_PORT NGINX_PORT DIGUE_PORT DIGUE_ADMIN_PORT < <(free_ports 5)
+read -r ORIGIN_PORT STATIC_PORT NGINX_PORT DIGUE_PORT DIGUE_ADMIN_PORT < <(free_ports 5) || true
+[[ "${DIGUE_ADMIN_PORT:-}" =~ ^[0-9]+$ ]] || die "could not pick free loopback ports (python3 helper failed)"
 
 # ---------------------------------------------------------------- helpers
 wait_http() {  # wait_http URL PID NAME LOGFILE

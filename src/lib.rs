@@ -22,6 +22,7 @@
 //! - [`demo`]: the fragile demo portal behind `digue demo`.
 
 pub mod admin;
+pub mod admission;
 pub mod body;
 pub mod cache;
 pub mod config;

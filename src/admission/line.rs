@@ -1,0 +1,428 @@
+//! The line of one site, in process: a ticket counter, a cursor, and the
+//! turns handed out at the admission rate.
+//!
+//! The cursor moves at the rate **counted in claims**: each admission the
+//! budget allows becomes a *turn* for the next ticket. A turn not claimed
+//! within the claim window is refunded to the budget, so the slot passes to
+//! the next ticket: people who gave up never stall the line, and waste at
+//! most one claim window of capacity each. Everything is computed lazily on
+//! calls with an explicit `now`, so tests drive it with an injected clock.
+//!
+//! One std mutex guards the whole state; it is held for a few arithmetic
+//! steps and never across `.await`. The cluster store (Redis) replaces this
+//! type with the same operations.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::admission::gcra::Gcra;
+
+/// Claims older than this no longer count toward the measured rate.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Claims needed before the measured rate is trusted over the configured one.
+const RATE_MIN_SAMPLES: usize = 10;
+
+/// The knobs of one call; read every time, so live changes apply at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Params {
+    pub per_minute: u32,
+    pub burst: u32,
+    pub claim_window: Duration,
+    /// Sessions active now and the cap on them, if any.
+    pub active: u64,
+    pub max_active: Option<u64>,
+}
+
+/// Where a waiting ticket stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Place {
+    /// Tickets ahead of this one still waiting for their turn.
+    pub ahead: u64,
+    /// Expected wait at the measured admission rate.
+    pub eta: Duration,
+}
+
+/// What a newcomer gets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrival {
+    /// Nobody waits and the budget allows: in at once.
+    Admitted,
+    /// A ticket and its place.
+    Queued { ticket: u64, place: Place },
+}
+
+/// What a returning ticket gets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Claim {
+    /// Its turn has come: in.
+    Admitted,
+    /// Not yet.
+    Waiting(Place),
+    /// Its turn came and went unclaimed: the slot went to the next ticket.
+    Missed,
+}
+
+/// A moment of the line, for metrics and the admin API.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Status {
+    /// Tickets waiting for their turn.
+    pub waiting: u64,
+    /// Turns handed out, not yet claimed.
+    pub unclaimed: u64,
+    /// Admissions per second: measured from claims, else configured.
+    pub rate: f64,
+}
+
+/// Counters saved across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    pub issued: u64,
+    pub cursor: u64,
+}
+
+#[derive(Debug)]
+struct Turn {
+    ticket: u64,
+    granted: Instant,
+}
+
+#[derive(Debug)]
+struct State {
+    gcra: Gcra,
+    rate: (u32, u32),
+    /// Last ticket number issued.
+    issued: u64,
+    /// Every ticket up to this one has had its turn.
+    cursor: u64,
+    /// Tickets `skip.0 < n <= skip.1` were possibly never handed out (lost
+    /// by a crash between two saves): the cursor jumps over them.
+    skip: (u64, u64),
+    /// Turns handed out and not yet claimed, oldest first.
+    turns: VecDeque<Turn>,
+    /// Claim times within `RATE_WINDOW`, for the measured rate.
+    claims: VecDeque<Instant>,
+    /// Turns missed since the last `take_missed`.
+    missed: u64,
+}
+
+/// The line of one site.
+#[derive(Debug)]
+pub struct Line {
+    state: Mutex<State>,
+}
+
+impl Line {
+    pub fn new(params: &Params) -> Line {
+        Line::restore(params, Saved { issued: 0, cursor: 0 }, 0)
+    }
+
+    /// A line resumed from saved counters. `margin` tickets past the saved
+    /// count may have been issued before a crash; they keep their numbers
+    /// but the cursor does not wait on them.
+    pub fn restore(params: &Params, saved: Saved, margin: u64) -> Line {
+        let issued = saved.issued + margin;
+        Line {
+            state: Mutex::new(State {
+                gcra: Gcra::new(params.per_minute, params.burst),
+                rate: (params.per_minute, params.burst),
+                issued,
+                cursor: saved.cursor.min(saved.issued),
+                skip: (saved.issued, issued),
+                turns: VecDeque::new(),
+                claims: VecDeque::new(),
+                missed: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A newcomer: admitted at once when nobody waits and the budget allows
+    /// (`may_enter` false in `queue_all` mode), else a ticket at the end.
+    pub fn arrive(&self, params: &Params, may_enter: bool, now: Instant) -> Arrival {
+        let mut s = self.lock();
+        s.advance(params, now);
+        let nobody_waits = s.cursor >= s.issued;
+        if may_enter && nobody_waits && s.room_for_one(params) && s.gcra.try_take(now) {
+            s.record_claim(now);
+            return Arrival::Admitted;
+        }
+        s.issued += 1;
+        let ticket = s.issued;
+        let place = s.place(ticket, params, now);
+        Arrival::Queued { ticket, place }
+    }
+
+    /// A ticket holder asking whether its turn has come.
+    pub fn claim(&self, ticket: u64, params: &Params, now: Instant) -> Claim {
+        let mut s = self.lock();
+        if ticket > s.issued {
+            // Issued before a restart that lost the count: it waits at the end.
+            s.issued = ticket;
+        }
+        s.advance(params, now);
+        if let Some(i) = s.turns.iter().position(|t| t.ticket == ticket) {
+            s.turns.remove(i);
+            s.record_claim(now);
+            return Claim::Admitted;
+        }
+        if ticket <= s.cursor {
+            return Claim::Missed;
+        }
+        Claim::Waiting(s.place(ticket, params, now))
+    }
+
+    /// Where the line stands now.
+    pub fn status(&self, params: &Params, now: Instant) -> Status {
+        let mut s = self.lock();
+        s.advance(params, now);
+        Status {
+            waiting: s.issued - s.cursor,
+            unclaimed: s.turns.len() as u64,
+            rate: s.rate_per_second(params, now),
+        }
+    }
+
+    /// The counters to save.
+    pub fn saved(&self) -> Saved {
+        let s = self.lock();
+        Saved {
+            issued: s.issued,
+            cursor: s.cursor,
+        }
+    }
+
+    /// Turns missed since the last call (for metrics).
+    pub fn take_missed(&self) -> u64 {
+        std::mem::take(&mut self.lock().missed)
+    }
+}
+
+impl State {
+    /// Expires unclaimed turns, then hands out the turns the budget allows.
+    fn advance(&mut self, params: &Params, now: Instant) {
+        if self.rate != (params.per_minute, params.burst) {
+            self.gcra.set_rate(params.per_minute, params.burst);
+            self.rate = (params.per_minute, params.burst);
+        }
+        while let Some(turn) = self.turns.front() {
+            if turn.granted + params.claim_window > now {
+                break;
+            }
+            self.turns.pop_front();
+            self.gcra.refund(now);
+            self.missed += 1;
+        }
+        while self.cursor < self.issued && self.room_for_one(params) && self.gcra.try_take(now) {
+            self.cursor += 1;
+            if self.cursor > self.skip.0 && self.cursor <= self.skip.1 {
+                self.cursor = self.skip.1.min(self.issued);
+            }
+            let ticket = self.cursor;
+            self.turns.push_back(Turn {
+                ticket,
+                granted: now,
+            });
+        }
+        while self.claims.front().is_some_and(|t| *t + RATE_WINDOW <= now) {
+            self.claims.pop_front();
+        }
+    }
+
+    /// Whether `max_active_users` leaves room for one more (pending turns
+    /// count: they are about to become sessions).
+    fn room_for_one(&self, params: &Params) -> bool {
+        params
+            .max_active
+            .is_none_or(|max| params.active + (self.turns.len() as u64) < max)
+    }
+
+    fn record_claim(&mut self, now: Instant) {
+        self.claims.push_back(now);
+    }
+
+    fn rate_per_second(&self, params: &Params, now: Instant) -> f64 {
+        let configured = f64::from(params.per_minute) / 60.0;
+        if self.claims.len() < RATE_MIN_SAMPLES {
+            return configured;
+        }
+        let first = self.claims.front().copied().unwrap_or(now);
+        let span = now.saturating_duration_since(first).as_secs_f64().max(1.0);
+        (self.claims.len() as f64 / span).max(configured / 4.0)
+    }
+
+    fn place(&self, ticket: u64, params: &Params, now: Instant) -> Place {
+        let ahead = ticket.saturating_sub(self.cursor + 1);
+        let rate = self.rate_per_second(params, now);
+        let eta = if rate > 0.0 {
+            Duration::from_secs_f64(((ahead + 1) as f64 / rate).min(86_400.0))
+        } else {
+            Duration::from_secs(86_400)
+        };
+        Place { ahead, eta }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(per_minute: u32, burst: u32) -> Params {
+        Params {
+            per_minute,
+            burst,
+            claim_window: Duration::from_secs(30),
+            active: 0,
+            max_active: None,
+        }
+    }
+
+    fn queued(a: Arrival) -> (u64, Place) {
+        match a {
+            Arrival::Queued { ticket, place } => (ticket, place),
+            Arrival::Admitted => panic!("expected a ticket"),
+        }
+    }
+
+    #[test]
+    fn newcomers_enter_at_once_until_the_burst_then_get_tickets_in_order() {
+        let p = params(60, 3);
+        let line = Line::new(&p);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(line.arrive(&p, true, t0), Arrival::Admitted);
+        }
+        let (a, pa) = queued(line.arrive(&p, true, t0));
+        let (b, pb) = queued(line.arrive(&p, true, t0));
+        assert!(b > a, "later arrivals get later tickets");
+        assert!(pb.ahead > pa.ahead, "and stand further back");
+        assert_eq!(pa.ahead, 0);
+        assert_eq!(pa.eta, Duration::from_secs(1), "one a second at 60/min");
+    }
+
+    #[test]
+    fn turns_come_in_ticket_order_at_the_rate() {
+        let p = params(60, 1);
+        let line = Line::new(&p);
+        let t0 = Instant::now();
+        assert_eq!(line.arrive(&p, true, t0), Arrival::Admitted);
+        let tickets: Vec<u64> = (0..5).map(|_| queued(line.arrive(&p, true, t0)).0).collect();
+        for (i, t) in tickets.iter().enumerate() {
+            let before = t0 + Duration::from_millis(1000 * i as u64 + 999);
+            assert!(
+                matches!(line.claim(*t, &p, before), Claim::Waiting(_)),
+                "ticket {t} not before its second"
+            );
+            let at = t0 + Duration::from_secs(1 + i as u64);
+            assert_eq!(line.claim(*t, &p, at), Claim::Admitted, "ticket {t} at {at:?}");
+        }
+    }
+
+    #[test]
+    fn a_ticket_whose_holder_gave_up_passes_its_slot_on_after_the_claim_window() {
+        let p = params(60, 1);
+        let line = Line::new(&p);
+        let t0 = Instant::now();
+        line.arrive(&p, true, t0);
+        let (gone, _) = queued(line.arrive(&p, true, t0));
+        let (next, _) = queued(line.arrive(&p, true, t0));
+        // At 1 s the turn goes to `gone`, who never comes back.
+        assert!(matches!(line.claim(next, &p, t0 + Duration::from_secs(1)), Claim::Waiting(_)));
+        // Within the window the slot is held for `gone`; at 2 s the budget
+        // has a second admission: `next`'s turn comes anyway.
+        assert_eq!(line.claim(next, &p, t0 + Duration::from_secs(2)), Claim::Admitted);
+        assert_eq!(line.claim(gone, &p, t0 + Duration::from_secs(40)), Claim::Missed);
+        assert_eq!(line.take_missed(), 1);
+    }
+
+    #[test]
+    fn abandoned_turns_are_refunded_so_the_line_keeps_its_pace() {
+        let p = params(60, 1);
+        let line = Line::new(&p);
+        let t0 = Instant::now();
+        line.arrive(&p, true, t0);
+        let tickets: Vec<u64> = (0..40).map(|_| queued(line.arrive(&p, true, t0)).0).collect();
+        // Only the last ticket's holder polls; everyone ahead gave up.
+        let last = *tickets.last().expect("forty");
+        let mut admitted_at = None;
+        for s in 1..=200 {
+            let now = t0 + Duration::from_secs(s);
+            if line.claim(last, &p, now) == Claim::Admitted {
+                admitted_at = Some(s);
+                break;
+            }
+        }
+        let at = admitted_at.expect("the last ticket gets in");
+        assert!(at <= 40 + 30 + 1, "abandoned turns cost one claim window, not one each: {at} s");
+    }
+
+    #[test]
+    fn max_active_users_holds_turns_back() {
+        let mut p = params(600, 10);
+        p.max_active = Some(2);
+        p.active = 2;
+        let line = Line::new(&p);
+        let t0 = Instant::now();
+        let (t, _) = queued(line.arrive(&p, true, t0));
+        assert!(matches!(line.claim(t, &p, t0 + Duration::from_secs(5)), Claim::Waiting(_)));
+        p.active = 1;
+        assert_eq!(line.claim(t, &p, t0 + Duration::from_secs(6)), Claim::Admitted);
+    }
+
+    #[test]
+    fn queue_all_gives_everybody_a_ticket_and_the_line_still_moves() {
+        let p = params(60, 5);
+        let line = Line::new(&p);
+        let t0 = Instant::now();
+        let (t, _) = queued(line.arrive(&p, false, t0));
+        assert_eq!(line.claim(t, &p, t0), Claim::Admitted, "the budget moves the line at once");
+    }
+
+    #[test]
+    fn a_live_rate_change_applies_without_a_burst() {
+        let slow = params(6, 1);
+        let line = Line::new(&slow);
+        let t0 = Instant::now();
+        line.arrive(&slow, true, t0);
+        let tickets: Vec<u64> = (0..100).map(|_| queued(line.arrive(&slow, true, t0)).0).collect();
+        let fast = params(6000, 1);
+        let now = t0 + Duration::from_millis(50);
+        let admitted = tickets
+            .iter()
+            .filter(|t| line.claim(**t, &fast, now) == Claim::Admitted)
+            .count();
+        assert!(admitted <= 6, "100/s for 50 ms, not the whole line: {admitted}");
+    }
+
+    #[test]
+    fn a_restored_line_keeps_its_order_and_skips_lost_numbers() {
+        let p = params(60, 1);
+        let line = Line::restore(&p, Saved { issued: 10, cursor: 4 }, 100);
+        let t0 = Instant::now();
+        assert!(matches!(line.claim(5, &p, t0), Claim::Admitted), "ticket 5 is next");
+        let (t, place) = queued(line.arrive(&p, true, t0));
+        assert_eq!(t, 111, "new numbers never repeat one possibly issued before the crash");
+        assert!(place.ahead >= 5, "saved tickets 6..10 are ahead: {place:?}");
+        assert_eq!(line.saved(), Saved { issued: 111, cursor: 5 });
+    }
+
+    #[test]
+    fn position_and_eta_use_the_measured_rate() {
+        let p = params(600, 1);
+        let line = Line::new(&p);
+        let t0 = Instant::now();
+        line.arrive(&p, true, t0);
+        let (t, place) = queued(line.arrive(&p, true, t0));
+        assert_eq!(place.ahead, 0);
+        assert_eq!(place.eta, Duration::from_millis(100));
+        assert_eq!(line.claim(t, &p, t0 + Duration::from_millis(100)), Claim::Admitted);
+        let status = line.status(&p, t0 + Duration::from_secs(1));
+        assert_eq!(status.waiting, 0);
+        assert!((status.rate - 10.0).abs() < f64::EPSILON, "configured until enough samples");
+    }
+}

@@ -1,0 +1,241 @@
+//! Signed tickets and passes: cookies that carry only a site, a number and
+//! times, authenticated with HMAC-SHA256 so they cannot be forged, advanced
+//! or moved to another site. No personal data, no server-side session:
+//! any node holding the key can check them.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Bytes of MAC kept in a cookie: 128 bits are far beyond guessing.
+const TAG_BYTES: usize = 16;
+/// Shortest secret accepted.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// The signing keys: new tokens use `current`; tokens signed with
+/// `previous` still verify during a rotation.
+#[derive(Clone)]
+pub struct Keys {
+    current: Vec<u8>,
+    previous: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(..)")
+    }
+}
+
+impl Keys {
+    pub fn new(current: Vec<u8>, previous: Option<Vec<u8>>) -> Keys {
+        Keys { current, previous }
+    }
+
+    /// A key nobody else has: tokens die with the process. For a single
+    /// node without `DIGUE_SECRET`; the caller warns about it.
+    pub fn ephemeral() -> Keys {
+        use std::io::Read;
+        let mut key = [0_u8; 32];
+        let from_os = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key));
+        if from_os.is_err() {
+            // No /dev/urandom: fall back on the std hasher's random seed.
+            use std::hash::{BuildHasher, Hasher};
+            for chunk in key.chunks_mut(8) {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u128(now_nanos());
+                chunk.copy_from_slice(&h.finish().to_le_bytes());
+            }
+        }
+        Keys::new(key.to_vec(), None)
+    }
+
+    fn mac(key: &[u8], payload: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(key).expect("invariant: HMAC takes any key length");
+        mac.update(payload);
+        mac
+    }
+
+    /// `payload.tag`, both base64url.
+    pub fn sign(&self, payload: &str) -> String {
+        let tag = Keys::mac(&self.current, payload.as_bytes()).finalize().into_bytes();
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(payload),
+            URL_SAFE_NO_PAD.encode(&tag[..TAG_BYTES])
+        )
+    }
+
+    /// The payload of a token signed with either key; `None` if forged or garbled.
+    pub fn verify(&self, token: &str) -> Option<String> {
+        let (payload, tag) = token.split_once('.')?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        if tag.len() != TAG_BYTES {
+            return None;
+        }
+        let ok = |key: &[u8]| Keys::mac(key, &payload).verify_truncated_left(&tag).is_ok();
+        let valid = ok(&self.current) || self.previous.as_deref().is_some_and(ok);
+        valid.then(|| String::from_utf8(payload).ok()).flatten()
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos()
+}
+
+/// Seconds since the Unix epoch: tokens outlive processes, so they carry
+/// wall-clock times.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// A place in a site's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub site: String,
+    pub number: u64,
+    /// When it was issued (Unix seconds), for the wait actually spent.
+    pub issued: u64,
+}
+
+/// The right to enter a site's gated paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub site: String,
+    /// A random or counter value: tells passes apart for `max_active_users`.
+    pub id: u64,
+    /// Last renewal (Unix seconds); the pass dies `session_duration` after it.
+    pub seen: u64,
+}
+
+impl Ticket {
+    pub fn encode(&self, keys: &Keys) -> String {
+        keys.sign(&format!("t|{}|{}|{}", self.site, self.number, self.issued))
+    }
+
+    /// A ticket of `site`, or `None` when forged, garbled or another site's.
+    pub fn decode(keys: &Keys, site: &str, token: &str) -> Option<Ticket> {
+        let payload = keys.verify(token)?;
+        let mut parts = payload.split('|');
+        let (Some("t"), Some(s), Some(n), Some(i), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        (s == site).then_some(())?;
+        Some(Ticket {
+            site: s.to_owned(),
+            number: n.parse().ok()?,
+            issued: i.parse().ok()?,
+        })
+    }
+}
+
+impl Pass {
+    pub fn encode(&self, keys: &Keys) -> String {
+        keys.sign(&format!("p|{}|{}|{}", self.site, self.id, self.seen))
+    }
+
+    /// A pass of `site`, or `None` when forged, garbled or another site's.
+    /// Expiry is the caller's check (it knows `session_duration`).
+    pub fn decode(keys: &Keys, site: &str, token: &str) -> Option<Pass> {
+        let payload = keys.verify(token)?;
+        let mut parts = payload.split('|');
+        let (Some("p"), Some(s), Some(id), Some(seen), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        (s == site).then_some(())?;
+        Some(Pass {
+            site: s.to_owned(),
+            id: id.parse().ok()?,
+            seen: seen.parse().ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(k: &str) -> Keys {
+        Keys::new(k.as_bytes().to_vec(), None)
+    }
+
+    #[test]
+    fn a_ticket_round_trips_and_a_tampered_one_is_worthless() {
+        let k = keys("0123456789abcdef0123456789abcdef");
+        let t = Ticket {
+            site: "pronote".into(),
+            number: 42,
+            issued: 1_700_000_000,
+        };
+        let token = t.encode(&k);
+        assert_eq!(Ticket::decode(&k, "pronote", &token), Some(t));
+        let (payload, tag) = token.split_once('.').expect("two parts");
+        let forged_payload = URL_SAFE_NO_PAD.encode("t|pronote|1|1700000000");
+        assert_eq!(Ticket::decode(&k, "pronote", &format!("{forged_payload}.{tag}")), None);
+        let mut bad_tag = tag.to_owned();
+        bad_tag.replace_range(0..1, if tag.starts_with('A') { "B" } else { "A" });
+        assert_eq!(Ticket::decode(&k, "pronote", &format!("{payload}.{bad_tag}")), None);
+        assert_eq!(Ticket::decode(&k, "ent", &token), None, "another site's ticket");
+        assert_eq!(Ticket::decode(&keys("another key, another node!"), "pronote", &token), None);
+        assert_eq!(Ticket::decode(&k, "pronote", "garbage"), None);
+    }
+
+    #[test]
+    fn a_pass_is_not_a_ticket() {
+        let k = keys("0123456789abcdef");
+        let p = Pass {
+            site: "s".into(),
+            id: 7,
+            seen: 10,
+        };
+        let token = p.encode(&k);
+        assert_eq!(Pass::decode(&k, "s", &token), Some(p));
+        assert_eq!(Ticket::decode(&k, "s", &token), None);
+    }
+
+    #[test]
+    fn tokens_of_the_previous_key_verify_during_a_rotation() {
+        let old = keys("the old secret, 16+ bytes");
+        let t = Ticket {
+            site: "s".into(),
+            number: 3,
+            issued: 1,
+        };
+        let token = t.encode(&old);
+        let rotated = Keys::new(b"the new secret, 16+ bytes".to_vec(), Some(b"the old secret, 16+ bytes".to_vec()));
+        assert_eq!(Ticket::decode(&rotated, "s", &token), Some(t.clone()));
+        let fresh = t.encode(&rotated);
+        assert_eq!(Ticket::decode(&old, "s", &fresh), None, "new tokens use the new key");
+        let after = Keys::new(b"the new secret, 16+ bytes".to_vec(), None);
+        assert_eq!(Ticket::decode(&after, "s", &token), None, "old key retired");
+    }
+
+    #[test]
+    fn ephemeral_keys_differ() {
+        let a = Ticket { site: "s".into(), number: 1, issued: 1 }.encode(&Keys::ephemeral());
+        assert_eq!(Ticket::decode(&Keys::ephemeral(), "s", &a), None);
+    }
+}
