@@ -28,6 +28,9 @@
 #                  used more than OTHER_MAX % of a CPU is redone (RETRIES times at
 #                  most), then kept with a warning
 set -euo pipefail
+# The whole script is one { ... } block, so bash parses all of it before running
+# anything: editing this file while a benchmark runs cannot break that run.
+{
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -450,3 +453,5 @@ mkdir -p "$(dirname "$OUT")"
   done
 } >"$OUT"
 log "results written to $OUT"
+exit 0
+}

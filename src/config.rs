@@ -41,6 +41,12 @@ pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(3600);
 /// Cookies that mark a request as per-user when a site names none.
 pub const DEFAULT_SESSION_COOKIES: &[&str] = &["JSESSIONID", "PHPSESSID", "oneSessionId"];
 pub const DEFAULT_SESSION_DURATION: Duration = Duration::from_secs(20 * 60);
+/// How long a ticket's turn waits for its holder before passing to the next
+/// ticket: a few of the waiting page's slowest polls.
+pub const DEFAULT_CLAIM_WINDOW: Duration = Duration::from_secs(60);
+/// Tickets one network (/24, /64) may take a minute: a whole collège behind
+/// one NAT address arrives well within it; a bot that drops cookies does not.
+pub const DEFAULT_TICKETS_PER_NETWORK_PER_MINUTE: u32 = 300;
 
 /// A validated configuration. Built only by [`Config::parse`], so every value is usable.
 #[derive(Debug, Clone)]
@@ -65,6 +71,14 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Peers whose `X-Forwarded-*` headers are believed (a load balancer in front).
     pub trusted_proxies: Vec<Cidr>,
+    /// Signing keys for tickets and passes: first line current, optional
+    /// second line previous (rotation). `DIGUE_SECRET` otherwise.
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Where the lines' counters are saved, so tickets keep their place
+    /// across a restart.
+    pub state_file: Option<std::path::PathBuf>,
+    /// A directory overriding the built-in page templates and languages.
+    pub pages_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +146,42 @@ pub struct AdmissionConfig {
     pub session_duration: Duration,
     pub mode: AdmissionMode,
     pub cookie_domain: Option<String>,
+    pub claim_window: Duration,
+    /// Staff networks that never wait (checked on the real peer address).
+    pub bypass_cidrs: Vec<Cidr>,
+    pub tickets_per_network_per_minute: u32,
+    /// The portal's name on the waiting page.
+    pub portal_name: String,
+    /// News for the people waiting, shown on the page.
+    pub message: Option<String>,
+}
+
+impl AdmissionConfig {
+    /// Whether a request target (path and query) is an entry point.
+    pub fn gates(&self, target: &str) -> bool {
+        self.paths.iter().any(|p| target.starts_with(p.as_str()))
+    }
+}
+
+impl AdmissionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmissionMode::Auto => "auto",
+            AdmissionMode::QueueAll => "queue_all",
+            AdmissionMode::Passthrough => "passthrough",
+            AdmissionMode::Closed => "closed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AdmissionMode> {
+        Some(match s {
+            "auto" => AdmissionMode::Auto,
+            "queue_all" => AdmissionMode::QueueAll,
+            "passthrough" => AdmissionMode::Passthrough,
+            "closed" => AdmissionMode::Closed,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,6 +479,9 @@ struct RawServer {
     tls_listen: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    secret_file: Option<String>,
+    state_file: Option<String>,
+    pages_dir: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -486,6 +539,12 @@ struct RawAdmission {
     session_duration: Option<String>,
     mode: Option<String>,
     cookie_domain: Option<String>,
+    claim_window: Option<String>,
+    #[serde(default)]
+    bypass_cidrs: Vec<String>,
+    tickets_per_network_per_minute: Option<u64>,
+    portal_name: Option<String>,
+    message: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -571,6 +630,9 @@ impl RawServer {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             trusted_proxies: Vec::new(),
+            secret_file: None,
+            state_file: None,
+            pages_dir: None,
         }
     }
 
@@ -630,6 +692,22 @@ impl RawServer {
                 Ok(c) => out.trusted_proxies.push(c),
                 Err(e) => errors.push(format!("server.trusted_proxies[{i}]"), e),
             }
+        }
+        out.secret_file = self.secret_file.map(Into::into);
+        out.state_file = self.state_file.map(Into::into);
+        out.pages_dir = self.pages_dir.map(Into::into);
+        if let Some(dir) = &out.pages_dir
+            && !dir.is_dir()
+        {
+            errors.push(
+                "server.pages_dir",
+                format!("{} is not a directory", dir.display()),
+            );
+        }
+        if let Some(file) = &out.secret_file
+            && let Err(e) = crate::admission::keys_from_file(file)
+        {
+            errors.push("server.secret_file", e);
         }
         if self.tls_listen.is_some() || self.tls_cert.is_some() || self.tls_key.is_some() {
             errors.push(
@@ -918,18 +996,50 @@ impl RawAdmission {
             }
         };
         let mode = match self.mode.as_deref() {
-            None | Some("auto") => AdmissionMode::Auto,
-            Some("queue_all") => AdmissionMode::QueueAll,
-            Some("passthrough") => AdmissionMode::Passthrough,
-            Some("closed") => AdmissionMode::Closed,
-            Some(other) => {
+            None => AdmissionMode::Auto,
+            Some(m) => AdmissionMode::parse(m).unwrap_or_else(|| {
                 errors.push(
                     format!("{at}.mode"),
-                    format!("{other:?} is not one of auto, queue_all, passthrough, closed"),
+                    format!("{m:?} is not one of auto, queue_all, passthrough, closed"),
                 );
                 AdmissionMode::Auto
-            }
+            }),
         };
+        if self.paths.is_empty() {
+            errors.push(
+                format!("{at}.paths"),
+                "missing: list the entry points that create a session (e.g. [\"/pronote/eleve.html\"])",
+            );
+        }
+        let mut bypass_cidrs = Vec::new();
+        for (i, raw) in self.bypass_cidrs.iter().enumerate() {
+            match raw.parse::<Cidr>() {
+                Ok(c) => bypass_cidrs.push(c),
+                Err(e) => errors.push(format!("{at}.bypass_cidrs[{i}]"), e),
+            }
+        }
+        if let Some(d) = &self.cookie_domain
+            && (d.is_empty()
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+        {
+            errors.push(
+                format!("{at}.cookie_domain"),
+                format!("{d:?} is not a domain"),
+            );
+        }
+        let claim_window = errors.duration(
+            &format!("{at}.claim_window"),
+            self.claim_window.as_deref(),
+            DEFAULT_CLAIM_WINDOW,
+        );
+        if claim_window < Duration::from_secs(10) {
+            errors.push(
+                format!("{at}.claim_window"),
+                "must be at least 10s: the waiting page polls every 3 to 20 seconds",
+            );
+        }
         AdmissionConfig {
             paths: self.paths,
             new_users_per_minute: rate,
@@ -947,6 +1057,15 @@ impl RawAdmission {
             ),
             mode,
             cookie_domain: self.cookie_domain,
+            claim_window,
+            bypass_cidrs,
+            tickets_per_network_per_minute: self
+                .tickets_per_network_per_minute
+                .map_or(DEFAULT_TICKETS_PER_NETWORK_PER_MINUTE, |n| {
+                    u32::try_from(n).unwrap_or(u32::MAX).max(1)
+                }),
+            portal_name: self.portal_name.unwrap_or_else(|| "le portail".to_owned()),
+            message: self.message,
         }
     }
 }

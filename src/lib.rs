@@ -11,12 +11,14 @@
 //! - [`cache`]: RFC 9111 decisions ([`cache::policy`]), keys and `Vary`
 //!   ([`cache::key`]), the bounded store ([`cache::store`]), one fetch per cold
 //!   key ([`cache::coalesce`]).
+//! - [`admission`]: the waiting room: admission budget, signed tickets and
+//!   passes, the FIFO line, the per-request decision.
 //! - [`guard`]: the origin concurrency cap and its queue deadline.
 //! - [`origin`]: the pooled upstream client and header hygiene.
 //! - [`body`]: the response body type, and reading origin bodies with a limit.
 //! - [`site`]: the runtime of one `[[site]]`.
 //! - [`outcome`]: how a request was served, as enums: `Cache-Status`, metric labels.
-//! - [`pages`]: the busy and error pages, French first, JSON on request.
+//! - [`pages`]: the waiting room, busy and error pages, French first, JSON on request.
 //! - [`metrics`]: the Prometheus registry and typed handles.
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`demo`]: the fragile demo portal behind `digue demo`.
@@ -45,6 +47,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admission::state::{self, SavedLines};
+use crate::admission::token::Keys;
 use crate::cache::coalesce::Coalescer;
 use crate::cache::store::Store;
 use crate::config::Config;
@@ -64,6 +68,8 @@ pub struct App {
     pub coalescer: Arc<Coalescer>,
     pub metrics: Arc<Metrics>,
     pub pages: Pages,
+    /// Signs tickets and passes.
+    pub keys: Keys,
 }
 
 /// One consistent view of the config and its sites.
@@ -82,25 +88,99 @@ impl Snapshot {
 }
 
 impl App {
-    pub fn new(config: Config) -> Arc<App> {
+    /// Builds the app: keys, saved lines, pages, sites. Fails on what the
+    /// config check cannot see (an unreadable secret, state or page file).
+    pub fn new(config: Config) -> Result<Arc<App>, String> {
         let metrics = Arc::new(Metrics::new());
+        let (keys, shared_key) = admission::load_keys(config.server.secret_file.as_deref())?;
+        let gated = config.sites.iter().any(|s| s.admission.is_some());
+        if gated && !shared_key {
+            tracing::warn!(
+                "no DIGUE_SECRET nor server.secret_file: tickets and passes are signed with a \
+                 random key and die with this process"
+            );
+        }
+        let saved = match &config.server.state_file {
+            Some(path) => state::load(path)?,
+            None => SavedLines::default(),
+        };
         let sites = config
             .sites
             .iter()
-            .map(|s| Arc::new(Site::new(s.clone(), &metrics)))
+            .map(|s| {
+                let restored = saved.lines.get(&s.name).map(|line| {
+                    let margin = match (&s.admission, saved.clean) {
+                        (_, true) | (None, false) => 0,
+                        // Up to a second or two of tickets after the last save.
+                        (Some(a), false) => {
+                            u64::from(a.burst) + u64::from(a.new_users_per_minute) / 30 + 10
+                        }
+                    };
+                    (*line, margin)
+                });
+                Arc::new(Site::new(s.clone(), &metrics, restored))
+            })
             .collect();
         let store = Store::new(
             config.cache.max_size,
             config.cache.hit_for_miss,
             metrics.cache_evictions.clone(),
         );
-        Arc::new(App {
+        Ok(Arc::new(App {
             coalescer: Coalescer::new(config.cache.max_waiters_per_key),
             store,
-            pages: Pages::new(),
+            pages: Pages::new(config.server.pages_dir.as_deref())?,
             snapshot: ArcSwap::from_pointee(Snapshot { config, sites }),
             metrics,
-        })
+            keys,
+        }))
+    }
+
+    /// The lines' counters, for the state file.
+    pub fn saved_lines(&self, clean: bool) -> SavedLines {
+        let snapshot = self.snapshot();
+        let lines = snapshot
+            .sites
+            .iter()
+            .filter_map(|s| Some((s.config.name.clone(), s.gate.as_ref()?.saved())))
+            .collect();
+        SavedLines { clean, lines }
+    }
+
+    /// Writes the state file, if one is configured.
+    fn save_lines(&self, clean: bool) {
+        let snapshot = self.snapshot();
+        let Some(path) = &snapshot.config.server.state_file else {
+            return;
+        };
+        if let Err(e) = state::save(path, &self.saved_lines(clean)) {
+            tracing::error!(error = %e, path = %path.display(), "cannot save the waiting lines");
+        }
+    }
+
+    /// Sets the gauges that are read rather than counted.
+    pub fn refresh_gauges(&self) {
+        let (entries, bytes) = self.store.usage();
+        self.metrics
+            .cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.metrics
+            .cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        let now = tokio::time::Instant::now();
+        for site in &self.snapshot().sites {
+            let (Some(gate), Some(cfg)) = (&site.gate, &site.config.admission) else {
+                continue;
+            };
+            let status = gate.status(cfg, now);
+            let m = &site.metrics;
+            m.line_waiting
+                .set(i64::try_from(status.waiting).unwrap_or(i64::MAX));
+            m.admissions_measured.set(status.rate);
+            m.sessions
+                .set(i64::try_from(gate.sessions_active()).unwrap_or(i64::MAX));
+            m.missed.inc_by(gate.take_missed());
+        }
     }
 
     /// The current config and sites; cheap (one atomic increment).
@@ -119,6 +199,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     public: JoinHandle<()>,
     admin_task: Option<JoinHandle<()>>,
+    saver: JoinHandle<()>,
 }
 
 impl Running {
@@ -130,6 +211,8 @@ impl Running {
         if let Some(admin) = self.admin_task {
             admin.abort();
         }
+        self.saver.abort();
+        self.app.save_lines(true);
     }
 }
 
@@ -142,8 +225,9 @@ pub async fn start(config: Config) -> io::Result<Running> {
     };
     let listen = public.local_addr()?;
     let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
-    let app = App::new(config);
+    let app = App::new(config).map_err(io::Error::other)?;
     let (stop, stopped) = watch::channel(false);
+    let saver = tokio::spawn(save_lines_every_second(app.clone()));
     let public = tokio::spawn(server::serve(public, app.clone(), stopped));
     let admin_task = admin.map(|l| tokio::spawn(admin::serve(l, app.clone())));
     Ok(Running {
@@ -153,5 +237,20 @@ pub async fn start(config: Config) -> io::Result<Running> {
         stop,
         public,
         admin_task,
+        saver,
     })
+}
+
+/// Keeps the state file no more than a second behind the lines.
+async fn save_lines_every_second(app: Arc<App>) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = app.saved_lines(false);
+        if last.as_ref() != Some(&now) {
+            app.save_lines(false);
+            last = Some(now);
+        }
+    }
 }

@@ -10,7 +10,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::outcome::{BusyReason, BypassReason, OriginErrorKind, Outcome, StaleReason};
+use crate::outcome::{
+    AdmitHow, BusyReason, BypassReason, OriginErrorKind, Outcome, Refusal, StaleReason,
+};
 
 /// Every metric family of the process.
 pub struct Metrics {
@@ -26,6 +28,18 @@ pub struct Metrics {
     origin_seconds: HistogramVec,
     origin_errors: IntCounterVec,
     busy: IntCounterVec,
+    line_waiting: IntGaugeVec,
+    tickets: IntCounterVec,
+    throttled: IntCounterVec,
+    admitted: IntCounterVec,
+    missed: IntCounterVec,
+    refused: IntCounterVec,
+    admission_rate: IntGaugeVec,
+    admissions_measured: prometheus::GaugeVec,
+    sessions: IntGaugeVec,
+    wait_seconds: HistogramVec,
+    eta_error: HistogramVec,
+    waiting_pages: IntCounterVec,
     /// Entries in the shared cache, read from the store at scrape time.
     pub cache_entries: IntGauge,
     /// Weighted bytes in the shared cache, read from the store at scrape time.
@@ -72,6 +86,30 @@ impl Metrics {
         )
         .expect("invariant: valid metric");
         r.register(Box::new(origin_seconds.clone()))
+            .expect("invariant: metric names are unique");
+        let wait_buckets = vec![
+            1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+        ];
+        let histogram = |name: &str, help: &str| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(wait_buckets.clone()),
+                &["site"],
+            )
+            .expect("invariant: valid metric");
+            r.register(Box::new(h.clone()))
+                .expect("invariant: metric names are unique");
+            h
+        };
+        let admissions_measured = prometheus::GaugeVec::new(
+            Opts::new(
+                "digue_admissions_per_second",
+                "Admissions per second measured from claims over the last minute (the \
+                 configured rate until enough samples). ETAs are computed from it.",
+            ),
+            &["site"],
+        )
+        .expect("invariant: valid metric");
+        r.register(Box::new(admissions_measured.clone()))
             .expect("invariant: metric names are unique");
         let single = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("invariant: valid metric");
@@ -150,6 +188,73 @@ impl Metrics {
                 "Busy pages (503 + Retry-After) served instead of making users wait, by why.",
                 &["site", "reason"],
             ),
+            line_waiting: gauge(
+                &r,
+                "digue_line_waiting",
+                "Tickets waiting for their turn (read at scrape time).",
+                &["site"],
+            ),
+            tickets: counter(
+                &r,
+                "digue_tickets_issued_total",
+                "Tickets handed to newcomers who could not enter at once.",
+                &["site"],
+            ),
+            throttled: counter(
+                &r,
+                "digue_tickets_throttled_total",
+                "Newcomers refused a new ticket because their network (/24, /64) asked for too \
+                 many (cookie-less bots); they still get the waiting page.",
+                &["site"],
+            ),
+            admitted: counter(
+                &r,
+                "digue_admitted_total",
+                "Visitors let onto a gated path, by how: immediate, line, bypass, passthrough.",
+                &["site", "how"],
+            ),
+            missed: counter(
+                &r,
+                "digue_turns_missed_total",
+                "Turns not claimed within the claim window (people who gave up); each slot \
+                 went to the next ticket.",
+                &["site"],
+            ),
+            refused: counter(
+                &r,
+                "digue_tokens_refused_total",
+                "Ticket or pass cookies worth nothing, by why: invalid (forged, tampered, other \
+                 site, unknown key) or expired.",
+                &["site", "reason"],
+            ),
+            admission_rate: gauge(
+                &r,
+                "digue_admission_rate_per_minute",
+                "The configured new_users_per_minute.",
+                &["site"],
+            ),
+            admissions_measured,
+            sessions: gauge(
+                &r,
+                "digue_sessions_active",
+                "Passes used within session_duration (read at scrape time).",
+                &["site"],
+            ),
+            wait_seconds: histogram(
+                "digue_wait_seconds",
+                "Time from ticket to admission, as lived by the people who waited.",
+            ),
+            eta_error: histogram(
+                "digue_wait_eta_error_seconds",
+                "Absolute difference between the wait predicted when the ticket was issued \
+                 and the actual wait.",
+            ),
+            waiting_pages: counter(
+                &r,
+                "digue_waiting_pages_total",
+                "Waiting-room answers (page or JSON poll), by state: queued, closed.",
+                &["site", "state"],
+            ),
             cache_entries: single_gauge(
                 "digue_cache_entries",
                 "Entries in the shared cache (all sites).",
@@ -188,6 +293,18 @@ impl Metrics {
             bypass: BypassReason::ALL.map(|r| by(&self.bypass, r.as_str())),
             busy: BusyReason::ALL.map(|r| by(&self.busy, r.as_str())),
             origin_errors: OriginErrorKind::ALL.map(|k| by(&self.origin_errors, k.as_str())),
+            admitted: AdmitHow::ALL.map(|h| by(&self.admitted, h.as_str())),
+            refused: Refusal::ALL.map(|r| by(&self.refused, r.as_str())),
+            waiting_pages: ["queued", "closed"].map(|s| by(&self.waiting_pages, s)),
+            tickets: self.tickets.with_label_values(&[site]),
+            throttled: self.throttled.with_label_values(&[site]),
+            missed: self.missed.with_label_values(&[site]),
+            line_waiting: self.line_waiting.with_label_values(&[site]),
+            admission_rate: self.admission_rate.with_label_values(&[site]),
+            admissions_measured: self.admissions_measured.with_label_values(&[site]),
+            sessions: self.sessions.with_label_values(&[site]),
+            wait_seconds: self.wait_seconds.with_label_values(&[site]),
+            eta_error: self.eta_error.with_label_values(&[site]),
             coalesced: self.coalesced.with_label_values(&[site]),
             stores: self.cache_stores.with_label_values(&[site]),
             origin_in_flight: self.origin_in_flight.with_label_values(&[site]),
@@ -220,6 +337,18 @@ pub struct SiteMetrics {
     bypass: [IntCounter; BypassReason::ALL.len()],
     busy: [IntCounter; BusyReason::ALL.len()],
     origin_errors: [IntCounter; OriginErrorKind::ALL.len()],
+    admitted: [IntCounter; AdmitHow::ALL.len()],
+    refused: [IntCounter; Refusal::ALL.len()],
+    waiting_pages: [IntCounter; 2],
+    pub tickets: IntCounter,
+    pub throttled: IntCounter,
+    pub missed: IntCounter,
+    pub line_waiting: IntGauge,
+    pub admission_rate: IntGauge,
+    pub admissions_measured: prometheus::Gauge,
+    pub sessions: IntGauge,
+    pub wait_seconds: Histogram,
+    pub eta_error: Histogram,
     pub coalesced: IntCounter,
     pub stores: IntCounter,
     pub origin_in_flight: IntGauge,
@@ -246,5 +375,14 @@ impl SiteMetrics {
     }
     pub fn origin_error(&self, kind: OriginErrorKind) {
         self.origin_errors[kind as usize].inc();
+    }
+    pub fn admitted(&self, how: AdmitHow) {
+        self.admitted[how as usize].inc();
+    }
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].inc();
+    }
+    pub fn waiting_page(&self, closed: bool) {
+        self.waiting_pages[usize::from(closed)].inc();
     }
 }

@@ -2,7 +2,7 @@
 //! hygiene in both directions (hop-by-hop removal, `X-Forwarded-*` set by
 //! digue from the real connection, never taken from the client).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -83,6 +83,7 @@ impl Origin {
 
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
+        crate::admission::cookies::strip(&mut headers);
         headers.insert(
             header::HOST,
             self.host_override.clone().unwrap_or_else(|| host.clone()),
@@ -142,6 +143,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The client's address: the peer, or — when the peer is a trusted proxy —
+/// the nearest untrusted address in its `X-Forwarded-For` chain.
+pub fn client_ip(from: Downstream, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let peer = from.peer.ip().to_canonical();
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return peer;
+    }
+    let chain = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .collect::<Vec<_>>();
+    chain
+        .iter()
+        .rev()
+        .find(|ip| !trusted.iter().any(|c| c.contains(**ip)))
+        .or(chain.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
 /// Sets `X-Forwarded-For/-Proto/-Host` from the real connection. A client's
 /// own values are dropped unless it is a trusted proxy: a forged
 /// `X-Forwarded-Host` must never reach a portal that builds cacheable
@@ -186,6 +211,25 @@ mod tests {
             peer: SocketAddr::new(ip.parse().expect("ip"), 40000),
             tls: false,
         }
+    }
+
+    #[test]
+    fn the_client_address_comes_from_the_peer_unless_it_is_a_trusted_proxy() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("6.6.6.6, 198.51.100.9, 10.0.0.3"),
+        );
+        assert_eq!(
+            client_ip(downstream("192.0.2.7"), &h, &[]).to_string(),
+            "192.0.2.7"
+        );
+        let lb: Cidr = "10.0.0.0/8".parse().expect("cidr");
+        assert_eq!(
+            client_ip(downstream("10.0.0.2"), &h, &[lb]).to_string(),
+            "198.51.100.9",
+            "the nearest untrusted hop, not the client-written start of the chain"
+        );
     }
 
     #[test]

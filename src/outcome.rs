@@ -180,6 +180,55 @@ impl OriginErrorKind {
     }
 }
 
+/// How a visitor got onto a gated path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmitHow {
+    /// Nobody was waiting and the budget allowed it.
+    Immediate,
+    /// Their ticket's turn came.
+    Line,
+    /// From a staff network (`bypass_cidrs`).
+    Bypass,
+    /// `mode = "passthrough"`: measured, never queued.
+    Passthrough,
+}
+
+impl AdmitHow {
+    pub const ALL: [AdmitHow; 4] = [
+        AdmitHow::Immediate,
+        AdmitHow::Line,
+        AdmitHow::Bypass,
+        AdmitHow::Passthrough,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmitHow::Immediate => "immediate",
+            AdmitHow::Line => "line",
+            AdmitHow::Bypass => "bypass",
+            AdmitHow::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// Why a ticket or pass cookie was worth nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Forged, tampered, garbled, signed by an unknown key or for another site.
+    Invalid,
+    /// A genuine pass unused for longer than `session_duration`.
+    Expired,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 2] = [Refusal::Invalid, Refusal::Expired];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Invalid => "invalid",
+            Refusal::Expired => "expired",
+        }
+    }
+}
+
 /// Why the cache forwarded a request (RFC 9211 `fwd`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forward {

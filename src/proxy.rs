@@ -11,17 +11,19 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::admission::gate::{Verdict, Visitor};
 use crate::body::{CollectError, Collected, ProxyBody, collect_limited};
 use crate::cache::coalesce::{Failure, Landing, Leader, Role};
 use crate::cache::key::{CacheKey, Vary};
 use crate::cache::store::{Entry, Freshness, Lookup};
 use crate::cache::{policy, serve};
 use crate::guard::OriginPermit;
+use crate::origin::client_ip;
 use crate::origin::{Downstream, UpstreamBody};
 use crate::outcome::{
     BusyReason, BypassReason, CacheStatus, Forward, OriginErrorKind, Outcome, StaleReason,
 };
-use crate::pages::{Page, Prefs};
+use crate::pages::{self, Page, WaitView};
 use crate::site::Site;
 use crate::{App, Snapshot};
 
@@ -55,14 +57,13 @@ pub async fn handle(
     from: Downstream,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let prefs = Prefs::of(req.headers());
     let Some((host, host_name)) = downstream_host(&req) else {
-        return app.pages.render(Page::BadRequest, prefs);
+        return app.pages.render(Page::BadRequest, req.headers());
     };
     let snapshot = app.snapshot();
     let Some(site) = snapshot.site_for_host(&host_name) else {
         app.metrics.misdirected.inc();
-        return app.pages.render(Page::UnknownHost, prefs);
+        return app.pages.render(Page::UnknownHost, req.headers());
     };
     let host_key = host_name_and_port(&host);
     let ctx = Ctx {
@@ -72,7 +73,6 @@ pub async fn handle(
         host,
         host_key,
         from,
-        prefs,
     };
     let res = ctx.serve(req).await;
     ctx.site.metrics.response(res.status());
@@ -101,6 +101,13 @@ fn downstream_host<B>(req: &Request<B>) -> Option<(HeaderValue, String)> {
     valid.then_some((value, name))
 }
 
+fn with_cookies(mut res: Response<ProxyBody>, cookies: Vec<HeaderValue>) -> Response<ProxyBody> {
+    for c in cookies {
+        res.headers_mut().append(header::SET_COOKIE, c);
+    }
+    res
+}
+
 fn host_name_and_port(host: &HeaderValue) -> String {
     String::from_utf8_lossy(host.as_bytes()).to_ascii_lowercase()
 }
@@ -116,7 +123,6 @@ struct Ctx {
     /// the full Host reaches the origin and may shape the page.
     host_key: String,
     from: Downstream,
-    prefs: Prefs,
 }
 
 /// What the leader's fetch produced.
@@ -147,8 +153,55 @@ fn empty() -> UpstreamBody {
 }
 
 impl Ctx {
+    /// The admission gate, then the cache and origin.
     async fn serve(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
+        let mut pass_cookies = Vec::new();
+        if let (Some(gate), Some(cfg)) = (&self.site.gate, &self.site.config.admission) {
+            let trusted = &self.snapshot.config.server.trusted_proxies;
+            let visitor = Visitor {
+                headers: &parts.headers,
+                target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                ip: client_ip(self.from, &parts.headers, trusted),
+                tls: self.from.tls,
+                wants_json: pages::wants_json(&parts.headers),
+            };
+            let m = &self.site.metrics;
+            let keys = &self.app.keys;
+            match gate.check(
+                cfg,
+                &self.site.config.name,
+                keys,
+                &visitor,
+                m,
+                Instant::now(),
+            ) {
+                Verdict::Proceed(cookies) => pass_cookies = cookies,
+                Verdict::AdmittedJson(cookies) => {
+                    return with_cookies(pages::admitted_json(), cookies);
+                }
+                Verdict::Wait(w) => {
+                    let view = WaitView {
+                        closed: w.closed,
+                        ahead: w.ahead,
+                        eta: w.eta,
+                        retry_after: w.retry_after,
+                        approximate: false,
+                        portal: &cfg.portal_name,
+                        message: cfg.message.as_deref(),
+                        target: visitor.target,
+                    };
+                    let page = self.app.pages.waiting(&view, &parts.headers);
+                    return with_cookies(page, w.cookies);
+                }
+            }
+        }
+        let res = self.serve_admitted(parts, body).await;
+        with_cookies(res, pass_cookies)
+    }
+
+    /// The cache and the origin, for a request the gate let through.
+    async fn serve_admitted(&self, parts: request::Parts, body: Incoming) -> Response<ProxyBody> {
         let rule = self.site.config.rule_for(parts.uri.path());
         if let Err(reason) = policy::classify(&parts, &self.site.config, rule) {
             return self
@@ -575,7 +628,7 @@ impl Ctx {
                 }
             }
         };
-        let mut res = self.app.pages.render(page, self.prefs);
+        let mut res = self.app.pages.render(page, &parts.headers);
         CacheStatus::NotServed { fwd, detail }.append_to(res.headers_mut());
         res
     }

@@ -81,8 +81,16 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Gcra::new(60, 5);
         assert_eq!(taken(&mut g, t0), 5, "burst at once");
-        assert_eq!(taken(&mut g, t0 + Duration::from_millis(999)), 0, "nothing before 1 s");
-        assert_eq!(taken(&mut g, t0 + Duration::from_secs(1)), 1, "one per second");
+        assert_eq!(
+            taken(&mut g, t0 + Duration::from_millis(999)),
+            0,
+            "nothing before 1 s"
+        );
+        assert_eq!(
+            taken(&mut g, t0 + Duration::from_secs(1)),
+            1,
+            "one per second"
+        );
         assert_eq!(taken(&mut g, t0 + Duration::from_secs(3)), 2);
     }
 
@@ -109,9 +117,16 @@ mod tests {
         let after = taken(&mut g, soon);
         // The emptied bucket stays emptied: ~2% of the new 500-burst bucket is
         // free (0.1 s of 5 s), where a fresh limiter would let 500 through.
-        assert!(after <= 11, "a raised rate does not refill the bucket: {after}");
+        assert!(
+            after <= 11,
+            "a raised rate does not refill the bucket: {after}"
+        );
         g.set_rate(60, 5);
-        assert_eq!(taken(&mut g, soon), 0, "lowering the rate keeps what was taken");
+        assert_eq!(
+            taken(&mut g, soon),
+            0,
+            "lowering the rate keeps what was taken"
+        );
     }
 
     #[test]

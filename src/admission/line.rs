@@ -116,7 +116,14 @@ pub struct Line {
 
 impl Line {
     pub fn new(params: &Params) -> Line {
-        Line::restore(params, Saved { issued: 0, cursor: 0 }, 0)
+        Line::restore(
+            params,
+            Saved {
+                issued: 0,
+                cursor: 0,
+            },
+            0,
+        )
     }
 
     /// A line resumed from saved counters. `margin` tickets past the saved
@@ -311,7 +318,9 @@ mod tests {
         let line = Line::new(&p);
         let t0 = Instant::now();
         assert_eq!(line.arrive(&p, true, t0), Arrival::Admitted);
-        let tickets: Vec<u64> = (0..5).map(|_| queued(line.arrive(&p, true, t0)).0).collect();
+        let tickets: Vec<u64> = (0..5)
+            .map(|_| queued(line.arrive(&p, true, t0)).0)
+            .collect();
         for (i, t) in tickets.iter().enumerate() {
             let before = t0 + Duration::from_millis(1000 * i as u64 + 999);
             assert!(
@@ -319,7 +328,11 @@ mod tests {
                 "ticket {t} not before its second"
             );
             let at = t0 + Duration::from_secs(1 + i as u64);
-            assert_eq!(line.claim(*t, &p, at), Claim::Admitted, "ticket {t} at {at:?}");
+            assert_eq!(
+                line.claim(*t, &p, at),
+                Claim::Admitted,
+                "ticket {t} at {at:?}"
+            );
         }
     }
 
@@ -332,11 +345,20 @@ mod tests {
         let (gone, _) = queued(line.arrive(&p, true, t0));
         let (next, _) = queued(line.arrive(&p, true, t0));
         // At 1 s the turn goes to `gone`, who never comes back.
-        assert!(matches!(line.claim(next, &p, t0 + Duration::from_secs(1)), Claim::Waiting(_)));
+        assert!(matches!(
+            line.claim(next, &p, t0 + Duration::from_secs(1)),
+            Claim::Waiting(_)
+        ));
         // Within the window the slot is held for `gone`; at 2 s the budget
         // has a second admission: `next`'s turn comes anyway.
-        assert_eq!(line.claim(next, &p, t0 + Duration::from_secs(2)), Claim::Admitted);
-        assert_eq!(line.claim(gone, &p, t0 + Duration::from_secs(40)), Claim::Missed);
+        assert_eq!(
+            line.claim(next, &p, t0 + Duration::from_secs(2)),
+            Claim::Admitted
+        );
+        assert_eq!(
+            line.claim(gone, &p, t0 + Duration::from_secs(40)),
+            Claim::Missed
+        );
         assert_eq!(line.take_missed(), 1);
     }
 
@@ -346,7 +368,9 @@ mod tests {
         let line = Line::new(&p);
         let t0 = Instant::now();
         line.arrive(&p, true, t0);
-        let tickets: Vec<u64> = (0..40).map(|_| queued(line.arrive(&p, true, t0)).0).collect();
+        let tickets: Vec<u64> = (0..40)
+            .map(|_| queued(line.arrive(&p, true, t0)).0)
+            .collect();
         // Only the last ticket's holder polls; everyone ahead gave up.
         let last = *tickets.last().expect("forty");
         let mut admitted_at = None;
@@ -358,7 +382,10 @@ mod tests {
             }
         }
         let at = admitted_at.expect("the last ticket gets in");
-        assert!(at <= 40 + 30 + 1, "abandoned turns cost one claim window, not one each: {at} s");
+        assert!(
+            at <= 40 + 30 + 1,
+            "abandoned turns cost one claim window, not one each: {at} s"
+        );
     }
 
     #[test]
@@ -369,9 +396,15 @@ mod tests {
         let line = Line::new(&p);
         let t0 = Instant::now();
         let (t, _) = queued(line.arrive(&p, true, t0));
-        assert!(matches!(line.claim(t, &p, t0 + Duration::from_secs(5)), Claim::Waiting(_)));
+        assert!(matches!(
+            line.claim(t, &p, t0 + Duration::from_secs(5)),
+            Claim::Waiting(_)
+        ));
         p.active = 1;
-        assert_eq!(line.claim(t, &p, t0 + Duration::from_secs(6)), Claim::Admitted);
+        assert_eq!(
+            line.claim(t, &p, t0 + Duration::from_secs(6)),
+            Claim::Admitted
+        );
     }
 
     #[test]
@@ -380,7 +413,11 @@ mod tests {
         let line = Line::new(&p);
         let t0 = Instant::now();
         let (t, _) = queued(line.arrive(&p, false, t0));
-        assert_eq!(line.claim(t, &p, t0), Claim::Admitted, "the budget moves the line at once");
+        assert_eq!(
+            line.claim(t, &p, t0),
+            Claim::Admitted,
+            "the budget moves the line at once"
+        );
     }
 
     #[test]
@@ -389,26 +426,50 @@ mod tests {
         let line = Line::new(&slow);
         let t0 = Instant::now();
         line.arrive(&slow, true, t0);
-        let tickets: Vec<u64> = (0..100).map(|_| queued(line.arrive(&slow, true, t0)).0).collect();
+        let tickets: Vec<u64> = (0..100)
+            .map(|_| queued(line.arrive(&slow, true, t0)).0)
+            .collect();
         let fast = params(6000, 1);
         let now = t0 + Duration::from_millis(50);
         let admitted = tickets
             .iter()
             .filter(|t| line.claim(**t, &fast, now) == Claim::Admitted)
             .count();
-        assert!(admitted <= 6, "100/s for 50 ms, not the whole line: {admitted}");
+        assert!(
+            admitted <= 6,
+            "100/s for 50 ms, not the whole line: {admitted}"
+        );
     }
 
     #[test]
     fn a_restored_line_keeps_its_order_and_skips_lost_numbers() {
         let p = params(60, 1);
-        let line = Line::restore(&p, Saved { issued: 10, cursor: 4 }, 100);
+        let line = Line::restore(
+            &p,
+            Saved {
+                issued: 10,
+                cursor: 4,
+            },
+            100,
+        );
         let t0 = Instant::now();
-        assert!(matches!(line.claim(5, &p, t0), Claim::Admitted), "ticket 5 is next");
+        assert!(
+            matches!(line.claim(5, &p, t0), Claim::Admitted),
+            "ticket 5 is next"
+        );
         let (t, place) = queued(line.arrive(&p, true, t0));
-        assert_eq!(t, 111, "new numbers never repeat one possibly issued before the crash");
+        assert_eq!(
+            t, 111,
+            "new numbers never repeat one possibly issued before the crash"
+        );
         assert!(place.ahead >= 5, "saved tickets 6..10 are ahead: {place:?}");
-        assert_eq!(line.saved(), Saved { issued: 111, cursor: 5 });
+        assert_eq!(
+            line.saved(),
+            Saved {
+                issued: 111,
+                cursor: 5
+            }
+        );
     }
 
     #[test]
@@ -420,9 +481,15 @@ mod tests {
         let (t, place) = queued(line.arrive(&p, true, t0));
         assert_eq!(place.ahead, 0);
         assert_eq!(place.eta, Duration::from_millis(100));
-        assert_eq!(line.claim(t, &p, t0 + Duration::from_millis(100)), Claim::Admitted);
+        assert_eq!(
+            line.claim(t, &p, t0 + Duration::from_millis(100)),
+            Claim::Admitted
+        );
         let status = line.status(&p, t0 + Duration::from_secs(1));
         assert_eq!(status.waiting, 0);
-        assert!((status.rate - 10.0).abs() < f64::EPSILON, "configured until enough samples");
+        assert!(
+            (status.rate - 10.0).abs() < f64::EPSILON,
+            "configured until enough samples"
+        );
     }
 }

@@ -55,14 +55,17 @@ impl Keys {
     }
 
     fn mac(key: &[u8], payload: &[u8]) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(key).expect("invariant: HMAC takes any key length");
+        let mut mac =
+            HmacSha256::new_from_slice(key).expect("invariant: HMAC takes any key length");
         mac.update(payload);
         mac
     }
 
     /// `payload.tag`, both base64url.
     pub fn sign(&self, payload: &str) -> String {
-        let tag = Keys::mac(&self.current, payload.as_bytes()).finalize().into_bytes();
+        let tag = Keys::mac(&self.current, payload.as_bytes())
+            .finalize()
+            .into_bytes();
         format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(payload),
@@ -107,6 +110,8 @@ pub struct Ticket {
     pub number: u64,
     /// When it was issued (Unix seconds), for the wait actually spent.
     pub issued: u64,
+    /// The wait predicted at issue (seconds), to measure the ETA's error.
+    pub eta: u64,
 }
 
 /// The right to enter a site's gated paths.
@@ -121,14 +126,18 @@ pub struct Pass {
 
 impl Ticket {
     pub fn encode(&self, keys: &Keys) -> String {
-        keys.sign(&format!("t|{}|{}|{}", self.site, self.number, self.issued))
+        keys.sign(&format!(
+            "t|{}|{}|{}|{}",
+            self.site, self.number, self.issued, self.eta
+        ))
     }
 
     /// A ticket of `site`, or `None` when forged, garbled or another site's.
     pub fn decode(keys: &Keys, site: &str, token: &str) -> Option<Ticket> {
         let payload = keys.verify(token)?;
         let mut parts = payload.split('|');
-        let (Some("t"), Some(s), Some(n), Some(i), None) = (
+        let (Some("t"), Some(s), Some(n), Some(i), Some(e), None) = (
+            parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
@@ -142,6 +151,7 @@ impl Ticket {
             site: s.to_owned(),
             number: n.parse().ok()?,
             issued: i.parse().ok()?,
+            eta: e.parse().ok()?,
         })
     }
 }
@@ -189,17 +199,31 @@ mod tests {
             site: "pronote".into(),
             number: 42,
             issued: 1_700_000_000,
+            eta: 90,
         };
         let token = t.encode(&k);
         assert_eq!(Ticket::decode(&k, "pronote", &token), Some(t));
         let (payload, tag) = token.split_once('.').expect("two parts");
-        let forged_payload = URL_SAFE_NO_PAD.encode("t|pronote|1|1700000000");
-        assert_eq!(Ticket::decode(&k, "pronote", &format!("{forged_payload}.{tag}")), None);
+        let forged_payload = URL_SAFE_NO_PAD.encode("t|pronote|1|1700000000|90");
+        assert_eq!(
+            Ticket::decode(&k, "pronote", &format!("{forged_payload}.{tag}")),
+            None
+        );
         let mut bad_tag = tag.to_owned();
         bad_tag.replace_range(0..1, if tag.starts_with('A') { "B" } else { "A" });
-        assert_eq!(Ticket::decode(&k, "pronote", &format!("{payload}.{bad_tag}")), None);
-        assert_eq!(Ticket::decode(&k, "ent", &token), None, "another site's ticket");
-        assert_eq!(Ticket::decode(&keys("another key, another node!"), "pronote", &token), None);
+        assert_eq!(
+            Ticket::decode(&k, "pronote", &format!("{payload}.{bad_tag}")),
+            None
+        );
+        assert_eq!(
+            Ticket::decode(&k, "ent", &token),
+            None,
+            "another site's ticket"
+        );
+        assert_eq!(
+            Ticket::decode(&keys("another key, another node!"), "pronote", &token),
+            None
+        );
         assert_eq!(Ticket::decode(&k, "pronote", "garbage"), None);
     }
 
@@ -223,19 +247,33 @@ mod tests {
             site: "s".into(),
             number: 3,
             issued: 1,
+            eta: 0,
         };
         let token = t.encode(&old);
-        let rotated = Keys::new(b"the new secret, 16+ bytes".to_vec(), Some(b"the old secret, 16+ bytes".to_vec()));
+        let rotated = Keys::new(
+            b"the new secret, 16+ bytes".to_vec(),
+            Some(b"the old secret, 16+ bytes".to_vec()),
+        );
         assert_eq!(Ticket::decode(&rotated, "s", &token), Some(t.clone()));
         let fresh = t.encode(&rotated);
-        assert_eq!(Ticket::decode(&old, "s", &fresh), None, "new tokens use the new key");
+        assert_eq!(
+            Ticket::decode(&old, "s", &fresh),
+            None,
+            "new tokens use the new key"
+        );
         let after = Keys::new(b"the new secret, 16+ bytes".to_vec(), None);
         assert_eq!(Ticket::decode(&after, "s", &token), None, "old key retired");
     }
 
     #[test]
     fn ephemeral_keys_differ() {
-        let a = Ticket { site: "s".into(), number: 1, issued: 1 }.encode(&Keys::ephemeral());
+        let a = Ticket {
+            site: "s".into(),
+            number: 1,
+            issued: 1,
+            eta: 0,
+        }
+        .encode(&Keys::ephemeral());
         assert_eq!(Ticket::decode(&Keys::ephemeral(), "s", &a), None);
     }
 }

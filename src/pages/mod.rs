@@ -1,10 +1,15 @@
-//! Pages digue answers itself: the busy page and error pages, in French by
-//! default (English by `Accept-Language`), or JSON when the client asks for it.
+//! Pages digue answers itself: the waiting room, the busy page and error
+//! pages. French by default, other languages by `Accept-Language`, JSON when
+//! the client prefers `application/json`.
 //!
-//! Every page is self-contained (no third-party asset: invariant 6), marked
-//! `Cache-Control: no-store`, and every 5xx carries a `Retry-After` with
-//! jitter so that retries do not come back as one wave.
+//! Texts live in one TOML file per language (`lang/fr.toml`): adding a
+//! language is adding a file. Templates and languages are compiled in and
+//! can be overridden or extended from `server.pages_dir`. Every page is
+//! self-contained (no third-party asset: invariant 6), `Cache-Control:
+//! no-store`, and every 503 carries a `Retry-After` with jitter so that
+//! retries do not come back as one wave.
 
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -17,69 +22,15 @@ use crate::body::ProxyBody;
 /// pages does not turn into a synchronised wave of retries.
 const RETRY_JITTER_SECS: u64 = 5;
 
-/// The language of a page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lang {
-    Fr,
-    En,
-}
+/// The built-in languages; the first is the default.
+const BUILT_IN_LANGS: [(&str, &str); 2] = [
+    ("fr", include_str!("lang/fr.toml")),
+    ("en", include_str!("lang/en.toml")),
+];
+const NOTICE_HTML: &str = include_str!("notice.html");
+const WAITING_HTML: &str = include_str!("waiting.html");
 
-/// What the client said it can read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefs {
-    pub lang: Lang,
-    pub json: bool,
-}
-
-impl Prefs {
-    pub fn of(headers: &HeaderMap) -> Prefs {
-        let get = |name| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-        };
-        Prefs {
-            lang: preferred_lang(get(header::ACCEPT_LANGUAGE)),
-            json: wants_json(get(header::ACCEPT)),
-        }
-    }
-}
-
-/// French unless English is asked for before French.
-fn preferred_lang(accept_language: &str) -> Lang {
-    let mut best = (Lang::Fr, 0.0_f32);
-    for item in accept_language.split(',') {
-        let mut parts = item.split(';');
-        let tag = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = parts
-            .find_map(|p| p.trim().strip_prefix("q="))
-            .and_then(|q| q.parse::<f32>().ok())
-            .unwrap_or(1.0);
-        let lang = if tag == "fr" || tag.starts_with("fr-") {
-            Lang::Fr
-        } else if tag == "en" || tag.starts_with("en-") {
-            Lang::En
-        } else {
-            continue;
-        };
-        if q > best.1 {
-            best = (lang, q);
-        }
-    }
-    best.0
-}
-
-/// JSON when `application/json` comes before any HTML type.
-fn wants_json(accept: &str) -> bool {
-    match (accept.find("application/json"), accept.find("text/html")) {
-        (Some(json), Some(html)) => json < html,
-        (Some(_), None) => true,
-        (None, _) => false,
-    }
-}
-
-/// The pages digue can answer with.
+/// The pages digue can answer with, besides the waiting room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Page {
     /// The origin is saturated and nothing stale can stand in: 503.
@@ -105,7 +56,8 @@ impl Page {
         }
     }
 
-    fn state(self) -> &'static str {
+    /// The `state` of the JSON variant, and the section of the texts.
+    fn key(self) -> &'static str {
         match self {
             Page::Busy => "busy",
             Page::OriginDown | Page::OriginTimeout => "unavailable",
@@ -122,121 +74,312 @@ impl Page {
             Page::UnknownHost | Page::BadRequest => None,
         }
     }
-
-    fn texts(self, lang: Lang) -> (&'static str, &'static str) {
-        match (self, lang) {
-            (Page::Busy, Lang::Fr) => (
-                "Le portail est très demandé",
-                "Beaucoup de monde se connecte en ce moment. Votre demande n'est pas perdue : \
-                 cette page se rechargera toute seule dans quelques secondes.",
-            ),
-            (Page::Busy, Lang::En) => (
-                "The portal is very busy",
-                "Many people are connecting right now. Your request is not lost: this page \
-                 will reload by itself in a few seconds.",
-            ),
-            (Page::OriginDown | Page::OriginTimeout, Lang::Fr) => (
-                "Le portail ne répond pas pour le moment",
-                "Le service est momentanément indisponible. Cette page se rechargera toute \
-                 seule ; inutile de la recharger vous-même.",
-            ),
-            (Page::OriginDown | Page::OriginTimeout, Lang::En) => (
-                "The portal is not answering right now",
-                "The service is temporarily unavailable. This page will reload by itself; \
-                 there is no need to reload it yourself.",
-            ),
-            (Page::UnknownHost, Lang::Fr) => (
-                "Site inconnu",
-                "Ce serveur ne sert pas l'adresse demandée. Vérifiez l'adresse du site.",
-            ),
-            (Page::UnknownHost, Lang::En) => (
-                "Unknown site",
-                "This server does not serve the requested address. Check the site's address.",
-            ),
-            (Page::BadRequest, Lang::Fr) => (
-                "Requête invalide",
-                "Votre navigateur a envoyé une requête que le serveur ne comprend pas.",
-            ),
-            (Page::BadRequest, Lang::En) => (
-                "Bad request",
-                "Your browser sent a request this server does not understand.",
-            ),
-        }
-    }
 }
 
-fn retry_hint(lang: Lang, secs: u64) -> String {
-    match lang {
-        Lang::Fr => format!("Nouvel essai automatique dans {secs} secondes."),
-        Lang::En => format!("Retrying automatically in {secs} seconds."),
-    }
+/// What the waiting room shows one visitor.
+#[derive(Debug, Clone)]
+pub struct WaitView<'a> {
+    pub closed: bool,
+    /// Tickets ahead of this visitor.
+    pub ahead: u64,
+    pub eta: Duration,
+    pub retry_after: u64,
+    /// The ETA rests on stale information (cluster store unreachable).
+    pub approximate: bool,
+    pub portal: &'a str,
+    pub message: Option<&'a str>,
+    /// The URL asked for: the no-JavaScript "check my place" link.
+    pub target: &'a str,
 }
 
-/// Templates, compiled once at start.
+/// One language's texts.
+struct Catalog {
+    code: String,
+    texts: toml::Table,
+}
+
+/// Templates and texts, loaded once at start.
 pub struct Pages {
     env: Environment<'static>,
+    /// The default language first.
+    langs: Vec<Catalog>,
 }
 
 impl Default for Pages {
     fn default() -> Self {
-        Pages::new()
+        Pages::new(None).expect("invariant: the built-in pages are valid")
     }
 }
 
 impl Pages {
-    pub fn new() -> Pages {
+    /// The built-in pages, with `dir` (if any) overriding `notice.html`,
+    /// `waiting.html` and adding or replacing `lang/*.toml`.
+    pub fn new(dir: Option<&Path>) -> Result<Pages, String> {
+        let mut langs = Vec::new();
+        for (code, text) in BUILT_IN_LANGS {
+            langs.push(Catalog {
+                code: code.to_owned(),
+                texts: text.parse().map_err(|e| format!("lang/{code}.toml: {e}"))?,
+            });
+        }
         let mut env = Environment::new();
-        env.add_template("notice.html", include_str!("notice.html"))
-            .expect("invariant: the built-in template is valid");
-        Pages { env }
+        let mut notice = NOTICE_HTML.to_owned();
+        let mut waiting = WAITING_HTML.to_owned();
+        if let Some(dir) = dir {
+            let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+            notice = read("notice.html").unwrap_or(notice);
+            waiting = read("waiting.html").unwrap_or(waiting);
+            let extra = std::fs::read_dir(dir.join("lang"))
+                .into_iter()
+                .flatten()
+                .flatten();
+            for entry in extra {
+                let path = entry.path();
+                let Some(code) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".toml"))
+                else {
+                    continue;
+                };
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let texts = text
+                    .parse()
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                match langs.iter_mut().find(|c| c.code == code) {
+                    Some(c) => c.texts = texts,
+                    None => langs.push(Catalog {
+                        code: code.to_owned(),
+                        texts,
+                    }),
+                }
+            }
+        }
+        env.add_template_owned("notice.html", notice)
+            .map_err(|e| format!("notice.html: {e}"))?;
+        env.add_template_owned("waiting.html", waiting)
+            .map_err(|e| format!("waiting.html: {e}"))?;
+        Ok(Pages { env, langs })
     }
 
-    /// Renders `page` for a client with `prefs`.
-    pub fn render(&self, page: Page, prefs: Prefs) -> Response<ProxyBody> {
+    /// The language to answer in: the client's preferred one we have.
+    fn lang(&self, headers: &HeaderMap) -> &Catalog {
+        let accept = header_str(headers, header::ACCEPT_LANGUAGE);
+        let mut best: (usize, f32) = (0, 0.0);
+        for item in accept.split(',') {
+            let mut parts = item.split(';');
+            let tag = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .find_map(|p| p.trim().strip_prefix("q="))
+                .and_then(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let primary = tag.split('-').next().unwrap_or("");
+            if let Some(i) = self.langs.iter().position(|c| c.code == primary)
+                && q > best.1
+            {
+                best = (i, q);
+            }
+        }
+        &self.langs[best.0]
+    }
+
+    /// One text, falling back on the default language, then on the key.
+    fn text(&self, lang: &Catalog, section: &str, key: &str) -> String {
+        let lookup = |c: &Catalog| {
+            c.texts
+                .get(section)
+                .and_then(|s| s.get(key))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        lookup(lang)
+            .or_else(|| lookup(&self.langs[0]))
+            .unwrap_or_else(|| format!("{section}.{key}"))
+    }
+
+    /// Renders `page` for the client that sent `headers`.
+    pub fn render(&self, page: Page, headers: &HeaderMap) -> Response<ProxyBody> {
+        let lang = self.lang(headers);
         let retry_after = page
             .retry_base()
             .map(|base| base + jitter(RETRY_JITTER_SECS));
-        let (title, message) = page.texts(prefs.lang);
-        let (body, content_type) = if prefs.json {
+        let title = self.text(lang, page.key(), "title");
+        let message = self.text(lang, page.key(), "message");
+        if wants_json(headers) {
             let json = serde_json::json!({
-                "state": page.state(),
+                "state": page.key(),
                 "status": page.status().as_u16(),
                 "retry_after": retry_after,
                 "message": message,
             });
-            (json.to_string(), "application/json")
-        } else {
-            let html = self
-                .env
-                .get_template("notice.html")
-                .and_then(|t| {
-                    t.render(context! {
-                        lang => match prefs.lang { Lang::Fr => "fr", Lang::En => "en" },
-                        title, message, retry_after,
-                        retry_hint => retry_after.map(|s| retry_hint(prefs.lang, s)),
-                    })
-                })
-                .unwrap_or_else(|_| title.to_owned());
-            (html, "text/html; charset=utf-8")
-        };
-        let mut res = Response::new(ProxyBody::full(body));
-        *res.status_mut() = page.status();
-        let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(
-            header::VARY,
-            HeaderValue::from_static("Accept, Accept-Language"),
-        );
-        if let Some(secs) = retry_after {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return respond(page.status(), json.to_string(), true, retry_after);
         }
-        res
+        let retry_hint = retry_after.map(|s| {
+            self.text(lang, "retry", "hint")
+                .replace("{secs}", &s.to_string())
+        });
+        let html = self
+            .env
+            .get_template("notice.html")
+            .and_then(|t| {
+                t.render(context! {
+                    lang => lang.code, title, message, retry_after, retry_hint,
+                })
+            })
+            .unwrap_or_else(|_| title.clone());
+        respond(page.status(), html, false, retry_after)
+    }
+
+    /// The waiting room: `503` with `Retry-After`, HTML or JSON.
+    pub fn waiting(&self, view: &WaitView<'_>, headers: &HeaderMap) -> Response<ProxyBody> {
+        let lang = self.lang(headers);
+        let t = |section: &str, key: &str| {
+            self.text(lang, section, key)
+                .replace("{portal}", view.portal)
+        };
+        let position_text = match view.ahead {
+            0 => t("waiting", "ahead_zero"),
+            1 => t("waiting", "ahead_one"),
+            n => t("waiting", "ahead_many").replace("{n}", &n.to_string()),
+        };
+        let (lo, hi) = eta_range(view.eta);
+        let mut eta_text = if hi < 60 {
+            t("waiting", "eta_soon")
+        } else if lo >= 3600 {
+            t("waiting", "eta_long")
+        } else {
+            t("waiting", "eta_range")
+                .replace("{lo}", &(lo / 60).max(1).to_string())
+                .replace("{hi}", &hi.div_ceil(60).to_string())
+        };
+        if view.approximate {
+            eta_text = format!("{eta_text} {}", t("waiting", "approximate"));
+        }
+        let state = if view.closed { "closed" } else { "queued" };
+        if wants_json(headers) {
+            let json = serde_json::json!({
+                "state": state,
+                "position": view.ahead,
+                "eta_seconds": view.eta.as_secs(),
+                "eta_range_seconds": [lo, hi],
+                "retry_after": view.retry_after,
+                "position_text": position_text,
+                "eta_text": eta_text,
+                "approximate": view.approximate,
+            });
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json.to_string(),
+                true,
+                Some(view.retry_after),
+            );
+        }
+        let section = if view.closed { "closed" } else { "waiting" };
+        let texts = context! {
+            title => t(section, "title"),
+            heading => t(section, "heading"),
+            intro => t("waiting", "intro"),
+            kept => t("waiting", "kept"),
+            no_refresh => t("waiting", "no_refresh"),
+            check => t("waiting", "check"),
+            pause => t("waiting", "pause"),
+            closed_message => t("closed", "message"),
+        };
+        let script_texts = context! {
+            pause => t("waiting", "pause"),
+            resume => t("waiting", "resume"),
+            paused => t("waiting", "paused"),
+            updated => t("waiting", "updated"),
+            admitted => t("waiting", "admitted"),
+        };
+        let html = self
+            .env
+            .get_template("waiting.html")
+            .and_then(|tpl| {
+                tpl.render(context! {
+                    lang => lang.code, t => texts, state, position_text, eta_text,
+                    retry_after => view.retry_after, message => view.message,
+                    target => view.target, script_texts,
+                })
+            })
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "waiting page template failed");
+                position_text.clone()
+            });
+        respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            html,
+            false,
+            Some(view.retry_after),
+        )
+    }
+}
+
+/// The turn of a JSON client has come: it has its pass cookie, and its next
+/// request goes through.
+pub fn admitted_json() -> Response<ProxyBody> {
+    respond(
+        StatusCode::OK,
+        r#"{"state":"admitted","retry_after":0}"#.to_owned(),
+        true,
+        None,
+    )
+}
+
+/// The range shown for an ETA, in seconds: the rate moves, so a point
+/// estimate would promise too much.
+fn eta_range(eta: Duration) -> (u64, u64) {
+    let secs = eta.as_secs_f64();
+    ((secs * 0.8) as u64, (secs * 1.3 + 10.0) as u64)
+}
+
+fn respond(
+    status: StatusCode,
+    body: String,
+    json: bool,
+    retry_after: Option<u64>,
+) -> Response<ProxyBody> {
+    let mut res = Response::new(ProxyBody::full(body));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    let content_type = if json {
+        "application/json"
+    } else {
+        "text/html; charset=utf-8"
+    };
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept, Accept-Language"),
+    );
+    if let Some(secs) = retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    res
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// JSON when `application/json` comes before any HTML type in `Accept`
+/// (compared case-insensitively, parameters ignored).
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    let accept = header_str(headers, header::ACCEPT).to_ascii_lowercase();
+    match (accept.find("application/json"), accept.find("text/html")) {
+        (Some(json), Some(html)) => json < html,
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }
 
 /// A value in `0..spread`, different from call to call; not for security.
-fn jitter(spread: u64) -> u64 {
+pub fn jitter(spread: u64) -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
@@ -248,32 +391,61 @@ fn jitter(spread: u64) -> u64 {
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
     #[test]
     fn french_is_the_default_and_english_is_chosen_by_preference() {
-        assert_eq!(preferred_lang(""), Lang::Fr);
-        assert_eq!(preferred_lang("de-DE,de;q=0.9"), Lang::Fr);
-        assert_eq!(preferred_lang("en-GB,en;q=0.9,fr;q=0.5"), Lang::En);
-        assert_eq!(preferred_lang("fr-FR,fr;q=0.9,en;q=0.8"), Lang::Fr);
+        let p = Pages::default();
+        let code = |al: &'static str| p.lang(&headers(&[("accept-language", al)])).code.clone();
+        assert_eq!(p.lang(&HeaderMap::new()).code, "fr");
+        assert_eq!(code("de-DE,de;q=0.9"), "fr");
+        assert_eq!(code("en-GB,en;q=0.9,fr;q=0.5"), "en");
+        assert_eq!(code("fr-FR,fr;q=0.9,en;q=0.8"), "fr");
+    }
+
+    #[test]
+    fn every_language_has_every_text_of_the_default() {
+        let p = Pages::default();
+        let default = &p.langs[0].texts;
+        for lang in &p.langs[1..] {
+            for (section, keys) in default {
+                let Some(keys) = keys.as_table() else {
+                    continue;
+                };
+                for key in keys.keys() {
+                    assert!(
+                        lang.texts.get(section).and_then(|s| s.get(key)).is_some(),
+                        "{}.toml lacks {section}.{key}",
+                        lang.code
+                    );
+                }
+            }
+        }
     }
 
     #[test]
     fn json_only_when_preferred_over_html() {
-        assert!(wants_json("application/json"));
-        assert!(wants_json("application/json, text/plain, */*"));
-        assert!(!wants_json("text/html,application/xhtml+xml,*/*;q=0.8"));
-        assert!(!wants_json("*/*"));
+        assert!(wants_json(&headers(&[("accept", "application/json")])));
+        assert!(wants_json(&headers(&[(
+            "accept",
+            "Application/JSON; q=0.9, */*"
+        )])));
+        assert!(!wants_json(&headers(&[(
+            "accept",
+            "text/html,application/xhtml+xml,*/*;q=0.8"
+        )])));
+        assert!(!wants_json(&headers(&[("accept", "*/*")])));
     }
 
     #[test]
     fn busy_page_is_no_store_with_retry_after_and_valid_json() {
-        let pages = Pages::new();
-        let res = pages.render(
-            Page::Busy,
-            Prefs {
-                lang: Lang::Fr,
-                json: true,
-            },
-        );
+        let res = Pages::default().render(Page::Busy, &headers(&[("accept", "application/json")]));
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
         let retry: u64 = res.headers()[header::RETRY_AFTER]
@@ -282,5 +454,33 @@ mod tests {
             .parse()
             .expect("seconds");
         assert!((5..5 + RETRY_JITTER_SECS).contains(&retry), "{retry}");
+    }
+
+    #[test]
+    fn the_waiting_page_is_small_and_needs_no_third_party_asset() {
+        let view = WaitView {
+            closed: false,
+            ahead: 12,
+            eta: Duration::from_secs(150),
+            retry_after: 10,
+            approximate: false,
+            portal: "Pronote",
+            message: Some("Les devoirs sont aussi sur l'ENT."),
+            target: "/pronote/eleve.html",
+        };
+        let res = Pages::default().waiting(&view, &HeaderMap::new());
+        let ProxyBody::Full(Some(body)) = res.into_body() else {
+            panic!("a page in memory")
+        };
+        let html = String::from_utf8(body.to_vec()).expect("utf-8");
+        assert!(body.len() < 30 * 1024, "{} bytes", body.len());
+        assert!(html.contains("12 personnes devant vous"), "{html}");
+        assert!(html.contains("entre 2 et 4 minutes"), "{html}");
+        assert!(
+            !html.contains("http-equiv=\"refresh\""),
+            "no timed refresh (WCAG F40)"
+        );
+        assert!(!html.contains("https://"), "no third-party asset");
+        assert!(html.contains("aria-live=\"polite\""));
     }
 }

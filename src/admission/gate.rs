@@ -1,0 +1,350 @@
+//! The admission decision for one request: proceed (with a pass), wait
+//! (with a ticket), or — for a JSON client whose turn came — "admitted".
+//!
+//! Answers come from memory: signature checks, one short lock on the line,
+//! no origin request. A pass is checked on every path (it keeps the session
+//! alive); tickets and the line only on gated paths.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderValue};
+use tokio::time::Instant;
+
+use crate::admission::cookies::{self, Attributes, PASS, TICKET};
+use crate::admission::gcra::Gcra;
+use crate::admission::line::{Arrival, Claim, Line, Params, Place, Saved, Status};
+use crate::admission::token::{Keys, Pass, Ticket, unix_now};
+use crate::config::{AdmissionConfig, AdmissionMode};
+use crate::metrics::SiteMetrics;
+use crate::outcome::{AdmitHow, Refusal};
+
+/// A pass is re-issued (sliding expiry) at most this often, so an active
+/// user does not get a `Set-Cookie` on every response.
+const RENEW_AFTER_SECS: u64 = 60;
+/// Tickets outlive a closed laptop lid or a lunch break.
+const TICKET_MAX_AGE_SECS: u64 = 12 * 3600;
+/// Bounds of the waiting page's polling interval: near the front it polls
+/// often enough to claim its turn well within the claim window; far back
+/// it polls slowly, so a long line costs little.
+const RETRY_MIN_SECS: u64 = 3;
+const RETRY_MAX_SECS: u64 = 20;
+/// Networks tracked for ticket issuance; the least recently seen go first.
+const MAX_NETWORKS: u64 = 100_000;
+const NETWORK_IDLE: Duration = Duration::from_secs(600);
+
+/// The request, as the gate sees it.
+pub struct Visitor<'a> {
+    pub headers: &'a HeaderMap,
+    /// Path and query.
+    pub target: &'a str,
+    /// The client's address (the peer, or from a trusted proxy's header).
+    pub ip: IpAddr,
+    pub tls: bool,
+    pub wants_json: bool,
+}
+
+/// What the gate decided.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Go on to the cache and origin; add these cookies to the response.
+    Proceed(Vec<HeaderValue>),
+    /// A JSON poll whose turn came: answer `{"state":"admitted"}` with the pass.
+    AdmittedJson(Vec<HeaderValue>),
+    /// The waiting room.
+    Wait(Waiting),
+}
+
+/// What the waiting room shows.
+#[derive(Debug)]
+pub struct Waiting {
+    pub closed: bool,
+    pub ahead: u64,
+    pub eta: Duration,
+    pub retry_after: u64,
+    pub cookies: Vec<HeaderValue>,
+}
+
+/// The admission state of one site.
+pub struct Gate {
+    line: Line,
+    /// Passes seen within `session_duration`, by id: moka's time-to-idle
+    /// forgets a pass whose holder stopped making requests.
+    sessions: moka::sync::Cache<u64, ()>,
+    /// Ticket issuance budget per network (/24 or /64).
+    networks: moka::sync::Cache<u128, Arc<Mutex<Gcra>>>,
+    /// Pass ids: a counter from a random start, never personal data.
+    next_pass: AtomicU64,
+}
+
+impl Gate {
+    pub fn new(cfg: &AdmissionConfig, saved: Option<Saved>, margin: u64) -> Gate {
+        let params = params(cfg, 0);
+        let line = match saved {
+            Some(saved) => Line::restore(&params, saved, margin),
+            None => Line::new(&params),
+        };
+        Gate {
+            line,
+            sessions: moka::sync::Cache::builder()
+                .max_capacity(
+                    cfg.max_active_users
+                        .map_or(10_000_000, |m| u64::from(m) * 4),
+                )
+                .time_to_idle(cfg.session_duration)
+                .build(),
+            networks: moka::sync::Cache::builder()
+                .max_capacity(MAX_NETWORKS)
+                .time_to_idle(NETWORK_IDLE)
+                .build(),
+            next_pass: AtomicU64::new(random_start()),
+        }
+    }
+
+    /// Decides what `visitor` gets.
+    pub fn check(
+        &self,
+        cfg: &AdmissionConfig,
+        site: &str,
+        keys: &Keys,
+        visitor: &Visitor<'_>,
+        m: &SiteMetrics,
+        now: Instant,
+    ) -> Verdict {
+        let unix = unix_now();
+        let attrs = Attributes {
+            tls: visitor.tls,
+            domain: cfg.cookie_domain.as_deref(),
+        };
+        let session_secs = cfg.session_duration.as_secs();
+        if let Some(raw) = cookies::find(visitor.headers, PASS) {
+            match Pass::decode(keys, site, raw) {
+                Some(pass) if unix.saturating_sub(pass.seen) <= session_secs => {
+                    return Verdict::Proceed(self.keep_alive(
+                        pass,
+                        keys,
+                        unix,
+                        session_secs,
+                        &attrs,
+                    ));
+                }
+                Some(_) => m.refused(Refusal::Expired),
+                None => m.refused(Refusal::Invalid),
+            }
+        }
+        if !cfg.gates(visitor.target) {
+            return Verdict::Proceed(Vec::new());
+        }
+        if cfg.mode == AdmissionMode::Passthrough {
+            m.admitted(AdmitHow::Passthrough);
+            return Verdict::Proceed(Vec::new());
+        }
+        if cfg.bypass_cidrs.iter().any(|c| c.contains(visitor.ip)) {
+            m.admitted(AdmitHow::Bypass);
+            return Verdict::Proceed(Vec::new());
+        }
+        if cfg.mode == AdmissionMode::Closed {
+            m.waiting_page(true);
+            return Verdict::Wait(Waiting {
+                closed: true,
+                ahead: 0,
+                eta: Duration::ZERO,
+                retry_after: RETRY_MAX_SECS * 3,
+                cookies: Vec::new(),
+            });
+        }
+        let params = params(cfg, self.sessions.entry_count());
+        if let Some(raw) = cookies::find(visitor.headers, TICKET) {
+            match Ticket::decode(keys, site, raw) {
+                Some(ticket) => match self.line.claim(ticket.number, &params, now) {
+                    Claim::Admitted => {
+                        m.admitted(AdmitHow::Line);
+                        let waited = unix.saturating_sub(ticket.issued);
+                        m.wait_seconds.observe(waited as f64);
+                        m.eta_error.observe(waited.abs_diff(ticket.eta) as f64);
+                        let mut set = vec![
+                            self.mint_pass(site, keys, unix, session_secs, &attrs),
+                            cookies::set(TICKET, "", 0, &attrs),
+                        ];
+                        return if visitor.wants_json {
+                            Verdict::AdmittedJson(std::mem::take(&mut set))
+                        } else {
+                            Verdict::Proceed(set)
+                        };
+                    }
+                    Claim::Waiting(place) => return self.wait(place, Vec::new(), m),
+                    // The turn went to the next ticket: a new place at the end.
+                    Claim::Missed => {}
+                },
+                None => m.refused(Refusal::Invalid),
+            }
+        }
+        if !self.network_allows(visitor.ip, cfg, now) {
+            // Same answer, no new ticket: a cookie-less client asking again
+            // and again does not lengthen the line.
+            m.throttled.inc();
+            let status = self.line.status(&params, now);
+            let place = Place {
+                ahead: status.waiting,
+                eta: eta_for(status.waiting, status.rate),
+            };
+            return self.wait(place, Vec::new(), m);
+        }
+        match self
+            .line
+            .arrive(&params, cfg.mode == AdmissionMode::Auto, now)
+        {
+            Arrival::Admitted => {
+                m.admitted(AdmitHow::Immediate);
+                Verdict::Proceed(vec![self.mint_pass(site, keys, unix, session_secs, &attrs)])
+            }
+            Arrival::Queued { ticket, place } => {
+                m.tickets.inc();
+                let token = Ticket {
+                    site: site.to_owned(),
+                    number: ticket,
+                    issued: unix,
+                    eta: place.eta.as_secs(),
+                }
+                .encode(keys);
+                let cookie = cookies::set(TICKET, &token, TICKET_MAX_AGE_SECS, &attrs);
+                self.wait(place, vec![cookie], m)
+            }
+        }
+    }
+
+    /// Where the line stands, for metrics and the admin API.
+    pub fn status(&self, cfg: &AdmissionConfig, now: Instant) -> Status {
+        self.line
+            .status(&params(cfg, self.sessions.entry_count()), now)
+    }
+
+    /// Passes active within `session_duration`.
+    pub fn sessions_active(&self) -> u64 {
+        self.sessions.run_pending_tasks();
+        self.sessions.entry_count()
+    }
+
+    /// Turns missed since the last call.
+    pub fn take_missed(&self) -> u64 {
+        self.line.take_missed()
+    }
+
+    /// The counters to save across a restart.
+    pub fn saved(&self) -> Saved {
+        self.line.saved()
+    }
+
+    fn wait(&self, place: Place, cookies: Vec<HeaderValue>, m: &SiteMetrics) -> Verdict {
+        m.waiting_page(false);
+        // Further back, slower polls: a long line costs little.
+        let retry_after = (place.eta.as_secs() / 8).clamp(RETRY_MIN_SECS, RETRY_MAX_SECS);
+        Verdict::Wait(Waiting {
+            closed: false,
+            ahead: place.ahead,
+            eta: place.eta,
+            retry_after,
+            cookies,
+        })
+    }
+
+    fn keep_alive(
+        &self,
+        pass: Pass,
+        keys: &Keys,
+        unix: u64,
+        session_secs: u64,
+        attrs: &Attributes<'_>,
+    ) -> Vec<HeaderValue> {
+        // `get` refreshes moka's idle timer; insert when new to this node.
+        if self.sessions.get(&pass.id).is_none() {
+            self.sessions.insert(pass.id, ());
+        }
+        if unix.saturating_sub(pass.seen) < RENEW_AFTER_SECS {
+            return Vec::new();
+        }
+        let renewed = Pass { seen: unix, ..pass }.encode(keys);
+        vec![cookies::set(PASS, &renewed, session_secs, attrs)]
+    }
+
+    fn mint_pass(
+        &self,
+        site: &str,
+        keys: &Keys,
+        unix: u64,
+        session_secs: u64,
+        attrs: &Attributes<'_>,
+    ) -> HeaderValue {
+        let id = self.next_pass.fetch_add(1, Ordering::Relaxed);
+        self.sessions.insert(id, ());
+        let pass = Pass {
+            site: site.to_owned(),
+            id,
+            seen: unix,
+        };
+        cookies::set(PASS, &pass.encode(keys), session_secs, attrs)
+    }
+
+    /// Whether `ip`'s network may take one more ticket now.
+    fn network_allows(&self, ip: IpAddr, cfg: &AdmissionConfig, now: Instant) -> bool {
+        let per_minute = cfg.tickets_per_network_per_minute;
+        let bucket = self.networks.get_with(network_of(ip), || {
+            Arc::new(Mutex::new(Gcra::new(per_minute, per_minute)))
+        });
+        let mut gcra = bucket.lock().unwrap_or_else(|p| p.into_inner());
+        gcra.set_rate(per_minute, per_minute);
+        gcra.try_take(now)
+    }
+}
+
+fn params(cfg: &AdmissionConfig, active: u64) -> Params {
+    Params {
+        per_minute: cfg.new_users_per_minute,
+        burst: cfg.burst,
+        claim_window: cfg.claim_window,
+        active,
+        max_active: cfg.max_active_users.map(u64::from),
+    }
+}
+
+fn eta_for(ahead: u64, rate: f64) -> Duration {
+    if rate > 0.0 {
+        Duration::from_secs_f64(((ahead + 1) as f64 / rate).min(86_400.0))
+    } else {
+        Duration::from_secs(86_400)
+    }
+}
+
+/// The /24 of an IPv4 address or the /64 of an IPv6 one: a whole school
+/// behind one NAT shares a budget, a whole ISP does not.
+fn network_of(ip: IpAddr) -> u128 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => u128::from(u32::from(v4) & 0xFFFF_FF00),
+        IpAddr::V6(v6) => (u128::from(v6) & !((1_u128 << 64) - 1)) | 1,
+    }
+}
+
+fn random_start() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(unix_now());
+    h.finish() >> 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_group_a_school_but_not_the_internet() {
+        let a = network_of("192.0.2.10".parse().expect("ip"));
+        assert_eq!(a, network_of("192.0.2.250".parse().expect("ip")));
+        assert_ne!(a, network_of("192.0.3.10".parse().expect("ip")));
+        assert_eq!(
+            network_of("2001:db8::1".parse().expect("ip")),
+            network_of("2001:db8::ffff".parse().expect("ip"))
+        );
+    }
+}
