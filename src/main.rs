@@ -11,6 +11,8 @@ use digue::demo::{Portal, PortalOptions};
 /// The example config shipped at the root of the repository; `digue demo`
 /// runs it against the built-in demo portal.
 const EXAMPLE_CONFIG: &str = include_str!("../config.toml");
+/// The demo's admission rate: low enough that a few browser tabs make a line.
+const DEMO_USERS_PER_MINUTE: u32 = 6;
 
 #[derive(Parser)]
 #[command(
@@ -126,11 +128,8 @@ fn run(path: &Path) -> ExitCode {
 }
 
 /// Keys that parse but whose stage is not built yet: say so rather than
-/// let an operator believe they protect anything.
+/// let an operator believe it protects anything.
 fn warn_unenforced(config: &Config) {
-    for site in config.sites.iter().filter(|s| s.admission.is_some()) {
-        tracing::warn!(site = %site.name, "[site.admission] is validated but the waiting room is not enforced by this version");
-    }
     if config.cluster.is_some() {
         tracing::warn!("[cluster] is validated but cluster mode is not available in this version");
     }
@@ -192,6 +191,12 @@ fn demo(listen: SocketAddr) -> ExitCode {
         for site in &mut config.sites {
             site.origin = origin_uri.clone();
             site.hosts = vec![HostPattern::Any];
+            // A line you can see by opening the login page in a few tabs.
+            if let Some(admission) = &mut site.admission {
+                admission.new_users_per_minute = DEMO_USERS_PER_MINUTE;
+                admission.burst = 2;
+                admission.bypass_cidrs.clear();
+            }
         }
         let running = match digue::start(config).await {
             Ok(r) => r,
