@@ -208,7 +208,7 @@ nginx_start() {
 # ---------------------------------------------------------------- wrk + parsing
 declare -A RPS P99 RUNS_RPS RUNS_P99 RAW
 SERVERS=()        # names, in measurement order
-declare -A URL SPID OTHER
+declare -A URL SPID OTHER CPUS
 HZ="$(getconf CLK_TCK)"
 
 parse_p99_ms() {  # " 99%   1.23ms" -> 1.23 (milliseconds)
@@ -258,7 +258,7 @@ wait_quiet() {  # wait (bounded) until the machine is idle enough to measure
 
 run_wrk() {  # run_wrk NAME ROUND
   local name="$1" round="$2" url="${URL[$1]}" f="$TMP/wrk-$1-$2.txt" secs wsecs attempt=0
-  local t0 s0 c0 w0 t1 s1 c1 w1 other rps p99
+  local t0 s0 c0 w0 t1 s1 c1 w1 srv cli other rps p99
   secs="${DURATION%s}"; [[ "$secs" =~ ^[0-9]+$ ]] || secs=60
   wsecs="${WARMUP%s}"; [[ "$wsecs" =~ ^[0-9]+$ ]] || wsecs=60
   while :; do
@@ -272,10 +272,14 @@ run_wrk() {  # run_wrk NAME ROUND
       || { cat "$f" >&2; die "$name: wrk failed"; }
     t1="$(total_busy_jiffies)"; s1="$(tree_jiffies "${SPID[$name]}")"; children_jiffies; c1=$CHILD_J; w1="$(date +%s%N)"
     # CPU used by anything other than the server under test and wrk, as % of one CPU
-    other="$(awk -v t="$((t1 - t0))" -v s="$((s1 - s0))" -v c="$((c1 - c0))" -v w="$(((w1 - w0) / 1000000))" -v hz="$HZ" \
-      'BEGIN { o = t - s - c; if (o < 0) o = 0; printf "%.0f", (w > 0) ? 100 * o / (w / 1000 * hz) : 0 }')"
+    # CPU used during the measured run, as % of one CPU: the server under test,
+    # wrk, and anything else (which should be ~0)
+    read -r srv cli other < <(awk -v t="$((t1 - t0))" -v s="$((s1 - s0))" -v c="$((c1 - c0))" \
+      -v w="$(((w1 - w0) / 1000000))" -v hz="$HZ" \
+      'BEGIN { o = t - s - c; if (o < 0) o = 0; d = (w > 0) ? w / 1000 * hz / 100 : 1;
+               printf "%.0f %.0f %.0f\n", s / d, c / d, o / d }')
     cat "$f" >&2
-    log "$name (round $round): other processes used ${other}% of a CPU during the measured run"
+    log "$name (round $round): CPU used: server ${srv}%, wrk ${cli}%, other processes ${other}%"
     ((other > OTHER_MAX)) || break
     if ((attempt > RETRIES)); then
       log "WARNING: $name (round $round): other work used ${other}% of a CPU during the run; numbers are suspect"
@@ -283,13 +287,16 @@ run_wrk() {  # run_wrk NAME ROUND
     fi
     log "$name (round $round): other work above ${OTHER_MAX}%; measuring again (retry $attempt/$RETRIES)"
   done
+  if ((cli >= 90)); then
+    log "WARNING: $name (round $round): wrk used ${cli}% of its CPU: the load generator may be the bottleneck, so this req/s is a lower bound"
+  fi
   if grep -qE 'Non-2xx or 3xx responses|Socket errors' "$f"; then
     log "WARNING: $name: wrk reported errors (see above); numbers are suspect"
   fi
   rps="$(awk '/^Requests\/sec:/ {print $2}' "$f")"
   p99="$(parse_p99_ms "$f")"
   [[ -n "$rps" && -n "$p99" ]] || die "$name: could not parse wrk output ($f)"
-  RUNS_RPS[$name]+="$rps "; RUNS_P99[$name]+="$p99 "; RAW[$name]+="$f "; OTHER[$name]+="$other "
+  RUNS_RPS[$name]+="$rps "; RUNS_P99[$name]+="$p99 "; RAW[$name]+="$f "; OTHER[$name]+="$other "; CPUS[$name]+="$srv/$cli/$other "
 }
 
 median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
@@ -435,8 +442,9 @@ mkdir -p "$(dirname "$OUT")"
     echo "- $RUNS interleaved rounds; table shows the median req/s and median p99 of each server"
     for n in "${SERVERS[@]}"; do echo "  - $n req/s: ${RUNS_RPS[$n]}; p99 ms: ${RUNS_P99[$n]}"; done
   fi
-  echo "- CPU used by other processes during each measured run (% of one CPU; should be ~0):"
-  for n in "${SERVERS[@]}"; do echo "  - $n: ${OTHER[$n]}"; done
+  echo "- CPU used during each measured run, server/wrk/other processes, in % of one CPU"
+  echo "  (other should be ~0; wrk near 100 means the client, not the server, was the limit):"
+  for n in "${SERVERS[@]}"; do echo "  - $n: ${CPUS[$n]}"; done
   echo
   echo "$TABLE"
   echo

@@ -79,6 +79,11 @@ pub struct ServerConfig {
     pub state_file: Option<std::path::PathBuf>,
     /// A directory overriding the built-in page templates and languages.
     pub pages_dir: Option<std::path::PathBuf>,
+    /// Log lines as JSON instead of text.
+    pub log_json: bool,
+    /// One log line per request (site, method, path without query, status,
+    /// outcome, duration, client network truncated to /24 or /48).
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -482,6 +487,9 @@ struct RawServer {
     secret_file: Option<String>,
     state_file: Option<String>,
     pages_dir: Option<String>,
+    log_format: Option<String>,
+    #[serde(default)]
+    access_log: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -633,6 +641,8 @@ impl RawServer {
             secret_file: None,
             state_file: None,
             pages_dir: None,
+            log_json: false,
+            access_log: false,
         }
     }
 
@@ -693,6 +703,18 @@ impl RawServer {
                 Err(e) => errors.push(format!("server.trusted_proxies[{i}]"), e),
             }
         }
+        out.log_json = match self.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                errors.push(
+                    "server.log_format",
+                    format!("{other:?} is not one of text, json"),
+                );
+                false
+            }
+        };
+        out.access_log = self.access_log;
         out.secret_file = self.secret_file.map(Into::into);
         out.state_file = self.state_file.map(Into::into);
         out.pages_dir = self.pages_dir.map(Into::into);

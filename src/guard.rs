@@ -3,6 +3,7 @@
 //! `origin_queue_timeout`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus::IntGauge;
@@ -15,6 +16,11 @@ pub struct OriginGuard {
     /// first request to queue is the first to get a freed slot.
     slots: Arc<Semaphore>,
     in_flight: IntGauge,
+    /// The current limit; changed live by the admin API or a reload.
+    limit: AtomicUsize,
+    /// Slots to retire as permits come back, after the limit was lowered
+    /// while they were in use (a semaphore can only forget free permits).
+    debt: Arc<AtomicUsize>,
 }
 
 /// No slot freed within the queue timeout.
@@ -24,13 +30,21 @@ pub struct Saturated;
 /// One origin slot; dropping it frees the slot whatever happened.
 #[must_use = "the slot is released as soon as the permit is dropped"]
 pub struct OriginPermit {
-    _slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
     in_flight: IntGauge,
+    debt: Arc<AtomicUsize>,
 }
 
 impl Drop for OriginPermit {
     fn drop(&mut self) {
         self.in_flight.dec();
+        let repaid = self
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if repaid && let Some(slot) = self.slot.take() {
+            slot.forget();
+        }
     }
 }
 
@@ -40,6 +54,36 @@ impl OriginGuard {
         OriginGuard {
             slots: Arc::new(Semaphore::new(limit)),
             in_flight,
+            limit: AtomicUsize::new(limit),
+            debt: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// Changes the limit at once. Raising adds slots; lowering retires free
+    /// slots now and busy ones as they come back, so in-flight requests are
+    /// never cut and the new limit is never exceeded by new ones.
+    pub fn set_limit(&self, new: usize) {
+        let old = self.limit.swap(new, Ordering::AcqRel);
+        if new > old {
+            let mut add = new - old;
+            // Cancel retirements still pending from an earlier decrease first.
+            while add > 0
+                && self
+                    .debt
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+                    .is_ok()
+            {
+                add -= 1;
+            }
+            self.slots.add_permits(add);
+        } else if new < old {
+            let cut = old - new;
+            let forgotten = self.slots.forget_permits(cut);
+            self.debt.fetch_add(cut - forgotten, Ordering::AcqRel);
         }
     }
 
@@ -54,8 +98,9 @@ impl OriginGuard {
         };
         self.in_flight.inc();
         Ok(OriginPermit {
-            _slot: slot,
+            slot: Some(slot),
             in_flight: self.in_flight.clone(),
+            debt: self.debt.clone(),
         })
     }
 }
@@ -88,6 +133,43 @@ mod tests {
             g.acquire(Duration::ZERO).await.is_ok(),
             "a dropped permit frees its slot"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lowered_limit_applies_as_busy_slots_come_back() {
+        let g = guard(3);
+        let a = g.acquire(Duration::ZERO).await.expect("free");
+        let b = g.acquire(Duration::ZERO).await.expect("free");
+        g.set_limit(1);
+        assert!(
+            g.acquire(Duration::ZERO).await.is_err(),
+            "two busy, limit one"
+        );
+        drop(a);
+        assert!(
+            g.acquire(Duration::ZERO).await.is_err(),
+            "still one busy: at the limit"
+        );
+        drop(b);
+        let c = g
+            .acquire(Duration::ZERO)
+            .await
+            .expect("one slot under the new limit");
+        assert!(g.acquire(Duration::ZERO).await.is_err(), "and only one");
+        drop(c);
+        g.set_limit(4);
+        let held: Vec<_> = futures_for(&g, 4).await;
+        assert_eq!(held.len(), 4, "a raised limit adds slots at once");
+    }
+
+    async fn futures_for(g: &OriginGuard, n: usize) -> Vec<OriginPermit> {
+        let mut v = Vec::new();
+        for _ in 0..n + 1 {
+            if let Ok(p) = g.acquire(Duration::ZERO).await {
+                v.push(p);
+            }
+        }
+        v
     }
 
     #[tokio::test(start_paused = true)]

@@ -20,7 +20,8 @@
 //! - [`outcome`]: how a request was served, as enums: `Cache-Status`, metric labels.
 //! - [`pages`]: the waiting room, busy and error pages, French first, JSON on request.
 //! - [`metrics`]: the Prometheus registry and typed handles.
-//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/*`.
+//! - [`reload`]: config changes at run time (file reload, admin API): validate, swap.
 //! - [`demo`]: the fragile demo portal behind `digue demo`.
 
 pub mod admin;
@@ -35,11 +36,13 @@ pub mod origin;
 pub mod outcome;
 pub mod pages;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod site;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -67,9 +70,24 @@ pub struct App {
     /// Fetches in flight, one per key.
     pub coalescer: Arc<Coalescer>,
     pub metrics: Arc<Metrics>,
-    pub pages: Pages,
-    /// Signs tickets and passes.
-    pub keys: Keys,
+    /// Templates and languages; reloaded with the config.
+    pub pages: ArcSwap<Pages>,
+    /// Signs tickets and passes; reloaded with the config (key rotation).
+    pub keys: ArcSwap<Keys>,
+    /// The config file, for `POST /admin/reload` and SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// `DIGUE_ADMIN_TOKEN`: without it every `/admin/` call is refused.
+    pub admin_token: Option<String>,
+    /// Serialises config changes (reload, admin PATCH): each reads the
+    /// snapshot, builds a new one and swaps it. Never held across `.await`.
+    pub changing: std::sync::Mutex<()>,
+}
+
+/// What `start` needs besides the config.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub config_path: Option<PathBuf>,
+    pub admin_token: Option<String>,
 }
 
 /// One consistent view of the config and its sites.
@@ -90,7 +108,7 @@ impl Snapshot {
 impl App {
     /// Builds the app: keys, saved lines, pages, sites. Fails on what the
     /// config check cannot see (an unreadable secret, state or page file).
-    pub fn new(config: Config) -> Result<Arc<App>, String> {
+    pub fn new(config: Config, options: Options) -> Result<Arc<App>, String> {
         let metrics = Arc::new(Metrics::new());
         let (keys, shared_key) = admission::load_keys(config.server.secret_file.as_deref())?;
         let gated = config.sites.iter().any(|s| s.admission.is_some());
@@ -129,10 +147,13 @@ impl App {
         Ok(Arc::new(App {
             coalescer: Coalescer::new(config.cache.max_waiters_per_key),
             store,
-            pages: Pages::new(config.server.pages_dir.as_deref())?,
+            pages: ArcSwap::from_pointee(Pages::new(config.server.pages_dir.as_deref())?),
             snapshot: ArcSwap::from_pointee(Snapshot { config, sites }),
             metrics,
-            keys,
+            keys: ArcSwap::from_pointee(keys),
+            config_path: options.config_path,
+            admin_token: options.admin_token.filter(|t| !t.is_empty()),
+            changing: std::sync::Mutex::new(()),
         }))
     }
 
@@ -218,6 +239,11 @@ impl Running {
 
 /// Binds the listeners and starts serving in background tasks.
 pub async fn start(config: Config) -> io::Result<Running> {
+    start_with(config, Options::default()).await
+}
+
+/// [`start`], with the config file's path and the admin token.
+pub async fn start_with(config: Config, options: Options) -> io::Result<Running> {
     let public = TcpListener::bind(config.server.listen).await?;
     let admin = match config.server.admin_listen {
         Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -225,7 +251,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
     };
     let listen = public.local_addr()?;
     let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
-    let app = App::new(config).map_err(io::Error::other)?;
+    let app = App::new(config, options).map_err(io::Error::other)?;
     let (stop, stopped) = watch::channel(false);
     let saver = tokio::spawn(save_lines_every_second(app.clone()));
     let public = tokio::spawn(server::serve(public, app.clone(), stopped));

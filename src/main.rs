@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use digue::config::{Config, HostPattern};
 use digue::demo::{Portal, PortalOptions};
+use digue::{App, Options};
 
 /// The example config shipped at the root of the repository; `digue demo`
 /// runs it against the built-in demo portal.
@@ -23,6 +24,9 @@ const DEMO_USERS_PER_MINUTE: u32 = 6;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log lines as `text` (default) or `json`; overrides `server.log_format`.
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
     /// Run with this config when no subcommand is given.
     #[command(flatten)]
     run: RunArgs,
@@ -51,19 +55,28 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs();
+    let json = cli.log_format.as_deref() == Some("json");
     match cli.command {
         Some(Command::Check(args)) => check(&args.config),
-        Some(Command::Run(args)) => run(&args.config),
-        None => run(&cli.run.config),
-        Some(Command::Demo { listen }) => demo(listen),
+        Some(Command::Run(args)) => run(&args.config, cli.log_format.as_deref()),
+        None => run(&cli.run.config, cli.log_format.as_deref()),
+        Some(Command::Demo { listen }) => {
+            init_logs(json);
+            demo(listen)
+        }
     }
 }
 
-fn init_logs() {
+/// Human-readable lines by default, JSON on request; `RUST_LOG` filters.
+fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
@@ -99,11 +112,12 @@ fn runtime(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
-fn run(path: &Path) -> ExitCode {
+fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    init_logs(log_format.map_or(config.server.log_json, |f| f == "json"));
     warn_unenforced(&config);
     let rt = match runtime(&config) {
         Ok(rt) => rt,
@@ -112,16 +126,23 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let options = Options {
+        config_path: Some(path.to_owned()),
+        admin_token: std::env::var("DIGUE_ADMIN_TOKEN").ok(),
+    };
+    if options.admin_token.is_none() {
+        tracing::info!("DIGUE_ADMIN_TOKEN is unset: every /admin/ call will be refused");
+    }
     rt.block_on(async {
-        let running = match digue::start(config).await {
+        let running = match digue::start_with(config, options).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, "cannot bind a listener");
+                tracing::error!(error = %e, "cannot start");
                 return ExitCode::FAILURE;
             }
         };
         tracing::info!(listen = %running.listen, admin = ?running.admin, "digue is serving");
-        wait_for_shutdown_signal().await;
+        serve_until_stopped(&running.app).await;
         running.shutdown().await;
         ExitCode::SUCCESS
     })
@@ -135,9 +156,8 @@ fn warn_unenforced(config: &Config) {
     }
 }
 
-/// Returns on SIGTERM or SIGINT. SIGHUP is caught so that a reload attempt
-/// does not kill the process (the default action of SIGHUP).
-async fn wait_for_shutdown_signal() {
+/// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP.
+async fn serve_until_stopped(app: &App) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -151,7 +171,10 @@ async fn wait_for_shutdown_signal() {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => tracing::warn!("SIGHUP: live reload is not available in this version; restart to apply config changes"),
+            _ = hup.recv() => {
+                // Errors are logged with their key paths by reload().
+                let _ = digue::reload::reload(app);
+            }
         }
     }
     tracing::info!("shutdown signal received");
@@ -222,7 +245,7 @@ fn demo(listen: SocketAddr) -> ExitCode {
             "Open http://{}/ in a browser; Ctrl-C to stop.",
             running.listen
         );
-        wait_for_shutdown_signal().await;
+        serve_until_stopped(&running.app).await;
         running.shutdown().await;
         drop(portal);
         ExitCode::SUCCESS

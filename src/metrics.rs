@@ -52,6 +52,10 @@ pub struct Metrics {
     pub connections_total: IntCounter,
     /// Requests whose Host matched no site.
     pub misdirected: IntCounter,
+    /// Config reloads by outcome: applied, refused.
+    pub reloads: IntCounterVec,
+    /// Admin API calls that changed something, by what: admission, origin, purge.
+    pub admin_changes: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -279,6 +283,19 @@ impl Metrics {
                 "digue_misdirected_requests_total",
                 "Requests whose Host matched no configured site (answered 421).",
             ),
+            reloads: counter(
+                &r,
+                "digue_config_reloads_total",
+                "Config reloads (SIGHUP, POST /admin/reload) by outcome: applied, refused. \
+                 A refused reload leaves the running config in place; the log says why.",
+                &["outcome"],
+            ),
+            admin_changes: counter(
+                &r,
+                "digue_admin_changes_total",
+                "Changes made through the admin API, by kind: admission, origin, purge.",
+                &["kind"],
+            ),
             registry: r,
         }
     }
@@ -359,6 +376,9 @@ pub struct SiteMetrics {
 impl SiteMetrics {
     pub fn request(&self, outcome: Outcome) {
         self.requests[outcome as usize].inc();
+    }
+    pub fn requests_of(&self, outcome: Outcome) -> u64 {
+        self.requests[outcome as usize].get()
     }
     pub fn response(&self, status: http::StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;

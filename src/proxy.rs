@@ -58,14 +58,21 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let Some((host, host_name)) = downstream_host(&req) else {
-        return app.pages.render(Page::BadRequest, req.headers());
+        return app.pages.load().render(Page::BadRequest, req.headers());
     };
     let snapshot = app.snapshot();
     let Some(site) = snapshot.site_for_host(&host_name) else {
         app.metrics.misdirected.inc();
-        return app.pages.render(Page::UnknownHost, req.headers());
+        return app.pages.load().render(Page::UnknownHost, req.headers());
     };
     let host_key = host_name_and_port(&host);
+    let access = snapshot.config.server.access_log.then(|| {
+        (
+            Instant::now(),
+            req.method().clone(),
+            req.uri().path().to_owned(),
+        )
+    });
     let ctx = Ctx {
         app,
         snapshot,
@@ -76,7 +83,40 @@ pub async fn handle(
     };
     let res = ctx.serve(req).await;
     ctx.site.metrics.response(res.status());
+    if let Some((started, method, path)) = access {
+        log_access(&ctx, &method, &path, &res, started);
+    }
     res
+}
+
+/// One access-log line: never a query string, cookie or full client address
+/// (pupils are minors; the network is enough to spot an abuser).
+fn log_access(ctx: &Ctx, method: &Method, path: &str, res: &Response<ProxyBody>, started: Instant) {
+    let network = match ctx.from.peer.ip().to_canonical() {
+        std::net::IpAddr::V4(ip) => {
+            let [a, b, c, _] = ip.octets();
+            format!("{a}.{b}.{c}.0/24")
+        }
+        std::net::IpAddr::V6(ip) => {
+            let s = ip.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    };
+    let cache = res
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info!(
+        target: "digue::access",
+        site = %ctx.site.config.name,
+        %method,
+        path,
+        status = res.status().as_u16(),
+        cache,
+        ms = started.elapsed().as_millis() as u64,
+        client = %network,
+    );
 }
 
 /// The Host a client asked for (`Host`, or the authority of an HTTP/2
@@ -167,11 +207,11 @@ impl Ctx {
                 wants_json: pages::wants_json(&parts.headers),
             };
             let m = &self.site.metrics;
-            let keys = &self.app.keys;
+            let keys = self.app.keys.load();
             match gate.check(
                 cfg,
                 &self.site.config.name,
-                keys,
+                &keys,
                 &visitor,
                 m,
                 Instant::now(),
@@ -191,7 +231,7 @@ impl Ctx {
                         message: cfg.message.as_deref(),
                         target: visitor.target,
                     };
-                    let page = self.app.pages.waiting(&view, &parts.headers);
+                    let page = self.app.pages.load().waiting(&view, &parts.headers);
                     return with_cookies(page, w.cookies);
                 }
             }
@@ -628,7 +668,7 @@ impl Ctx {
                 }
             }
         };
-        let mut res = self.app.pages.render(page, &parts.headers);
+        let mut res = self.app.pages.load().render(page, &parts.headers);
         CacheStatus::NotServed { fwd, detail }.append_to(res.headers_mut());
         res
     }

@@ -1,5 +1,11 @@
 //! The runtime of one `[[site]]`: its config, its origin client, its origin
-//! guard and its metric handles.
+//! guard, its waiting room and its metric handles.
+//!
+//! A reload builds new `Site`s, but what holds live state — the guard's
+//! slots, the line, metric handles, the origin's connection pool when the
+//! origin did not change — is carried over from the old one by name.
+
+use std::sync::Arc;
 
 use crate::admission::gate::Gate;
 use crate::admission::line::Saved;
@@ -10,37 +16,78 @@ use crate::origin::Origin;
 
 pub struct Site {
     pub config: SiteConfig,
-    pub origin: Origin,
-    pub guard: OriginGuard,
-    pub metrics: SiteMetrics,
+    pub origin: Arc<Origin>,
+    pub guard: Arc<OriginGuard>,
+    pub metrics: Arc<SiteMetrics>,
     /// The waiting room, when `[site.admission]` is configured.
-    pub gate: Option<Gate>,
+    pub gate: Option<Arc<Gate>>,
 }
 
 impl Site {
     /// `saved`: the line's counters from the state file, and how many
     /// ticket numbers past them may have been issued before a crash.
     pub fn new(config: SiteConfig, metrics: &Metrics, saved: Option<(Saved, u64)>) -> Site {
-        let metrics = metrics.site(&config.name);
+        let metrics = Arc::new(metrics.site(&config.name));
         let gate = config.admission.as_ref().map(|a| {
-            metrics
-                .admission_rate
-                .set(i64::from(a.new_users_per_minute));
-            match saved {
-                Some((saved, margin)) => Gate::new(a, Some(saved), margin),
-                None => Gate::new(a, None, 0),
-            }
+            let (saved, margin) = saved.map_or((None, 0), |(s, m)| (Some(s), m));
+            Arc::new(Gate::new(a, saved, margin))
         });
-        Site {
-            origin: Origin::new(&config),
-            guard: OriginGuard::new(
+        let site = Site {
+            origin: Arc::new(Origin::new(&config)),
+            guard: Arc::new(OriginGuard::new(
                 config.origin_concurrency,
                 metrics.origin_in_flight.clone(),
                 &metrics.origin_limit,
-            ),
+            )),
             metrics,
             gate,
             config,
+        };
+        site.publish_settings();
+        site
+    }
+
+    /// The same site under a new config, keeping its live state.
+    pub fn rebuild(&self, config: SiteConfig) -> Site {
+        let origin = if origin_unchanged(&self.config, &config) {
+            self.origin.clone()
+        } else {
+            Arc::new(Origin::new(&config))
+        };
+        self.guard.set_limit(config.origin_concurrency);
+        let gate = match (&self.gate, &config.admission) {
+            (Some(gate), Some(_)) => Some(gate.clone()),
+            (None, Some(a)) => Some(Arc::new(Gate::new(a, None, 0))),
+            (_, None) => None,
+        };
+        let site = Site {
+            origin,
+            guard: self.guard.clone(),
+            metrics: self.metrics.clone(),
+            gate,
+            config,
+        };
+        site.publish_settings();
+        site
+    }
+
+    /// Gauges that mirror settings, so dashboards show limits beside usage.
+    fn publish_settings(&self) {
+        self.metrics
+            .origin_limit
+            .set(i64::try_from(self.config.origin_concurrency).unwrap_or(i64::MAX));
+        if let Some(a) = &self.config.admission {
+            self.metrics
+                .admission_rate
+                .set(i64::from(a.new_users_per_minute));
         }
     }
+}
+
+fn origin_unchanged(a: &SiteConfig, b: &SiteConfig) -> bool {
+    a.origin == b.origin
+        && a.origin_host == b.origin_host
+        && a.origin_timeout == b.origin_timeout
+        && a.origin_connect_timeout == b.origin_connect_timeout
+        && a.origin_concurrency == b.origin_concurrency
 }

@@ -218,6 +218,51 @@ impl Store {
         self.uncacheable.contains_key(primary)
     }
 
+    /// Marks stale (soft) or drops (hard) the entries of `site` whose request
+    /// target matches; returns how many responses were affected. Soft is the
+    /// default: the next request is served stale while one fetch refreshes,
+    /// so a purge never causes a stampede on the origin.
+    pub fn purge(&self, site: &str, matches: impl Fn(&str) -> bool, hard: bool) -> usize {
+        let mut affected = 0;
+        let mut doomed = Vec::new();
+        for (key, slot) in &self.entries {
+            if key.site() != site || !matches(key.target()) {
+                continue;
+            }
+            match slot {
+                Slot::Response(entry) => {
+                    affected += 1;
+                    if !hard {
+                        entry.purge();
+                    }
+                }
+                Slot::Vary(_) => {}
+            }
+            if hard {
+                doomed.push(key);
+            }
+        }
+        for key in doomed {
+            self.entries.invalidate(&*key);
+        }
+        affected
+    }
+
+    /// Entries of one site and their weighted bytes (an admin-time scan).
+    pub fn site_usage(&self, site: &str) -> (u64, u64) {
+        let mut entries = 0;
+        let mut bytes = 0;
+        for (key, slot) in &self.entries {
+            if key.site() == site
+                && let Slot::Response(e) = slot
+            {
+                entries += 1;
+                bytes += u64::from(e.weight());
+            }
+        }
+        (entries, bytes)
+    }
+
     /// Entries and weighted bytes, for metrics.
     pub fn usage(&self) -> (u64, u64) {
         self.entries.run_pending_tasks();

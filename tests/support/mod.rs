@@ -246,9 +246,16 @@ impl Proxy {
     }
 
     pub async fn from_toml(text: &str) -> Proxy {
+        Proxy::from_toml_with(text, digue::Options::default()).await
+    }
+
+    /// Starts digue with options (a config file path for reloads, an admin token).
+    pub async fn from_toml_with(text: &str, options: digue::Options) -> Proxy {
         let config = digue::config::Config::parse(text)
             .unwrap_or_else(|e| panic!("test config must be valid:\n{e}\n---\n{text}"));
-        let running = digue::start(config).await.expect("digue starts");
+        let running = digue::start_with(config, options)
+            .await
+            .expect("digue starts");
         Proxy {
             addr: running.listen,
             admin: running.admin.expect("admin listener configured"),
@@ -258,6 +265,11 @@ impl Proxy {
 
     pub fn url(&self, target: &str) -> String {
         format!("http://{}{target}", self.addr)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, target: &str) -> String {
+        format!("http://{}{target}", self.admin)
     }
 
     /// Stops accepting and drains, like SIGTERM does.

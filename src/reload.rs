@@ -1,0 +1,160 @@
+//! Config changes at run time: a reload of the file (SIGHUP, `POST
+//! /admin/reload`) or a live setting from the admin API.
+//!
+//! Either way: build the new config, validate it, build the new sites from
+//! the old ones (guard slots, lines, metric handles and connection pools
+//! carry over), then swap the snapshot atomically. An invalid change leaves
+//! the running config untouched. Listeners are never rebound: keys that
+//! would need it are refused with a message saying so.
+
+use std::sync::Arc;
+
+use crate::admission::load_keys;
+use crate::config::{Config, ConfigError, ConfigErrors, SiteConfig};
+use crate::pages::Pages;
+use crate::site::Site;
+use crate::{App, Snapshot};
+
+/// Reloads the config file. On error, the running config stays and every
+/// problem is returned with its key path.
+pub fn reload(app: &App) -> Result<(), ConfigErrors> {
+    let outcome = reload_file(app);
+    let label = if outcome.is_ok() {
+        "applied"
+    } else {
+        "refused"
+    };
+    app.metrics.reloads.with_label_values(&[label]).inc();
+    match &outcome {
+        Ok(()) => tracing::info!("config reloaded"),
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!(problem = %e, "config reload refused; the running config stays");
+            }
+        }
+    }
+    outcome
+}
+
+fn reload_file(app: &App) -> Result<(), ConfigErrors> {
+    let Some(path) = &app.config_path else {
+        return Err(one(
+            "",
+            "digue was started without a config file: nothing to reload",
+        ));
+    };
+    let new = Config::load(path)?;
+    let _changing = app.changing.lock().unwrap_or_else(|p| p.into_inner());
+    let old = app.snapshot();
+    let mut errors = restart_only(&old.config, &new);
+    let keys = load_keys(new.server.secret_file.as_deref())
+        .map_err(|e| errors.push(error("server.secret_file", &e)))
+        .ok();
+    let pages = Pages::new(new.server.pages_dir.as_deref())
+        .map_err(|e| errors.push(error("server.pages_dir", &e)))
+        .ok();
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    if let Some((keys, _)) = keys {
+        app.keys.store(Arc::new(keys));
+    }
+    if let Some(pages) = pages {
+        app.pages.store(Arc::new(pages));
+    }
+    swap(app, &old, new);
+    Ok(())
+}
+
+/// Applies a live change to one site's settings (admin API). It lasts until
+/// the next reload of the file. `None` when no site has that name.
+pub fn change_site(
+    app: &App,
+    name: &str,
+    change: impl FnOnce(&mut SiteConfig) -> Result<(), String>,
+) -> Option<Result<(), String>> {
+    let _changing = app.changing.lock().unwrap_or_else(|p| p.into_inner());
+    let old = app.snapshot();
+    let mut config = old.config.clone();
+    let site = config.sites.iter_mut().find(|s| s.name == name)?;
+    if let Err(e) = change(site) {
+        return Some(Err(e));
+    }
+    swap(app, &old, config);
+    Some(Ok(()))
+}
+
+/// Builds the sites of `config` from those of `old` and swaps them in.
+fn swap(app: &App, old: &Snapshot, config: Config) {
+    let sites = config
+        .sites
+        .iter()
+        .map(|s| {
+            let site = match old.sites.iter().find(|o| o.config.name == s.name) {
+                Some(previous) => previous.rebuild(s.clone()),
+                None => Site::new(s.clone(), &app.metrics, None),
+            };
+            Arc::new(site)
+        })
+        .collect();
+    app.snapshot.store(Arc::new(Snapshot { config, sites }));
+}
+
+/// Keys that only a restart can change, each refused with its path.
+fn restart_only(old: &Config, new: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let (o, n) = (&old.server, &new.server);
+    let mut check = |changed: bool, path: &str| {
+        if changed {
+            errors.push(error(
+                path,
+                "changing it needs a restart (listeners are never rebound on reload); \
+                 the running config stays",
+            ));
+        }
+    };
+    check(o.listen != n.listen, "server.listen");
+    check(o.admin_listen != n.admin_listen, "server.admin_listen");
+    check(
+        o.worker_threads != n.worker_threads,
+        "server.worker_threads",
+    );
+    check(
+        o.max_connections != n.max_connections,
+        "server.max_connections",
+    );
+    check(
+        o.max_header_bytes != n.max_header_bytes,
+        "server.max_header_size",
+    );
+    check(
+        o.header_read_timeout != n.header_read_timeout,
+        "server.header_read_timeout",
+    );
+    check(o.state_file != n.state_file, "server.state_file");
+    check(old.cache.max_size != new.cache.max_size, "cache.max_size");
+    check(
+        old.cache.hit_for_miss != new.cache.hit_for_miss,
+        "cache.hit_for_miss",
+    );
+    check(
+        old.cache.max_waiters_per_key != new.cache.max_waiters_per_key,
+        "cache.max_waiters_per_key",
+    );
+    check(
+        old.cluster.as_ref().map(|c| &c.redis_url) != new.cluster.as_ref().map(|c| &c.redis_url),
+        "cluster.redis_url",
+    );
+    errors
+}
+
+fn error(path: &str, message: &str) -> ConfigError {
+    ConfigError {
+        path: path.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+fn one(path: &str, message: &str) -> ConfigErrors {
+    ConfigErrors(vec![error(path, message)])
+}
