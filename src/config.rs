@@ -79,11 +79,30 @@ pub struct ServerConfig {
     pub state_file: Option<std::path::PathBuf>,
     /// A directory overriding the built-in page templates and languages.
     pub pages_dir: Option<std::path::PathBuf>,
+    /// The HTTPS listener (HTTP/2 and HTTP/1.1 by ALPN), when configured.
+    pub tls: Option<TlsSettings>,
     /// Log lines as JSON instead of text.
     pub log_json: bool,
     /// One log line per request (site, method, path without query, status,
     /// outcome, duration, client network truncated to /24 or /48).
     pub access_log: bool,
+}
+
+/// The HTTPS listener and its certificates (PEM files).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub listen: SocketAddr,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// More certificates, chosen by the name the client asks for (SNI).
+    pub sni: Vec<SniCertificate>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SniCertificate {
+    pub hosts: Vec<String>,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -484,12 +503,22 @@ struct RawServer {
     tls_listen: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    #[serde(default)]
+    tls_sni: Vec<RawSni>,
     secret_file: Option<String>,
     state_file: Option<String>,
     pages_dir: Option<String>,
     log_format: Option<String>,
     #[serde(default)]
     access_log: bool,
+}
+
+#[derive(Deserialize)]
+struct RawSni {
+    #[serde(default)]
+    hosts: Vec<String>,
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -641,6 +670,7 @@ impl RawServer {
             secret_file: None,
             state_file: None,
             pages_dir: None,
+            tls: None,
             log_json: false,
             access_log: false,
         }
@@ -731,14 +761,81 @@ impl RawServer {
         {
             errors.push("server.secret_file", e);
         }
-        if self.tls_listen.is_some() || self.tls_cert.is_some() || self.tls_key.is_some() {
+        out.tls = tls_settings(
+            self.tls_listen,
+            self.tls_cert,
+            self.tls_key,
+            self.tls_sni,
+            errors,
+        );
+        if let Some(tls) = &out.tls
+            && (Some(tls.listen) == out.admin_listen || tls.listen == out.listen)
+            && tls.listen.port() != 0
+        {
             errors.push(
                 "server.tls_listen",
-                "TLS is not available in this version of digue; terminate TLS in front of it",
+                "must differ from server.listen and server.admin_listen",
             );
         }
         out
     }
+}
+
+fn tls_settings(
+    listen: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    sni: Vec<RawSni>,
+    errors: &mut Errors,
+) -> Option<TlsSettings> {
+    let listen = match (listen, &cert, &key) {
+        (None, None, None) if sni.is_empty() => return None,
+        (Some(raw), Some(_), Some(_)) => errors.addr("server.tls_listen", &raw)?,
+        _ => {
+            errors.push(
+                "server.tls_listen",
+                "TLS needs all of tls_listen, tls_cert and tls_key",
+            );
+            return None;
+        }
+    };
+    let (cert, key): (std::path::PathBuf, std::path::PathBuf) = (cert?.into(), key?.into());
+    let mut ok = true;
+    if let Err(e) = crate::tls::load_pair(&cert, &key) {
+        errors.push("server.tls_cert", e);
+        ok = false;
+    }
+    let mut sni_certs = Vec::new();
+    for (i, raw) in sni.into_iter().enumerate() {
+        let at = format!("server.tls_sni[{i}]");
+        let (Some(c), Some(k)) = (raw.cert, raw.key) else {
+            errors.push(at, "needs cert and key");
+            ok = false;
+            continue;
+        };
+        if raw.hosts.is_empty() {
+            errors.push(
+                format!("{at}.hosts"),
+                "missing: the names this certificate serves",
+            );
+        }
+        let (c, k): (std::path::PathBuf, std::path::PathBuf) = (c.into(), k.into());
+        if let Err(e) = crate::tls::load_pair(&c, &k) {
+            errors.push(format!("{at}.cert"), e);
+            ok = false;
+        }
+        sni_certs.push(SniCertificate {
+            hosts: raw.hosts,
+            cert: c,
+            key: k,
+        });
+    }
+    ok.then_some(TlsSettings {
+        listen,
+        cert,
+        key,
+        sni: sni_certs,
+    })
 }
 
 impl RawCache {

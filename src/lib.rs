@@ -5,7 +5,8 @@
 //! Each module owns one stage of the request path (see `DESIGN.md`):
 //!
 //! - [`config`]: the TOML file, raw layer → validated [`config::Config`], every error with its key path.
-//! - [`server`]: the public listener (HTTP/1.1 + h2c), limits, graceful drain.
+//! - [`server`]: the public listeners (HTTP/1.1 + h2c, TLS), limits, graceful drain.
+//! - [`tls`]: rustls setup, ALPN, certificates by SNI, reloaded on SIGHUP.
 //! - [`proxy`]: the request path: site by Host, cache, coalescing, stale
 //!   serving; the one place where failures become pages.
 //! - [`cache`]: RFC 9111 decisions ([`cache::policy`]), keys and `Vary`
@@ -39,6 +40,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod site;
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -81,6 +83,8 @@ pub struct App {
     /// Serialises config changes (reload, admin PATCH): each reads the
     /// snapshot, builds a new one and swaps it. Never held across `.await`.
     pub changing: std::sync::Mutex<()>,
+    /// The TLS listener's certificates, swapped on reload.
+    pub tls: std::sync::OnceLock<Arc<tls::Resolver>>,
 }
 
 /// What `start` needs besides the config.
@@ -154,6 +158,7 @@ impl App {
             config_path: options.config_path,
             admin_token: options.admin_token.filter(|t| !t.is_empty()),
             changing: std::sync::Mutex::new(()),
+            tls: std::sync::OnceLock::new(),
         }))
     }
 
@@ -216,9 +221,12 @@ pub struct Running {
     pub listen: SocketAddr,
     /// The admin listener's address, when configured.
     pub admin: Option<SocketAddr>,
+    /// The TLS listener's address, when configured.
+    pub tls: Option<SocketAddr>,
     pub app: Arc<App>,
     stop: watch::Sender<bool>,
     public: JoinHandle<()>,
+    tls_task: Option<JoinHandle<()>>,
     admin_task: Option<JoinHandle<()>>,
     saver: JoinHandle<()>,
 }
@@ -229,6 +237,9 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.public.await;
+        if let Some(tls) = self.tls_task {
+            let _ = tls.await;
+        }
         if let Some(admin) = self.admin_task {
             admin.abort();
         }
@@ -249,19 +260,51 @@ pub async fn start_with(config: Config, options: Options) -> io::Result<Running>
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
     };
+    let tls = match &config.server.tls {
+        Some(settings) => {
+            let (acceptor, resolver) = tls::acceptor(settings).map_err(io::Error::other)?;
+            Some((
+                TcpListener::bind(settings.listen).await?,
+                acceptor,
+                resolver,
+            ))
+        }
+        None => None,
+    };
     let listen = public.local_addr()?;
     let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
+    let tls_addr = tls.as_ref().map(|t| t.0.local_addr()).transpose()?;
+    // One cap for both public listeners: it bounds memory, whatever the port.
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.server.max_connections));
     let app = App::new(config, options).map_err(io::Error::other)?;
     let (stop, stopped) = watch::channel(false);
     let saver = tokio::spawn(save_lines_every_second(app.clone()));
-    let public = tokio::spawn(server::serve(public, app.clone(), stopped));
+    let public = tokio::spawn(server::serve(
+        public,
+        None,
+        app.clone(),
+        slots.clone(),
+        stopped.clone(),
+    ));
+    let tls_task = tls.map(|(listener, acceptor, resolver)| {
+        let _ = app.tls.set(resolver);
+        tokio::spawn(server::serve(
+            listener,
+            Some(acceptor),
+            app.clone(),
+            slots,
+            stopped,
+        ))
+    });
     let admin_task = admin.map(|l| tokio::spawn(admin::serve(l, app.clone())));
     Ok(Running {
         listen,
         admin: admin_addr,
+        tls: tls_addr,
         app,
         stop,
         public,
+        tls_task,
         admin_task,
         saver,
     })

@@ -53,6 +53,11 @@ fn reload_file(app: &App) -> Result<(), ConfigErrors> {
     let pages = Pages::new(new.server.pages_dir.as_deref())
         .map_err(|e| errors.push(error("server.pages_dir", &e)))
         .ok();
+    if let (Some(resolver), Some(settings)) = (app.tls.get(), &new.server.tls)
+        && let Err(e) = resolver.reload(settings)
+    {
+        errors.push(error("server.tls_cert", &e));
+    }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -132,6 +137,10 @@ fn restart_only(old: &Config, new: &Config) -> Vec<ConfigError> {
         "server.header_read_timeout",
     );
     check(o.state_file != n.state_file, "server.state_file");
+    check(
+        o.tls.as_ref().map(|t| t.listen) != n.tls.as_ref().map(|t| t.listen),
+        "server.tls_listen",
+    );
     check(old.cache.max_size != new.cache.max_size, "cache.max_size");
     check(
         old.cache.hit_for_miss != new.cache.hit_for_miss,

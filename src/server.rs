@@ -12,6 +12,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::App;
 use crate::origin::Downstream;
@@ -23,12 +24,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Streams one HTTP/2 connection may have open at once.
 const H2_MAX_STREAMS: u32 = 256;
 
-/// Serves until `stop` turns true, then drains in-flight requests.
-pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+/// Serves until `stop` turns true, then drains in-flight requests. With
+/// `tls`, every connection starts with a TLS handshake (HTTP/2 or HTTP/1.1
+/// by ALPN). `slots` caps connections across the plain and TLS listeners.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Arc<App>,
+    slots: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
     let server = app.snapshot().config.server.clone();
-    // Waiting for a permit before accept() leaves excess connections in the
-    // kernel backlog instead of accepting and dropping them.
-    let slots = Arc::new(Semaphore::new(server.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -62,28 +68,42 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiv
         let _ = stream.set_nodelay(true);
         metrics.connections_total.inc();
         metrics.connections_open.inc();
-        let from = Downstream { peer, tls: false };
         let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(app, from, req).await) }
-        });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let first_byte = server.header_read_timeout;
         let metrics = metrics.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            // hyper's header timer starts only once it knows the protocol;
-            // a client that never sends a byte would otherwise hold its
-            // connection slot forever.
-            let mut probe = [0_u8; 1];
-            if let Ok(Ok(n)) = tokio::time::timeout(first_byte, stream.peek(&mut probe)).await
-                && n > 0
-            {
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                // Errors here are one client's broken connection; hyper has
-                // already answered what could be answered (400, 431).
-                let _ = watcher.watch(conn.into_owned()).await;
+            let from = Downstream {
+                peer,
+                tls: tls.is_some(),
+            };
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(proxy::handle(app, from, req).await) }
+            });
+            // hyper's header timer starts only once it knows the protocol; a
+            // client that never sends a byte (or never finishes a handshake)
+            // would otherwise hold its connection slot forever.
+            match tls {
+                None => {
+                    let mut probe = [0_u8; 1];
+                    let peeked = tokio::time::timeout(first_byte, stream.peek(&mut probe)).await;
+                    if matches!(peeked, Ok(Ok(n)) if n > 0) {
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        // Errors are one client's broken connection; hyper has
+                        // already answered what could be answered (400, 431).
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(first_byte, acceptor.accept(stream)).await;
+                    if let Ok(Ok(stream)) = handshake {
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                }
             }
             metrics.connections_open.dec();
             drop(slot);
