@@ -40,6 +40,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod site;
+pub mod surge;
 pub mod tls;
 
 use std::io;

@@ -735,7 +735,7 @@ async fn abandoned_tickets_do_not_stall_the_line() {
     .expect("the sixth gets in although the five ahead never came back");
     // Without a cap on active users the line never waits on a claim: the
     // five turns pass at the rate and cost nothing else.
-    let bound = 6.0 / 10.0 + 1.0;
+    let bound = 6.0 / 10.0 + 2.0;
     assert!(
         t0.elapsed().as_secs_f64() <= bound,
         "admitted {took:?} after polling, {:?} after the first arrival (bound {bound} s)",
@@ -1111,12 +1111,13 @@ async fn a_ticket_whose_turn_came_just_before_a_restart_still_gets_in() {
 
     let proxy = Proxy::start(&origin.url(), &server, &site).await;
     let (first, _) = &mut line[0];
-    let got = first.visit(&proxy, ENTRY, Accept::Html).await;
+    let got = first.visit(&proxy, ENTRY, Accept::Json).await;
     assert_eq!(
         got.status,
         200,
-        "the first ticket had its turn before the restart; after it, it was sent to the back: {}",
-        got.text()
+        "the first ticket had its turn before the restart; after it: {} (new ticket: {})",
+        got.text(),
+        new_cookie(&got, TICKET).is_some()
     );
 }
 

@@ -1,0 +1,1 @@
+//! `digue surge`: rehearse a Monday-morning surge (being written).
