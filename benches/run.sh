@@ -24,6 +24,7 @@
 #                  rounds and the median req/s and median p99 are reported
 #   QUIET_PCT=15 QUIET_WAIT=120    before each measured run, wait up to
 #                  QUIET_WAIT s for the machine to be under QUIET_PCT % busy
+#                  for 3 s in a row
 #   OTHER_MAX=10 RETRIES=2         a measured run during which other processes
 #                  used more than OTHER_MAX % of a CPU is redone (RETRIES times at
 #                  most), then kept with a warning
@@ -243,11 +244,16 @@ cpu_busy_pct() {  # % of all CPUs busy over 1 s
     busy = y[1] - x[1]; idle = y[2] - x[2];
     printf "%.0f", (busy + idle > 0) ? 100 * busy / (busy + idle) : 0 }'
 }
-wait_quiet() {  # wait (bounded) until the machine is idle enough to measure
-  local deadline=$((SECONDS + QUIET_WAIT)) busy warned=0
+wait_quiet() {  # wait (bounded) until the machine has been idle for 3 s in a row
+  local deadline=$((SECONDS + QUIET_WAIT)) busy warned=0 calm=0
   while :; do
     busy="$(cpu_busy_pct)"
-    ((busy <= QUIET_PCT)) && return 0
+    if ((busy <= QUIET_PCT)); then
+      calm=$((calm + 1))
+      ((calm >= 3)) && return 0
+      continue
+    fi
+    calm=0
     if ((SECONDS >= deadline)); then
       log "WARNING: machine still ${busy}% busy after waiting ${QUIET_WAIT}s; measuring anyway (numbers will be low)"
       return 0

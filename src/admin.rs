@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -24,7 +24,7 @@ use crate::App;
 use crate::body::ProxyBody;
 use crate::config::AdmissionMode;
 use crate::outcome::Outcome;
-use crate::reload;
+use crate::{cluster, reload};
 
 /// Largest admin request body.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -70,7 +70,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
                 res
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" => text(StatusCode::OK, "ready: standalone\n"),
+            "/readyz" => text_owned(StatusCode::OK, readiness(app)),
             _ => text(
                 StatusCode::NOT_FOUND,
                 "not found: /metrics, /healthz, /readyz, /admin/...\n",
@@ -272,6 +272,16 @@ fn applied(
                 kind,
                 "live setting changed through the admin API"
             );
+            if let (Some(cluster), Some(settings)) = (&app.cluster, cluster::settings_of(app, name))
+            {
+                let event = cluster::Event::Settings {
+                    site: name.to_owned(),
+                    settings,
+                    from: cluster.node.clone(),
+                };
+                let cluster = cluster.clone();
+                tokio::spawn(async move { cluster.publish(&event).await });
+            }
             json_ok(site_state(app, name).unwrap_or(Value::Null))
         }
     }
@@ -309,6 +319,20 @@ fn do_purge(app: &App, purge: &Purge) -> Response<ProxyBody> {
         .with_label_values(&["purge"])
         .inc();
     tracing::info!(site = %purge.site, purged, hard = purge.hard, "purge");
+    if let Some(cluster) = &app.cluster {
+        let event = cluster::Event::Purge {
+            site: purge.site.clone(),
+            path: purge.path.clone(),
+            prefix: purge.prefix.clone(),
+            hard: purge.hard,
+            from: cluster.node.clone(),
+            at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let cluster = cluster.clone();
+        tokio::spawn(async move { cluster.publish(&event).await });
+    }
     json_ok(json!({"site": purge.site, "purged": purged, "hard": purge.hard}))
 }
 
@@ -381,6 +405,30 @@ fn json_response(status: StatusCode, value: Value) -> Response<ProxyBody> {
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
+    res
+}
+
+/// Ready whenever the config is loaded and the listeners are up (this
+/// answer proves both); says which mode the node is in.
+fn readiness(app: &App) -> String {
+    match &app.cluster {
+        None => "ready: standalone\n".to_owned(),
+        Some(c) if c.up() => format!("ready: cluster, node {}, shared store reachable\n", c.node),
+        Some(c) => format!(
+            "ready: cluster, node {}, shared store UNREACHABLE: failing {}\n",
+            c.node,
+            match c.config.on_store_failure {
+                crate::config::StoreFailure::Static => "static",
+                crate::config::StoreFailure::Open => "open",
+                crate::config::StoreFailure::Closed => "closed",
+            }
+        ),
+    }
+}
+
+fn text_owned(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut res = text(status, "");
+    *res.body_mut() = ProxyBody::full(body);
     res
 }
 

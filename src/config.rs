@@ -218,7 +218,27 @@ pub enum AdmissionMode {
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
+    /// `redis://` or `rediss://` (TLS); a password may come from
+    /// `DIGUE_REDIS_PASSWORD` instead of the URL. Never logged.
     pub redis_url: String,
+    /// What a node does while Redis is unreachable.
+    pub on_store_failure: StoreFailure,
+    /// How often each node refreshes its view of the shared lines.
+    pub refresh_interval: Duration,
+    /// This node's name in the cluster (default: host name and process id).
+    pub node_id: Option<String>,
+}
+
+/// The policy while the shared store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// Passes keep working, tickets keep their place, newcomers enter at
+    /// this node's share of the last known budget. The default.
+    Static,
+    /// Everybody gets in (re-creates 2020: only for portals that can take it).
+    Open,
+    /// Nobody new gets in until the store returns.
+    Closed,
 }
 
 /// A `hosts` entry: an exact name (lower-cased, no port) or `*`.
@@ -587,6 +607,9 @@ struct RawAdmission {
 #[derive(Deserialize)]
 struct RawCluster {
     redis_url: Option<String>,
+    on_store_failure: Option<String>,
+    refresh_interval: Option<String>,
+    node_id: Option<String>,
 }
 
 impl RawConfig {
@@ -609,19 +632,7 @@ impl RawConfig {
             .map(|(i, s)| s.validate(&format!("site[{i}]"), errors))
             .collect();
         check_unique_sites(&sites, errors);
-        let cluster = self.cluster.and_then(|c| match c.redis_url {
-            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                Some(ClusterConfig { redis_url: url })
-            }
-            Some(_) => {
-                errors.push("cluster.redis_url", "must start with redis:// or rediss://");
-                None
-            }
-            None => {
-                errors.push("cluster.redis_url", "missing");
-                None
-            }
-        });
+        let cluster = self.cluster.and_then(|c| c.validate(errors));
         Config {
             server,
             cache,
@@ -836,6 +847,55 @@ fn tls_settings(
         key,
         sni: sni_certs,
     })
+}
+
+/// Shortest view refresh: faster would load Redis for no visible gain.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(50);
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+
+impl RawCluster {
+    fn validate(self, errors: &mut Errors) -> Option<ClusterConfig> {
+        let url = match self.redis_url {
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => url,
+            Some(_) => {
+                errors.push("cluster.redis_url", "must start with redis:// or rediss://");
+                return None;
+            }
+            None => {
+                errors.push(
+                    "cluster.redis_url",
+                    "missing (e.g. \"redis://10.0.0.20:6379\")",
+                );
+                return None;
+            }
+        };
+        let on_store_failure = match self.on_store_failure.as_deref() {
+            None | Some("static") => StoreFailure::Static,
+            Some("open") => StoreFailure::Open,
+            Some("closed") => StoreFailure::Closed,
+            Some(other) => {
+                errors.push(
+                    "cluster.on_store_failure",
+                    format!("{other:?} is not one of static, open, closed"),
+                );
+                StoreFailure::Static
+            }
+        };
+        let refresh_interval = errors.duration(
+            "cluster.refresh_interval",
+            self.refresh_interval.as_deref(),
+            DEFAULT_REFRESH_INTERVAL,
+        );
+        if refresh_interval < MIN_REFRESH_INTERVAL {
+            errors.push("cluster.refresh_interval", "must be at least 50ms");
+        }
+        Some(ClusterConfig {
+            redis_url: url,
+            on_store_failure,
+            refresh_interval,
+            node_id: self.node_id,
+        })
+    }
 }
 
 impl RawCache {

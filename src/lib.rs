@@ -14,6 +14,8 @@
 //!   key ([`cache::coalesce`]).
 //! - [`admission`]: the waiting room: admission budget, signed tickets and
 //!   passes, the FIFO line, the per-request decision.
+//! - [`cluster`]: several nodes, one line: the Redis link, view refreshes,
+//!   purges and live settings shared through pub/sub.
 //! - [`guard`]: the origin concurrency cap and its queue deadline.
 //! - [`origin`]: the pooled upstream client and header hygiene.
 //! - [`body`]: the response body type, and reading origin bodies with a limit.
@@ -29,6 +31,7 @@ pub mod admin;
 pub mod admission;
 pub mod body;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod guard;
@@ -86,6 +89,10 @@ pub struct App {
     pub changing: std::sync::Mutex<()>,
     /// The TLS listener's certificates, swapped on reload.
     pub tls: std::sync::OnceLock<Arc<tls::Resolver>>,
+    /// The shared store, in cluster mode.
+    pub cluster: Option<Arc<cluster::Cluster>>,
+    /// This app itself, for the tasks it spawns.
+    me: std::sync::Weak<App>,
 }
 
 /// What `start` needs besides the config.
@@ -123,6 +130,11 @@ impl App {
                  random key and die with this process"
             );
         }
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(|c| cluster::Cluster::new(c, metrics.redis_calls.clone()))
+            .transpose()?;
         let saved = match &config.server.state_file {
             Some(path) => state::load(path)?,
             None => SavedLines::default(),
@@ -139,9 +151,9 @@ impl App {
                             u64::from(a.burst) + u64::from(a.new_users_per_minute) / 30 + 10
                         }
                     };
-                    (*line, margin)
+                    (line.clone(), margin)
                 });
-                Arc::new(Site::new(s.clone(), &metrics, restored))
+                Arc::new(Site::new(s.clone(), &metrics, restored, cluster.as_ref()))
             })
             .collect();
         let store = Store::new(
@@ -149,10 +161,13 @@ impl App {
             config.cache.hit_for_miss,
             metrics.cache_evictions.clone(),
         );
-        Ok(Arc::new(App {
+        let pages = Pages::new(config.server.pages_dir.as_deref())?;
+        Ok(Arc::new_cyclic(|me| App {
+            me: me.clone(),
+            cluster,
             coalescer: Coalescer::new(config.cache.max_waiters_per_key),
             store,
-            pages: ArcSwap::from_pointee(Pages::new(config.server.pages_dir.as_deref())?),
+            pages: ArcSwap::from_pointee(pages),
             snapshot: ArcSwap::from_pointee(Snapshot { config, sites }),
             metrics,
             keys: ArcSwap::from_pointee(keys),
@@ -169,7 +184,7 @@ impl App {
         let lines = snapshot
             .sites
             .iter()
-            .filter_map(|s| Some((s.config.name.clone(), s.gate.as_ref()?.saved())))
+            .filter_map(|s| Some((s.config.name.clone(), s.gate.as_ref()?.saved()?)))
             .collect();
         SavedLines { clean, lines }
     }
@@ -207,7 +222,25 @@ impl App {
             m.sessions
                 .set(i64::try_from(gate.sessions_active()).unwrap_or(i64::MAX));
             m.missed.inc_by(gate.take_missed());
+            if let Some((epoch, nodes)) = gate.cluster_view() {
+                self.metrics
+                    .cluster_epoch
+                    .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+                self.metrics
+                    .cluster_nodes
+                    .set(i64::try_from(nodes).unwrap_or(i64::MAX));
+            }
         }
+        if let Some(cluster) = &self.cluster {
+            self.metrics.cluster_up.set(i64::from(cluster.up()));
+        }
+    }
+
+    /// An owning handle on this app, for spawned tasks.
+    pub fn me(&self) -> Arc<App> {
+        self.me
+            .upgrade()
+            .expect("invariant: the app outlives its own methods")
     }
 
     /// The current config and sites; cheap (one atomic increment).
@@ -229,6 +262,7 @@ pub struct Running {
     public: JoinHandle<()>,
     tls_task: Option<JoinHandle<()>>,
     admin_task: Option<JoinHandle<()>>,
+    cluster_task: Option<JoinHandle<()>>,
     saver: JoinHandle<()>,
 }
 
@@ -243,6 +277,9 @@ impl Running {
         }
         if let Some(admin) = self.admin_task {
             admin.abort();
+        }
+        if let Some(cluster) = self.cluster_task {
+            cluster.abort();
         }
         self.saver.abort();
         self.app.save_lines(true);
@@ -298,6 +335,10 @@ pub async fn start_with(config: Config, options: Options) -> io::Result<Running>
         ))
     });
     let admin_task = admin.map(|l| tokio::spawn(admin::serve(l, app.clone())));
+    let cluster_task = app
+        .cluster
+        .clone()
+        .map(|c| tokio::spawn(cluster::run(app.clone(), c)));
     Ok(Running {
         listen,
         admin: admin_addr,
@@ -307,6 +348,7 @@ pub async fn start_with(config: Config, options: Options) -> io::Result<Running>
         public,
         tls_task,
         admin_task,
+        cluster_task,
         saver,
     })
 }

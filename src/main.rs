@@ -118,7 +118,6 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
         Err(code) => return code,
     };
     init_logs(log_format.map_or(config.server.log_json, |f| f == "json"));
-    warn_unenforced(&config);
     let rt = match runtime(&config) {
         Ok(rt) => rt,
         Err(e) => {
@@ -146,14 +145,6 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
         running.shutdown().await;
         ExitCode::SUCCESS
     })
-}
-
-/// Keys that parse but whose stage is not built yet: say so rather than
-/// let an operator believe it protects anything.
-fn warn_unenforced(config: &Config) {
-    if config.cluster.is_some() {
-        tracing::warn!("[cluster] is validated but cluster mode is not available in this version");
-    }
 }
 
 /// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP.

@@ -56,6 +56,14 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Admin API calls that changed something, by what: admission, origin, purge.
     pub admin_changes: IntCounterVec,
+    /// 1 when the shared store answers (cluster mode), 0 when failing over.
+    pub cluster_up: IntGauge,
+    /// Live nodes seen in the shared store.
+    pub cluster_nodes: IntGauge,
+    /// Times the shared store lost its state and was fenced.
+    pub cluster_epoch: IntGauge,
+    /// Round-trips to Redis made by this node.
+    pub redis_calls: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -76,6 +84,19 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
 
 impl Metrics {
     pub fn new() -> Metrics {
+        let m = Metrics::unlabelled();
+        // Families without a site label are listed from the start, so
+        // dashboards see the first reload or admin change as an increase.
+        for outcome in ["applied", "refused"] {
+            m.reloads.with_label_values(&[outcome]);
+        }
+        for kind in ["admission", "origin", "purge"] {
+            m.admin_changes.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    fn unlabelled() -> Metrics {
         let r = Registry::new();
         let origin_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -295,6 +316,25 @@ impl Metrics {
                 "digue_admin_changes_total",
                 "Changes made through the admin API, by kind: admission, origin, purge.",
                 &["kind"],
+            ),
+            cluster_up: single_gauge(
+                "digue_cluster_store_up",
+                "Cluster mode: 1 when the shared store (Redis) answers; 0 while this node \
+                 fails static (or open/closed, per cluster.on_store_failure).",
+            ),
+            cluster_nodes: single_gauge(
+                "digue_cluster_nodes",
+                "Cluster mode: live nodes seen in the shared store (heartbeats within 5 s).",
+            ),
+            cluster_epoch: single_gauge(
+                "digue_cluster_epoch",
+                "Cluster mode: the shared lines' epoch; it goes up when Redis lost its state \
+                 and counters were fenced from the nodes' memory.",
+            ),
+            redis_calls: single(
+                "digue_cluster_redis_calls_total",
+                "Cluster mode: round-trips to Redis made by this node since start \
+                 (view refreshes, arrivals, claims, publishes).",
             ),
             registry: r,
         }

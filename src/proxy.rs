@@ -208,14 +208,17 @@ impl Ctx {
             };
             let m = &self.site.metrics;
             let keys = self.app.keys.load();
-            match gate.check(
-                cfg,
-                &self.site.config.name,
-                &keys,
-                &visitor,
-                m,
-                Instant::now(),
-            ) {
+            match gate
+                .check(
+                    cfg,
+                    &self.site.config.name,
+                    &keys,
+                    &visitor,
+                    m,
+                    Instant::now(),
+                )
+                .await
+            {
                 Verdict::Proceed(cookies) => pass_cookies = cookies,
                 Verdict::AdmittedJson(cookies) => {
                     return with_cookies(pages::admitted_json(), cookies);
@@ -226,7 +229,7 @@ impl Ctx {
                         ahead: w.ahead,
                         eta: w.eta,
                         retry_after: w.retry_after,
-                        approximate: false,
+                        approximate: w.approximate,
                         portal: &cfg.portal_name,
                         message: cfg.message.as_deref(),
                         target: visitor.target,

@@ -61,13 +61,25 @@ fn reload_file(app: &App) -> Result<(), ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    if let Some((keys, _)) = keys {
+    // A random key (no shared secret configured) is kept: a new one would
+    // void every ticket and pass.
+    if let Some((keys, true)) = keys {
         app.keys.store(Arc::new(keys));
     }
     if let Some(pages) = pages {
         app.pages.store(Arc::new(pages));
     }
     swap(app, &old, new);
+    // A rule added by this reload may make recently uncacheable URLs
+    // cacheable: forget what hit-for-miss remembered.
+    app.store.forget_uncacheable();
+    if let Some(cluster) = &app.cluster {
+        // Live settings are cluster-wide: the file does not undo them on
+        // one node only.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(crate::cluster::reapply_settings(app.me(), cluster.clone()));
+        }
+    }
     Ok(())
 }
 
@@ -96,8 +108,8 @@ fn swap(app: &App, old: &Snapshot, config: Config) {
         .iter()
         .map(|s| {
             let site = match old.sites.iter().find(|o| o.config.name == s.name) {
-                Some(previous) => previous.rebuild(s.clone()),
-                None => Site::new(s.clone(), &app.metrics, None),
+                Some(previous) => previous.rebuild(s.clone(), app.cluster.as_ref()),
+                None => Site::new(s.clone(), &app.metrics, None, app.cluster.as_ref()),
             };
             Arc::new(site)
         })
@@ -151,8 +163,14 @@ fn restart_only(old: &Config, new: &Config) -> Vec<ConfigError> {
         "cache.max_waiters_per_key",
     );
     check(
-        old.cluster.as_ref().map(|c| &c.redis_url) != new.cluster.as_ref().map(|c| &c.redis_url),
-        "cluster.redis_url",
+        old.cluster
+            .as_ref()
+            .map(|c| (&c.redis_url, &c.node_id, c.on_store_failure))
+            != new
+                .cluster
+                .as_ref()
+                .map(|c| (&c.redis_url, &c.node_id, c.on_store_failure)),
+        "cluster",
     );
     errors
 }

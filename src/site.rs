@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::admission::gate::Gate;
 use crate::admission::line::Saved;
+use crate::cluster::Cluster;
 use crate::config::SiteConfig;
 use crate::guard::OriginGuard;
 use crate::metrics::{Metrics, SiteMetrics};
@@ -26,12 +27,18 @@ pub struct Site {
 impl Site {
     /// `saved`: the line's counters from the state file, and how many
     /// ticket numbers past them may have been issued before a crash.
-    pub fn new(config: SiteConfig, metrics: &Metrics, saved: Option<(Saved, u64)>) -> Site {
+    /// `cluster`: the shared store, when the line is shared.
+    pub fn new(
+        config: SiteConfig,
+        metrics: &Metrics,
+        saved: Option<(Saved, u64)>,
+        cluster: Option<&Arc<Cluster>>,
+    ) -> Site {
         let metrics = Arc::new(metrics.site(&config.name));
-        let gate = config.admission.as_ref().map(|a| {
-            let (saved, margin) = saved.map_or((None, 0), |(s, m)| (Some(s), m));
-            Arc::new(Gate::new(a, saved, margin))
-        });
+        let gate = config
+            .admission
+            .as_ref()
+            .map(|a| Arc::new(new_gate(a, &config.name, saved, cluster)));
         let site = Site {
             origin: Arc::new(Origin::new(&config)),
             guard: Arc::new(OriginGuard::new(
@@ -48,7 +55,7 @@ impl Site {
     }
 
     /// The same site under a new config, keeping its live state.
-    pub fn rebuild(&self, config: SiteConfig) -> Site {
+    pub fn rebuild(&self, config: SiteConfig, cluster: Option<&Arc<Cluster>>) -> Site {
         let origin = if origin_unchanged(&self.config, &config) {
             self.origin.clone()
         } else {
@@ -57,7 +64,7 @@ impl Site {
         self.guard.set_limit(config.origin_concurrency);
         let gate = match (&self.gate, &config.admission) {
             (Some(gate), Some(_)) => Some(gate.clone()),
-            (None, Some(a)) => Some(Arc::new(Gate::new(a, None, 0))),
+            (None, Some(a)) => Some(Arc::new(new_gate(a, &config.name, None, cluster))),
             (_, None) => None,
         };
         let site = Site {
@@ -80,6 +87,21 @@ impl Site {
             self.metrics
                 .admission_rate
                 .set(i64::from(a.new_users_per_minute));
+        }
+    }
+}
+
+fn new_gate(
+    a: &crate::config::AdmissionConfig,
+    name: &str,
+    saved: Option<(Saved, u64)>,
+    cluster: Option<&Arc<Cluster>>,
+) -> Gate {
+    match cluster {
+        Some(cluster) => Gate::shared(a, name, cluster.clone()),
+        None => {
+            let (saved, margin) = saved.map_or((None, 0), |(s, m)| (Some(s), m));
+            Gate::local(a, saved, margin)
         }
     }
 }

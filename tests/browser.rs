@@ -11,18 +11,26 @@
 //! browser therefore polls far more often than a person's would; what it
 //! runs is the page's unmodified script.
 //!
+//! Between Chromium and digue sits a byte-for-byte TCP relay that notes each
+//! page load, each JSON poll and each answer's position, so the test sees
+//! the place change while the page stays open, not just the final DOM.
+//!
 //! Chromium is a hard requirement, not a silent skip: `.ci/run` installs it.
 
 mod support;
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::{Origin, Proxy, Reply, Seen, get, reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Flags for every run: headless in a container, nothing fetched from the
 /// network behind the test's back, a French browser.
@@ -43,8 +51,9 @@ const CHROMIUM_FLAGS: &[&str] = &[
 const ADMISSION: &str = "[site.admission]\npaths = [\"/login\"]\n\
     new_users_per_minute = 20\nburst = 1\nportal_name = \"Pronote\"\n";
 /// Visitors holding tickets ahead of the browser (and never coming back):
-/// the browser's turn comes about 3 s × (this + 1) after they arrive, which
-/// leaves a slow machine 9 s to start Chromium before the first turn moves.
+/// the browser's own turn comes about 3 s × (this + 1) = 12 s after they
+/// arrive, and someone is still ahead of it for 9 s: time enough for a slow
+/// machine to start Chromium and take a first look.
 const AHEAD_OF_THE_BROWSER: usize = 3;
 
 /// The portal's login page, as the origin serves it.
@@ -64,7 +73,7 @@ const FIRST_LOOK_BUDGET_MS: u64 = 10_000;
 /// the wall-clock limit below ends the run long before this runs out.
 const UNTIL_ADMITTED_BUDGET_MS: u64 = 1_000_000_000;
 /// Wall-clock limits of one Chromium run.
-const FIRST_LOOK_LIMIT: Duration = Duration::from_secs(20);
+const FIRST_LOOK_LIMIT: Duration = Duration::from_secs(15);
 const UNTIL_ADMITTED_LIMIT: Duration = Duration::from_secs(40);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,6 +81,7 @@ async fn a_real_browser_waits_in_line_and_lands_on_the_portal() {
     let browser = Browser::new();
     let origin = Origin::start(portal).await;
     let proxy = Proxy::start(&origin.url(), "", ADMISSION).await;
+    let relay = Relay::start(proxy.addr).await;
     let login = proxy.url("/login");
 
     // Outside a surge there is no friction; this visitor also uses the burst.
@@ -98,7 +108,7 @@ async fn a_real_browser_waits_in_line_and_lands_on_the_portal() {
     // A first look: the browser takes a ticket, sees its place in French,
     // and the script updates the page from the JSON status in place.
     let dom = browser
-        .dump_dom(&login, FIRST_LOOK_BUDGET_MS, FIRST_LOOK_LIMIT)
+        .dump_dom(&relay.url("/login"), FIRST_LOOK_BUDGET_MS, FIRST_LOOK_LIMIT)
         .await;
     assert!(dom.contains(r#"<html lang="fr""#), "a French page:\n{dom}");
     assert!(
@@ -109,22 +119,30 @@ async fn a_real_browser_waits_in_line_and_lands_on_the_portal() {
     assert!(
         position.ends_with("devant vous."),
         "the browser sees how many people are ahead of it, got {position:?} \
-         (a machine slow enough to start Chromium in more than 9 s shows none)"
+         (a machine taking more than 9 s to start Chromium shows none)"
     );
     let updated = text_of(&dom, "updated").unwrap_or_default();
     assert!(
         updated.starts_with("Mis à jour à "),
-        "the page polled the JSON status and updated itself without a reload, got {updated:?}"
+        "the script wrote the polled status into the page, got {updated:?}"
+    );
+    let look = relay.take();
+    assert_eq!(look.pages(), 1, "one page load, no reload: {:?}", look.0);
+    let told = look.positions();
+    assert!(
+        !told.is_empty() && told.iter().all(|&n| n > 0),
+        "the page polled and was told its place: {:?}",
+        look.0
     );
     assert_eq!(
         proxy.metric(TICKETS).await,
         tickets_before + 1.0,
         "the browser took one ticket"
     );
-    let queued_after_look = proxy.metric(QUEUED).await;
+    let queued = proxy.metric(QUEUED).await - queued_before;
     assert!(
-        queued_after_look >= queued_before + 2.0,
-        "the page and at least one poll were answered from the line: {queued_before} -> {queued_after_look}"
+        queued >= (1 + told.len()) as f64,
+        "the page and the polls were answered from the line: {queued}"
     );
     assert_eq!(
         origin.count("/login"),
@@ -134,22 +152,13 @@ async fn a_real_browser_waits_in_line_and_lands_on_the_portal() {
 
     // The browser is closed and opened again on the same profile: same
     // ticket, and this time the page waits for its turn.
-    let run = {
-        let browser = browser.clone();
-        let login = login.clone();
-        tokio::task::spawn_blocking(move || {
-            browser.run_dump_dom(&login, UNTIL_ADMITTED_BUDGET_MS, UNTIL_ADMITTED_LIMIT)
-        })
-    };
-    let mut polls_before_the_portal = 0.0_f64;
-    while !run.is_finished() {
-        let queued = proxy.metric(QUEUED).await;
-        if origin.count("/login") == origin_logins {
-            polls_before_the_portal = queued - queued_after_look;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let dom = run.await.expect("the Chromium run does not panic");
+    let dom = browser
+        .dump_dom(
+            &relay.url("/login"),
+            UNTIL_ADMITTED_BUDGET_MS,
+            UNTIL_ADMITTED_LIMIT,
+        )
+        .await;
     assert!(
         dom.contains(PORTAL_MARKER),
         "the browser ends on the portal page once admitted:\n{dom}"
@@ -159,19 +168,40 @@ async fn a_real_browser_waits_in_line_and_lands_on_the_portal() {
         "and no longer shows the line:\n{dom}"
     );
     assert_eq!(
-        origin.count("/login"),
-        origin_logins + 1,
-        "the portal saw exactly one /login from the browser, once it was admitted"
-    );
-    assert_eq!(
         proxy.metric(TICKETS).await,
         tickets_before + 1.0,
         "closing the browser did not cost its place: no second ticket"
     );
+    let wait = relay.take();
+    let positions = wait.positions();
     assert!(
-        polls_before_the_portal >= 3.0,
-        "while the portal had not seen the browser, the page kept polling \
-         ({polls_before_the_portal} answers from the line)"
+        positions.windows(2).all(|w| w[0] >= w[1]) && positions.last() == Some(&0),
+        "the polls told the page its place, moving forward to the front: {positions:?}"
+    );
+    assert!(
+        positions.first() > positions.last(),
+        "the place shown changed while the page stayed open: {positions:?}"
+    );
+    assert_eq!(
+        wait.admitted(),
+        1,
+        "one poll said the turn had come: {:?}",
+        wait.0
+    );
+    let turn = wait.0.iter().position(|e| *e == Event::Admitted);
+    let (before, after) = wait.0.split_at(turn.unwrap_or(0));
+    let pages = |events: &[Event]| events.iter().filter(|e| **e == Event::Page).count();
+    assert_eq!(
+        (pages(before), pages(after)),
+        (1, 1),
+        "one page load while waiting, without a reload in {} polls, and one \
+         more once the turn came",
+        wait.polls()
+    );
+    assert_eq!(
+        origin.count("/login"),
+        origin_logins + 1,
+        "the portal saw exactly one /login from the browser, once admitted"
     );
     assert_eq!(
         proxy.metric(ADMITTED_FROM_LINE).await,
@@ -210,10 +240,7 @@ async fn screenshots_of_the_waiting_page_for_the_readme() {
             format!("--screenshot={}", png.display()),
             login.clone(),
         ];
-        let b = browser.clone();
-        tokio::task::spawn_blocking(move || b.run(&args, FIRST_LOOK_LIMIT))
-            .await
-            .expect("the Chromium run does not panic");
+        browser.run(&args, FIRST_LOOK_LIMIT).await;
         assert!(png.is_file(), "chromium wrote {}", png.display());
     }
 }
@@ -276,27 +303,25 @@ impl Browser {
 
     /// The DOM after the page's scripts ran for `budget_ms` of virtual time.
     async fn dump_dom(&self, url: &str, budget_ms: u64, limit: Duration) -> String {
+        let args = [
+            format!("--virtual-time-budget={budget_ms}"),
+            "--dump-dom".to_owned(),
+            url.to_owned(),
+        ];
+        self.run(&args, limit).await
+    }
+
+    /// Runs Chromium to the end (killing it after `limit`) and returns its
+    /// standard output.
+    async fn run(&self, args: &[String], limit: Duration) -> String {
         let browser = self.clone();
-        let url = url.to_owned();
-        tokio::task::spawn_blocking(move || browser.run_dump_dom(&url, budget_ms, limit))
+        let args = args.to_vec();
+        tokio::task::spawn_blocking(move || browser.run_blocking(&args, limit))
             .await
             .expect("the Chromium run does not panic")
     }
 
-    fn run_dump_dom(&self, url: &str, budget_ms: u64, limit: Duration) -> String {
-        self.run(
-            &[
-                format!("--virtual-time-budget={budget_ms}"),
-                "--dump-dom".to_owned(),
-                url.to_owned(),
-            ],
-            limit,
-        )
-    }
-
-    /// Runs Chromium to the end (killing it after `limit`) and returns its
-    /// standard output. Blocking.
-    fn run(&self, args: &[String], limit: Duration) -> String {
+    fn run_blocking(&self, args: &[String], limit: Duration) -> String {
         static RUNS: AtomicUsize = AtomicUsize::new(0);
         let n = RUNS.fetch_add(1, Ordering::SeqCst);
         let out = self.dir.0.join(format!("stdout-{n}"));
@@ -333,6 +358,175 @@ impl Browser {
         );
         std::fs::read_to_string(&out).expect("chromium's output is UTF-8")
     }
+}
+
+/// What went through the relay, in order.
+#[derive(Debug, Clone, PartialEq)]
+enum Event {
+    /// A request for `/login` asking for HTML: a page load.
+    Page,
+    /// A request for `/login` asking for JSON: the page's script polling.
+    Poll,
+    /// A JSON answer giving the number of people ahead.
+    Position(u64),
+    /// A JSON answer saying the turn has come.
+    Admitted,
+}
+
+/// The events of one stretch of browsing.
+struct Events(Vec<Event>);
+
+impl Events {
+    fn count(&self, event: &Event) -> usize {
+        self.0.iter().filter(|e| *e == event).count()
+    }
+
+    fn pages(&self) -> usize {
+        self.count(&Event::Page)
+    }
+
+    fn polls(&self) -> usize {
+        self.count(&Event::Poll)
+    }
+
+    fn admitted(&self) -> usize {
+        self.count(&Event::Admitted)
+    }
+
+    fn positions(&self) -> Vec<u64> {
+        self.0
+            .iter()
+            .filter_map(|e| match e {
+                Event::Position(n) => Some(*n),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A TCP relay between the browser and digue, on its own loopback port,
+/// that notes what the browser asks for and what it is told. Bytes pass
+/// unchanged; each is noted before it is passed on, so everything the
+/// browser has seen is in the log.
+struct Relay {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<Event>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("relay address");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let shared = log.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (down_read, down_write) = down.into_split();
+                let (up_read, up_write) = up.into_split();
+                tokio::spawn(pump(down_read, up_write, shared.clone(), note_requests));
+                tokio::spawn(pump(up_read, down_write, shared.clone(), note_answers));
+            }
+        });
+        Relay { addr, log, task }
+    }
+
+    fn url(&self, target: &str) -> String {
+        format!("http://{}{target}", self.addr)
+    }
+
+    /// The events since the last call.
+    fn take(&self) -> Events {
+        Events(std::mem::take(
+            &mut *self.log.lock().expect("relay log not poisoned"),
+        ))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies one direction of a connection, noting events from the bytes
+/// seen so far (`pending` keeps what `note` has not consumed yet).
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    log: Arc<Mutex<Vec<Event>>>,
+    note: fn(&mut Vec<u8>, &mut Vec<Event>),
+) {
+    let mut pending = Vec::new();
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        note(
+            &mut pending,
+            &mut log.lock().expect("relay log not poisoned"),
+        );
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Notes each complete request head for `/login` (the browser sends only
+/// GETs without bodies here).
+fn note_requests(pending: &mut Vec<u8>, log: &mut Vec<Event>) {
+    while let Some(end) = find(pending, b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+        pending.drain(..end + 4);
+        if !head.starts_with("get /login ") {
+            continue;
+        }
+        let json = head
+            .lines()
+            .any(|l| l.starts_with("accept:") && l.contains("application/json"));
+        log.push(if json { Event::Poll } else { Event::Page });
+    }
+}
+
+/// Notes the JSON answers' `"position":N` and `"state":"admitted"` (the
+/// HTML page contains neither).
+fn note_answers(pending: &mut Vec<u8>, log: &mut Vec<Event>) {
+    const POSITION: &[u8] = b"\"position\":";
+    const ADMITTED: &[u8] = b"\"state\":\"admitted\"";
+    loop {
+        let position = find(pending, POSITION).map(|at| (at, true));
+        let admitted = find(pending, ADMITTED).map(|at| (at, false));
+        let Some((at, is_position)) = position.into_iter().chain(admitted).min() else {
+            // Keep a tail long enough to hold a pattern cut in two.
+            let keep = pending.len().saturating_sub(ADMITTED.len());
+            pending.drain(..keep);
+            return;
+        };
+        if !is_position {
+            log.push(Event::Admitted);
+            pending.drain(..at + ADMITTED.len());
+            continue;
+        }
+        let digits = &pending[at + POSITION.len()..];
+        let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+        if len == digits.len() {
+            return; // the number may go on in the next read
+        }
+        let n = String::from_utf8_lossy(&digits[..len]).parse().ok();
+        log.extend(n.map(Event::Position));
+        pending.drain(..at + POSITION.len() + len);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The last lines Chromium wrote on stderr, for failure messages.

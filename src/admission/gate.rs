@@ -15,14 +15,17 @@ use tokio::time::Instant;
 
 use crate::admission::cookies::{self, Attributes, PASS, TICKET};
 use crate::admission::gcra::Gcra;
-use crate::admission::line::{Arrival, Claim, Line, Params, Place, Saved, Status};
+use crate::admission::line::{Arrival, Claim, Line, Params, Place, Saved, Status, eta_for};
+use crate::admission::redis::RedisLine;
 use crate::admission::token::{Keys, Pass, Ticket, unix_now};
-use crate::config::{AdmissionConfig, AdmissionMode};
+use crate::cluster::Cluster;
+use crate::config::{AdmissionConfig, AdmissionMode, StoreFailure};
 use crate::metrics::SiteMetrics;
 use crate::outcome::{AdmitHow, Refusal};
 
-/// A pass is re-issued (sliding expiry) at most this often, so an active
-/// user does not get a `Set-Cookie` on every response.
+/// A pass is re-issued (sliding expiry) at most this often (or every
+/// quarter of `session_duration` if shorter), so an active user does not
+/// get a `Set-Cookie` on every response.
 const RENEW_AFTER_SECS: u64 = 60;
 /// Tickets outlive a closed laptop lid or a lunch break.
 const TICKET_MAX_AGE_SECS: u64 = 12 * 3600;
@@ -61,15 +64,28 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Waiting {
     pub closed: bool,
+    /// The ETA rests on an old view (the shared store is unreachable).
+    pub approximate: bool,
     pub ahead: u64,
     pub eta: Duration,
     pub retry_after: u64,
     pub cookies: Vec<HeaderValue>,
 }
 
+/// Where a site's line lives.
+enum Store {
+    /// In this process (a single node).
+    Local(Line),
+    /// In Redis, shared by the nodes of a cluster.
+    Shared {
+        line: Box<RedisLine>,
+        policy: StoreFailure,
+    },
+}
+
 /// The admission state of one site.
 pub struct Gate {
-    line: Line,
+    line: Store,
     /// Passes seen within `session_duration`, by id: moka's time-to-idle
     /// forgets a pass whose holder stopped making requests.
     sessions: moka::sync::Cache<u64, ()>,
@@ -80,12 +96,24 @@ pub struct Gate {
 }
 
 impl Gate {
-    pub fn new(cfg: &AdmissionConfig, saved: Option<Saved>, margin: u64) -> Gate {
+    /// A gate whose line lives in this process, resumed from `saved`.
+    pub fn local(cfg: &AdmissionConfig, saved: Option<Saved>, margin: u64) -> Gate {
         let params = params(cfg, 0);
         let line = match saved {
             Some(saved) => Line::restore(&params, saved, margin),
             None => Line::new(&params),
         };
+        Gate::with(cfg, Store::Local(line))
+    }
+
+    /// A gate whose line is shared through Redis.
+    pub fn shared(cfg: &AdmissionConfig, site: &str, cluster: Arc<Cluster>) -> Gate {
+        let policy = cluster.config.on_store_failure;
+        let line = Box::new(RedisLine::new(cluster, site, &params(cfg, 0)));
+        Gate::with(cfg, Store::Shared { line, policy })
+    }
+
+    fn with(cfg: &AdmissionConfig, line: Store) -> Gate {
         Gate {
             line,
             sessions: moka::sync::Cache::builder()
@@ -104,7 +132,7 @@ impl Gate {
     }
 
     /// Decides what `visitor` gets.
-    pub fn check(
+    pub async fn check(
         &self,
         cfg: &AdmissionConfig,
         site: &str,
@@ -145,20 +173,34 @@ impl Gate {
             m.admitted(AdmitHow::Bypass);
             return Verdict::Proceed(Vec::new());
         }
-        if cfg.mode == AdmissionMode::Closed {
+        let degraded = self.degraded();
+        let policy = match &self.line {
+            Store::Shared { policy, .. } if degraded => *policy,
+            Store::Shared { .. } | Store::Local(_) => StoreFailure::Static,
+        };
+        if policy == StoreFailure::Open {
+            m.admitted(AdmitHow::Passthrough);
+            return Verdict::Proceed(Vec::new());
+        }
+        if cfg.mode == AdmissionMode::Closed || policy == StoreFailure::Closed {
             m.waiting_page(true);
             return Verdict::Wait(Waiting {
                 closed: true,
+                approximate: false,
                 ahead: 0,
                 eta: Duration::ZERO,
                 retry_after: RETRY_MAX_SECS * 3,
                 cookies: Vec::new(),
             });
         }
+        if cfg.max_active_users.is_some() {
+            // moka counts lazily; the cap needs the count as of now.
+            self.sessions.run_pending_tasks();
+        }
         let params = params(cfg, self.sessions.entry_count());
         if let Some(raw) = cookies::find(visitor.headers, TICKET) {
             match Ticket::decode(keys, site, raw) {
-                Some(ticket) => match self.line.claim(ticket.number, &params, now) {
+                Some(ticket) => match self.claim(ticket.number, &params, now).await {
                     Claim::Admitted => {
                         m.admitted(AdmitHow::Line);
                         let waited = unix.saturating_sub(ticket.issued);
@@ -174,7 +216,7 @@ impl Gate {
                             Verdict::Proceed(set)
                         };
                     }
-                    Claim::Waiting(place) => return self.wait(place, Vec::new(), m),
+                    Claim::Waiting(place) => return self.wait(place, Vec::new(), degraded, m),
                     // The turn went to the next ticket: a new place at the end.
                     Claim::Missed => {}
                 },
@@ -185,16 +227,16 @@ impl Gate {
             // Same answer, no new ticket: a cookie-less client asking again
             // and again does not lengthen the line.
             m.throttled.inc();
-            let status = self.line.status(&params, now);
+            let status = self.status_with(&params, now);
             let place = Place {
                 ahead: status.waiting,
                 eta: eta_for(status.waiting, status.rate),
             };
-            return self.wait(place, Vec::new(), m);
+            return self.wait(place, Vec::new(), degraded, m);
         }
         match self
-            .line
             .arrive(&params, cfg.mode == AdmissionMode::Auto, now)
+            .await
         {
             Arrival::Admitted => {
                 m.admitted(AdmitHow::Immediate);
@@ -210,15 +252,64 @@ impl Gate {
                 }
                 .encode(keys);
                 let cookie = cookies::set(TICKET, &token, TICKET_MAX_AGE_SECS, &attrs);
-                self.wait(place, vec![cookie], m)
+                self.wait(place, vec![cookie], degraded, m)
             }
+            Arrival::Unticketed(place) => self.wait(place, Vec::new(), true, m),
+        }
+    }
+
+    async fn arrive(&self, params: &Params, may_enter: bool, now: Instant) -> Arrival {
+        match &self.line {
+            Store::Local(line) => line.arrive(params, may_enter, now),
+            Store::Shared { line, .. } => line.arrive(params, may_enter, now).await,
+        }
+    }
+
+    async fn claim(&self, ticket: u64, params: &Params, now: Instant) -> Claim {
+        match &self.line {
+            Store::Local(line) => line.claim(ticket, params, now),
+            Store::Shared { line, .. } => line.claim(ticket, params, now).await,
+        }
+    }
+
+    fn status_with(&self, params: &Params, now: Instant) -> Status {
+        match &self.line {
+            Store::Local(line) => line.status(params, now),
+            Store::Shared { line, .. } => line.status(params),
+        }
+    }
+
+    /// Whether the shared store is unreachable (always false for a local line).
+    pub fn degraded(&self) -> bool {
+        match &self.line {
+            Store::Local(_) => false,
+            Store::Shared { line, .. } => !line.healthy(),
+        }
+    }
+
+    /// Refreshes a shared line's view (no-op for a local line); false when
+    /// the store did not answer.
+    pub async fn refresh(&self, cfg: &AdmissionConfig) -> bool {
+        match &self.line {
+            Store::Local(_) => true,
+            Store::Shared { line, .. } => {
+                let params = params(cfg, self.sessions.entry_count());
+                line.refresh(&params).await.is_ok()
+            }
+        }
+    }
+
+    /// The shared line's epoch and node count, if shared.
+    pub fn cluster_view(&self) -> Option<(u64, u64)> {
+        match &self.line {
+            Store::Local(_) => None,
+            Store::Shared { line, .. } => Some((line.epoch(), line.nodes())),
         }
     }
 
     /// Where the line stands, for metrics and the admin API.
     pub fn status(&self, cfg: &AdmissionConfig, now: Instant) -> Status {
-        self.line
-            .status(&params(cfg, self.sessions.entry_count()), now)
+        self.status_with(&params(cfg, self.sessions.entry_count()), now)
     }
 
     /// Passes active within `session_duration`.
@@ -229,20 +320,33 @@ impl Gate {
 
     /// Turns missed since the last call.
     pub fn take_missed(&self) -> u64 {
-        self.line.take_missed()
+        match &self.line {
+            Store::Local(line) => line.take_missed(),
+            Store::Shared { line, .. } => line.take_missed(),
+        }
     }
 
-    /// The counters to save across a restart.
-    pub fn saved(&self) -> Saved {
-        self.line.saved()
+    /// The counters to save across a restart (a shared line lives in Redis).
+    pub fn saved(&self) -> Option<Saved> {
+        match &self.line {
+            Store::Local(line) => Some(line.saved()),
+            Store::Shared { .. } => None,
+        }
     }
 
-    fn wait(&self, place: Place, cookies: Vec<HeaderValue>, m: &SiteMetrics) -> Verdict {
+    fn wait(
+        &self,
+        place: Place,
+        cookies: Vec<HeaderValue>,
+        approximate: bool,
+        m: &SiteMetrics,
+    ) -> Verdict {
         m.waiting_page(false);
         // Further back, slower polls: a long line costs little.
         let retry_after = (place.eta.as_secs() / 8).clamp(RETRY_MIN_SECS, RETRY_MAX_SECS);
         Verdict::Wait(Waiting {
             closed: false,
+            approximate,
             ahead: place.ahead,
             eta: place.eta,
             retry_after,
@@ -262,7 +366,7 @@ impl Gate {
         if self.sessions.get(&pass.id).is_none() {
             self.sessions.insert(pass.id, ());
         }
-        if unix.saturating_sub(pass.seen) < RENEW_AFTER_SECS {
+        if unix.saturating_sub(pass.seen) < RENEW_AFTER_SECS.min(session_secs / 4) {
             return Vec::new();
         }
         let renewed = Pass { seen: unix, ..pass }.encode(keys);
@@ -294,7 +398,7 @@ impl Gate {
             Arc::new(Mutex::new(Gcra::new(per_minute, per_minute)))
         });
         let mut gcra = bucket.lock().unwrap_or_else(|p| p.into_inner());
-        gcra.set_rate(per_minute, per_minute);
+        gcra.set_rate(per_minute, per_minute, now);
         gcra.try_take(now)
     }
 }
@@ -306,14 +410,6 @@ fn params(cfg: &AdmissionConfig, active: u64) -> Params {
         claim_window: cfg.claim_window,
         active,
         max_active: cfg.max_active_users.map(u64::from),
-    }
-}
-
-fn eta_for(ahead: u64, rate: f64) -> Duration {
-    if rate > 0.0 {
-        Duration::from_secs_f64(((ahead + 1) as f64 / rate).min(86_400.0))
-    } else {
-        Duration::from_secs(86_400)
     }
 }
 

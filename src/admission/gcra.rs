@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+fn tolerance(interval: Option<Duration>, burst: u32) -> Duration {
+    interval.map_or(Duration::ZERO, |i| i * burst.max(1).saturating_sub(1))
+}
+
 #[derive(Debug, Clone)]
 pub struct Gcra {
     /// Time between two admissions at the steady rate; `None` = rate 0.
@@ -25,21 +29,54 @@ pub struct Gcra {
 impl Gcra {
     /// `per_minute` admissions a minute, at most `burst` at once.
     pub fn new(per_minute: u32, burst: u32) -> Gcra {
-        let mut g = Gcra {
-            interval: None,
-            tolerance: Duration::ZERO,
+        let interval = (per_minute > 0).then(|| Duration::from_secs(60) / per_minute);
+        Gcra {
+            interval,
+            tolerance: tolerance(interval, burst),
             tat: None,
-        };
-        g.set_rate(per_minute, burst);
-        g
+        }
     }
 
-    /// Changes the rate in place; what was already taken stays taken.
-    pub fn set_rate(&mut self, per_minute: u32, burst: u32) {
-        self.interval = (per_minute > 0).then(|| Duration::from_secs(60) / per_minute);
-        self.tolerance = self
-            .interval
-            .map_or(Duration::ZERO, |i| i * burst.max(1).saturating_sub(1));
+    /// Changes the rate in place without a burst: the bucket keeps the
+    /// admissions it had free (capped by the new burst), not its share of
+    /// capacity. An emptied bucket (a line is draining) stays empty and
+    /// refills at the new rate at once; one resumed from rate 0 starts empty.
+    pub fn set_rate(&mut self, per_minute: u32, burst: u32, now: Instant) {
+        let interval = (per_minute > 0).then(|| Duration::from_secs(60) / per_minute);
+        if interval == self.interval && tolerance(interval, burst) == self.tolerance {
+            return;
+        }
+        let free = match (self.interval, self.capacity()) {
+            (Some(old), Some(capacity)) => {
+                let debt = self.debt(now).min(capacity);
+                (capacity - debt).as_secs_f64() / old.as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        self.interval = interval;
+        self.tolerance = tolerance(interval, burst);
+        if let (Some(new), Some(capacity)) = (interval, self.capacity()) {
+            let debt = capacity.as_secs_f64() - free * new.as_secs_f64();
+            self.tat = Some(now + Duration::from_secs_f64(debt.max(0.0)));
+        }
+    }
+
+    /// The bucket's size in time: `burst × interval`.
+    fn capacity(&self) -> Option<Duration> {
+        self.interval.map(|i| i + self.tolerance)
+    }
+
+    /// How far the budget is spent ahead of `now` (saved across restarts).
+    pub fn debt(&self, now: Instant) -> Duration {
+        self.tat
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
+
+    /// Restores a saved debt.
+    pub fn set_debt(&mut self, debt: Duration, now: Instant) {
+        if !debt.is_zero() {
+            self.tat = Some(now + debt);
+        }
     }
 
     /// Takes one admission if the budget allows it now.
@@ -112,21 +149,44 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Gcra::new(60, 5);
         assert_eq!(taken(&mut g, t0), 5, "bucket emptied");
-        g.set_rate(6000, 500);
+        g.set_rate(6000, 500, t0);
         let soon = t0 + Duration::from_millis(100);
         let after = taken(&mut g, soon);
-        // The emptied bucket stays emptied: ~2% of the new 500-burst bucket is
-        // free (0.1 s of 5 s), where a fresh limiter would let 500 through.
+        // The emptied bucket stays empty and refills at the new rate: 100/s
+        // for 0.1 s, where a fresh limiter would let 500 through.
         assert!(
             after <= 11,
             "a raised rate does not refill the bucket: {after}"
         );
-        g.set_rate(60, 5);
+        g.set_rate(60, 5, soon);
         assert_eq!(
             taken(&mut g, soon),
             0,
             "lowering the rate keeps what was taken"
         );
+    }
+
+    #[test]
+    fn a_raised_rate_moves_an_emptied_bucket_at_the_new_pace_at_once() {
+        let t0 = Instant::now();
+        let mut g = Gcra::new(1, 1);
+        assert!(g.try_take(t0), "the one admission a minute");
+        g.set_rate(600, 50, t0);
+        assert_eq!(taken(&mut g, t0 + Duration::from_millis(50)), 0, "no burst");
+        assert_eq!(
+            taken(&mut g, t0 + Duration::from_secs(2)),
+            20,
+            "10 a second from the change on, not after the old minute"
+        );
+    }
+
+    #[test]
+    fn resuming_from_a_zero_rate_lets_no_burst_through() {
+        let t0 = Instant::now();
+        let mut g = Gcra::new(0, 5);
+        g.set_rate(60, 5, t0);
+        assert_eq!(taken(&mut g, t0), 0);
+        assert_eq!(taken(&mut g, t0 + Duration::from_secs(1)), 1);
     }
 
     #[test]

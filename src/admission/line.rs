@@ -52,6 +52,18 @@ pub enum Arrival {
     Admitted,
     /// A ticket and its place.
     Queued { ticket: u64, place: Place },
+    /// No ticket could be issued (the shared store is unreachable): the
+    /// waiting page, and another try later.
+    Unticketed(Place),
+}
+
+/// The expected wait of someone with `ahead` tickets before them.
+pub fn eta_for(ahead: u64, rate: f64) -> Duration {
+    if rate > 0.0 {
+        Duration::from_secs_f64(((ahead + 1) as f64 / rate).min(86_400.0))
+    } else {
+        Duration::from_secs(86_400)
+    }
 }
 
 /// What a returning ticket gets.
@@ -76,11 +88,18 @@ pub struct Status {
     pub rate: f64,
 }
 
-/// Counters saved across restarts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What a line saves across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Saved {
     pub issued: u64,
     pub cursor: u64,
+    /// Turns handed out and not yet claimed: their holders keep them.
+    #[serde(default)]
+    pub turns: Vec<u64>,
+    /// Admission budget already spent ahead of the save, in milliseconds,
+    /// so a restart does not refill the bucket.
+    #[serde(default)]
+    pub budget_debt_ms: u64,
 }
 
 #[derive(Debug)]
@@ -92,7 +111,6 @@ struct Turn {
 #[derive(Debug)]
 struct State {
     gcra: Gcra,
-    rate: (u32, u32),
     /// Last ticket number issued.
     issued: u64,
     /// Every ticket up to this one has had its turn.
@@ -116,14 +134,7 @@ pub struct Line {
 
 impl Line {
     pub fn new(params: &Params) -> Line {
-        Line::restore(
-            params,
-            Saved {
-                issued: 0,
-                cursor: 0,
-            },
-            0,
-        )
+        Line::restore(params, Saved::default(), 0)
     }
 
     /// A line resumed from saved counters. `margin` tickets past the saved
@@ -131,14 +142,27 @@ impl Line {
     /// but the cursor does not wait on them.
     pub fn restore(params: &Params, saved: Saved, margin: u64) -> Line {
         let issued = saved.issued + margin;
+        let now = Instant::now();
+        let mut gcra = Gcra::new(params.per_minute, params.burst);
+        gcra.set_debt(Duration::from_millis(saved.budget_debt_ms), now);
+        // Saved turns get a whole claim window again: their holders could
+        // not claim while the node was down.
+        let turns = saved
+            .turns
+            .iter()
+            .filter(|t| **t <= saved.cursor)
+            .map(|&ticket| Turn {
+                ticket,
+                granted: now,
+            })
+            .collect();
         Line {
             state: Mutex::new(State {
-                gcra: Gcra::new(params.per_minute, params.burst),
-                rate: (params.per_minute, params.burst),
+                gcra,
                 issued,
                 cursor: saved.cursor.min(saved.issued),
                 skip: (saved.issued, issued),
-                turns: VecDeque::new(),
+                turns,
                 claims: VecDeque::new(),
                 missed: 0,
             }),
@@ -198,9 +222,12 @@ impl Line {
     /// The counters to save.
     pub fn saved(&self) -> Saved {
         let s = self.lock();
+        let debt = s.gcra.debt(Instant::now());
         Saved {
             issued: s.issued,
             cursor: s.cursor,
+            turns: s.turns.iter().map(|t| t.ticket).collect(),
+            budget_debt_ms: u64::try_from(debt.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
@@ -213,10 +240,7 @@ impl Line {
 impl State {
     /// Expires unclaimed turns, then hands out the turns the budget allows.
     fn advance(&mut self, params: &Params, now: Instant) {
-        if self.rate != (params.per_minute, params.burst) {
-            self.gcra.set_rate(params.per_minute, params.burst);
-            self.rate = (params.per_minute, params.burst);
-        }
+        self.gcra.set_rate(params.per_minute, params.burst, now);
         while let Some(turn) = self.turns.front() {
             if turn.granted + params.claim_window > now {
                 break;
@@ -265,13 +289,10 @@ impl State {
 
     fn place(&self, ticket: u64, params: &Params, now: Instant) -> Place {
         let ahead = ticket.saturating_sub(self.cursor + 1);
-        let rate = self.rate_per_second(params, now);
-        let eta = if rate > 0.0 {
-            Duration::from_secs_f64(((ahead + 1) as f64 / rate).min(86_400.0))
-        } else {
-            Duration::from_secs(86_400)
-        };
-        Place { ahead, eta }
+        Place {
+            ahead,
+            eta: eta_for(ahead, self.rate_per_second(params, now)),
+        }
     }
 }
 
@@ -292,7 +313,7 @@ mod tests {
     fn queued(a: Arrival) -> (u64, Place) {
         match a {
             Arrival::Queued { ticket, place } => (ticket, place),
-            Arrival::Admitted => panic!("expected a ticket"),
+            Arrival::Admitted | Arrival::Unticketed(_) => panic!("expected a ticket"),
         }
     }
 
@@ -449,6 +470,7 @@ mod tests {
             Saved {
                 issued: 10,
                 cursor: 4,
+                ..Saved::default()
             },
             100,
         );
@@ -463,12 +485,26 @@ mod tests {
             "new numbers never repeat one possibly issued before the crash"
         );
         assert!(place.ahead >= 5, "saved tickets 6..10 are ahead: {place:?}");
-        assert_eq!(
-            line.saved(),
-            Saved {
-                issued: 111,
-                cursor: 5
-            }
+        let after = line.saved();
+        assert_eq!((after.issued, after.cursor), (111, 5));
+    }
+
+    #[test]
+    fn a_turn_handed_out_before_a_restart_is_still_claimable_after_it() {
+        let p = params(60, 1);
+        let line = Line::new(&p);
+        let t0 = Instant::now();
+        line.arrive(&p, false, t0);
+        line.status(&p, t0);
+        let saved = line.saved();
+        assert_eq!(saved.turns, vec![1], "ticket 1's turn is pending");
+        assert!(saved.budget_debt_ms > 0, "the budget was spent");
+        let resumed = Line::restore(&p, saved, 0);
+        assert_eq!(resumed.claim(1, &p, Instant::now()), Claim::Admitted);
+        let (t, _) = queued(resumed.arrive(&p, true, Instant::now()));
+        assert!(
+            matches!(resumed.claim(t, &p, Instant::now()), Claim::Waiting(_)),
+            "the restored budget is not refilled by the restart"
         );
     }
 

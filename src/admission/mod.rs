@@ -5,6 +5,7 @@
 //! - [`token`]: signed ticket and pass cookies.
 //! - [`cookies`]: reading, writing and hiding digue's own cookies.
 //! - [`line`]: the line of one site (in process): tickets, cursor, claims.
+//! - [`redis`]: the same line shared by the nodes of a cluster through Redis.
 //! - [`gate`]: the decision for one request: proceed, wait, or admitted.
 //! - [`state`]: saving the lines' counters across restarts.
 
@@ -12,6 +13,7 @@ pub mod cookies;
 pub mod gate;
 pub mod gcra;
 pub mod line;
+pub mod redis;
 pub mod state;
 pub mod token;
 

@@ -60,6 +60,8 @@ mod tests {
             Saved {
                 issued: 9,
                 cursor: 3,
+                turns: vec![3],
+                budget_debt_ms: 1500,
             },
         );
         save(&path, &state).expect("writable");

@@ -214,6 +214,11 @@ impl Store {
         self.uncacheable.insert(primary.clone(), ());
     }
 
+    /// Forgets every hit-for-miss mark (after a config change).
+    pub fn forget_uncacheable(&self) {
+        self.uncacheable.invalidate_all();
+    }
+
     pub fn is_uncacheable(&self, primary: &CacheKey) -> bool {
         self.uncacheable.contains_key(primary)
     }

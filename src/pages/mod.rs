@@ -249,9 +249,10 @@ impl Pages {
         } else if lo >= 3600 {
             t("waiting", "eta_long")
         } else {
+            let lo_min = (lo / 60).max(1);
             t("waiting", "eta_range")
-                .replace("{lo}", &(lo / 60).max(1).to_string())
-                .replace("{hi}", &hi.div_ceil(60).to_string())
+                .replace("{lo}", &lo_min.to_string())
+                .replace("{hi}", &hi.div_ceil(60).max(lo_min + 1).to_string())
         };
         if view.approximate {
             eta_text = format!("{eta_text} {}", t("waiting", "approximate"));
@@ -288,7 +289,6 @@ impl Pages {
         };
         let script_texts = context! {
             pause => t("waiting", "pause"),
-            resume => t("waiting", "resume"),
             paused => t("waiting", "paused"),
             updated => t("waiting", "updated"),
             admitted => t("waiting", "admitted"),

@@ -1,0 +1,107 @@
+-- One step of a site's line in Redis, atomic. The same state machine as
+-- line.rs (the in-process line): expire unclaimed turns (refunding the
+-- budget), hand out the turns the GCRA budget allows, then do `op`:
+--   refresh: report the view (heartbeat of the calling node)
+--   arrive:  admit a newcomer at once if nobody waits, else a ticket
+--   claim:   a ticket holder asks whether its turn came
+-- Time comes from Redis (TIME), so nodes' clocks do not matter. Counters
+-- are fenced: they never go below what the calling node already knew, so a
+-- Redis restart or failover (empty or older data) never reissues a ticket
+-- number nor moves the cursor back; the epoch counts such resets.
+local K_issued, K_cursor, K_tat, K_turns, K_claims, K_epoch, K_nodes, K_missed, K_active =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local op = ARGV[1]
+local per_minute = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local window = tonumber(ARGV[4])
+local max_active = tonumber(ARGV[5])
+local node = ARGV[6]
+local node_active = tonumber(ARGV[7])
+local known_epoch = tonumber(ARGV[8])
+local known_issued = tonumber(ARGV[9])
+local known_cursor = tonumber(ARGV[10])
+local ticket = tonumber(ARGV[11])
+local may_enter = ARGV[12] == '1'
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local epoch = tonumber(redis.call('GET', K_epoch) or '0')
+if epoch == 0 then
+  epoch = known_epoch + 1
+  redis.call('SET', K_epoch, epoch)
+end
+local issued = math.max(tonumber(redis.call('GET', K_issued) or '0'), known_issued)
+local cursor = math.max(tonumber(redis.call('GET', K_cursor) or '0'), known_cursor)
+
+redis.call('ZADD', K_nodes, now, node)
+redis.call('HSET', K_active, node, node_active)
+redis.call('ZREMRANGEBYSCORE', K_nodes, '-inf', now - 5000000)
+local live = redis.call('ZRANGE', K_nodes, 0, -1)
+local active = 0
+for _, n in ipairs(live) do
+  active = active + tonumber(redis.call('HGET', K_active, n) or '0')
+end
+
+local interval = 0
+if per_minute > 0 then interval = math.floor(60000000 / per_minute) end
+local tolerance = interval * math.max(burst - 1, 0)
+local tat = tonumber(redis.call('GET', K_tat) or '0')
+local function take()
+  if interval == 0 then return false end
+  local start = math.max(tat, now)
+  if start > now + tolerance then return false end
+  tat = start + interval
+  return true
+end
+
+local expired = redis.call('ZRANGEBYSCORE', K_turns, '-inf', now - window)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', K_turns, '-inf', now - window)
+  redis.call('INCRBY', K_missed, #expired)
+  tat = math.max(tat - interval * #expired, now)
+end
+local pending = redis.call('ZCARD', K_turns)
+local function room()
+  return max_active == 0 or active + pending < max_active
+end
+while cursor < issued and room() and take() do
+  cursor = cursor + 1
+  redis.call('ZADD', K_turns, now, cursor)
+  pending = pending + 1
+end
+redis.call('ZREMRANGEBYSCORE', K_claims, '-inf', now - 60000000)
+
+local state, number = 'view', 0
+if op == 'arrive' then
+  if may_enter and cursor >= issued and room() and take() then
+    state = 'admitted'
+    redis.call('ZADD', K_claims, now, now .. ':' .. node .. ':a')
+  else
+    issued = issued + 1
+    state = 'queued'
+    number = issued
+  end
+elseif op == 'claim' then
+  if ticket > issued then issued = ticket end
+  if redis.call('ZREM', K_turns, ticket) == 1 then
+    state = 'admitted'
+    redis.call('ZADD', K_claims, now, now .. ':' .. node .. ':' .. ticket)
+  elseif ticket <= cursor then
+    state = 'missed'
+  else
+    state = 'waiting'
+  end
+end
+redis.call('SET', K_issued, issued)
+redis.call('SET', K_cursor, cursor)
+redis.call('SET', K_tat, tat)
+
+local claims = redis.call('ZCARD', K_claims)
+local first = redis.call('ZRANGE', K_claims, 0, 0, 'WITHSCORES')
+local span_ms = 60000
+if first[2] then span_ms = math.max(math.floor((now - tonumber(first[2])) / 1000), 1000) end
+local turns = {}
+if op == 'refresh' then turns = redis.call('ZRANGE', K_turns, 0, -1) end
+return {state, number, epoch, issued, cursor, #live, claims, span_ms,
+        tonumber(redis.call('GET', K_missed) or '0'), turns}

@@ -1,0 +1,272 @@
+//! The line of one site shared through Redis: one global ticket counter,
+//! one global admission budget computed in Redis from Redis's own clock,
+//! one cursor, whichever node a pupil reaches.
+//!
+//! Redis stays off the hot path. Each node refreshes its *view* (cursor,
+//! turns handed out, rate, node count) with one script call every
+//! `refresh_interval`; waiting-room polls are answered from that view. Redis
+//! is called once per arrival and once per admission (the claim), never per
+//! poll, so its load grows with arrivals and nodes, not with the people
+//! waiting. All keys of a site share one hash tag, so this works on Redis
+//! Cluster too; the script is loaded by SHA (EVALSHA, EVAL as fallback).
+//!
+//! When Redis fails the node **fails static**: passes keep working (they
+//! are verified locally), ticket holders keep their place and see an
+//! approximate ETA from the last view, and newcomers are admitted at a
+//! conservative local share of the budget (last known rate ÷ last known
+//! node count) until Redis answers again.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use std::sync::Arc;
+
+use redis::Script;
+use tokio::time::Instant;
+
+use crate::admission::gcra::Gcra;
+use crate::admission::line::{Arrival, Claim, Params, Place, Status, eta_for};
+use crate::cluster::Cluster;
+
+/// Longest wait for Redis before the node decides it is unreachable.
+const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What the node last learned from Redis.
+#[derive(Debug, Clone, Default)]
+struct View {
+    epoch: u64,
+    issued: u64,
+    cursor: u64,
+    /// Turns handed out and not yet claimed.
+    turns: HashSet<u64>,
+    nodes: u64,
+    /// Admissions per second measured from claims (0 until known).
+    rate: f64,
+    missed: u64,
+}
+
+/// One site's line in Redis, with this node's view of it.
+pub struct RedisLine {
+    cluster: Arc<Cluster>,
+    script: Script,
+    keys: [String; 9],
+    node: String,
+    /// Guards the view; held for copies, never across `.await`.
+    view: Mutex<View>,
+    healthy: AtomicBool,
+    /// The fail-static budget: this node's share while Redis is away.
+    fallback: Mutex<Gcra>,
+    /// Missed turns already reported to metrics.
+    missed_reported: Mutex<u64>,
+}
+
+/// Why a Redis call produced nothing usable.
+#[derive(Debug)]
+pub struct Unreachable;
+
+impl RedisLine {
+    pub fn new(cluster: Arc<Cluster>, site: &str, params: &Params) -> RedisLine {
+        let tag = format!("{{digue:{site}}}");
+        let keys = [
+            "issued", "cursor", "tat", "turns", "claims", "epoch", "nodes", "missed", "active",
+        ]
+        .map(|k| format!("{tag}:{k}"));
+        RedisLine {
+            node: cluster.node.clone(),
+            cluster,
+            script: Script::new(include_str!("line.lua")),
+            keys,
+            view: Mutex::new(View {
+                nodes: 1,
+                ..View::default()
+            }),
+            healthy: AtomicBool::new(false),
+            fallback: Mutex::new(Gcra::new(params.per_minute, params.burst)),
+            missed_reported: Mutex::new(0),
+        }
+    }
+
+    /// Whether the last call to Redis succeeded.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn view(&self) -> View {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn call(
+        &self,
+        op: &str,
+        params: &Params,
+        ticket: u64,
+        may_enter: bool,
+    ) -> Result<(String, u64), Unreachable> {
+        let known = self.view();
+        let mut invocation = self.script.prepare_invoke();
+        for k in &self.keys {
+            invocation.key(k);
+        }
+        invocation
+            .arg(op)
+            .arg(params.per_minute)
+            .arg(params.burst)
+            .arg(params.claim_window.as_micros() as u64)
+            .arg(params.max_active.unwrap_or(0))
+            .arg(&self.node)
+            .arg(params.active)
+            .arg(known.epoch)
+            .arg(known.issued)
+            .arg(known.cursor)
+            .arg(ticket)
+            .arg(if may_enter { "1" } else { "0" });
+        let Some(mut conn) = self.cluster.conn() else {
+            self.healthy.store(false, Ordering::Relaxed);
+            return Err(Unreachable);
+        };
+        type Reply = (String, u64, u64, u64, u64, u64, u64, u64, u64, Vec<u64>);
+        let reply: Result<Reply, _> =
+            match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await {
+                Ok(r) => r.map_err(|e| {
+                    tracing::warn!(error = %e, "redis call failed");
+                }),
+                Err(_) => Err(()),
+            };
+        let Ok((state, number, epoch, issued, cursor, nodes, claims, span_ms, missed, turns)) =
+            reply
+        else {
+            self.healthy.store(false, Ordering::Relaxed);
+            return Err(Unreachable);
+        };
+        self.healthy.store(true, Ordering::Relaxed);
+        let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        view.epoch = epoch;
+        view.issued = view.issued.max(issued);
+        view.cursor = view.cursor.max(cursor);
+        view.nodes = nodes.max(1);
+        view.rate = if claims >= 10 {
+            claims as f64 * 1000.0 / span_ms.max(1) as f64
+        } else {
+            0.0
+        };
+        view.missed = missed;
+        if op == "refresh" {
+            view.turns = turns.into_iter().collect();
+        } else if op == "claim" {
+            view.turns.remove(&ticket);
+        }
+        Ok((state, number))
+    }
+
+    /// Refreshes this node's view: one call per node per interval.
+    pub async fn refresh(&self, params: &Params) -> Result<(), Unreachable> {
+        self.call("refresh", params, 0, false).await.map(|_| ())
+    }
+
+    /// A newcomer. Fail static: at the local share of the budget.
+    pub async fn arrive(&self, params: &Params, may_enter: bool, now: Instant) -> Arrival {
+        if let Ok((state, number)) = self.call("arrive", params, 0, may_enter).await {
+            if state == "admitted" {
+                return Arrival::Admitted;
+            }
+            return Arrival::Queued {
+                ticket: number,
+                place: self.place(number, params),
+            };
+        }
+        if may_enter && self.local_share(params, now) {
+            return Arrival::Admitted;
+        }
+        let view = self.view();
+        Arrival::Unticketed(Place {
+            ahead: view.issued.saturating_sub(view.cursor),
+            eta: eta_for(view.issued.saturating_sub(view.cursor), rate(&view, params)),
+        })
+    }
+
+    /// A ticket holder's poll, answered from the view unless its turn came.
+    pub async fn claim(&self, ticket: u64, params: &Params, now: Instant) -> Claim {
+        let view = self.view();
+        let due = view.turns.contains(&ticket) || ticket <= view.cursor;
+        if !due && self.healthy() {
+            return Claim::Waiting(self.place(ticket, params));
+        }
+        if self.healthy() {
+            match self.call("claim", params, ticket, false).await {
+                Ok((state, _)) if state == "admitted" => return Claim::Admitted,
+                Ok((state, _)) if state == "missed" => return Claim::Missed,
+                Ok(_) => return Claim::Waiting(self.place(ticket, params)),
+                Err(Unreachable) => {}
+            }
+        }
+        // Redis is away: the place is kept; the line moves at the local share.
+        if ticket <= view.cursor + 1 && self.local_share(params, now) {
+            return Claim::Admitted;
+        }
+        Claim::Waiting(self.place(ticket, params))
+    }
+
+    pub fn status(&self, params: &Params) -> Status {
+        let view = self.view();
+        Status {
+            waiting: view.issued.saturating_sub(view.cursor),
+            unclaimed: view.turns.len() as u64,
+            rate: rate(&view, params),
+        }
+    }
+
+    /// Turns missed cluster-wide since the last call (for metrics).
+    pub fn take_missed(&self) -> u64 {
+        let total = self.view().missed;
+        let mut reported = self
+            .missed_reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let new = total.saturating_sub(*reported);
+        *reported = total;
+        new
+    }
+
+    /// The epoch of the shared line: how many times Redis lost its state.
+    pub fn epoch(&self) -> u64 {
+        self.view().epoch
+    }
+
+    pub fn nodes(&self) -> u64 {
+        self.view().nodes
+    }
+
+    fn place(&self, ticket: u64, params: &Params) -> Place {
+        let view = self.view();
+        let ahead = ticket.saturating_sub(view.cursor + 1);
+        Place {
+            ahead,
+            eta: eta_for(ahead, rate(&view, params)),
+        }
+    }
+
+    /// This node's share of the budget while Redis is unreachable: the last
+    /// known rate divided by the last known number of nodes, so the nodes
+    /// together stay within the global budget.
+    fn local_share(&self, params: &Params, now: Instant) -> bool {
+        let nodes = u32::try_from(self.view().nodes.max(1)).unwrap_or(u32::MAX);
+        let mut gcra = self.fallback.lock().unwrap_or_else(|p| p.into_inner());
+        gcra.set_rate(
+            params.per_minute / nodes,
+            (params.burst / nodes).max(1),
+            now,
+        );
+        gcra.try_take(now)
+    }
+}
+
+fn rate(view: &View, params: &Params) -> f64 {
+    let configured = f64::from(params.per_minute) / 60.0;
+    if view.rate > 0.0 {
+        view.rate.max(configured / 4.0)
+    } else {
+        configured
+    }
+}

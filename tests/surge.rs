@@ -1,0 +1,400 @@
+//! `digue surge` against the real thing: the fragile demo portal with digue
+//! in front of it, on loopback, and the bad inputs an operator will type.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use digue::demo::{Portal, PortalOptions};
+use digue::surge::{SurgeArgs, SurgeError, execute};
+use support::Proxy;
+use tokio::net::TcpListener;
+
+/// The shipped config's cache rules, a login gated at 10 a second, and an
+/// origin limit well under the portal's capacity.
+const SITE_TOML: &str = r#"origin_concurrency = 8
+
+[[site.cache.rule]]
+prefix = "/static/"
+ttl = "1h"
+shared = true
+
+[[site.cache.rule]]
+prefix = "/api/"
+bypass = true
+
+[[site.cache.rule]]
+prefix = "/pronote/appelfonction/"
+bypass = true
+
+[site.admission]
+paths = ["/pronote/eleve.html"]
+new_users_per_minute = 600
+burst = 5
+claim_window = "10s"
+"#;
+
+/// Short patience and think times so a run fits in a few seconds.
+const QUICK_SCENARIO: &str = r#"
+name = "test surge"
+
+[mix]
+impatient = 0.2
+quitters = 0.1
+bots = 0.04
+
+[patience]
+impatient_reload = "1s"
+give_up_after = "3s"
+bot_interval = "1s"
+max_errors = 3
+
+[script]
+think_min = "50ms"
+think_max = "200ms"
+"#;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    surge: SurgeArgs,
+}
+
+fn args(flags: &[&str]) -> SurgeArgs {
+    Cli::try_parse_from(std::iter::once("surge").chain(flags.iter().copied()))
+        .unwrap_or_else(|e| panic!("flags parse: {e}"))
+        .surge
+}
+
+/// A fresh directory for one test's files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("digue-surge-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn input_errors(result: Result<digue::surge::Report, SurgeError>) -> Vec<String> {
+    match result {
+        Err(SurgeError::Input(problems)) => problems,
+        Err(other) => panic!("expected an input error, got {other}"),
+        Ok(_) => panic!("expected an input error, the surge ran"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surge_through_digue_queues_admits_and_never_mixes_sessions() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind portal");
+    let portal = Portal::spawn(
+        listener,
+        PortalOptions {
+            capacity: 32,
+            base_latency: Duration::from_millis(5),
+        },
+    );
+    let proxy = Proxy::start(&format!("http://{}", portal.addr), "", SITE_TOML).await;
+    let dir = scratch("through-digue");
+    let scenario = dir.join("quick.toml");
+    std::fs::write(&scenario, QUICK_SCENARIO).expect("write scenario");
+    let report_path = dir.join("report.json");
+    let chart_path = dir.join("chart.svg");
+    let target = proxy.url("");
+    let admin = proxy.admin_url("");
+
+    let report = execute(&args(&[
+        "--target",
+        &target,
+        "--admin",
+        &admin,
+        "--scenario",
+        scenario.to_str().expect("utf-8 path"),
+        "--pupils",
+        "50",
+        "--peak-rate",
+        "50",
+        "--curve",
+        "constant",
+        "--duration",
+        "8s",
+        "--request-timeout",
+        "5s",
+        "--report",
+        report_path.to_str().expect("utf-8 path"),
+        "--chart",
+        chart_path.to_str().expect("utf-8 path"),
+        "--quiet",
+    ]))
+    .await
+    .unwrap_or_else(|e| panic!("the surge runs: {e}"));
+    println!("{report}");
+
+    let p = &report.pupils;
+    assert_eq!(p.total, 50);
+    assert_eq!(p.bots, 2, "4 % of 50 are bots");
+    assert_eq!(
+        p.admitted + p.still_waiting + p.gave_up + p.failed + p.not_started,
+        p.total - p.bots,
+        "every pupil is accounted for: {p:?}"
+    );
+    assert!(p.admitted > 0, "some pupils got in: {p:?}");
+    assert!(
+        report.responses.waiting_room.count > 0,
+        "10 a second for 48 pupils makes a line"
+    );
+    assert!(
+        report.time_to_get_in.is_some(),
+        "admitted pupils were timed"
+    );
+    assert!(
+        report.eta.is_some(),
+        "queued pupils compared the ETA with their wait"
+    );
+    assert!(
+        report.session.pupils_with_assets > 0 && report.session.assets_fetched > 0,
+        "admitted pupils fetched the page's assets: {:?}",
+        report.session
+    );
+    assert!(
+        report.responses.cache_hit.count > 0,
+        "assets came from digue's cache: {:?}",
+        report.responses
+    );
+    assert!(
+        report.session.sessions_checked > 0,
+        "per-user answers were checked: {:?}",
+        report.session
+    );
+    assert_eq!(
+        report.session.sessions_mismatched, 0,
+        "no pupil saw another's session"
+    );
+    assert_eq!(
+        report.responses.timeout.count, 0,
+        "digue answers everybody in time"
+    );
+    let origin = report.origin.as_ref().expect("sampled with --admin");
+    assert!(origin.samples > 0, "metrics were read");
+    assert!(
+        origin.peak_in_flight.is_some_and(|peak| peak <= 8),
+        "the origin stays under its limit: {origin:?}"
+    );
+    assert_eq!(origin.limit, Some(8));
+    assert!(
+        portal.peak_in_flight() <= 8,
+        "the portal itself saw no more than the limit: {}",
+        portal.peak_in_flight()
+    );
+    assert!(
+        report.elapsed_seconds < 9.0,
+        "the time limit bounds the run: {}",
+        report.elapsed_seconds
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report written"))
+            .expect("the report is JSON");
+    for pointer in [
+        "/scenario/name",
+        "/scenario/curve",
+        "/elapsed_seconds",
+        "/time_limit_reached",
+        "/pupils/admitted",
+        "/pupils/still_waiting",
+        "/pupils/gave_up",
+        "/time_to_get_in/p50",
+        "/time_to_get_in/p90",
+        "/time_to_get_in/p99",
+        "/eta/median_abs_error_seconds",
+        "/eta/within_range_share",
+        "/responses/page/count",
+        "/responses/cache_hit/p99_ms",
+        "/responses/waiting_room/count",
+        "/responses/busy/count",
+        "/responses/error/count",
+        "/responses/timeout/count",
+        "/session/sessions_mismatched",
+        "/origin/peak_in_flight",
+        "/origin/peak_line_waiting",
+        "/timeline/0/line_waiting",
+        "/timeline/0/admissions",
+        "/timeline/0/origin_in_flight",
+        "/simulator/cpu_seconds",
+        "/simulator/peak_rss_bytes",
+        "/warnings",
+    ] {
+        assert!(
+            json.pointer(pointer).is_some(),
+            "{pointer} missing from the JSON report"
+        );
+    }
+    assert_eq!(json["scenario"]["name"], "test surge");
+
+    let svg = std::fs::read_to_string(&chart_path).expect("chart written");
+    assert!(
+        svg.starts_with("<svg"),
+        "an SVG: {}",
+        &svg[..svg.len().min(80)]
+    );
+    assert!(
+        svg.contains("Admissions per second"),
+        "the panels are labelled"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn an_unreachable_target_is_a_quick_clear_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let target = format!("http://{addr}");
+    let started = std::time::Instant::now();
+    let result = execute(&args(&["--target", &target, "--quiet"])).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+    match result {
+        Err(e @ SurgeError::Unreachable { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains(&target), "names the target: {message}");
+            assert_ne!(
+                format!("{:?}", e.exit_code()),
+                format!("{:?}", std::process::ExitCode::SUCCESS)
+            );
+        }
+        Err(other) => panic!("expected unreachable, got {other}"),
+        Ok(_) => panic!("a closed port cannot be surged"),
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_admin_url_is_refused_before_any_load() {
+    let portal = Portal::spawn(
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        PortalOptions::default(),
+    );
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let target = format!("http://{}", portal.addr);
+    let result = execute(&args(&["--target", &target, "--admin", &admin, "--quiet"])).await;
+    assert!(
+        matches!(
+            &result,
+            Err(SurgeError::Unreachable {
+                what: "admin URL",
+                ..
+            })
+        ),
+        "{:?}",
+        result.err()
+    );
+    assert_eq!(portal.requests(), 0, "no load was sent");
+}
+
+#[tokio::test]
+async fn a_bad_scenario_file_is_refused_with_the_key_named() {
+    let dir = scratch("bad-scenario");
+    let file = dir.join("typo.toml");
+    std::fs::write(
+        &file,
+        "[arrivals]\npeak_rat = 30\npupils = 0\n[limits]\nduration = \"soon\"\n",
+    )
+    .expect("write");
+    let problems = input_errors(
+        execute(&args(&[
+            "--target",
+            "http://127.0.0.1:9",
+            "--scenario",
+            file.to_str().expect("utf-8 path"),
+        ]))
+        .await,
+    );
+    let all = problems.join("\n");
+    assert!(all.contains("arrivals.peak_rat: unknown key"), "{all}");
+    assert!(all.contains("arrivals.pupils"), "{all}");
+    assert!(all.contains("limits.duration"), "{all}");
+
+    let missing = dir.join("absent.toml");
+    let problems = input_errors(
+        execute(&args(&[
+            "--target",
+            "http://127.0.0.1:9",
+            "--scenario",
+            missing.to_str().expect("utf-8 path"),
+        ]))
+        .await,
+    );
+    assert!(problems[0].contains("cannot read"), "{problems:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn zero_pupils_and_absurd_rates_are_refused() {
+    let target = "http://127.0.0.1:9";
+    let problems = input_errors(execute(&args(&["--target", target, "--pupils", "0"])).await);
+    assert!(problems[0].starts_with("--pupils:"), "{problems:?}");
+    for rate in ["0", "-5", "2e6", "NaN"] {
+        let problems =
+            input_errors(execute(&args(&["--target", target, "--peak-rate", rate])).await);
+        assert!(
+            problems[0].starts_with("--peak-rate:") && problems[0].contains("rate"),
+            "{rate}: {problems:?}"
+        );
+    }
+    let problems = input_errors(execute(&args(&["--target", "https://example.org"])).await);
+    assert!(problems[0].contains("https"), "{problems:?}");
+    let problems = input_errors(
+        execute(&args(&[
+            "--target",
+            target,
+            "--report",
+            "/nonexistent-dir/r.json",
+        ]))
+        .await,
+    );
+    assert!(problems[0].starts_with("--report:"), "{problems:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_target_gives_timeouts_and_the_time_limit_ends_the_run() {
+    // Accepts connections and never answers: the worst origin there is.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = format!("http://{}", listener.local_addr().expect("addr"));
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let started = std::time::Instant::now();
+    let report = execute(&args(&[
+        "--target",
+        &target,
+        "--pupils",
+        "10",
+        "--peak-rate",
+        "100",
+        "--duration",
+        "1500ms",
+        "--request-timeout",
+        "300ms",
+        "--quiet",
+    ]))
+    .await
+    .unwrap_or_else(|e| panic!("runs: {e}"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "bounded by the time limit: {:?}",
+        started.elapsed()
+    );
+    assert!(report.time_limit_reached);
+    assert!(report.responses.timeout.count > 0, "{:?}", report.responses);
+    assert_eq!(report.pupils.admitted, 0);
+    let p = &report.pupils;
+    assert_eq!(
+        p.still_waiting + p.gave_up + p.failed + p.not_started,
+        p.total - p.bots,
+        "{p:?}"
+    );
+    hold.abort();
+}
