@@ -124,6 +124,19 @@ pub struct Pass {
     pub seen: u64,
 }
 
+/// The numbers of a verified token of `kind` (`t` or `p`) for `site`:
+/// `None` when forged, garbled, of another kind or another site's.
+fn numbers<const N: usize>(keys: &Keys, kind: &str, site: &str, token: &str) -> Option<[u64; N]> {
+    let payload = keys.verify(token)?;
+    let mut parts = payload.split('|');
+    (parts.next()? == kind && parts.next()? == site).then_some(())?;
+    let mut out = [0; N];
+    for slot in &mut out {
+        *slot = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
 impl Ticket {
     pub fn encode(&self, keys: &Keys) -> String {
         keys.sign(&format!(
@@ -134,24 +147,12 @@ impl Ticket {
 
     /// A ticket of `site`, or `None` when forged, garbled or another site's.
     pub fn decode(keys: &Keys, site: &str, token: &str) -> Option<Ticket> {
-        let payload = keys.verify(token)?;
-        let mut parts = payload.split('|');
-        let (Some("t"), Some(s), Some(n), Some(i), Some(e), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return None;
-        };
-        (s == site).then_some(())?;
+        let [number, issued, eta] = numbers(keys, "t", site, token)?;
         Some(Ticket {
-            site: s.to_owned(),
-            number: n.parse().ok()?,
-            issued: i.parse().ok()?,
-            eta: e.parse().ok()?,
+            site: site.to_owned(),
+            number,
+            issued,
+            eta,
         })
     }
 }
@@ -164,22 +165,11 @@ impl Pass {
     /// A pass of `site`, or `None` when forged, garbled or another site's.
     /// Expiry is the caller's check (it knows `session_duration`).
     pub fn decode(keys: &Keys, site: &str, token: &str) -> Option<Pass> {
-        let payload = keys.verify(token)?;
-        let mut parts = payload.split('|');
-        let (Some("p"), Some(s), Some(id), Some(seen), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return None;
-        };
-        (s == site).then_some(())?;
+        let [id, seen] = numbers(keys, "p", site, token)?;
         Some(Pass {
-            site: s.to_owned(),
-            id: id.parse().ok()?,
-            seen: seen.parse().ok()?,
+            site: site.to_owned(),
+            id,
+            seen,
         })
     }
 }
