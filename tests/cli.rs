@@ -39,9 +39,14 @@ struct Process(Option<Child>);
 
 impl Process {
     fn spawn(args: &[&str]) -> Process {
+        Process::spawn_with(args, &[])
+    }
+
+    fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Process {
         let child = Command::new(DIGUE)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -284,4 +289,164 @@ fn run_serves_healthz_on_the_admin_port_and_exits_cleanly_on_sigterm() {
         stdout(&out),
         stderr(&out)
     );
+}
+
+/// A one-thread origin answering every request with a small page.
+fn std_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0_u8; 65536];
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npage",
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// Sends raw request bytes and returns the whole response ("" when
+/// nothing listens yet).
+fn exchange(addr: SocketAddr, request: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    out
+}
+
+/// Polls until `check` holds on an admin answer, 10 s at most.
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_reloads_the_file_refuses_a_broken_one_and_logs_keep_private_values_out() {
+    let origin = std_origin();
+    let (listen, admin) = free_ports();
+    let config = |concurrency: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             access_log = true\n[[site]]\nname = \"portal\"\nhosts = [\"*\"]\n\
+             origin = \"http://{origin}\"\norigin_concurrency = {concurrency}\n"
+        )
+    };
+    let file = TempConfig::new(&config("8"));
+    let token = "admin-token-for-the-test";
+    let proc = Process::spawn_with(
+        &["run", "--config", &file.path().to_string_lossy()],
+        &[("DIGUE_ADMIN_TOKEN", token)],
+    );
+    let public = SocketAddr::from(([127, 0, 0, 1], listen));
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let sites = || {
+        exchange(
+            admin_addr,
+            &format!(
+                "GET /admin/sites HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+                 Connection: close\r\n\r\n"
+            ),
+        )
+    };
+    wait_for("the admin API", || {
+        sites().contains("\"origin_concurrency\":8")
+    });
+
+    // Requests full of things that must never reach a log line.
+    let secret_request = "GET /page?eleve=query-secret-4711 HTTP/1.1\r\nHost: ent.example.fr\r\n\
+         Cookie: JSESSIONID=cookie-secret-4711\r\nAuthorization: Bearer token-secret-4711\r\n\
+         Connection: close\r\n\r\n";
+    assert!(exchange(public, secret_request).starts_with("HTTP/1.1 200"));
+    let body = "body-secret-4711";
+    let post = format!(
+        "POST /pronote/appelfonction/1 HTTP/1.1\r\nHost: ent.example.fr\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert!(exchange(public, &post).starts_with("HTTP/1.1 200"));
+
+    // SIGHUP applies a changed file.
+    std::fs::write(file.path(), config("3")).expect("rewrite config");
+    let hup = |pid: u32| {
+        let sent = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGHUP delivered");
+    };
+    hup(proc.id());
+    wait_for("the reloaded limit", || {
+        sites().contains("\"origin_concurrency\":3")
+    });
+
+    // A broken file is refused; the running config keeps serving.
+    std::fs::write(
+        file.path(),
+        config("3").replace("origin_concurrency = 3", "origin_timeout = \"soon\""),
+    )
+    .expect("rewrite config");
+    hup(proc.id());
+    let metrics = || {
+        exchange(
+            admin_addr,
+            "GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+    };
+    wait_for("a refused reload", || {
+        metrics().contains("digue_config_reloads_total{outcome=\"refused\"} 1")
+    });
+    assert!(
+        sites().contains("\"origin_concurrency\":3"),
+        "the old config stays"
+    );
+    assert!(exchange(public, secret_request).starts_with("HTTP/1.1 200"));
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &proc.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let out = proc
+        .exit_within(Duration::from_secs(10))
+        .expect("digue exits after SIGTERM");
+    let logs = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        logs.contains("site[0].origin_timeout"),
+        "the refused reload is logged with its key path:\n{logs}"
+    );
+    assert!(
+        logs.contains("client=127.0.0.0/24"),
+        "the access log truncates the client:\n{logs}"
+    );
+    assert!(
+        logs.contains("path=/page"),
+        "the access log has the path:\n{logs}"
+    );
+    for secret in [
+        "query-secret",
+        "cookie-secret",
+        "token-secret",
+        "body-secret",
+        token,
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "{secret} leaked into the logs:\n{logs}"
+        );
+    }
 }
