@@ -410,7 +410,7 @@ fn single(message: String) -> ConfigErrors {
 }
 
 /// `site.0.cache.x` as serde_ignored sees it → `site[0].cache.x`.
-fn key_path(path: &serde_ignored::Path<'_>) -> String {
+pub fn key_path(path: &serde_ignored::Path<'_>) -> String {
     use serde_ignored::Path as P;
     match path {
         P::Root => String::new(),

@@ -38,6 +38,9 @@ enum Command {
     Run(RunArgs),
     /// Validate a config file, print every problem with its key path.
     Check(RunArgs),
+    /// Rehearse a Monday-morning surge against a target and report what
+    /// pupils and the origin experienced.
+    Surge(Box<digue::surge::SurgeArgs>),
     /// Start a fragile demo portal with digue in front of it, on loopback.
     Demo {
         /// Where digue listens for the demo.
@@ -64,6 +67,13 @@ fn main() -> ExitCode {
             init_logs(json);
             demo(listen)
         }
+        Some(Command::Surge(args)) => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(digue::surge::run(*args)),
+            Err(e) => {
+                eprintln!("cannot start the runtime: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -215,6 +225,8 @@ fn demo(listen: SocketAddr) -> ExitCode {
                 admission.new_users_per_minute = DEMO_USERS_PER_MINUTE;
                 admission.burst = 2;
                 admission.bypass_cidrs.clear();
+                // `digue surge` sends every pupil from 127.0.0.1.
+                admission.tickets_per_network_per_minute = u32::MAX;
             }
         }
         let running = match digue::start(config).await {

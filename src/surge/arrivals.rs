@@ -44,6 +44,7 @@ impl Curve {
 /// Who arrives when.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Arrivals {
+    /// The shape of the rate over time.
     pub curve: Curve,
     /// Pupils in all, bots included; at least 1.
     pub pupils: u64,

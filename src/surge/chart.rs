@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::report::Report;
@@ -48,53 +49,69 @@ pub fn render_svg(report: &Report) -> Result<String, String> {
         let panels = body.split_evenly((3, 1));
         let t = &report.timeline;
         let sampled = report.origin.is_some();
-        let (line_label, line): (&str, Vec<Option<u64>>) = if sampled {
-            (
-                "Line length (digue_line_waiting)",
-                t.iter().map(|p| p.line_waiting).collect(),
-            )
+        let pupils_waiting: Vec<Option<u64>> = t.iter().map(|p| Some(p.pupils_waiting)).collect();
+        if sampled {
+            // Both views: digue's line also holds tickets nobody will claim
+            // (bots, pupils who left), the simulator knows who still waits.
+            let line: Vec<Option<u64>> = t.iter().map(|p| p.line_waiting).collect();
+            panel(
+                &panels[0],
+                "Line length",
+                &[
+                    ("digue_line_waiting", &line, BLUE),
+                    ("pupils waiting (simulator)", &pupils_waiting, GREY),
+                ],
+                None,
+            )?;
         } else {
-            (
+            panel(
+                &panels[0],
                 "Pupils waiting (simulator's view; no --admin)",
-                t.iter().map(|p| Some(p.pupils_waiting)).collect(),
-            )
-        };
-        panel(&panels[0], line_label, &line, BLUE, None)?;
+                &[("pupils waiting", &pupils_waiting, BLUE)],
+                None,
+            )?;
+        }
         let admissions: Vec<Option<u64>> = t.iter().map(|p| Some(p.admissions)).collect();
         panel(
             &panels[1],
             "Admissions per second",
-            &admissions,
-            GREEN,
+            &[("admissions", &admissions, GREEN)],
             None,
         )?;
         let in_flight: Vec<Option<u64>> = t.iter().map(|p| p.origin_in_flight).collect();
         let limit = report.origin.as_ref().and_then(|o| o.limit);
-        let label = if sampled {
-            "Origin requests in flight (digue_origin_in_flight)"
+        let caption = if sampled {
+            "Origin requests in flight (digue_origin_in_flight; dashed: the limit)"
         } else {
             "Origin requests in flight: not sampled (run with --admin URL)"
         };
-        panel(&panels[2], label, &in_flight, ORANGE, limit)?;
+        panel(
+            &panels[2],
+            caption,
+            &[("in flight", &in_flight, ORANGE)],
+            limit,
+        )?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
 }
 
-/// One panel: a series over seconds (gaps where unsampled) and, if given,
-/// a dashed limit line.
+/// A series: its legend, values by second (`None` where unsampled), colour.
+type Series<'a> = (&'a str, &'a [Option<u64>], RGBColor);
+
+/// One panel: series over seconds (gaps where unsampled), a legend when
+/// there are several, and, if given, a dashed limit line.
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     caption: &str,
-    values: &[Option<u64>],
-    colour: RGBColor,
+    series: &[Series<'_>],
     limit: Option<u64>,
 ) -> Result<(), String> {
-    let x_max = (values.len().max(2) - 1) as f64;
-    let top = values
+    let len = series.iter().map(|s| s.1.len()).max().unwrap_or(0);
+    let x_max = (len.max(2) - 1) as f64;
+    let top = series
         .iter()
-        .flatten()
-        .copied()
+        .flat_map(|s| s.1.iter().flatten().copied())
         .chain(limit)
         .max()
         .unwrap_or(0);
@@ -109,26 +126,13 @@ fn panel<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("seconds")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .light_line_style(WHITE)
         .draw()
         .map_err(|e| e.to_string())?;
-    // Consecutive sampled seconds form one segment; a gap breaks the line.
-    let mut segment: Vec<(f64, f64)> = Vec::new();
-    let mut segments = Vec::new();
-    for (s, v) in values.iter().enumerate() {
-        match v {
-            Some(v) => segment.push((s as f64, *v as f64)),
-            None if !segment.is_empty() => segments.push(std::mem::take(&mut segment)),
-            None => {}
-        }
-    }
-    if !segment.is_empty() {
-        segments.push(segment);
-    }
-    for points in segments {
-        chart
-            .draw_series(LineSeries::new(points, colour.stroke_width(2)))
-            .map_err(|e| e.to_string())?;
+    for (label, values, colour) in series {
+        draw_series(&mut chart, values, *colour, label)?;
     }
     if let Some(limit) = limit {
         let y = limit as f64;
@@ -143,6 +147,48 @@ fn panel<DB: DrawingBackend>(
                 ))
                 .map_err(|e| e.to_string())?;
             x += dash * 2.0;
+        }
+    }
+    if series.len() > 1 {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(GREY)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// One series; consecutive sampled seconds form a segment, a gap breaks
+/// the line. The first segment carries the legend entry.
+fn draw_series<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    values: &[Option<u64>],
+    colour: RGBColor,
+    label: &str,
+) -> Result<(), String> {
+    let mut segment: Vec<(f64, f64)> = Vec::new();
+    let mut segments = Vec::new();
+    for (s, v) in values.iter().enumerate() {
+        match v {
+            Some(v) => segment.push((s as f64, *v as f64)),
+            None if !segment.is_empty() => segments.push(std::mem::take(&mut segment)),
+            None => {}
+        }
+    }
+    if !segment.is_empty() {
+        segments.push(segment);
+    }
+    for (i, points) in segments.into_iter().enumerate() {
+        let drawn = chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+            .map_err(|e| e.to_string())?;
+        if i == 0 {
+            drawn.label(label).legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2))
+            });
         }
     }
     Ok(())

@@ -124,12 +124,14 @@ pub enum SurgeError {
     Input(Vec<String>),
     /// The target or the admin URL does not answer.
     Unreachable {
+        /// "target" or "admin URL".
         what: &'static str,
         url: String,
         error: String,
     },
     /// The run completed but the report or chart file could not be written.
     Output {
+        /// The report of the run, still worth printing.
         report: Box<Report>,
         errors: Vec<String>,
     },

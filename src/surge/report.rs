@@ -283,11 +283,11 @@ impl Report {
         let cpu = i.cpu.map(|c| c.as_secs_f64());
         let simulator = SimulatorCost {
             cpu_seconds: cpu,
-            cpu_share_of_one_core: cpu.filter(|_| wall > 0.0).map(|c| c / wall),
+            cpu_share_of_one_core: cpu.filter(|_| wall > 0.0).map(|c| round3(c / wall)),
             peak_rss_bytes: i.peak_rss_bytes,
             cpu_us_per_request: cpu
                 .filter(|_| responses.total > 0)
-                .map(|c| c * 1e6 / responses.total as f64),
+                .map(|c| round3(c * 1e6 / responses.total as f64)),
             concurrency: i.concurrency,
         };
         let mut warnings = i.warnings;
@@ -344,7 +344,7 @@ impl Report {
                 request_timeout_seconds: plan.request_timeout.as_secs_f64(),
                 seed: plan.seed,
             },
-            elapsed_seconds: wall,
+            elapsed_seconds: round3(wall),
             time_limit_reached: i.time_limit_reached,
             pupils,
             time_to_get_in: spread(rec.get_in_times()),
@@ -364,8 +364,13 @@ impl Report {
     }
 }
 
+/// Three decimals: µs for `_ms` fields, ms for seconds; more is noise.
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
 fn kind_stats(h: &Histogram) -> KindStats {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let ms = |d: Duration| round3(d.as_secs_f64() * 1000.0);
     let count = h.count();
     KindStats {
         count,
@@ -393,10 +398,10 @@ fn spread(values: Vec<f64>) -> Option<Spread> {
     let v = sorted(values);
     Some(Spread {
         count: v.len() as u64,
-        p50: percentile(&v, 0.5),
-        p90: percentile(&v, 0.9),
-        p99: percentile(&v, 0.99),
-        max: v[v.len() - 1],
+        p50: round3(percentile(&v, 0.5)),
+        p90: round3(percentile(&v, 0.9)),
+        p99: round3(percentile(&v, 0.99)),
+        max: round3(v[v.len() - 1]),
     })
 }
 
@@ -410,7 +415,7 @@ fn eta_accuracy(rec: &Recorder) -> Option<EtaAccuracy> {
         if v.is_empty() {
             0.0
         } else {
-            percentile(&sorted(v), 0.5)
+            round3(percentile(&sorted(v), 0.5))
         }
     };
     let within = samples
@@ -424,7 +429,7 @@ fn eta_accuracy(rec: &Recorder) -> Option<EtaAccuracy> {
         ),
         median_shown_seconds: median(samples.iter().map(|s| s.shown).collect()),
         median_actual_seconds: median(samples.iter().map(|s| s.actual).collect()),
-        within_range_share: within / (samples.len() as f64 + overdue as f64),
+        within_range_share: round3(within / (samples.len() as f64 + overdue as f64)),
         overdue_not_admitted: overdue,
     })
 }

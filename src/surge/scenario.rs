@@ -61,18 +61,22 @@ pub struct Plan {
     pub script: Script,
     /// digue's `/metrics`, sampled during the run.
     pub admin: Option<Target>,
+    /// Seeds the mix of personas, think times and jitter.
     pub seed: u64,
 }
 
 /// An `http://host:port` address and a path on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// As given, for the report.
+    /// As given (with `/metrics` added to a bare admin URL), for the report.
     pub url: String,
+    /// Name or address to connect to (IPv6 without brackets).
     pub host: String,
+    /// 80 when the URL gives none.
     pub port: u16,
-    /// `host:port`, the `Host` header.
+    /// `host:port` as written, the `Host` header.
     pub authority: String,
+    /// `/` for a target; the metrics path for an admin URL.
     pub path: String,
 }
 
@@ -129,8 +133,11 @@ pub struct Mix {
 /// How long people (and bots) hold on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Patience {
+    /// An impatient pupil reloads the entry page this often while waiting.
     pub impatient_reload: Duration,
+    /// A quitter leaves after this long without getting in.
     pub give_up_after: Duration,
+    /// A bot requests the entry page this often (±20 %).
     pub bot_interval: Duration,
     /// Errors or timeouts in a row before a pupil stops trying.
     pub max_errors: u32,
@@ -145,6 +152,7 @@ pub struct Script {
     /// Think time before each step, uniform in this range.
     pub think_min: Duration,
     pub think_max: Duration,
+    /// The per-user requests, in order.
     pub steps: Vec<Step>,
 }
 
@@ -153,8 +161,11 @@ pub struct Script {
 /// pupil's number.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
+    /// `GET` unless the scenario says otherwise.
     pub method: http::Method,
+    /// Path and query, with placeholders.
     pub path: String,
+    /// Sent as `application/json`, with placeholders.
     pub body: Option<String>,
 }
 
@@ -285,9 +296,9 @@ impl Plan {
     /// Applies scenario text; problems are named by key path.
     fn apply_text(&mut self, text: &str, p: &mut Problems) {
         let mut unknown = Vec::new();
-        let raw: RawScenario = match toml::Deserializer::parse(text)
-            .and_then(|de| serde_ignored::deserialize(de, |path| unknown.push(key_path(&path))))
-        {
+        let raw: RawScenario = match toml::Deserializer::parse(text).and_then(|de| {
+            serde_ignored::deserialize(de, |path| unknown.push(crate::config::key_path(&path)))
+        }) {
             Ok(raw) => raw,
             Err(e) => {
                 p.0.push(e.to_string().trim_end().to_owned());
@@ -552,26 +563,6 @@ fn duration(raw: Option<String>, at: &str, p: &mut Problems) -> Option<Duration>
                 format!("{raw:?} is not a duration (write it like \"500ms\", \"30s\", \"10m\")"),
             );
             None
-        }
-    }
-}
-
-/// `script.step.0.x` as serde_ignored sees it → `script.step[0].x`.
-fn key_path(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path as P;
-    match path {
-        P::Root => String::new(),
-        P::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
-        P::Map { parent, key } => {
-            let parent = key_path(parent);
-            if parent.is_empty() {
-                key.clone()
-            } else {
-                format!("{parent}.{key}")
-            }
-        }
-        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
-            key_path(parent)
         }
     }
 }

@@ -1,0 +1,1181 @@
+//! Cluster mode end to end: several digue nodes, in this process, sharing
+//! one line and one admission budget per site through a real Redis that
+//! each test starts on a free port (and may kill, or restart empty).
+//!
+//! Nodes share a secret file and differ by `node_id`; they refresh their
+//! view of the line every 100 ms. Every client is a small cookie jar
+//! ([`Browser`]) that polls as the waiting page does (JSON). Every wait is
+//! bounded; rates are chosen so that a line either stands still for the
+//! whole test or moves fast enough to watch.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::Method;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep};
+
+use support::{Got, Origin, Proxy, Seen, get, reply, request, send};
+
+/// The gated entry point.
+const ENTRY: &str = "/pronote/eleve.html";
+const TICKET: &str = "digue_ticket";
+const PASS: &str = "digue_pass";
+const TOKEN: &str = "cluster-admin-token-for-tests-5c1e";
+const REACHABLE: &str = "shared store reachable";
+const UNREACHABLE: &str = "shared store UNREACHABLE";
+const CALLS: &str = "digue_cluster_redis_calls_total";
+/// Long enough for a node to connect, refresh and hear the others.
+const SETTLE: Duration = Duration::from_secs(5);
+
+// ---- Redis ----
+
+/// A `redis-server` of this test's own on a free loopback port, killed on drop.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        Redis::start_on(port).await
+    }
+
+    /// An empty Redis (no persistence) on `port`.
+    async fn start_on(port: u16) -> Redis {
+        let mut redis = Redis {
+            port,
+            child: Some(spawn_redis(port)),
+        };
+        redis.wait_for_pong().await;
+        redis
+    }
+
+    async fn wait_for_pong(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "redis-server exited at start ({status}); port {} taken?",
+                    self.port
+                );
+            }
+            if self.pong().await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} answers PING within 5 s",
+                self.port
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn pong(&self) -> bool {
+        let Ok(Ok(mut stream)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            TcpStream::connect(("127.0.0.1", self.port)),
+        )
+        .await
+        else {
+            return false;
+        };
+        if stream.write_all(b"PING\r\n").await.is_err() {
+            return false;
+        }
+        let mut buf = [0_u8; 7];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(200), stream.read_exact(&mut buf)).await,
+            Ok(Ok(_)) if &buf == b"+PONG\r\n"
+        )
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no goodbye to the clients, like a crashed or unplugged server.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    async fn restart_empty(&mut self) {
+        self.kill();
+        self.child = Some(spawn_redis(self.port));
+        self.wait_for_pong().await;
+    }
+}
+
+fn spawn_redis(port: u16) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--dir", &std::env::temp_dir().display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run redis-server ({e}): the cluster tests need a real Redis. \
+                 Install it with `apt-get install redis-server` (.ci/run does)"
+            )
+        })
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---- nodes ----
+
+/// A file in the temp directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    /// A secret (at least 16 bytes) shared by the nodes of one test.
+    fn secret() -> TempFile {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let file = TempFile(
+            std::env::temp_dir().join(format!("digue-cluster-{}-{n}-secret", std::process::id())),
+        );
+        std::fs::write(&file.0, format!("cluster-test-secret-{n}-0123456789abcdef"))
+            .expect("temp dir writable");
+        file
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What the nodes of one test share: Redis, the portal, the secret.
+struct Cluster {
+    redis: Redis,
+    origin: Origin,
+    secret: TempFile,
+}
+
+impl Cluster {
+    async fn start(origin: Origin) -> Cluster {
+        Cluster {
+            redis: Redis::start().await,
+            origin,
+            secret: TempFile::secret(),
+        }
+    }
+
+    /// A node named `id`; `cluster` is added to `[cluster]`, `site` after
+    /// the site's origin.
+    async fn node(&self, id: &str, cluster: &str, site: &str) -> Proxy {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             secret_file = \"{secret}\"\n\n\
+             [cluster]\nredis_url = \"{redis}\"\nrefresh_interval = \"100ms\"\n\
+             node_id = \"{id}\"\n{cluster}\n\n\
+             [[site]]\nname = \"portal\"\nhosts = [\"*\"]\norigin = \"{origin}\"\n{site}\n",
+            secret = self.secret.0.display(),
+            redis = self.redis.url(),
+            origin = self.origin.url(),
+        );
+        Proxy::from_toml_with(
+            &text,
+            digue::Options {
+                config_path: None,
+                admin_token: Some(TOKEN.to_owned()),
+            },
+        )
+        .await
+    }
+}
+
+/// `[site.admission]` gating [`ENTRY`]; one network may take many tickets
+/// (every client here comes from 127.0.0.1).
+fn admission(keys: &str) -> String {
+    format!(
+        "[site.admission]\npaths = [\"{ENTRY}\"]\ntickets_per_network_per_minute = 100000\n{keys}\n"
+    )
+}
+
+/// An origin answering `page {target}`, never storable.
+async fn portal() -> Origin {
+    Origin::start(|seen: &Seen| {
+        reply(
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("content-type", "text/html; charset=utf-8"),
+            ],
+            &format!("page {}", seen.target),
+        )
+    })
+    .await
+}
+
+async fn readyz(node: &Proxy) -> String {
+    get(&node.admin_url("/readyz"), &[]).await.text()
+}
+
+/// Waits until `/readyz` contains `needle`.
+async fn wait_readyz(node: &Proxy, needle: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let text = readyz(node).await;
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "within {limit:?} /readyz says {needle:?}; it still says {text:?}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until a metric satisfies `ok`; returns its value.
+async fn wait_metric(node: &Proxy, sample: &str, ok: impl Fn(f64) -> bool, limit: Duration) -> f64 {
+    let start = Instant::now();
+    loop {
+        let value = node.metric(sample).await;
+        if ok(value) {
+            return value;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "within {limit:?} {sample} reaches the expected value; it is {value}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every node reaches Redis and sees all the gated nodes.
+async fn all_ready(nodes: &[&Proxy]) {
+    for node in nodes {
+        wait_readyz(node, REACHABLE, SETTLE).await;
+        let n = nodes.len() as f64;
+        wait_metric(node, "digue_cluster_nodes", |v| v == n, SETTLE).await;
+    }
+}
+
+async fn admin(node: &Proxy, method: Method, path: &str, body: &str) -> Got {
+    let auth = format!("Bearer {TOKEN}");
+    send(request(
+        method,
+        &node.admin_url(path),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body,
+    ))
+    .await
+}
+
+/// The Redis round-trips counted by all these nodes.
+async fn calls(nodes: &[&Proxy]) -> f64 {
+    let mut total = 0.0;
+    for node in nodes {
+        total += node.metric(CALLS).await;
+    }
+    total
+}
+
+// ---- clients ----
+
+/// One `Set-Cookie` of digue's: the value, or `None` when it clears the cookie.
+fn set_cookie(got: &Got, name: &str) -> Option<Option<String>> {
+    got.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| {
+            let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
+            let value = pair.trim().strip_prefix(name)?.strip_prefix('=')?;
+            let cleared = value.is_empty()
+                || attrs
+                    .split(';')
+                    .any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
+            Some((!cleared).then(|| value.to_owned()))
+        })
+        .next_back()
+}
+
+/// One visitor: a jar for digue's two cookies, polling as the waiting page does.
+#[derive(Debug, Default, Clone)]
+struct Browser {
+    ticket: Option<String>,
+    pass: Option<String>,
+}
+
+impl Browser {
+    /// `GET ENTRY` as JSON with the jar's cookies; keeps what comes back.
+    async fn visit(&mut self, node: &Proxy) -> Got {
+        let cookie: Vec<String> = [
+            self.ticket.as_ref().map(|t| format!("{TICKET}={t}")),
+            self.pass.as_ref().map(|p| format!("{PASS}={p}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let cookie = cookie.join("; ");
+        let mut headers = vec![("accept", "application/json")];
+        if !cookie.is_empty() {
+            headers.push(("cookie", cookie.as_str()));
+        }
+        let got = get(&node.url(ENTRY), &headers).await;
+        if let Some(t) = set_cookie(&got, TICKET) {
+            self.ticket = t;
+        }
+        if let Some(p) = set_cookie(&got, PASS) {
+            self.pass = p;
+        }
+        got
+    }
+}
+
+fn json(got: &Got) -> Value {
+    assert_eq!(
+        got.header("content-type"),
+        Some("application/json"),
+        "a JSON answer ({}): {}",
+        got.status,
+        got.text()
+    );
+    serde_json::from_slice(&got.body).unwrap_or_else(|e| panic!("valid JSON ({e}): {}", got.text()))
+}
+
+/// What a JSON client may get at the gate: nothing else is acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Through to the portal, or `{"state":"admitted"}` for a ticket whose turn came.
+    Admitted,
+    Queued {
+        position: u64,
+        approximate: bool,
+    },
+    Closed,
+}
+
+/// Classifies an answer, failing on anything that is not the portal's page,
+/// the admitted JSON or the waiting room (a 502, a 504, another 5xx...).
+fn answer(got: &Got) -> Answer {
+    match got.status.as_u16() {
+        200 if got.header("content-type") == Some("application/json") => {
+            assert_eq!(json(got)["state"], "admitted", "{}", got.text());
+            Answer::Admitted
+        }
+        200 => {
+            assert_eq!(got.text(), format!("page {ENTRY}"), "the portal's page");
+            Answer::Admitted
+        }
+        503 => {
+            let j = json(got);
+            assert!(
+                got.header("retry-after").is_some(),
+                "the waiting room says when to poll again: {j}"
+            );
+            match j["state"].as_str() {
+                Some("queued") => Answer::Queued {
+                    position: j["position"].as_u64().expect("a numeric position"),
+                    approximate: j["approximate"].as_bool().expect("an approximate flag"),
+                },
+                Some("closed") => Answer::Closed,
+                _ => panic!("a 503 that is not the waiting room: {j}"),
+            }
+        }
+        status => panic!(
+            "only the portal's page or the waiting room, never {status}: {}",
+            got.text()
+        ),
+    }
+}
+
+fn queued_position(got: &Got) -> u64 {
+    match answer(got) {
+        Answer::Queued { position, .. } => position,
+        other => panic!("queued, not {other:?}: {}", got.text()),
+    }
+}
+
+// ---- one line ----
+
+#[tokio::test]
+async fn arrivals_alternating_between_nodes_stand_in_one_line_and_a_ticket_is_honoured_by_any_node()
+{
+    let cluster = Cluster::start(portal().await).await;
+    // One admission at once, then one a second: the arrivals below take
+    // milliseconds, so nobody's turn comes while they arrive.
+    let site = admission("new_users_per_minute = 60\nburst = 1");
+    let a = cluster.node("a", "", &site).await;
+    let b = cluster.node("b", "", &site).await;
+    all_ready(&[&a, &b]).await;
+
+    // Arrival i reaches B when i is even, A when odd.
+    let nodes = [&b, &a];
+    let mut first = Browser::default();
+    let got = first.visit(&b).await;
+    assert_eq!(answer(&got), Answer::Admitted, "the burst lets one in");
+    let mut arrivals = Vec::new();
+    let mut positions = Vec::new();
+    for i in 1..10 {
+        let mut browser = Browser::default();
+        let got = browser.visit(nodes[i % 2]).await;
+        positions.push(queued_position(&got));
+        assert!(browser.ticket.is_some(), "arrival {i} holds a ticket");
+        arrivals.push(browser);
+    }
+    assert!(
+        positions.windows(2).all(|w| w[1] > w[0]),
+        "arrivals alternating between A and B get strictly increasing positions: {positions:?}"
+    );
+    assert_eq!(
+        cluster.origin.count(ENTRY),
+        1,
+        "queued arrivals never reach the portal"
+    );
+
+    // Arrival 3 got its ticket from A; B reads it, keeps its place.
+    let mut from_a = arrivals[2].clone();
+    let issued = from_a.ticket.clone();
+    let got = from_a.visit(&b).await;
+    assert_eq!(
+        queued_position(&got),
+        positions[2],
+        "B gives A's ticket the place A gave it"
+    );
+    assert_eq!(from_a.ticket, issued, "B issues no new ticket for it");
+
+    let start = Instant::now();
+    loop {
+        let got = from_a.visit(&b).await;
+        if answer(&got) == Answer::Admitted {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "the ticket from A is admitted on B when its turn comes (at about 3 s): {}",
+            got.text()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(from_a.pass.is_some(), "B hands out a pass for A's ticket");
+    assert!(from_a.ticket.is_none(), "and clears the ticket");
+    let got = from_a.visit(&a).await;
+    assert_eq!(got.status, 200, "the pass from B lets it through on A");
+    assert_eq!(got.text(), format!("page {ENTRY}"), "the portal's page");
+}
+
+#[tokio::test]
+async fn the_admission_budget_holds_across_three_nodes_instead_of_tripling() {
+    let cluster = Cluster::start(portal().await).await;
+    let site = admission("new_users_per_minute = 600\nburst = 1");
+    let a = cluster.node("a", "", &site).await;
+    let b = cluster.node("b", "", &site).await;
+    let c = cluster.node("c", "", &site).await;
+    all_ready(&[&a, &b, &c]).await;
+    let nodes = [&a, &b, &c];
+
+    let start = Instant::now();
+    let mut admitted_by = [0_usize; 3];
+    let mut waiting = Vec::new();
+    for i in 0..60 {
+        let mut browser = Browser::default();
+        match answer(&browser.visit(nodes[i % 3]).await) {
+            Answer::Admitted => admitted_by[i % 3] += 1,
+            Answer::Queued { .. } => waiting.push(browser),
+            Answer::Closed => panic!("the site is open"),
+        }
+    }
+    let mut round = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        let mut still = Vec::new();
+        for (j, mut browser) in waiting.into_iter().enumerate() {
+            let n = (j + round) % 3;
+            match answer(&browser.visit(nodes[n]).await) {
+                Answer::Admitted => admitted_by[n] += 1,
+                Answer::Queued { .. } => still.push(browser),
+                Answer::Closed => panic!("the site is open"),
+            }
+        }
+        waiting = still;
+        round += 1;
+        sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let admitted: usize = admitted_by.iter().sum();
+    // The budget: the burst (1), then 10 a second. Slack of 3 for the
+    // rounding of Redis's clock against ours; the clock here starts before
+    // the first arrival and stops after the last poll, which only helps.
+    let bound = 1.0 + 10.0 * elapsed + 3.0;
+    println!(
+        "budget across 3 nodes: {admitted} admitted in {elapsed:.2} s \
+         (by node {admitted_by:?}), bound {bound:.1}, a budget per node would allow ~{:.0}",
+        3.0 * (1.0 + 10.0 * elapsed)
+    );
+    assert!(
+        admitted as f64 <= bound,
+        "3 nodes admit {admitted} in {elapsed:.2} s, more than one budget allows ({bound:.1})"
+    );
+    assert!(
+        admitted >= 10,
+        "the line moves at the budget's pace ({admitted} admitted in {elapsed:.2} s)"
+    );
+    assert!(
+        admitted_by.iter().all(|n| *n > 0),
+        "every node admits its share of the line: {admitted_by:?}"
+    );
+    assert!(
+        !waiting.is_empty(),
+        "60 arrivals outlast 3 s at 10 a second"
+    );
+}
+
+// ---- purges and live settings ----
+
+#[tokio::test]
+async fn a_hard_purge_on_one_node_invalidates_the_copy_on_another_within_a_second() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "bonjour").await;
+    let cluster = Cluster::start(origin).await;
+    let a = cluster.node("a", "", "").await;
+    let b = cluster.node("b", "", "").await;
+    for node in [&a, &b] {
+        wait_readyz(node, REACHABLE, SETTLE).await;
+        get(&node.url("/page"), &[]).await;
+        let hit = get(&node.url("/page"), &[]).await;
+        assert!(
+            hit.cache_status().starts_with("digue; hit"),
+            "each node holds a copy: {}",
+            hit.cache_status()
+        );
+    }
+    assert_eq!(cluster.origin.count("/page"), 2, "one fetch per node");
+
+    let got = admin(
+        &a,
+        Method::POST,
+        "/admin/purge",
+        r#"{"site":"portal","path":"/page","hard":true}"#,
+    )
+    .await;
+    assert_eq!(got.status, 200, "the purge is accepted: {}", got.text());
+    let purged = Instant::now();
+    loop {
+        let got = get(&b.url("/page"), &[]).await;
+        assert_eq!(got.text(), "bonjour");
+        if !got.cache_status().starts_with("digue; hit") {
+            break;
+        }
+        assert!(
+            purged.elapsed() < Duration::from_secs(1),
+            "within 1 s of the purge on A, B stops serving its copy: {}",
+            got.cache_status()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    println!("purge on A reached B in {:?}", purged.elapsed());
+    assert_eq!(
+        cluster.origin.count("/page"),
+        3,
+        "B fetched the page again from the portal"
+    );
+}
+
+/// Asserts that `node`'s `GET /admin/sites` shows the change made on A.
+async fn shows_the_change(node: &Proxy, name: &str) {
+    let got = admin(node, Method::GET, "/admin/sites", "").await;
+    assert_eq!(got.status, 200, "{name}: {}", got.text());
+    let admission = json(&got)["sites"][0]["admission"].clone();
+    assert_eq!(
+        admission["mode"], "closed",
+        "{name}'s /admin/sites shows the change: {admission}"
+    );
+    assert_eq!(
+        admission["new_users_per_minute"], 120,
+        "{name}'s /admin/sites shows the new rate: {admission}"
+    );
+}
+
+const CHANGE: &str = r#"{"mode":"closed","new_users_per_minute":120}"#;
+
+#[tokio::test]
+async fn an_admin_change_on_one_node_applies_on_the_others_within_a_second() {
+    let cluster = Cluster::start(portal().await).await;
+    let site = admission("new_users_per_minute = 600\nburst = 50");
+    let a = cluster.node("a", "", &site).await;
+    let b = cluster.node("b", "", &site).await;
+    all_ready(&[&a, &b]).await;
+    assert_eq!(
+        answer(&Browser::default().visit(&b).await),
+        Answer::Admitted,
+        "before the change B lets newcomers in"
+    );
+
+    let got = admin(&a, Method::PATCH, "/admin/sites/portal/admission", CHANGE).await;
+    assert_eq!(got.status, 200, "the change is accepted: {}", got.text());
+    let changed = Instant::now();
+    loop {
+        let got = Browser::default().visit(&b).await;
+        if answer(&got) == Answer::Closed {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(1),
+            "within 1 s of the change on A, a newcomer on B finds the site closed: {}",
+            got.text()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    println!("admin change on A reached B in {:?}", changed.elapsed());
+    shows_the_change(&b, "B").await;
+}
+
+#[tokio::test]
+#[ignore = "digue bug: a node started after an admin change often keeps its file's settings: \
+            cluster::catch_up returns early when the connection manager is not connected yet \
+            (the pub/sub subscription won the race) and never runs again"]
+async fn nodes_started_after_an_admin_change_pick_it_up_from_redis() {
+    let cluster = Cluster::start(portal().await).await;
+    let site = admission("new_users_per_minute = 600\nburst = 50");
+    let a = cluster.node("a", "", &site).await;
+    all_ready(&[&a]).await;
+    let got = admin(&a, Method::PATCH, "/admin/sites/portal/admission", CHANGE).await;
+    assert_eq!(got.status, 200, "the change is accepted: {}", got.text());
+
+    // Each start is a new race between the node's two connections to
+    // Redis; five starts make a lost race all but certain to show.
+    for i in 0..5 {
+        let name = format!("late node {i}");
+        let late = cluster.node(&format!("late{i}"), "", &site).await;
+        wait_readyz(&late, REACHABLE, SETTLE).await;
+        let started = Instant::now();
+        loop {
+            let got = admin(&late, Method::GET, "/admin/sites", "").await;
+            if json(&got)["sites"][0]["admission"]["mode"] == "closed" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{name}, started after the change and reaching Redis, picks the change up \
+                 from Redis within 2 s: {}",
+                got.text()
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+        shows_the_change(&late, &name).await;
+        assert_eq!(
+            answer(&Browser::default().visit(&late).await),
+            Answer::Closed,
+            "newcomers on {name} find the site closed too"
+        );
+    }
+}
+
+// ---- Redis failing ----
+
+#[tokio::test]
+async fn killing_redis_mid_surge_keeps_sessions_and_places_and_admits_newcomers_at_a_local_share() {
+    let mut cluster = Cluster::start(portal().await).await;
+    let site = admission("new_users_per_minute = 600\nburst = 2");
+    let a = cluster.node("a", "", &site).await;
+    let b = cluster.node("b", "", &site).await;
+    all_ready(&[&a, &b]).await;
+    let nodes = [&a, &b];
+
+    // The surge: the burst enters (one on each node), the rest queue.
+    let mut admitted = Vec::new();
+    let mut queued = Vec::new();
+    for i in 0..40 {
+        let mut browser = Browser::default();
+        match answer(&browser.visit(nodes[i % 2]).await) {
+            Answer::Admitted => admitted.push(browser),
+            Answer::Queued { .. } => queued.push(browser),
+            Answer::Closed => panic!("the site is open"),
+        }
+    }
+    assert!(
+        admitted.len() >= 2,
+        "the burst of 2 entered: {}",
+        admitted.len()
+    );
+    cluster.redis.kill();
+    for node in nodes {
+        wait_readyz(node, UNREACHABLE, Duration::from_secs(3)).await;
+        assert!(
+            readyz(node).await.contains("failing static"),
+            "/readyz names the policy: {}",
+            readyz(node).await
+        );
+        assert_eq!(
+            node.metric("digue_cluster_store_up").await,
+            0.0,
+            "the metric says the store is down"
+        );
+    }
+
+    // The back of the line: far from its turn for the whole outage.
+    let mut far_back = queued.split_off(queued.len() - 10);
+    // Newcomers arrive concurrently, 3 every 50 ms on each node (60 a
+    // second each, far above the local share), while sessions and the
+    // line keep polling.
+    let mut arrivals = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    let mut entered_on = [0_usize; 2];
+    let (mut polls, mut sessions) = (0, 0);
+    let mut slowest_local = Duration::ZERO;
+    let mut round = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        for n in [0, 1] {
+            for _ in 0..3 {
+                let url = nodes[n].url(ENTRY);
+                arrivals.spawn(async move {
+                    let sent = Instant::now();
+                    let got = get(&url, &[("accept", "application/json")]).await;
+                    (n, got, sent.elapsed())
+                });
+            }
+        }
+        let local = Instant::now();
+        for browser in &mut admitted {
+            for node in nodes {
+                let got = browser.visit(node).await;
+                assert_eq!(
+                    got.status,
+                    200,
+                    "an admitted user keeps going while Redis is down: {}",
+                    got.text()
+                );
+                sessions += 1;
+            }
+        }
+        for (j, browser) in far_back.iter_mut().enumerate() {
+            let got = browser.visit(nodes[(j + round) % 2]).await;
+            match answer(&got) {
+                Answer::Queued { approximate, .. } => assert!(
+                    approximate,
+                    "a queued user sees the waiting page, its ETA marked approximate: {}",
+                    got.text()
+                ),
+                other => panic!("the back of the line keeps waiting, got {other:?}"),
+            }
+            polls += 1;
+        }
+        slowest_local = slowest_local.max(local.elapsed());
+        // The front of the line shares a node's local budget with newcomers.
+        for n in [0, 1] {
+            let front = round % queued.len().max(1);
+            if let Some(browser) = queued.get_mut(front) {
+                match answer(&browser.visit(nodes[n]).await) {
+                    Answer::Admitted => {
+                        entered_on[n] += 1;
+                        queued.remove(front);
+                    }
+                    Answer::Queued { .. } => {}
+                    Answer::Closed => panic!("fail static, not closed"),
+                }
+            }
+        }
+        round += 1;
+        sleep(Duration::from_millis(50)).await;
+    }
+    let mut newcomers = 0;
+    let mut latencies = Vec::new();
+    while let Some(done) = arrivals.join_next().await {
+        let (n, got, took) = done.expect("a newcomer's request completes");
+        newcomers += 1;
+        latencies.push(took);
+        match answer(&got) {
+            Answer::Admitted => entered_on[n] += 1,
+            Answer::Queued { approximate, .. } => {
+                assert!(approximate, "an approximate ETA: {}", got.text());
+            }
+            Answer::Closed => panic!("fail static, not closed"),
+        }
+    }
+    // Admissions are decided from the first request to the last answer.
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort();
+    let median_newcomer = latencies[latencies.len() / 2];
+    // 600/min over 2 known nodes: 5 a second each, burst 2/2 = 1; one more
+    // for rounding at the window's edges.
+    let bound = 1.0 + 5.0 * elapsed + 1.0;
+    println!(
+        "Redis down for {elapsed:.2} s: admitted {entered_on:?} by node (bound {bound:.1} each) \
+         of {newcomers} newcomers (median answer in {median_newcomer:?}); {polls} polls from the \
+         back and {sessions} session requests (slowest round {slowest_local:?})"
+    );
+    for (n, entered) in entered_on.iter().enumerate() {
+        assert!(
+            *entered as f64 <= bound,
+            "node {n} admits {entered} in {elapsed:.2} s, more than its local share ({bound:.1})"
+        );
+        assert!(
+            *entered as f64 >= 2.5 * elapsed,
+            "node {n} admits newcomers at about its local share of 5 a second \
+             (fail static, not closed): {entered} in {elapsed:.2} s"
+        );
+    }
+}
+
+#[tokio::test]
+async fn restarting_redis_empty_keeps_one_global_order_without_reissuing_tickets() {
+    let mut cluster = Cluster::start(portal().await).await;
+    // One a second: the last of 30 tickets waits far longer than the test.
+    let site = admission("new_users_per_minute = 60\nburst = 1");
+    let a = cluster.node("a", "", &site).await;
+    let b = cluster.node("b", "", &site).await;
+    all_ready(&[&a, &b]).await;
+    let nodes = [&a, &b];
+    let mut last = Browser::default();
+    for i in 0..30 {
+        last = Browser::default();
+        answer(&last.visit(nodes[i % 2]).await);
+    }
+    let before = queued_position(&last.visit(&a).await);
+    let epoch = a.metric("digue_cluster_epoch").await;
+    assert!(epoch >= 1.0, "an epoch is known: {epoch}");
+
+    cluster.redis.kill();
+    for node in nodes {
+        wait_readyz(node, UNREACHABLE, Duration::from_secs(3)).await;
+    }
+    cluster.redis.restart_empty().await;
+    for node in nodes {
+        wait_readyz(node, REACHABLE, Duration::from_secs(10)).await;
+        wait_metric(
+            node,
+            "digue_cluster_epoch",
+            |e| e > epoch,
+            Duration::from_secs(2),
+        )
+        .await;
+    }
+
+    let mut positions = Vec::new();
+    for i in 0..6 {
+        let node = nodes[i % 2];
+        let mut newcomer = Browser::default();
+        let position = queued_position(&newcomer.visit(node).await);
+        let old = queued_position(&last.visit(node).await);
+        assert!(
+            position > old,
+            "a ticket taken after the restart (position {position} on node {i}) stands \
+             behind the last one taken before it (position {old})"
+        );
+        assert!(
+            old <= before,
+            "the line never moves back: the old ticket was at {before}, now at {old}"
+        );
+        positions.push(position);
+    }
+    assert!(
+        positions.windows(2).all(|w| w[1] > w[0]),
+        "after the restart, arrivals on A and B still make one line: {positions:?}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "digue bug: after Redis restarts empty the counters are fenced only by the first \
+            caller's view, so a node whose view is one refresh old reissues ticket numbers \
+            another node already handed out"]
+async fn a_node_whose_view_is_a_moment_old_never_reissues_a_ticket_after_redis_restarts_empty() {
+    let mut cluster = Cluster::start(portal().await).await;
+    let site = admission("new_users_per_minute = 60\nburst = 1");
+    let a = cluster.node("a", "", &site).await;
+    let b = cluster.node("b", "", &site).await;
+    all_ready(&[&a, &b]).await;
+    for (i, node) in [&a, &b, &a, &b, &a].into_iter().enumerate() {
+        let got = Browser::default().visit(node).await;
+        assert!(
+            matches!(answer(&got), Answer::Admitted | Answer::Queued { .. }),
+            "arrival {i}: {}",
+            got.text()
+        );
+    }
+    sleep(Duration::from_millis(300)).await;
+    // A surge on A, then Redis dies before B's next refresh (100 ms) has
+    // seen all of it: B's view is a moment old, as in any real surge.
+    let mut last = Browser::default();
+    for _ in 0..10 {
+        last = Browser::default();
+        queued_position(&last.visit(&a).await);
+    }
+    cluster.redis.restart_empty().await;
+
+    let start = Instant::now();
+    let position = loop {
+        // While B reconnects it fails static (admits at its share or
+        // answers without a ticket); the first ticket it hands out counts.
+        let got = Browser::default().visit(&b).await;
+        if let Answer::Queued {
+            position,
+            approximate: false,
+        } = answer(&got)
+        {
+            break position;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "B hands out tickets again within 10 s of Redis's return"
+        );
+        sleep(Duration::from_millis(10)).await;
+    };
+    let old = queued_position(&last.visit(&b).await);
+    assert!(
+        position > old,
+        "the first ticket B hands out after the restart (position {position}) stands behind \
+         the last ticket A handed out before it (position {old}); in front means its number \
+         was handed out twice"
+    );
+}
+
+#[tokio::test]
+#[ignore = "digue bug: turns handed out but not yet claimed are lost when Redis restarts \
+            empty; their holders are told they missed it and get a new ticket at the back"]
+async fn a_ticket_whose_turn_came_just_before_redis_restarted_empty_keeps_its_turn() {
+    let mut cluster = Cluster::start(portal().await).await;
+    let site = admission("new_users_per_minute = 600\nburst = 1");
+    let a = cluster.node("a", "", &site).await;
+    let b = cluster.node("b", "", &site).await;
+    all_ready(&[&a, &b]).await;
+    let nodes = [&a, &b];
+    let mut queued = Vec::new();
+    for i in 0..30 {
+        let mut browser = Browser::default();
+        if let Answer::Queued { .. } = answer(&browser.visit(nodes[i % 2]).await) {
+            queued.push(browser);
+        }
+    }
+    // Ten turns a second: after a second the first tickets' turns have
+    // come, and they may be claimed for the next 60 s (claim_window).
+    sleep(Duration::from_secs(1)).await;
+    let mut front = queued[2].clone();
+    let ticket = front.ticket.clone();
+    cluster.redis.kill();
+    for node in nodes {
+        wait_readyz(node, UNREACHABLE, Duration::from_secs(3)).await;
+    }
+    cluster.redis.restart_empty().await;
+    for node in nodes {
+        wait_readyz(node, REACHABLE, Duration::from_secs(10)).await;
+    }
+
+    let start = Instant::now();
+    loop {
+        let got = front.visit(&a).await;
+        let seen = answer(&got);
+        if seen == Answer::Admitted {
+            break;
+        }
+        assert_eq!(
+            front.ticket, ticket,
+            "the third in line, whose turn came a second before Redis restarted, keeps its \
+             ticket; it was given a new one: {seen:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the third in line is admitted after the restart: {}",
+            got.text()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_on_store_failure_closed_newcomers_find_the_site_closed_while_redis_is_down() {
+    let mut cluster = Cluster::start(portal().await).await;
+    let site = admission("new_users_per_minute = 600\nburst = 5");
+    let node = cluster
+        .node("a", "on_store_failure = \"closed\"", &site)
+        .await;
+    all_ready(&[&node]).await;
+    let mut inside = Browser::default();
+    assert_eq!(answer(&inside.visit(&node).await), Answer::Admitted);
+
+    cluster.redis.kill();
+    wait_readyz(&node, "UNREACHABLE: failing closed", Duration::from_secs(3)).await;
+    for _ in 0..5 {
+        let got = Browser::default().visit(&node).await;
+        assert_eq!(
+            answer(&got),
+            Answer::Closed,
+            "a newcomer finds the site closed: {}",
+            got.text()
+        );
+    }
+    assert_eq!(
+        inside.visit(&node).await.status,
+        200,
+        "a session admitted before keeps going"
+    );
+}
+
+#[tokio::test]
+async fn with_on_store_failure_open_newcomers_go_straight_through_while_redis_is_down() {
+    let mut cluster = Cluster::start(portal().await).await;
+    let site = admission("new_users_per_minute = 60\nburst = 1");
+    let node = cluster
+        .node("a", "on_store_failure = \"open\"", &site)
+        .await;
+    all_ready(&[&node]).await;
+    assert_eq!(
+        answer(&Browser::default().visit(&node).await),
+        Answer::Admitted
+    );
+    assert!(
+        matches!(
+            answer(&Browser::default().visit(&node).await),
+            Answer::Queued { .. }
+        ),
+        "with Redis up the budget of 1 is spent"
+    );
+
+    cluster.redis.kill();
+    wait_readyz(&node, "UNREACHABLE: failing open", Duration::from_secs(3)).await;
+    for _ in 0..10 {
+        let got = Browser::default().visit(&node).await;
+        assert_eq!(got.status, 200, "a newcomer goes through: {}", got.text());
+        assert_eq!(got.text(), format!("page {ENTRY}"), "the portal's page");
+    }
+}
+
+// ---- Redis load ----
+
+/// Redis calls a second of all `nodes` when nobody arrives (view refreshes).
+async fn idle_rate(nodes: &[&Proxy], over: Duration) -> f64 {
+    let (c0, t0) = (calls(nodes).await, Instant::now());
+    sleep(over).await;
+    (calls(nodes).await - c0) / t0.elapsed().as_secs_f64()
+}
+
+#[tokio::test]
+async fn each_admitted_user_costs_at_most_three_redis_calls_beyond_the_view_refreshes() {
+    let cluster = Cluster::start(portal().await).await;
+    let site = admission("new_users_per_minute = 1200\nburst = 1");
+    let a = cluster.node("a", "", &site).await;
+    let b = cluster.node("b", "", &site).await;
+    all_ready(&[&a, &b]).await;
+    let nodes = [&a, &b];
+    let idle = idle_rate(&nodes, Duration::from_secs(2)).await;
+
+    const N: usize = 40;
+    let (c0, t0) = (calls(&nodes).await, Instant::now());
+    let mut waiting = Vec::new();
+    let mut admitted = 0;
+    for i in 0..N {
+        let mut browser = Browser::default();
+        match answer(&browser.visit(nodes[i % 2]).await) {
+            Answer::Admitted => admitted += 1,
+            Answer::Queued { .. } => waiting.push(browser),
+            Answer::Closed => panic!("the site is open"),
+        }
+    }
+    let (c1, t1) = (calls(&nodes).await, Instant::now());
+    let mut polls = 0;
+    let mut round = 0;
+    while !waiting.is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "40 arrivals at 20 a second are all admitted within 10 s ({} still wait)",
+            waiting.len()
+        );
+        let mut still = Vec::new();
+        for (j, mut browser) in waiting.into_iter().enumerate() {
+            polls += 1;
+            match answer(&browser.visit(nodes[(j + round) % 2]).await) {
+                Answer::Admitted => admitted += 1,
+                Answer::Queued { .. } => still.push(browser),
+                Answer::Closed => panic!("the site is open"),
+            }
+        }
+        waiting = still;
+        round += 1;
+        sleep(Duration::from_millis(50)).await;
+    }
+    let (c2, t2) = (calls(&nodes).await, Instant::now());
+    let arrivals = (c1 - c0) - idle * (t1 - t0).as_secs_f64();
+    let total = (c2 - c0) - idle * (t2 - t0).as_secs_f64();
+    let per_arrival = arrivals / N as f64;
+    let per_admitted = total / admitted as f64;
+    println!(
+        "Redis calls, 2 nodes at 100 ms refresh: idle {idle:.1}/s; {N} arrivals cost {arrivals:.1} \
+         ({per_arrival:.2} each); admitting all {admitted} through the line with {polls} polls \
+         cost {total:.1} ({per_admitted:.2} per admitted user) beyond the refreshes, \
+         in {:.2} s",
+        (t2 - t0).as_secs_f64()
+    );
+    assert_eq!(admitted, N, "everybody got in");
+    assert!(
+        per_arrival <= 1.5,
+        "an arrival costs about one Redis call, not {per_arrival:.2}"
+    );
+    assert!(
+        per_admitted <= 3.0,
+        "an admitted user costs at most 3 Redis calls beyond the refreshes, not {per_admitted:.2}"
+    );
+}
+
+#[tokio::test]
+async fn polling_waiting_tickets_is_answered_from_the_view_without_redis_calls() {
+    let cluster = Cluster::start(portal().await).await;
+    // One a minute: after the first, nobody's turn comes during the test.
+    let site = admission("new_users_per_minute = 1\nburst = 1");
+    let a = cluster.node("a", "", &site).await;
+    let b = cluster.node("b", "", &site).await;
+    all_ready(&[&a, &b]).await;
+    let nodes = [&a, &b];
+    let mut waiting = Vec::new();
+    for i in 0..21 {
+        let mut browser = Browser::default();
+        if let Answer::Queued { .. } = answer(&browser.visit(nodes[i % 2]).await) {
+            waiting.push(browser);
+        }
+    }
+    assert_eq!(waiting.len(), 20, "all but the first wait");
+    let idle = idle_rate(&nodes, Duration::from_secs(2)).await;
+
+    let (c0, t0) = (calls(&nodes).await, Instant::now());
+    let mut polls = 0_usize;
+    while t0.elapsed() < Duration::from_secs(2) {
+        for (j, browser) in waiting.iter_mut().enumerate() {
+            queued_position(&browser.visit(nodes[(j + polls) % 2]).await);
+            polls += 1;
+        }
+    }
+    let (c1, t1) = (calls(&nodes).await, Instant::now());
+    let extra = (c1 - c0) - idle * (t1 - t0).as_secs_f64();
+    println!(
+        "Redis calls, 2 nodes at 100 ms refresh: idle {idle:.1}/s; {polls} polls of waiting \
+         tickets in {:.2} s cost {extra:.1} beyond the refreshes ({:.4} per poll)",
+        (t1 - t0).as_secs_f64(),
+        extra / polls as f64
+    );
+    assert!(polls >= 200, "enough polls to see a cost: {polls}");
+    // The refresh ticks of 2 nodes (2 calls each) can fall either side of
+    // the window's two ends: up to 8 calls of jitter.
+    assert!(
+        extra <= 8.0,
+        "{polls} polls cost no Redis calls beyond the refreshes, not {extra:.1}"
+    );
+}
