@@ -309,6 +309,11 @@ async fn listen_once(app: &App, cluster: &Cluster) -> redis::RedisResult<()> {
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timeout")))??;
     pubsub.subscribe(EVENTS).await?;
+    // The command connection may come up after the subscription; catching up
+    // needs it.
+    while !cluster.connect().await {
+        tokio::time::sleep(RETRY).await;
+    }
     catch_up(app, cluster).await;
     let mut messages = pubsub.on_message();
     while let Some(msg) = messages.next().await {

@@ -4,6 +4,7 @@
 --   refresh: report the view (heartbeat of the calling node)
 --   arrive:  admit a newcomer at once if nobody waits, else a ticket
 --   claim:   a ticket holder asks whether its turn came
+--   restore: after a reset, give back the turns this node knew (ARGV[14..])
 -- Time comes from Redis (TIME), so nodes' clocks do not matter. Counters
 -- are fenced: they never go below what the calling node already knew, so a
 -- Redis restart or failover (empty or older data) never reissues a ticket
@@ -22,17 +23,23 @@ local known_issued = tonumber(ARGV[9])
 local known_cursor = tonumber(ARGV[10])
 local ticket = tonumber(ARGV[11])
 local may_enter = ARGV[12] == '1'
+-- Tickets other nodes may have issued since the caller's view was taken:
+-- skipped over after a reset, so no number is ever issued twice.
+local margin = tonumber(ARGV[13])
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local epoch = tonumber(redis.call('GET', K_epoch) or '0')
+local issued = math.max(tonumber(redis.call('GET', K_issued) or '0'), known_issued)
+local cursor = math.max(tonumber(redis.call('GET', K_cursor) or '0'), known_cursor)
 if epoch == 0 then
   epoch = known_epoch + 1
   redis.call('SET', K_epoch, epoch)
+  if known_epoch > 0 then
+    issued = issued + margin
+  end
 end
-local issued = math.max(tonumber(redis.call('GET', K_issued) or '0'), known_issued)
-local cursor = math.max(tonumber(redis.call('GET', K_cursor) or '0'), known_cursor)
 
 redis.call('ZADD', K_nodes, now, node)
 redis.call('HSET', K_active, node, node_active)
@@ -73,7 +80,14 @@ end
 redis.call('ZREMRANGEBYSCORE', K_claims, '-inf', now - 60000000)
 
 local state, number = 'view', 0
-if op == 'arrive' then
+if op == 'restore' then
+  for i = 14, #ARGV do
+    local t = tonumber(ARGV[i])
+    if t <= cursor and redis.call('ZSCORE', K_turns, t) == false then
+      redis.call('ZADD', K_turns, now, t)
+    end
+  end
+elseif op == 'arrive' then
   if may_enter and cursor >= issued and room() and take() then
     state = 'admitted'
     redis.call('ZADD', K_claims, now, now .. ':' .. node .. ':a')

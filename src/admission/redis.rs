@@ -32,9 +32,16 @@ use crate::cluster::Cluster;
 
 /// Longest wait for Redis before the node decides it is unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Ticket numbers skipped after a reset on top of the measured arrivals:
+/// those issued by other nodes since the caller's view may be in use.
+const RESET_MARGIN_TICKETS: u64 = 100;
+
+/// What the script returns: state, ticket, epoch, issued, cursor, nodes,
+/// claims in the last minute, their span (ms), turns missed, turns pending.
+type Reply = (String, u64, u64, u64, u64, u64, u64, u64, u64, Vec<u64>);
 
 /// What the node last learned from Redis.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct View {
     epoch: u64,
     issued: u64,
@@ -45,6 +52,10 @@ struct View {
     /// Admissions per second measured from claims (0 until known).
     rate: f64,
     missed: u64,
+    /// Tickets issued per second cluster-wide, from refresh to refresh.
+    issued_per_second: f64,
+    /// When the last refresh was taken.
+    at: Instant,
 }
 
 /// One site's line in Redis, with this node's view of it.
@@ -79,8 +90,15 @@ impl RedisLine {
             script: Script::new(include_str!("line.lua")),
             keys,
             view: Mutex::new(View {
+                epoch: 0,
+                issued: 0,
+                cursor: 0,
+                turns: HashSet::new(),
                 nodes: 1,
-                ..View::default()
+                rate: 0.0,
+                missed: 0,
+                issued_per_second: 0.0,
+                at: Instant::now(),
             }),
             healthy: AtomicBool::new(false),
             fallback: Mutex::new(Gcra::new(params.per_minute, params.burst)),
@@ -97,6 +115,9 @@ impl RedisLine {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// One run of the script, updating the view. A reset of the store
+    /// (an empty Redis after a restart or failover) is repaired on the spot:
+    /// the turns this node knew are given back, and a claim is asked again.
     async fn call(
         &self,
         op: &str,
@@ -105,10 +126,48 @@ impl RedisLine {
         may_enter: bool,
     ) -> Result<(String, u64), Unreachable> {
         let known = self.view();
+        let reply = self
+            .invoke(op, params, &known, ticket, may_enter, &[])
+            .await?;
+        let reset = known.epoch > 0 && reply.2 > known.epoch;
+        self.update(op, ticket, reply.clone());
+        if !reset {
+            return Ok((reply.0, reply.1));
+        }
+        tracing::warn!(
+            epoch = reply.2,
+            "the shared store lost its state; counters fenced, turns restored"
+        );
+        let turns: Vec<u64> = known.turns.iter().copied().collect();
+        let restored = self
+            .invoke("restore", params, &self.view(), 0, false, &turns)
+            .await?;
+        self.update("restore", 0, restored);
+        if op != "claim" {
+            return Ok((reply.0, reply.1));
+        }
+        let again = self
+            .invoke(op, params, &self.view(), ticket, may_enter, &[])
+            .await?;
+        self.update(op, ticket, again.clone());
+        Ok((again.0, again.1))
+    }
+
+    async fn invoke(
+        &self,
+        op: &str,
+        params: &Params,
+        known: &View,
+        ticket: u64,
+        may_enter: bool,
+        turns: &[u64],
+    ) -> Result<Reply, Unreachable> {
         let mut invocation = self.script.prepare_invoke();
         for k in &self.keys {
             invocation.key(k);
         }
+        // Tickets others may have issued since this view: ~2 s of arrivals.
+        let margin = (known.issued_per_second * 2.0) as u64 + RESET_MARGIN_TICKETS;
         invocation
             .arg(op)
             .arg(params.per_minute)
@@ -121,27 +180,47 @@ impl RedisLine {
             .arg(known.issued)
             .arg(known.cursor)
             .arg(ticket)
-            .arg(if may_enter { "1" } else { "0" });
+            .arg(if may_enter { "1" } else { "0" })
+            .arg(margin);
+        for t in turns {
+            invocation.arg(*t);
+        }
         let Some(mut conn) = self.cluster.conn() else {
             self.healthy.store(false, Ordering::Relaxed);
             return Err(Unreachable);
         };
-        type Reply = (String, u64, u64, u64, u64, u64, u64, u64, u64, Vec<u64>);
-        let reply: Result<Reply, _> =
+        let reply =
             match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await {
-                Ok(r) => r.map_err(|e| {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "redis call failed");
-                }),
-                Err(_) => Err(()),
+                    self.healthy.store(false, Ordering::Relaxed);
+                    return Err(Unreachable);
+                }
+                Err(_) => {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    return Err(Unreachable);
+                }
             };
-        let Ok((state, number, epoch, issued, cursor, nodes, claims, span_ms, missed, turns)) =
-            reply
-        else {
-            self.healthy.store(false, Ordering::Relaxed);
-            return Err(Unreachable);
-        };
         self.healthy.store(true, Ordering::Relaxed);
+        Ok(reply)
+    }
+
+    fn update(&self, op: &str, ticket: u64, reply: Reply) {
+        let (_, _, epoch, issued, cursor, nodes, claims, span_ms, missed, turns) = reply;
         let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if op == "refresh" {
+            let elapsed = now.saturating_duration_since(view.at).as_secs_f64();
+            if elapsed > 0.0 && view.issued > 0 {
+                let grown = issued.saturating_sub(view.issued) as f64;
+                view.issued_per_second = grown / elapsed;
+            }
+            view.at = now;
+            view.turns = turns.into_iter().collect();
+        } else if op == "claim" {
+            view.turns.remove(&ticket);
+        }
         view.epoch = epoch;
         view.issued = view.issued.max(issued);
         view.cursor = view.cursor.max(cursor);
@@ -152,12 +231,6 @@ impl RedisLine {
             0.0
         };
         view.missed = missed;
-        if op == "refresh" {
-            view.turns = turns.into_iter().collect();
-        } else if op == "claim" {
-            view.turns.remove(&ticket);
-        }
-        Ok((state, number))
     }
 
     /// Refreshes this node's view: one call per node per interval.
@@ -167,7 +240,14 @@ impl RedisLine {
 
     /// A newcomer. Fail static: at the local share of the budget.
     pub async fn arrive(&self, params: &Params, may_enter: bool, now: Instant) -> Arrival {
-        if let Ok((state, number)) = self.call("arrive", params, 0, may_enter).await {
+        // While the store is down, newcomers do not wait for a call to time
+        // out: the refresh loop finds out when it is back.
+        let reply = if self.healthy() {
+            self.call("arrive", params, 0, may_enter).await
+        } else {
+            Err(Unreachable)
+        };
+        if let Ok((state, number)) = reply {
             if state == "admitted" {
                 return Arrival::Admitted;
             }
@@ -201,7 +281,8 @@ impl RedisLine {
                 Err(Unreachable) => {}
             }
         }
-        // Redis is away: the place is kept; the line moves at the local share.
+        // Redis is away: the place is kept; only a turn this node saw come
+        // can be taken, at the local share (the line itself waits for Redis).
         if ticket <= view.cursor + 1 && self.local_share(params, now) {
             return Claim::Admitted;
         }
