@@ -12,8 +12,9 @@ use digue::{App, Options};
 /// The example config shipped at the root of the repository; `digue demo`
 /// runs it against the built-in demo portal.
 const EXAMPLE_CONFIG: &str = include_str!("../config.toml");
-/// The demo's admission rate: low enough that a few browser tabs make a line.
-const DEMO_USERS_PER_MINUTE: u32 = 6;
+/// The demo's admission rate: low enough that a few browser tabs make a
+/// line, high enough that a short `digue surge` sees it drain.
+const DEMO_USERS_PER_MINUTE: u32 = 20;
 
 #[derive(Parser)]
 #[command(
