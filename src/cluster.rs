@@ -275,13 +275,15 @@ async fn refresh_views(app: Arc<App>, cluster: Arc<Cluster>) {
             continue;
         }
         let mut all_ok = true;
+        let mut lines = 0;
         for site in &app.snapshot().sites {
             if let (Some(gate), Some(cfg)) = (&site.gate, &site.config.admission) {
                 all_ok &= gate.refresh(cfg).await;
+                lines += 1;
             }
         }
-        if all_ok {
-            // Sites without a line still need to know the store is there.
+        if lines == 0 {
+            // No line refreshed: a ping tells whether the store is there.
             if let Some(mut conn) = cluster.conn() {
                 let ping: Result<Result<String, _>, _> = tokio::time::timeout(
                     CONNECT_TIMEOUT,

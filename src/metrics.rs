@@ -160,7 +160,8 @@ impl Metrics {
             responses: counter(
                 &r,
                 "digue_responses_total",
-                "Responses sent downstream by status class (2xx..5xx).",
+                "Responses sent downstream by status class (2xx..5xx), waiting-room answers \
+                 excluded (they are digue_waiting_pages_total), so a 5xx alert means trouble.",
                 &["site", "class"],
             ),
             stale: counter(

@@ -82,7 +82,6 @@ pub async fn handle(
         from,
     };
     let res = ctx.serve(req).await;
-    ctx.site.metrics.response(res.status());
     if let Some((started, method, path)) = access {
         log_access(&ctx, &method, &path, &res, started);
     }
@@ -221,6 +220,7 @@ impl Ctx {
             {
                 Verdict::Proceed(cookies) => pass_cookies = cookies,
                 Verdict::AdmittedJson(cookies) => {
+                    self.site.metrics.response(StatusCode::OK);
                     return with_cookies(pages::admitted_json(), cookies);
                 }
                 Verdict::Wait(w) => {
@@ -240,6 +240,9 @@ impl Ctx {
             }
         }
         let res = self.serve_admitted(parts, body).await;
+        // Waiting-room answers are counted apart (digue_waiting_pages_total):
+        // a 5xx alert must not fire on every well-handled surge.
+        self.site.metrics.response(res.status());
         with_cookies(res, pass_cookies)
     }
 
