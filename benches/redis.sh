@@ -23,8 +23,8 @@
 set -euo pipefail
 {
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+LOG_TAG=redis
+. "$(dirname "$0")/lib.sh"
 
 N="${N:-1000}"
 ROUNDS="${ROUNDS:-5}"
@@ -39,75 +39,16 @@ ADMIT_RATE=6000   # per minute, in the admission phase
 export DIGUE_ADMIN_TOKEN="redis-bench-admin-token"
 export DIGUE_SECRET="redis-bench-secret-0123456789abcdef"
 
-log() { printf '[redis] %s\n' "$*" >&2; }
-die() { printf '[redis] ERROR: %s\n' "$*" >&2; exit 1; }
-
-for t in curl python3 pgrep; do
-  command -v "$t" >/dev/null 2>&1 || die "$t is missing"
-done
+require_tools "" curl python3 pgrep
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-  [[ "$(id -u)" == 0 ]] || die "redis-server is missing: apt-get install redis-server"
-  log "installing redis-server"
-  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q redis-server >&2 || die "apt-get install redis-server failed"
+  apt_install "redis-server is missing" redis-server
 fi
 
-wait_idle() {
-  local deadline=$((SECONDS + QUIET_WAIT)) said=0
-  while pgrep -f 'benches/run.sh|wrk ' >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "other benchmarks still running after ${QUIET_WAIT}s"
-    ((said)) || { log "waiting for other benchmarks to end: $(pgrep -af 'benches/run.sh|wrk ' | head -2 | tr '\n' ';')"; said=1; }
-    sleep 10
-  done
-}
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+rebuild_if_stale "$DIGUE_BIN" target/release/digue "--bin digue" src
 
-stale() { local bin="$1"; shift; [[ -x "$bin" ]] || return 0; [[ -n "$(find "$@" -newer "$bin" -name '*.rs' -print -quit 2>/dev/null)" ]]; }
-if stale "$DIGUE_BIN" src; then
-  [[ "$BUILD" == 1 && "$DIGUE_BIN" == target/release/digue ]] || die "$DIGUE_BIN is missing or older than src/ (cargo build --release)"
-  while pgrep -x cargo >/dev/null 2>&1; do log "another cargo is running; waiting"; sleep 10; done
-  log "cargo build --release"; timeout 1800 cargo build --release --bin digue >&2 || die "cargo build --release failed"
-fi
+bench_tmp redis
 
-TMP="$(mktemp -d -t digue-redis.XXXXXX)"
-PIDS=()
-stop_pid() {
-  local pid="$1" i
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local rc=$? p
-  set +e
-  for p in "${PIDS[@]}"; do stop_pid "$p"; done
-  if [[ "$KEEP_TMP" == 1 || $rc != 0 ]]; then log "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_ports() {
-  python3 -c 'import socket,sys
-s=[socket.socket() for _ in range(int(sys.argv[1]))]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
-}
-wait_http() {
-  local url="$1" pid="$2" name="$3" logf="$4" deadline=$((SECONDS + READY_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$logf" >&2 2>/dev/null; die "$name exited during startup (log: $logf)"; }
-    curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
-    sleep 0.2
-  done
-  tail -n 20 "$logf" >&2 2>/dev/null
-  die "$name did not come up within ${READY_TIMEOUT}s ($url)"
-}
-
-read -r REDIS_PORT ORIGIN_PORT PA AA PB AB PS AS < <(free_ports 8)
-[[ "${AS:-}" =~ ^[0-9]+$ ]] || die "could not pick free ports"
+pick_ports REDIS_PORT ORIGIN_PORT PA AA PB AB PS AS
 
 # ---------------------------------------------------------------- redis
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
@@ -154,9 +95,7 @@ EOF
 }
 start_node() {  # start_node NAME PORT ADMIN NODE_ID|""
   node_config "$TMP/$1.toml" "$2" "$3" "$4"
-  RUST_LOG=warn "$DIGUE_BIN" run --config "$TMP/$1.toml" >"$TMP/$1.log" 2>&1 &
-  local pid=$!; PIDS+=("$pid")
-  wait_http "http://127.0.0.1:$3/healthz" "$pid" "node $1" "$TMP/$1.log"
+  RUST_LOG=warn start_digue "node $1" "$TMP/$1.toml" "$TMP/$1.log" "$3"
 }
 start_node A "$PA" "$AA" bench-a
 start_node B "$PB" "$AB" bench-b
@@ -169,8 +108,8 @@ for adm in "$AA" "$AB"; do
 done
 log "redis :$REDIS_PORT, node A :$PA, node B :$PB up"
 
-calls() { curl -fsS "http://127.0.0.1:$1/metrics" | awk '/^digue_cluster_redis_calls_total/ {s += $NF} END {printf "%.0f\n", s}'; }
-waiting() { curl -fsS "http://127.0.0.1:$1/metrics" | awk '/^digue_line_waiting/ {s += $NF} END {printf "%.0f\n", s}'; }
+calls() { metric digue_cluster_redis_calls_total "$1"; }
+waiting() { metric digue_line_waiting "$1"; }
 # snapshot NAME : redis command stats and node round-trips, with a timestamp
 snapshot() {
   { echo "t $(date +%s.%N)"
@@ -190,6 +129,7 @@ drive() {  # drive NAME PLANFILE
   while read -r port cookie; do
     i=$((i + 1))
     {
+      ((i == 1)) || echo 'next'
       echo "url = \"http://127.0.0.1:$port/login\""
       echo 'header = "Accept: application/json"'
       [[ "$cookie" == - ]] || echo "header = \"Cookie: digue_ticket=$cookie\""
@@ -197,7 +137,6 @@ drive() {  # drive NAME PLANFILE
       echo "dump-header = \"$TMP/h-$name/$i\""
       echo 'write-out = "%{http_code} %{time_starttransfer}\n"'
       echo 'max-time = 5'
-      echo 'next'
     } >>"$cfg"
   done <"$plan"
   timeout 600 curl -sS --config "$cfg" >"$TMP/lat-$name.txt" || die "curl driver $name failed"
@@ -348,8 +287,8 @@ mkdir -p "$(dirname "$OUT")"
 {
   echo "# digue cluster cost (Redis), $(date '+%F %T %Z')"
   echo
-  echo "- machine: $(nproc) CPUs, $(lscpu 2>/dev/null | awk -F': *' '/^Model name/ {print $2; exit}'), $(uname -sr)"
-  echo "- $("$DIGUE_BIN" --version) ($(git describe --always --dirty 2>/dev/null || echo '?')), Redis $REDIS_VER on loopback, $(curl --version | head -n1 | awk '{print $1, $2}')"
+  echo "- machine: $(machine_info)"
+  echo "- $(digue_version), Redis $REDIS_VER on loopback, $(curl --version | head -n1 | awk '{print $1, $2}')"
   echo "- two cluster nodes + one standalone node, worker_threads = 1 each, unpinned; refresh_interval default (250ms)"
   echo "- load average: start $LOAD_START, after the cluster phases $LOAD_CLUSTER, end $LOAD_END"
   echo "- admitted: cluster $ADMITTED / $N, standalone $SADMITTED / $N"
@@ -357,7 +296,7 @@ mkdir -p "$(dirname "$OUT")"
   echo "$TABLE"
   echo
   echo "## Snapshots"
-  for f in "$TMP"/snap-*.txt; do echo; echo "### $(basename "$f" .txt)"; echo; echo '```'; cat "$f"; echo '```'; done
+  raw_sections '###' "$TMP"/snap-*.txt
 } >"$OUT"
 log "results written to $OUT"
 exit 0

@@ -16,8 +16,8 @@
 set -euo pipefail
 {
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+LOG_TAG=reload
+. "$(dirname "$0")/lib.sh"
 
 CONNS="${CONNS:-64}"
 DURATION="${DURATION:-20s}"
@@ -33,114 +33,27 @@ READY_TIMEOUT="${READY_TIMEOUT:-20}"
 KEEP_TMP="${KEEP_TMP:-0}"
 OUT="${OUT:-benches/results-extra-reload-$(date +%F).md}"
 
-log() { printf '[reload] %s\n' "$*" >&2; }
-die() { printf '[reload] ERROR: %s\n' "$*" >&2; exit 1; }
-
-for t in curl python3 taskset pgrep wrk nginx; do
-  command -v "$t" >/dev/null 2>&1 || die "$t is missing (apt-get install curl python3 util-linux procps wrk nginx-light)"
-done
+require_tools "apt-get install curl python3 util-linux procps wrk nginx-light" curl python3 taskset pgrep wrk nginx
 DURATION_S="${DURATION%s}"; WARMUP_S="${WARMUP%s}"
 [[ "$DURATION_S" =~ ^[0-9]+$ && "$WARMUP_S" =~ ^[0-9]+$ ]] || die "DURATION and WARMUP are seconds, like 20s"
 
-wait_idle() {
-  local deadline=$((SECONDS + QUIET_WAIT)) said=0
-  while pgrep -f 'benches/run.sh|wrk ' >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "other benchmarks still running after ${QUIET_WAIT}s"
-    ((said)) || { log "waiting for other benchmarks to end: $(pgrep -af 'benches/run.sh|wrk ' | head -2 | tr '\n' ';')"; said=1; }
-    sleep 10
-  done
-}
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+rebuild_if_stale "$DIGUE_BIN" target/release/digue "--bin digue" src
 
-stale() { local bin="$1"; shift; [[ -x "$bin" ]] || return 0; [[ -n "$(find "$@" -newer "$bin" -name '*.rs' -print -quit 2>/dev/null)" ]]; }
-if stale "$DIGUE_BIN" src; then
-  [[ "$BUILD" == 1 && "$DIGUE_BIN" == target/release/digue ]] || die "$DIGUE_BIN is missing or older than src/ (cargo build --release)"
-  while pgrep -x cargo >/dev/null 2>&1; do log "another cargo is running; waiting"; sleep 10; done
-  log "cargo build --release"; timeout 1800 cargo build --release --bin digue >&2 || die "cargo build --release failed"
-fi
+# (cleanup stops PIDS in order: start_reloader puts the SIGHUP loop first, so
+# it never signals anything after digue is gone)
+bench_tmp reload
 
-TMP="$(mktemp -d -t digue-reload.XXXXXX)"
-chmod 755 "$TMP"
-PIDS=()
-stop_pid() {
-  local pid="$1" i
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then pkill -KILL -P "$pid" 2>/dev/null || true; kill -KILL "$pid" 2>/dev/null || true; fi
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local rc=$? p
-  set +e
-  # the SIGHUP loop first, so it never signals anything after digue is gone
-  for p in "${PIDS[@]}"; do stop_pid "$p"; done
-  if [[ "$KEEP_TMP" == 1 || $rc != 0 ]]; then log "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_ports() {
-  python3 -c 'import socket,sys
-s=[socket.socket() for _ in range(int(sys.argv[1]))]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
-}
-wait_http() {
-  local url="$1" pid="$2" name="$3" logf="$4" deadline=$((SECONDS + READY_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$logf" >&2 2>/dev/null; die "$name exited during startup (log: $logf)"; }
-    curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
-    sleep 0.2
-  done
-  tail -n 20 "$logf" >&2 2>/dev/null
-  die "$name did not come up within ${READY_TIMEOUT}s ($url)"
-}
-render() {
-  local tmpl="$1" out="$2" text kv; shift 2
-  text="$(<"$tmpl")"
-  for kv in "$@"; do text="${text//@${kv%%=*}@/${kv#*=}}"; done
-  [[ "$text" != *@[A-Z_]*@* ]] || die "unfilled @MARKER@ left in $out"
-  printf '%s\n' "$text" >"$out"
-}
-metric() {  # metric PREFIX : sum of the samples whose name{labels} starts with PREFIX
-  curl -fsS --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" \
-    | awk -v p="$1" 'index($0, p) == 1 { s += $NF } END { printf "%.0f\n", s }'
-}
-
-read -r ORIGIN_PORT DIGUE_PORT ADMIN_PORT < <(free_ports 3)
-[[ "${ADMIN_PORT:-}" =~ ^[0-9]+$ ]] || die "could not pick free ports"
+pick_ports ORIGIN_PORT DIGUE_PORT ADMIN_PORT
 
 # ---------------------------------------------------------------- origin: /obj cacheable, /miss/obj never cached by digue
-mkdir -p "$TMP/www/miss" "$TMP/origin"/{tmp/body,tmp/proxy,tmp/fastcgi,tmp/uwsgi,tmp/scgi,logs}
-head -c 2048 /dev/urandom | base64 -w 0 | head -c 2048 >"$TMP/www/obj"
+start_origin 2048
+mkdir -p "$TMP/www/miss"
 cp "$TMP/www/obj" "$TMP/www/miss/obj"
 chmod -R a+rX "$TMP/www"
-vars=(PREFIX="$TMP/origin" USER="$(id -un)" GROUP="$(id -gn)" PORT="$ORIGIN_PORT" ORIGIN_PORT="$ORIGIN_PORT" WWW="$TMP/www")
-render benches/nginx/base.conf "$TMP/origin/nginx.conf" "${vars[@]}"
-render benches/nginx/origin.conf "$TMP/origin/site.conf" "${vars[@]}"
-taskset -c "$SERVER_CPU" nginx -p "$TMP/origin" -e "$TMP/origin/logs/error.log" -c "$TMP/origin/nginx.conf" >/dev/null 2>&1 &
-ORIGIN_PID=$!; PIDS+=("$ORIGIN_PID")
-wait_http "http://127.0.0.1:$ORIGIN_PORT/obj" "$ORIGIN_PID" origin "$TMP/origin/logs/error.log"
 
 # ---------------------------------------------------------------- two valid configs, differing in limits
 write_config() {  # write_config FILE ORIGIN_CONCURRENCY USERS_PER_MINUTE
-  cat >"$1" <<EOF
-[server]
-listen = "127.0.0.1:$DIGUE_PORT"
-admin_listen = "127.0.0.1:$ADMIN_PORT"
-worker_threads = 1
-
-[cache]
-max_size = "64MiB"
-
-[[site]]
-name = "bench"
-hosts = ["*"]
-origin = "http://127.0.0.1:$ORIGIN_PORT"
-origin_concurrency = $2
+  { bench_toml "$DIGUE_PORT" "$ADMIN_PORT" "$2"; cat <<EOF
 
 [[site.cache.rule]]
 prefix = "/miss/"
@@ -150,15 +63,14 @@ bypass = true
 paths = ["/login"]
 new_users_per_minute = $3
 EOF
+  } >"$1"
   "$DIGUE_BIN" check --config "$1" >/dev/null || die "config $1 is invalid"
 }
 write_config "$TMP/a.toml" 64 600
 write_config "$TMP/b.toml" 48 300
 cp "$TMP/a.toml" "$TMP/digue.toml"
 DIGUE_SECRET="reload-bench-secret-0123456789abcdef" RUST_LOG=warn \
-  taskset -c "$SERVER_CPU" "$DIGUE_BIN" run --config "$TMP/digue.toml" >"$TMP/digue.log" 2>&1 &
-DIGUE_PID=$!; PIDS+=("$DIGUE_PID")
-wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" "$DIGUE_PID" digue "$TMP/digue.log"
+  start_digue digue "$TMP/digue.toml" "$TMP/digue.log" "$ADMIN_PORT" "$SERVER_CPU"
 
 HIT_URL="http://127.0.0.1:$DIGUE_PORT/obj"
 MISS_URL="http://127.0.0.1:$DIGUE_PORT/miss/obj"
@@ -190,39 +102,44 @@ start_reloader() {
   PIDS=("$RELOADER_PID" "${PIDS[@]}")
 }
 
-parse_p99_ms() {
-  awk '$1 == "99%" { v = $2; u = v; sub(/^[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
-       if (u == "us") v /= 1000; else if (u == "s") v *= 1000; printf "%.3f", v }' "$1"
-}
 ROWS=()
 run() {  # run NAME URL RELOADS(0|1)
   local name="$1" url="$2" reloads="$3" f="$TMP/wrk-$1.txt" a0 a1 r0 r1 c0 c1 e0 e1 b0 b1 h0 h1 la rps p99 reqs non2xx sock
   wait_idle
   la="$(loadavg)"
-  timeout $((WARMUP_S + 30)) taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "$url" >"$TMP/warmup-$name.txt" 2>&1 \
-    || { cat "$TMP/warmup-$name.txt" >&2; die "$name: wrk warm-up failed"; }
+  wrk_run "$name: wrk warm-up" "$TMP/warmup-$name.txt" $((WARMUP_S + 30)) -t1 -c"$CONNS" -d"$WARMUP" "$url"
   a0="$(metric 'digue_config_reloads_total{outcome="applied"}')"; r0="$(metric 'digue_config_reloads_total{outcome="refused"}')"
   c0="$(metric digue_connections_total)"; e0="$(metric digue_origin_errors_total)"; b0="$(metric digue_busy_pages_total)"
   h0="$(wc -l <"$TMP/hups" 2>/dev/null || echo 0)"
   if ((reloads)); then start_reloader; fi
-  timeout $((DURATION_S + 30)) taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url" >"$f" 2>&1 \
-    || { cat "$f" >&2; die "$name: wrk failed"; }
+  wrk_run "$name: wrk" "$f" $((DURATION_S + 30)) -t1 -c"$CONNS" -d"$DURATION" --latency "$url"
   if ((reloads)); then stop_pid "$RELOADER_PID"; sleep 0.5; fi
   kill -0 "$DIGUE_PID" 2>/dev/null || die "digue died during $name (log: $TMP/digue.log)"
   a1="$(metric 'digue_config_reloads_total{outcome="applied"}')"; r1="$(metric 'digue_config_reloads_total{outcome="refused"}')"
   c1="$(metric digue_connections_total)"; e1="$(metric digue_origin_errors_total)"; b1="$(metric digue_busy_pages_total)"
   h1="$(wc -l <"$TMP/hups" 2>/dev/null || echo 0)"
   cat "$f" >&2
-  rps="$(awk '/^Requests\/sec:/ {print $2}' "$f")"; p99="$(parse_p99_ms "$f")"
-  reqs="$(awk '/requests in/ {print $1}' "$f")"
-  non2xx="$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$f")"; non2xx="${non2xx:-0}"
-  sock="$(grep -o 'Socket errors:.*' "$f" | sed 's/Socket errors: //' || true)"; sock="${sock:-none}"
+  rps="$(wrk_rps "$f")"; p99="$(wrk_p99_ms "$f")"
+  reqs="$(wrk_requests "$f")"; non2xx="$(wrk_non2xx "$f")"; sock="$(wrk_sockerr "$f")"
   # digue_connections_total counts the public listener only (admin scrapes are not in it)
   ROWS+=("$(printf '| %s | %s | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %s | %s |' \
     "$name" "$reqs" "$rps" "$p99" "$non2xx" "$sock" "$((h1 - h0))" "$((a1 - a0))" "$((r1 - r0))" \
     "$((c1 - c0))" "$((e1 - e0)) / $((b1 - b0))" "$la")")
   log "$name: $reqs requests, non-2xx $non2xx, socket errors: $sock, SIGHUPs $((h1 - h0)), reloads applied $((a1 - a0)) refused $((r1 - r0)), new connections $((c1 - c0))"
 }
+
+: >"$TMP/hups"
+: >"$TMP/limits"
+
+# The cost of a reload itself, without load: digue's CPU time over 10 s of SIGHUPs.
+wait_idle
+i0="$(metric 'digue_config_reloads_total{outcome="applied"}')"; k0="$(proc_ticks "$DIGUE_PID")"
+start_reloader; sleep 10; stop_pid "$RELOADER_PID"; sleep 0.5
+i1="$(metric 'digue_config_reloads_total{outcome="applied"}')"; k1="$(proc_ticks "$DIGUE_PID")"
+IDLE_RELOADS=$((i1 - i0))
+((IDLE_RELOADS > 0)) || die "no reload applied in 10 s of SIGHUPs (log: $TMP/digue.log)"
+MS_PER_RELOAD="$(awk -v k="$((k1 - k0))" -v hz="$HZ" -v n="$IDLE_RELOADS" 'BEGIN { printf "%.2f", k / hz * 1000 / n }')"
+log "idle: $IDLE_RELOADS reloads applied in 10 s; digue CPU per reload: $MS_PER_RELOAD ms"
 
 if [[ "$BASELINE" == 1 ]]; then
   run "cache hit, no reload" "$HIT_URL" 0
@@ -239,7 +156,8 @@ TABLE="$(
   printf '%s\n' "${ROWS[@]}"
   echo
   echo "- digue_origin_limit sampled during the reload runs: ${LIMITS:-none} (both configs were live)"
-  echo "- new connections = increase of digue_connections_total (public listener) during the measured run; $CONNS means wrk kept its $CONNS connections for the whole run"
+  echo "- new connections = increase of digue_connections_total (public listener) during the measured run: wrk's $CONNS connections plus its one address probe, so $((CONNS + 1)) means no connection was dropped or reopened (the runs without reload give the reference)"
+  echo "- the reload itself, without load: $IDLE_RELOADS reloads in 10 s, **$MS_PER_RELOAD ms of digue CPU per reload** (utime+stime / reloads)"
   if [[ -s "$TMP/log-errors.txt" ]]; then echo "- digue log (warnings/errors): $(tr '\n' ' ' <"$TMP/log-errors.txt")"; else echo "- digue log: no warning or error"; fi
 )"
 echo
@@ -248,13 +166,13 @@ mkdir -p "$(dirname "$OUT")"
 {
   echo "# digue reload under load, $(date '+%F %T %Z')"
   echo
-  echo "- machine: $(nproc) CPUs, $(lscpu 2>/dev/null | awk -F': *' '/^Model name/ {print $2; exit}'), $(uname -sr)"
-  echo "- $("$DIGUE_BIN" --version) ($(git describe --always --dirty 2>/dev/null || echo '?')), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')"
+  echo "- machine: $(machine_info)"
+  echo "- $(digue_version), $(wrk_version)"
   echo "- digue worker_threads = 1 and the nginx origin on CPU $SERVER_CPU; wrk -t1 -c$CONNS -d$DURATION --latency (after a $WARMUP warm-up) and the SIGHUP loop on CPU $CLIENT_CPU"
   echo "- configs alternate origin_concurrency 64/48 and new_users_per_minute 600/300; the file is replaced by rename, then SIGHUP"
   echo
   echo "$TABLE"
-  for f in "$TMP"/wrk-*.txt; do echo; echo "## $(basename "$f" .txt)"; echo; echo '```'; cat "$f"; echo '```'; done
+  raw_sections '##' "$TMP"/wrk-*.txt
 } >"$OUT"
 log "results written to $OUT"
 exit 0

@@ -33,8 +33,8 @@ set -euo pipefail
 # anything: editing this file while a benchmark runs cannot break that run.
 {
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+LOG_TAG=bench
+. "$(dirname "$0")/lib.sh"
 
 DIGUE_BIN_DEFAULT="${CARGO_TARGET_DIR:-target}/release/digue"
 DIGUE_BIN="${DIGUE_BIN:-$DIGUE_BIN_DEFAULT}"
@@ -58,9 +58,6 @@ QUIET_WAIT="${QUIET_WAIT:-120}"
 OTHER_MAX="${OTHER_MAX:-10}"
 RETRIES="${RETRIES:-2}"
 
-log()  { printf '[bench] %s\n' "$*" >&2; }
-die()  { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
-
 # ---------------------------------------------------------------- tools
 ensure_tools() {
   local missing=()
@@ -72,14 +69,7 @@ ensure_tools() {
   command -v pgrep   >/dev/null 2>&1 || missing+=(procps)
   ((${#missing[@]} == 0)) && return 0
   [[ "$INSTALL" == 1 ]] || die "missing tools (${missing[*]}) and INSTALL=0"
-  [[ "$(id -u)" == 0 ]] || die "missing tools (${missing[*]}); install them: apt-get install ${missing[*]}"
-  log "installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! timeout 600 apt-get install -y -q "${missing[@]}" >&2; then
-    timeout 600 apt-get update -q >&2
-    timeout 600 apt-get install -y -q "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
-  fi
-  # Debian's nginx package may start a system nginx on :80; it is not used here.
+  apt_install "missing tools (${missing[*]}); install them" "${missing[@]}"
 }
 ensure_tools
 
@@ -98,77 +88,11 @@ if [[ "$SKIP_DIGUE" != 1 ]]; then
   fi
 fi
 
-# ---------------------------------------------------------------- temp dir + cleanup
-TMP="$(mktemp -d -t digue-bench.XXXXXX)"
-PIDS=()
-
-stop_pid() {
-  local pid="$1" i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    pkill -KILL -P "$pid" 2>/dev/null || true   # nginx workers of this master
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local rc=$?
-  set +e
-  local p
-  for p in "${PIDS[@]}"; do stop_pid "$p"; done
-  if [[ "$KEEP_TMP" == 1 || $rc != 0 ]]; then
-    log "temp dir kept: $TMP"
-  else
-    rm -rf "$TMP"
-  fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---------------------------------------------------------------- free ports
-free_ports() {  # free_ports N -> N distinct free loopback ports
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()
-EOF
-}
-read -r ORIGIN_PORT STATIC_PORT NGINX_PORT DIGUE_PORT DIGUE_ADMIN_PORT < <(free_ports 5) || true
-[[ "${DIGUE_ADMIN_PORT:-}" =~ ^[0-9]+$ ]] || die "could not pick free loopback ports (python3 helper failed)"
+# ---------------------------------------------------------------- temp dir + cleanup, free ports
+bench_tmp bench
+pick_ports ORIGIN_PORT STATIC_PORT NGINX_PORT DIGUE_PORT DIGUE_ADMIN_PORT
 
 # ---------------------------------------------------------------- helpers
-wait_http() {  # wait_http URL PID NAME LOGFILE
-  local url="$1" pid="$2" name="$3" logf="$4" deadline=$((SECONDS + READY_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log "$name exited during startup; last log lines:"
-      tail -n 30 "$logf" >&2 2>/dev/null || true
-      die "$name did not come up"
-    fi
-    if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.2
-  done
-  log "$name: no answer from $url after ${READY_TIMEOUT}s; last log lines:"
-  tail -n 30 "$logf" >&2 2>/dev/null || true
-  die "$name did not come up within ${READY_TIMEOUT}s"
-}
-
 # headers URL -> response headers of a GET (body discarded), CR stripped
 headers() { { curl -sS --max-time 5 -D - -o /dev/null "$1" || true; } | tr -d '\r'; }
 
@@ -179,45 +103,17 @@ check_body() {  # check_body URL NAME : body must be OBJ_SIZE bytes with 200
   [[ "$got" == "200 $OBJ_SIZE" ]] || die "$2: expected '200 $OBJ_SIZE' from $1, got '$got'"
 }
 
-# render TEMPLATE OUT KEY=VALUE... : copy TEMPLATE to OUT with each @KEY@ replaced
-render() {
-  local tmpl="$1" out="$2" text kv; shift 2
-  text="$(<"$tmpl")"
-  for kv in "$@"; do text="${text//@${kv%%=*}@/${kv#*=}}"; done
-  [[ "$text" != *@[A-Z_]*@* ]] || die "unfilled @MARKER@ left in $out (from $tmpl)"
-  printf '%s\n' "$text" >"$out"
-}
-
-# nginx_start NAME SITE_TEMPLATE PORT : an nginx instance with its own prefix
-# $TMP/NAME, built from benches/nginx/base.conf + benches/nginx/SITE_TEMPLATE
-nginx_start() {
-  local name="$1" site="$2" port="$3" d="$TMP/$1"
-  mkdir -p "$d"/{tmp/body,tmp/proxy,tmp/fastcgi,tmp/uwsgi,tmp/scgi,logs}
-  local vars=(PREFIX="$d" USER="$(id -un)" GROUP="$(id -gn)" PORT="$port"
-              ORIGIN_PORT="$ORIGIN_PORT" WWW="$TMP/www")
-  render "$ROOT/benches/nginx/base.conf" "$d/nginx.conf" "${vars[@]}"
-  render "$ROOT/benches/nginx/$site" "$d/site.conf" "${vars[@]}"
-  nginx -t -q -p "$d" -e "$d/logs/error.log" -c "$d/nginx.conf" 2>"$d/logs/configtest.log" \
-    || { cat "$d/logs/configtest.log" >&2; die "nginx config for $name is invalid ($d/nginx.conf)"; }
-  taskset -c "$SERVER_CPU" nginx -p "$d" -e "$d/logs/error.log" -c "$d/nginx.conf" \
-    >"$d/logs/stdout.log" 2>&1 &
-  local pid=$!
-  PIDS+=("$pid")
-  printf '%s' "$pid" >"$d/master.pid"
+# nginx_site NAME SITE_TEMPLATE PORT : an nginx under test in $TMP/NAME, from
+# benches/nginx/base.conf + benches/nginx/SITE_TEMPLATE, on SERVER_CPU; PID in NGINX_PID
+nginx_site() {
+  start_nginx "$TMP/$1" "$2" "$SERVER_CPU" "$TMP/$1/logs/stdout.log" \
+    PORT="$3" ORIGIN_PORT="$ORIGIN_PORT" WWW="$TMP/www"
 }
 
 # ---------------------------------------------------------------- wrk + parsing
 declare -A RPS P99 RUNS_RPS RUNS_P99 RAW
 SERVERS=()        # names, in measurement order
 declare -A URL SPID OTHER CPUS
-HZ="$(getconf CLK_TCK)"
-
-parse_p99_ms() {  # " 99%   1.23ms" -> 1.23 (milliseconds)
-  awk '$1 == "99%" {
-         v = $2; u = v; sub(/^[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
-         if (u == "us") v /= 1000; else if (u == "s") v *= 1000; else if (u == "m") v *= 60000;
-         printf "%.3f", v }' "$1"
-}
 
 # --- interference accounting (the machine may be shared with builds/tests)
 total_busy_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat; }
@@ -225,8 +121,8 @@ tree_jiffies() {  # CPU jiffies used so far by PID and its direct children (ngin
   local pid="$1" p kids
   kids="$(pgrep -P "$pid" 2>/dev/null || true)"
   for p in $pid $kids; do
-    sed 's/^.*) //' /proc/"$p"/stat 2>/dev/null || true
-  done | awk '{ s += $12 + $13 } END { print s + 0 }'
+    proc_ticks "$p" 2>/dev/null || true
+  done | awk '{ s += $1 } END { print s + 0 }'
 }
 children_jiffies() {  # CPU time of reaped children of this shell (the `times` builtin), in jiffies
   # must run in the main shell (a $(...) subshell has its own, empty, child accounting):
@@ -271,11 +167,9 @@ run_wrk() {  # run_wrk NAME ROUND
     attempt=$((attempt + 1))
     wait_quiet
     log "$name (round $round/$RUNS): warm-up ${WARMUP}, then ${DURATION} measured ($url)"
-    timeout $((wsecs + 30)) taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$url" >"$TMP/warmup-$name-$round.txt" 2>&1 \
-      || { cat "$TMP/warmup-$name-$round.txt" >&2; die "$name: wrk warm-up failed"; }
+    wrk_run "$name: wrk warm-up" "$TMP/warmup-$name-$round.txt" $((wsecs + 30)) -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$url"
     t0="$(total_busy_jiffies)"; s0="$(tree_jiffies "${SPID[$name]}")"; children_jiffies; c0=$CHILD_J; w0="$(date +%s%N)"
-    timeout $((secs + 30)) taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url" >"$f" 2>&1 \
-      || { cat "$f" >&2; die "$name: wrk failed"; }
+    wrk_run "$name: wrk" "$f" $((secs + 30)) -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url"
     t1="$(total_busy_jiffies)"; s1="$(tree_jiffies "${SPID[$name]}")"; children_jiffies; c1=$CHILD_J; w1="$(date +%s%N)"
     # CPU used by anything other than the server under test and wrk, as % of one CPU
     # CPU used during the measured run, as % of one CPU: the server under test,
@@ -299,25 +193,18 @@ run_wrk() {  # run_wrk NAME ROUND
   if grep -qE 'Non-2xx or 3xx responses|Socket errors' "$f"; then
     log "WARNING: $name: wrk reported errors (see above); numbers are suspect"
   fi
-  rps="$(awk '/^Requests\/sec:/ {print $2}' "$f")"
-  p99="$(parse_p99_ms "$f")"
+  rps="$(wrk_rps "$f")"
+  p99="$(wrk_p99_ms "$f")"
   [[ -n "$rps" && -n "$p99" ]] || die "$name: could not parse wrk output ($f)"
   RUNS_RPS[$name]+="$rps "; RUNS_P99[$name]+="$p99 "; RAW[$name]+="$f "; OTHER[$name]+="$other "; CPUS[$name]+="$srv/$cli/$other "
 }
 
-median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
-
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
 
 # ---------------------------------------------------------------- origin
-mkdir -p "$TMP/www"
-head -c "$OBJ_SIZE" /dev/urandom | base64 -w 0 | head -c "$OBJ_SIZE" >"$TMP/www/obj"
-chmod 755 "$TMP" "$TMP/www"; chmod 644 "$TMP/www/obj"
-
 # The origin is pinned to the server CPU too, but it only sees traffic on a
 # cache miss: it is idle during the measured (all-hit) runs.
-nginx_start origin origin.conf "$ORIGIN_PORT"
-wait_http "http://127.0.0.1:$ORIGIN_PORT/obj" "$(cat "$TMP/origin/master.pid")" origin "$TMP/origin/logs/error.log"
+start_origin "$OBJ_SIZE"
 check_body "http://127.0.0.1:$ORIGIN_PORT/obj" origin
 origin_headers="$(headers "http://127.0.0.1:$ORIGIN_PORT/obj")"
 grep -qi '^cache-control: max-age=3600' <<<"$origin_headers" \
@@ -329,23 +216,23 @@ log "origin up on :$ORIGIN_PORT"
 
 # ---------------------------------------------------------------- (0) bare static nginx
 if [[ "$SKIP_STATIC" != 1 ]]; then
-  nginx_start static static.conf "$STATIC_PORT"
-  wait_http "http://127.0.0.1:$STATIC_PORT/obj" "$(cat "$TMP/static/master.pid")" nginx-static "$TMP/static/logs/error.log"
+  nginx_site static static.conf "$STATIC_PORT"
+  wait_http "http://127.0.0.1:$STATIC_PORT/obj" "$NGINX_PID" nginx-static "$TMP/static/logs/error.log"
   check_body "http://127.0.0.1:$STATIC_PORT/obj" nginx-static
   log "nginx static up on :$STATIC_PORT"
-  SERVERS+=(nginx-static); URL[nginx-static]="http://127.0.0.1:$STATIC_PORT/obj"; SPID[nginx-static]="$(cat "$TMP/static/master.pid")"
+  SERVERS+=(nginx-static); URL[nginx-static]="http://127.0.0.1:$STATIC_PORT/obj"; SPID[nginx-static]="$NGINX_PID"
 fi
 
 # ---------------------------------------------------------------- (a) nginx proxy_cache
-nginx_start proxy proxy_cache.conf "$NGINX_PORT"
+nginx_site proxy proxy_cache.conf "$NGINX_PORT"
 # readiness on a local path, so the benchmark object is first fetched below
-wait_http "http://127.0.0.1:$NGINX_PORT/__ready" "$(cat "$TMP/proxy/master.pid")" nginx-proxy_cache "$TMP/proxy/logs/error.log"
+wait_http "http://127.0.0.1:$NGINX_PORT/__ready" "$NGINX_PID" nginx-proxy_cache "$TMP/proxy/logs/error.log"
 check_body "http://127.0.0.1:$NGINX_PORT/obj" nginx-proxy_cache   # miss: fills the cache
 nginx_x_cache() { headers "http://127.0.0.1:$NGINX_PORT/obj" | awk -F': *' 'tolower($1) == "x-cache" {print $2}'; }
 x_cache="$(nginx_x_cache)"
 [[ "$x_cache" == HIT ]] || die "nginx proxy_cache: second request was X-Cache: '${x_cache:-<none>}', expected HIT"
 log "nginx proxy_cache up on :$NGINX_PORT (X-Cache: $x_cache)"
-SERVERS+=(nginx); URL[nginx]="http://127.0.0.1:$NGINX_PORT/obj"; SPID[nginx]="$(cat "$TMP/proxy/master.pid")"
+SERVERS+=(nginx); URL[nginx]="http://127.0.0.1:$NGINX_PORT/obj"; SPID[nginx]="$NGINX_PID"
 
 # ---------------------------------------------------------------- (b) digue
 digue_cache_status() {
@@ -356,27 +243,10 @@ is_hit() { grep -qiE '(^|[^a-z-])hit([^a-z-]|$)' <<<"$1"; }
 
 if [[ "$SKIP_DIGUE" != 1 ]]; then
   mkdir -p "$TMP/digue"
-  cat >"$TMP/digue/digue.toml" <<EOF
-[server]
-listen = "127.0.0.1:$DIGUE_PORT"
-admin_listen = "127.0.0.1:$DIGUE_ADMIN_PORT"
-worker_threads = 1        # digue option: tokio worker threads (bench fairness: one core)
-
-[cache]
-max_size = "64MiB"
-
-[[site]]
-name = "bench"
-hosts = ["*"]
-origin = "http://127.0.0.1:$ORIGIN_PORT"
-origin_concurrency = 64
-EOF
+  bench_toml "$DIGUE_PORT" "$DIGUE_ADMIN_PORT" 64 >"$TMP/digue/digue.toml"
   # Quiet logs, like nginx's access_log off (override with RUST_LOG).
-  RUST_LOG="${RUST_LOG:-warn}" taskset -c "$SERVER_CPU" "$DIGUE_BIN" run --config "$TMP/digue/digue.toml" \
-    >"$TMP/digue/digue.log" 2>&1 &
-  DIGUE_PID=$!
-  PIDS+=("$DIGUE_PID")
-  wait_http "http://127.0.0.1:$DIGUE_ADMIN_PORT/healthz" "$DIGUE_PID" digue "$TMP/digue/digue.log"
+  RUST_LOG="${RUST_LOG:-warn}" \
+    start_digue digue "$TMP/digue/digue.toml" "$TMP/digue/digue.log" "$DIGUE_ADMIN_PORT" "$SERVER_CPU"
   check_body "http://127.0.0.1:$DIGUE_PORT/obj" digue   # miss: fills the cache
   cache_status="$(digue_cache_status)"
   is_hit "$cache_status" \
@@ -407,8 +277,6 @@ for name in "${SERVERS[@]}"; do
 done
 
 # ---------------------------------------------------------------- report
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-
 table() {
   echo "| server | req/s | p99 (ms) | req/s vs nginx | p99 vs nginx |"
   echo "|---|---:|---:|---:|---:|"
@@ -440,8 +308,8 @@ mkdir -p "$(dirname "$OUT")"
 {
   echo "# digue cache-hit benchmark, $(date +%F)"
   echo
-  echo "- machine: $(nproc) CPUs, $(lscpu 2>/dev/null | awk -F': *' '/^Model name/ {print $2; exit}'), $(uname -sr)"
-  echo "- $(nginx -v 2>&1), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')"
+  echo "- machine: $(machine_info)"
+  echo "- $(nginx -v 2>&1), $(wrk_version)"
   echo "- server under test pinned to CPU $SERVER_CPU, wrk to CPU $CLIENT_CPU"
   echo "- wrk -t$THREADS -c$CONNS -d$DURATION --latency, after a $WARMUP warm-up; ${OBJ_SIZE} B object, every measured request a cache hit"
   if ((RUNS > 1)); then

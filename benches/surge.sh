@@ -7,36 +7,41 @@
 # Usage (from anywhere; it cd's to the repo root):
 #   benches/surge.sh
 #   SIDES="digue nginx" benches/surge.sh        # skip the bare-portal run
-#   PUPILS=3000 PEAK_RATE=100 benches/surge.sh
+#   PUPILS=1500 PEAK_RATE=60 RATE_PER_MIN=1200 benches/surge.sh
 #
 # Knobs (environment):
 #   SIDES="digue nginx bare"   what is measured, in this order
-#   PUPILS=1500 PEAK_RATE=60 RAMP=10s DURATION=60s SEED=2020   the scenario
+#   PUPILS=3000 PEAK_RATE=120 RAMP=10s DURATION=60s SEED=2020   the scenario (about twice
+#                              what the portal can log in: it collapses alone near 55/s)
 #   CAPACITY=24                the portal's capacity, = digue origin_concurrency
 #                              = nginx upstream max_conns
 #   PORTAL_LATENCY_MS=20       the portal's idle latency (a login costs 3x)
-#   RATE_PER_MIN=1200          digue new_users_per_minute = nginx limit_req rate
+#   RATE_PER_MIN=3000          digue new_users_per_minute = nginx limit_req rate (50/s:
+#                              the portal then peaks at its capacity, 24 in flight)
 #   PROXY_CPU=0 CLIENT_CPU=1   taskset CPUs: proxy under test / portal + simulator
 #   DIGUE_BIN, PORTAL_BIN      binaries (default target/release/{digue,examples/portal})
 #   BUILD=1                    build them when missing or older than the sources
 #   QUIET_WAIT=1200            longest wait (s) for other benchmarks (run.sh, wrk) to end
 #   READY_TIMEOUT=20 KEEP_TMP=0
-#   OUT                        results file (default benches/results-extra-surge-YYYY-MM-DD.md)
+#   OUT                        results file (default benches/results-extra-surge-YYYY-MM-DD.md,
+#                              git-ignored)
+#   REPORT_DIR                 also keep each side's `digue surge` JSON report and SVG
+#                              chart there (surge-SIDE.json, surge-SIDE.svg)
 set -euo pipefail
 {
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+LOG_TAG=surge
+. "$(dirname "$0")/lib.sh"
 
 SIDES="${SIDES:-digue nginx bare}"
-PUPILS="${PUPILS:-1500}"
-PEAK_RATE="${PEAK_RATE:-60}"
+PUPILS="${PUPILS:-3000}"
+PEAK_RATE="${PEAK_RATE:-120}"
 RAMP="${RAMP:-10s}"
 DURATION="${DURATION:-60s}"
 SEED="${SEED:-2020}"
 CAPACITY="${CAPACITY:-24}"
 PORTAL_LATENCY_MS="${PORTAL_LATENCY_MS:-20}"
-RATE_PER_MIN="${RATE_PER_MIN:-1200}"
+RATE_PER_MIN="${RATE_PER_MIN:-3000}"
 PROXY_CPU="${PROXY_CPU:-0}"
 CLIENT_CPU="${CLIENT_CPU:-1}"
 DIGUE_BIN="${DIGUE_BIN:-target/release/digue}"
@@ -46,108 +51,21 @@ QUIET_WAIT="${QUIET_WAIT:-1200}"
 READY_TIMEOUT="${READY_TIMEOUT:-20}"
 KEEP_TMP="${KEEP_TMP:-0}"
 OUT="${OUT:-benches/results-extra-surge-$(date +%F).md}"
+REPORT_DIR="${REPORT_DIR:-}"
 
-log() { printf '[surge] %s\n' "$*" >&2; }
-die() { printf '[surge] ERROR: %s\n' "$*" >&2; exit 1; }
-
-for t in curl python3 taskset pgrep; do
-  command -v "$t" >/dev/null 2>&1 || die "$t is missing (apt-get install curl python3 util-linux procps)"
-done
+require_tools "apt-get install curl python3 util-linux procps" curl python3 taskset pgrep
 if [[ " $SIDES " == *" nginx "* ]] && ! command -v nginx >/dev/null 2>&1; then
-  [[ "$(id -u)" == 0 ]] || die "nginx is missing: apt-get install nginx-light"
-  log "installing nginx-light"
-  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q nginx-light >&2 \
-    || die "apt-get install nginx-light failed"
+  apt_install "nginx is missing" nginx-light
 fi
 secs() { local d="$1"; [[ "$d" =~ ^([0-9]+)s?$ ]] && echo "${BASH_REMATCH[1]}" && return; [[ "$d" =~ ^([0-9]+)m$ ]] && echo $((BASH_REMATCH[1] * 60)) && return; die "duration $d: write it as 60s or 2m"; }
 DURATION_S="$(secs "$DURATION")"
 
-# ---------------------------------------------------------------- other load
-# Measurements must not overlap with other benchmarks on this 2-core machine.
-wait_idle() {
-  local deadline=$((SECONDS + QUIET_WAIT)) said=0
-  while pgrep -f 'benches/run.sh|wrk ' >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "other benchmarks still running after ${QUIET_WAIT}s: $(pgrep -af 'benches/run.sh|wrk ' | head -3 | tr '\n' ';')"
-    ((said)) || { log "waiting for other benchmarks to end: $(pgrep -af 'benches/run.sh|wrk ' | head -2 | tr '\n' ';')"; said=1; }
-    sleep 10
-  done
-}
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
-
 # ---------------------------------------------------------------- binaries
-stale() {  # stale BIN SOURCES... : true when BIN is missing or older than a source
-  local bin="$1"; shift
-  [[ -x "$bin" ]] || return 0
-  [[ -n "$(find "$@" -newer "$bin" -name '*.rs' -print -quit 2>/dev/null)" ]]
-}
-cargo_build() {
-  [[ "$BUILD" == 1 ]] || die "$* needed (BUILD=0)"
-  local deadline=$((SECONDS + QUIET_WAIT))
-  while pgrep -x cargo >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "another cargo is still running after ${QUIET_WAIT}s"
-    log "another cargo process is running; waiting"; sleep 10
-  done
-  log "cargo build --release $*"
-  timeout 1800 cargo build --release "$@" >&2 || die "cargo build --release $* failed"
-}
-if stale "$DIGUE_BIN" src Cargo.toml; then
-  [[ "$DIGUE_BIN" == target/release/digue ]] || die "$DIGUE_BIN is missing or older than src/"
-  cargo_build --bin digue
-fi
-if stale "$PORTAL_BIN" src examples/portal.rs; then
-  [[ "$PORTAL_BIN" == target/release/examples/portal ]] || die "$PORTAL_BIN is missing or older than src/"
-  cargo_build --example portal
-fi
+# (measurements and builds wait for other benchmarks: on this 2-core machine they would overlap)
+rebuild_if_stale "$DIGUE_BIN" target/release/digue "--bin digue" src Cargo.toml
+rebuild_if_stale "$PORTAL_BIN" target/release/examples/portal "--example portal" src examples/portal.rs
 
-# ---------------------------------------------------------------- temp dir, cleanup
-TMP="$(mktemp -d -t digue-surge.XXXXXX)"
-chmod 755 "$TMP"
-PIDS=()
-stop_pid() {  # SIGTERM, then SIGKILL after 5 s (and nginx workers of that master)
-  local pid="$1" i
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    pkill -KILL -P "$pid" 2>/dev/null || true
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local rc=$? p
-  set +e
-  for p in "${PIDS[@]}"; do stop_pid "$p"; done
-  if [[ "$KEEP_TMP" == 1 || $rc != 0 ]]; then log "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_ports() {
-  python3 -c 'import socket,sys
-s=[socket.socket() for _ in range(int(sys.argv[1]))]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
-}
-wait_http() {  # wait_http URL PID NAME LOG
-  local url="$1" pid="$2" name="$3" logf="$4" deadline=$((SECONDS + READY_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$logf" >&2 2>/dev/null; die "$name exited during startup (log: $logf)"; }
-    curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
-    sleep 0.2
-  done
-  tail -n 20 "$logf" >&2 2>/dev/null
-  die "$name did not come up within ${READY_TIMEOUT}s ($url)"
-}
-render() {  # render TEMPLATE OUT KEY=VALUE...
-  local tmpl="$1" out="$2" text kv; shift 2
-  text="$(<"$tmpl")"
-  for kv in "$@"; do text="${text//@${kv%%=*}@/${kv#*=}}"; done
-  [[ "$text" != *@[A-Z_]*@* ]] || die "unfilled @MARKER@ left in $out (from $tmpl)"
-  printf '%s\n' "$text" >"$out"
-}
+bench_tmp surge
 
 # ---------------------------------------------------------------- one side
 BURST=$(( RATE_PER_MIN / 12 )); ((BURST >= 1)) || BURST=1   # 5 s worth, as digue's default
@@ -156,8 +74,7 @@ declare -A ROW
 run_side() {
   local side="$1" d="$TMP/$1" portal_port proxy_port admin_port target admin_flag=() proxy_pid=""
   mkdir -p "$d"
-  read -r portal_port proxy_port admin_port < <(free_ports 3)
-  [[ "$admin_port" =~ ^[0-9]+$ ]] || die "could not pick free ports"
+  pick_ports portal_port proxy_port admin_port
 
   wait_idle
   # The portal shares the client CPU: it mostly sleeps (its latency is simulated).
@@ -218,21 +135,14 @@ tickets_per_network_per_minute = 100000000
 EOF
       "$DIGUE_BIN" check --config "$d/digue.toml" >&2 || die "digue config invalid ($d/digue.toml)"
       DIGUE_SECRET="surge-bench-secret-0123456789abcdef" RUST_LOG=warn \
-        taskset -c "$PROXY_CPU" "$DIGUE_BIN" run --config "$d/digue.toml" >"$d/proxy.log" 2>&1 &
-      proxy_pid=$!; PIDS+=("$proxy_pid")
-      wait_http "http://127.0.0.1:$admin_port/healthz" "$proxy_pid" digue "$d/proxy.log"
+        start_digue digue "$d/digue.toml" "$d/proxy.log" "$admin_port" "$PROXY_CPU"
+      proxy_pid="$DIGUE_PID"
       target="http://127.0.0.1:$proxy_port"; admin_flag=(--admin "http://127.0.0.1:$admin_port")
       ;;
     nginx)
-      mkdir -p "$d"/{tmp/body,tmp/proxy,tmp/fastcgi,tmp/uwsgi,tmp/scgi,logs}
-      local vars=(PREFIX="$d" USER="$(id -un)" GROUP="$(id -gn)" PORT="$proxy_port"
-                  ORIGIN_PORT="$portal_port" CAPACITY="$CAPACITY" RATE_PER_MIN="$RATE_PER_MIN" BURST="$BURST")
-      render "$ROOT/benches/nginx/base.conf" "$d/nginx.conf" "${vars[@]}"
-      render "$ROOT/benches/nginx/surge-nginx.conf" "$d/site.conf" "${vars[@]}"
-      nginx -t -q -p "$d" -e "$d/logs/error.log" -c "$d/nginx.conf" 2>"$d/logs/configtest.log" \
-        || { cat "$d/logs/configtest.log" >&2; die "nginx config invalid ($d/nginx.conf)"; }
-      taskset -c "$PROXY_CPU" nginx -p "$d" -e "$d/logs/error.log" -c "$d/nginx.conf" >"$d/proxy.log" 2>&1 &
-      proxy_pid=$!; PIDS+=("$proxy_pid")
+      start_nginx "$d" surge-nginx.conf "$PROXY_CPU" "$d/proxy.log" PORT="$proxy_port" \
+        ORIGIN_PORT="$portal_port" CAPACITY="$CAPACITY" RATE_PER_MIN="$RATE_PER_MIN" BURST="$BURST"
+      proxy_pid="$NGINX_PID"
       wait_http "http://127.0.0.1:$proxy_port/__ready" "$proxy_pid" nginx "$d/logs/error.log"
       target="http://127.0.0.1:$proxy_port"
       ;;
@@ -292,13 +202,19 @@ out = {
   "digue_admitted_immediate": msum('digue_admitted_total{how="immediate"') if m else None,
   "digue_turns_missed": msum("digue_turns_missed_total") if m else None,
   "digue_sampled_origin_peak": (r.get("origin") or {}).get("peak_in_flight"),
+  "eta_err": (r.get("eta") or {}).get("median_abs_error_seconds"),
+  "eta_within": (r.get("eta") or {}).get("within_range_share"),
+  "busy_p99_ms": resp["busy"]["p99_ms"], "waiting_p99_ms": resp["waiting_room"]["p99_ms"],
 }
 print(json.dumps(out))
 EOF
 )"
   log "$side: $(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("admitted {admitted}/{people}, errors {error}, timeouts {timeout}, portal peak {portal_peak}, portal errors {portal_errors}".format(**r))' "${ROW[$side]}")"
-  cp "$d/report.json" "${OUT%.md}-$side.json" 2>/dev/null || true
-  cp "$d/chart.svg" "${OUT%.md}-$side.svg" 2>/dev/null || true
+  if [[ -n "$REPORT_DIR" ]]; then
+    mkdir -p "$REPORT_DIR"
+    cp "$d/report.json" "$REPORT_DIR/surge-$side.json" 2>/dev/null || true
+    cp "$d/chart.svg" "$REPORT_DIR/surge-$side.svg" 2>/dev/null || true
+  fi
 }
 
 mkdir -p "$(dirname "$OUT")"
@@ -320,14 +236,16 @@ target = next(iter(rows.values()))["target_rate"]
 cols = [
   ("pupils admitted (got the login page)", lambda r: "{} / {}".format(r["admitted"], r["people"])),
   ("admissions/s while a line stood (rate set: {}/s)".format(target), lambda r: f(r["line_rate"])),
-  ("time to get in p50 / p99 (s)", lambda r: "{} / {}".format(f(r["tti_p50"], "{:.1f}"), f(r["tti_p99"], "{:.1f}"))),
+  ("time to get in p50 / p99 / max (s)", lambda r: "{} / {} / {}".format(f(r["tti_p50"], "{:.1f}"), f(r["tti_p99"], "{:.1f}"), f(r["tti_max"], "{:.1f}"))),
+  ("ETA shown: median error (s) / share within the range shown", lambda r: "{} / {}".format(f(r["eta_err"], "{:.1f}"), f(r["eta_within"], "{:.2f}"))),
   ("still waiting at the time limit", lambda r: r["still_waiting"]),
   ("pupils who stopped after 5 errors in a row", lambda r: r["failed"]),
   ("error responses seen by pupils", lambda r: r["error"]),
   ("timeouts seen by pupils", lambda r: r["timeout"]),
   ("busy pages (503/429 + Retry-After)", lambda r: r["busy"]),
   ("waiting-room answers", lambda r: r["waiting"]),
-  ("pages from the origin / cache hits", lambda r: "{} / {}".format(r["page"], r["hit"])),
+  ("pages served / of which digue cache hits (nginx hits are not visible)", lambda r: "{} / {}".format(r["page"] + r["hit"], r["hit"])),
+  ("p99 latency of pages served (ms)", lambda r: f(r["page_p99_ms"], "{:.0f}")),
   ("per-user steps answered", lambda r: r["steps"]),
   ("sessions shown to the wrong pupil", lambda r: r["mismatched"]),
   ("portal: requests received", lambda r: r["portal_requests"]),
@@ -361,8 +279,8 @@ echo "$TABLE"
 {
   echo "# digue surge benchmark, $(date '+%F %T %Z')"
   echo
-  echo "- machine: $(nproc) CPUs, $(lscpu 2>/dev/null | awk -F': *' '/^Model name/ {print $2; exit}'), $(uname -sr)"
-  echo "- $("$DIGUE_BIN" --version) ($(git describe --always --dirty 2>/dev/null || echo '?')), $(nginx -v 2>&1 || true)"
+  echo "- machine: $(machine_info)"
+  echo "- $(digue_version), $(nginx -v 2>&1 || true)"
   echo "- scenario: digue surge --pupils $PUPILS --peak-rate $PEAK_RATE --ramp $RAMP --duration $DURATION --seed $SEED"
   echo "- portal: capacity $CAPACITY, idle latency ${PORTAL_LATENCY_MS} ms (login 3x); digue new_users_per_minute = nginx limit_req = $RATE_PER_MIN/min (burst $BURST)"
   echo "- proxy pinned to CPU $PROXY_CPU (digue worker_threads = 1, nginx worker_processes 1); portal and simulator on CPU $CLIENT_CPU"
@@ -373,6 +291,6 @@ echo "$TABLE"
     echo; echo "portal counters: $(grep '"final"' "$TMP/$s/portal.jsonl")"
   done
 } >"$OUT"
-log "results written to $OUT (reports: ${OUT%.md}-SIDE.json, charts: ${OUT%.md}-SIDE.svg)"
+log "results written to $OUT${REPORT_DIR:+ (JSON reports and SVG charts in $REPORT_DIR)}"
 exit 0
 }

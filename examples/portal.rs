@@ -38,7 +38,10 @@ fn main() -> ExitCode {
         return usage();
     }
     let Ok(addr) = args[0].parse::<SocketAddr>() else {
-        eprintln!("portal: {:?} is not an address like 127.0.0.1:8081", args[0]);
+        eprintln!(
+            "portal: {:?} is not an address like 127.0.0.1:8081",
+            args[0]
+        );
         return usage();
     };
     let mut opts = PortalOptions::default();
