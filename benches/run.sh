@@ -7,6 +7,11 @@
 #   benches/run.sh
 #   SKIP_DIGUE=1 benches/run.sh              # nginx only
 #   DIGUE_BIN=/path/to/digue OUT=/tmp/r.md benches/run.sh
+#   ALL=1 benches/run.sh                     # then the other benchmarks of
+#                                            # benches/README.md: surge protection
+#                                            # vs nginx (surge.sh), cost of a waiting
+#                                            # pupil (queue.sh), reload under load
+#                                            # (reload.sh), cluster cost (redis.sh)
 #
 # Knobs (environment):
 #   DIGUE_BIN      digue binary (default target/release/digue; built with
@@ -335,5 +340,11 @@ mkdir -p "$(dirname "$OUT")"
   done
 } >"$OUT"
 log "results written to $OUT"
+if [[ "${ALL:-0}" == 1 ]]; then
+  for next in surge queue reload redis; do
+    log "next: benches/$next.sh"
+    "$ROOT/benches/$next.sh" || die "benches/$next.sh failed"
+  done
+fi
 exit 0
 }
