@@ -26,6 +26,7 @@
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/*`.
 //! - [`reload`]: config changes at run time (file reload, admin API): validate, swap.
 //! - [`demo`]: the fragile demo portal behind `digue demo`.
+//! - [`surge`]: `digue surge`, the simulator of a Monday-morning surge.
 
 pub mod admin;
 pub mod admission;
