@@ -4,7 +4,7 @@
 //! - [`gcra`]: the admission budget, changeable live without a burst.
 //! - [`token`]: signed ticket and pass cookies.
 //! - [`cookies`]: reading, writing and hiding digue's own cookies.
-//! - [`line`]: the line of one site (in process): tickets, cursor, claims.
+//! - [`line`](mod@line): the line of one site (in process): tickets, cursor, claims.
 //! - [`redis`]: the same line shared by the nodes of a cluster through Redis.
 //! - [`gate`]: the decision for one request: proceed, wait, or admitted.
 //! - [`state`]: saving the lines' counters across restarts.
