@@ -294,7 +294,8 @@ impl CacheStatus {
     /// Appends this entry to a response's `Cache-Status`: entries from caches
     /// nearer the origin come first (RFC 9211 §2).
     pub fn append_to(self, headers: &mut http::HeaderMap) {
-        if let Ok(v) = http::HeaderValue::from_str(&self.render()) {
+        // try_from(String) takes the buffer over instead of copying it.
+        if let Ok(v) = http::HeaderValue::try_from(self.render()) {
             headers.append(http::header::HeaderName::from_static("cache-status"), v);
         }
     }

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName};
 
-/// Identifies one stored response. Cheap to clone (one shared string).
+/// Identifies one stored response. A boxed string: a hit builds one and
+/// drops it (one allocation); clones happen only on the miss path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey(Arc<str>);
+pub struct CacheKey(Box<str>);
 
 /// Separates key parts; cannot appear in a host, a request target or a
 /// header value that passed hyper's parser.
@@ -22,7 +23,7 @@ impl CacheKey {
         k.push_str(host);
         k.push(SEP);
         k.push_str(target);
-        CacheKey(k.into())
+        CacheKey(k.into_boxed_str())
     }
 
     /// The key of the variant of this URL selected by `headers`.
@@ -35,7 +36,7 @@ impl CacheKey {
             k.push('=');
             normalise_into(&mut k, headers, name);
         }
-        CacheKey(k.into())
+        CacheKey(k.into_boxed_str())
     }
 
     /// The site name this key belongs to.

@@ -24,7 +24,6 @@ pub fn respond(
         headers.remove(header::CONTENT_LENGTH);
         (StatusCode::NOT_MODIFIED, ProxyBody::empty())
     } else {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
         let body = if req.method == Method::HEAD {
             ProxyBody::empty()
         } else {

@@ -65,6 +65,13 @@ impl Entry {
         now: SystemTime,
     ) -> Entry {
         let initial_age = plan.policy.age(now);
+        let mut headers = headers;
+        // Set once here rather than on every hit (and right even when the
+        // origin sent the body chunked).
+        headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(body.len()),
+        );
         Entry {
             key,
             status,
