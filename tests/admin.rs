@@ -72,17 +72,7 @@ async fn start(text: &str) -> Proxy {
 
 /// An admin call with the right token.
 async fn admin(proxy: &Proxy, method: Method, path: &str, body: &str) -> Got {
-    let auth = format!("Bearer {TOKEN}");
-    send(request(
-        method,
-        &proxy.admin_url(path),
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ],
-        body,
-    ))
-    .await
+    support::admin_call(proxy, TOKEN, method, path, body).await
 }
 
 async fn patch(proxy: &Proxy, path: &str, body: &str) -> Got {

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep};
 
-use support::{Got, Origin, Proxy, Seen, get, reply, request, send};
+use support::{Got, Origin, Proxy, Seen, get, reply, set_cookie};
 
 /// The gated entry point.
 const ENTRY: &str = "/pronote/eleve.html";
@@ -280,17 +280,7 @@ async fn all_ready(nodes: &[&Proxy]) {
 }
 
 async fn admin(node: &Proxy, method: Method, path: &str, body: &str) -> Got {
-    let auth = format!("Bearer {TOKEN}");
-    send(request(
-        method,
-        &node.admin_url(path),
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ],
-        body,
-    ))
-    .await
+    support::admin_call(node, TOKEN, method, path, body).await
 }
 
 /// The Redis round-trips counted by all these nodes.
@@ -303,24 +293,6 @@ async fn calls(nodes: &[&Proxy]) -> f64 {
 }
 
 // ---- clients ----
-
-/// One `Set-Cookie` of digue's: the value, or `None` when it clears the cookie.
-fn set_cookie(got: &Got, name: &str) -> Option<Option<String>> {
-    got.headers
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| {
-            let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
-            let value = pair.trim().strip_prefix(name)?.strip_prefix('=')?;
-            let cleared = value.is_empty()
-                || attrs
-                    .split(';')
-                    .any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
-            Some((!cleared).then(|| value.to_owned()))
-        })
-        .next_back()
-}
 
 /// One visitor: a jar for digue's two cookies, polling as the waiting page does.
 #[derive(Debug, Default, Clone)]

@@ -24,7 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
-use support::{Got, Origin, Proxy, Seen, get, reply, request};
+use support::{Got, Origin, Proxy, Seen, get, reply, request, set_cookie};
 
 /// The gated entry point of every test.
 const ENTRY: &str = "/pronote/eleve.html";
@@ -72,24 +72,6 @@ enum Accept {
     Html,
     /// The waiting page's status poll.
     Json,
-}
-
-/// One `Set-Cookie` of digue's: the value, or `None` when it clears the cookie.
-fn set_cookie(got: &Got, name: &str) -> Option<Option<String>> {
-    got.headers
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| {
-            let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
-            let value = pair.trim().strip_prefix(name)?.strip_prefix('=')?;
-            let cleared = value.is_empty()
-                || attrs
-                    .split(';')
-                    .any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
-            Some((!cleared).then(|| value.to_owned()))
-        })
-        .next_back()
 }
 
 /// The whole `Set-Cookie` line of one of digue's cookies.

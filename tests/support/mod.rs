@@ -367,6 +367,39 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// One `Set-Cookie` of digue's: the value, or `None` when it clears the cookie.
+pub fn set_cookie(got: &Got, name: &str) -> Option<Option<String>> {
+    got.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| {
+            let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
+            let value = pair.trim().strip_prefix(name)?.strip_prefix('=')?;
+            let cleared = value.is_empty()
+                || attrs
+                    .split(';')
+                    .any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
+            Some((!cleared).then(|| value.to_owned()))
+        })
+        .next_back()
+}
+
+/// An admin API call carrying `Authorization: Bearer token` and a JSON body.
+pub async fn admin_call(proxy: &Proxy, token: &str, method: Method, path: &str, body: &str) -> Got {
+    let auth = format!("Bearer {token}");
+    send(request(
+        method,
+        &proxy.admin_url(path),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body,
+    ))
+    .await
+}
+
 /// Counts values, for asserting on many responses at once.
 pub fn tally<'a>(items: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str, usize> {
     let mut m = HashMap::new();
