@@ -108,16 +108,23 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(config) => {
-            println!(
-                "{}: ok ({} site(s), listening on {})",
+            say(&format!(
+                "{}: ok ({} site(s), listening on {})\n",
                 path.display(),
                 config.sites.len(),
                 config.server.listen
-            );
+            ));
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
+}
+
+/// Writes to stdout, ignoring a reader that went away: `println!` would
+/// panic on a closed pipe (`digue demo | head -2`) and take the proxy down.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn runtime(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
@@ -239,21 +246,18 @@ fn demo(listen: SocketAddr) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        println!(
-            "digue demo: a fragile school portal on http://{} (capacity 32)",
-            portal.addr
-        );
-        println!(
-            "            digue in front of it:   http://{}/",
-            running.listen
+        let mut banner = format!(
+            "digue demo: a fragile school portal on http://{} (capacity 32)\n            digue in front of it:   http://{}/\n",
+            portal.addr, running.listen
         );
         if let Some(admin) = running.admin {
-            println!("            metrics:                http://{admin}/metrics");
+            banner += &format!("            metrics:                http://{admin}/metrics\n");
         }
-        println!(
-            "Open http://{}/ in a browser; Ctrl-C to stop.",
+        banner += &format!(
+            "Open http://{}/ in a browser; Ctrl-C to stop.\n",
             running.listen
         );
+        say(&banner);
         serve_until_stopped(&running.app).await;
         running.shutdown().await;
         drop(portal);

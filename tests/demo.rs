@@ -28,15 +28,22 @@ fn start_demo() -> (Demo, String) {
         .expect("digue demo starts");
     let stdout = child.stdout.take().expect("piped");
     let demo = Demo(child);
-    let url = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let url = lines
         .find_map(|line| {
             let rest = line.split("digue in front of it:").nth(1)?;
             Some(rest.trim().trim_end_matches('/').to_owned())
         })
         .expect("demo prints the URL to open");
+    // Keep reading, like a terminal would, until the demo exits.
+    std::thread::spawn(move || lines.for_each(drop));
     (demo, url)
+}
+
+/// A free loopback port, for a demo whose output nobody reads.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
 }
 
 #[tokio::test]
@@ -78,5 +85,43 @@ async fn demo_serves_the_portal_through_the_cache() {
         notes.cache_status().contains("fwd=bypass"),
         "per-user calls bypass the cache: {}",
         notes.cache_status()
+    );
+}
+
+/// `digue demo | head -1`, or a terminal closed under it: the banner cannot
+/// be written, and the demo must go on serving instead of dying with it.
+#[tokio::test]
+async fn demo_keeps_serving_when_nobody_reads_its_output() {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_digue"))
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("digue demo starts");
+    drop(child.stdout.take());
+    let mut demo = Demo(child);
+
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut answered = None;
+    for _ in 0..100 {
+        if let Ok(res) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            drop(res);
+            answered = Some(get(&url, &[]).await.status);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        answered.map(|s| s.as_u16()),
+        Some(200),
+        "the demo answers on {url}"
+    );
+    // Past the banner: still alive and serving.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(get(&url, &[]).await.status, 200, "still serving");
+    assert!(
+        demo.0.try_wait().expect("try_wait").is_none(),
+        "the demo is still running"
     );
 }

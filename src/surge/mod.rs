@@ -167,13 +167,20 @@ impl std::fmt::Display for SurgeError {
 
 impl std::error::Error for SurgeError {}
 
+/// Prints the report; a closed stdout loses it but must not panic (the JSON
+/// report, when asked for, is already written).
+fn print_report(report: &Report) {
+    use std::io::Write;
+    let _ = write!(std::io::stdout().lock(), "{report}");
+}
+
 /// Runs a surge and prints the report; returns the process exit code:
 /// 0 done, 1 target unreachable or output not written, 2 bad input, 3 a
 /// pupil was shown another pupil's session.
 pub async fn run(args: SurgeArgs) -> ExitCode {
     match execute(&args).await {
         Ok(report) => {
-            print!("{report}");
+            print_report(&report);
             if report.session.sessions_mismatched > 0 {
                 eprintln!("digue surge: a pupil was shown another pupil's session");
                 return ExitCode::from(3);
@@ -181,7 +188,7 @@ pub async fn run(args: SurgeArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(SurgeError::Output { report, errors }) => {
-            print!("{report}");
+            print_report(&report);
             for e in errors {
                 eprintln!("digue surge: {e}");
             }
