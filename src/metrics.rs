@@ -5,6 +5,8 @@
 //! Per-site handles are resolved once when a site is built, so the hit path
 //! bumps an atomic instead of hashing label values.
 
+#[cfg(target_os = "linux")]
+use prometheus::process_collector::ProcessCollector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -98,6 +100,14 @@ impl Metrics {
 
     fn unlabelled() -> Metrics {
         let r = Registry::new();
+        // CPU, memory and file descriptors of this process: a surge that ends
+        // in EMFILE or in the OOM killer shows here first.
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(ProcessCollector::new(
+            std::process::id() as i32,
+            "digue",
+        )))
+        .expect("invariant: registered once");
         let origin_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "digue_origin_response_seconds",

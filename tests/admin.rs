@@ -454,6 +454,21 @@ async fn metrics_and_health_endpoints_need_no_token() {
     );
 }
 
+/// Memory and file descriptors are what a surge exhausts first (EMFILE, the
+/// OOM killer); the process figures are exported next to digue's own.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn metrics_show_the_process_memory_and_file_descriptors() {
+    let origin = Origin::fixed(&[], "page").await;
+    let proxy = start(&config(&origin.url(), "", "")).await;
+    let rss = proxy.metric("digue_process_resident_memory_bytes").await;
+    let open = proxy.metric("digue_process_open_fds").await;
+    let max = proxy.metric("digue_process_max_fds").await;
+    assert!(rss > 1e6, "resident memory in bytes: {rss}");
+    assert!(open >= 3.0, "open fds include the listeners: {open}");
+    assert!(max >= open, "fd limit {max} above the {open} open");
+}
+
 #[tokio::test]
 async fn the_admin_api_is_not_on_the_public_port() {
     let origin = Origin::fixed(&[], "the portal's own page").await;
