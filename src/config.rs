@@ -44,6 +44,9 @@ pub const DEFAULT_SESSION_DURATION: Duration = Duration::from_secs(20 * 60);
 /// How long a ticket's turn waits for its holder before passing to the next
 /// ticket: a few of the waiting page's slowest polls.
 pub const DEFAULT_CLAIM_WINDOW: Duration = Duration::from_secs(60);
+/// Shortest claim window: the waiting page polls at least three times in it
+/// (every 3 s at the fastest, see `admission::gate`).
+pub const MIN_CLAIM_WINDOW: Duration = Duration::from_secs(10);
 /// Tickets one network (/24, /64) may take a minute: a whole collège behind
 /// one NAT address arrives well within it; a bot that drops cookies does not.
 pub const DEFAULT_TICKETS_PER_NETWORK_PER_MINUTE: u32 = 300;
@@ -851,6 +854,13 @@ fn tls_settings(
 
 /// Shortest view refresh: faster would load Redis for no visible gain.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest view refresh: a node's refresh is its heartbeat, and a node
+/// silent for `NODE_TIMEOUT` drops out of the live count (which sets each
+/// node's share of the budget while Redis is away).
+const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+const _: () = assert!(
+    2 * MAX_REFRESH_INTERVAL.as_millis() < crate::admission::redis::NODE_TIMEOUT.as_millis()
+);
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 
 impl RawCluster {
@@ -886,8 +896,12 @@ impl RawCluster {
             self.refresh_interval.as_deref(),
             DEFAULT_REFRESH_INTERVAL,
         );
-        if refresh_interval < MIN_REFRESH_INTERVAL {
-            errors.push("cluster.refresh_interval", "must be at least 50ms");
+        if !(MIN_REFRESH_INTERVAL..=MAX_REFRESH_INTERVAL).contains(&refresh_interval) {
+            errors.push(
+                "cluster.refresh_interval",
+                "must be between 50ms and 2s: each refresh is the node's heartbeat, and a node \
+                 silent for 5s no longer counts",
+            );
         }
         Some(ClusterConfig {
             redis_url: url,
@@ -1213,10 +1227,11 @@ impl RawAdmission {
             self.claim_window.as_deref(),
             DEFAULT_CLAIM_WINDOW,
         );
-        if claim_window < Duration::from_secs(10) {
+        if claim_window < MIN_CLAIM_WINDOW {
             errors.push(
                 format!("{at}.claim_window"),
-                "must be at least 10s: the waiting page polls every 3 to 20 seconds",
+                "must be at least 10s: a ticket's holder must be able to poll several times \
+                 within it (every 3 s at the fastest)",
             );
         }
         AdmissionConfig {
@@ -1381,6 +1396,26 @@ mod tests {
             Some(RuleAction::ForceTtl(Duration::from_secs(3600)))
         );
         assert!(site.rule_for("/other").is_none());
+    }
+
+    #[test]
+    fn cluster_refresh_interval_stays_within_the_node_heartbeat() {
+        let with = |interval: &str| {
+            errors_of(&format!(
+                "{MINIMAL}\n[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n\
+                 refresh_interval = \"{interval}\"\n"
+            ))
+        };
+        for ok in ["50ms", "250ms", "2s"] {
+            assert_eq!(with(ok), Vec::<String>::new(), "{ok} is a sane refresh");
+        }
+        for bad in ["10ms", "3s", "5s", "1m"] {
+            let errs = with(bad);
+            assert!(
+                errs.len() == 1 && errs[0].starts_with("cluster.refresh_interval: must be between"),
+                "{bad}: {errs:?}"
+            );
+        }
     }
 
     #[test]

@@ -147,9 +147,8 @@ impl App {
                 let restored = saved.lines.get(&s.name).map(|line| {
                     let margin = match (&s.admission, saved.clean) {
                         (_, true) | (None, false) => 0,
-                        // Up to a second or two of tickets after the last save.
                         (Some(a), false) => {
-                            u64::from(a.burst) + u64::from(a.new_users_per_minute) / 30 + 10
+                            admission::line::restart_margin(a.new_users_per_minute, a.burst)
                         }
                     };
                     (line.clone(), margin)

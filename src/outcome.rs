@@ -215,7 +215,8 @@ impl AdmitHow {
 pub enum Refusal {
     /// Forged, tampered, garbled, signed by an unknown key or for another site.
     Invalid,
-    /// A genuine pass unused for longer than `session_duration`.
+    /// A genuine pass unused for longer than `session_duration`, or a ticket
+    /// older than its cookie's twelve hours.
     Expired,
 }
 

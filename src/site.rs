@@ -63,7 +63,12 @@ impl Site {
         };
         self.guard.set_limit(config.origin_concurrency);
         let gate = match (&self.gate, &config.admission) {
-            (Some(gate), Some(_)) => Some(gate.clone()),
+            (Some(gate), Some(a)) => {
+                // The line takes the change now, not at the next request:
+                // a closing is timed from here.
+                gate.status(a, tokio::time::Instant::now());
+                Some(gate.clone())
+            }
             (None, Some(a)) => Some(Arc::new(new_gate(a, &config.name, None, cluster))),
             (_, None) => None,
         };

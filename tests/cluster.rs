@@ -1143,3 +1143,113 @@ async fn polling_waiting_tickets_is_answered_from_the_view_without_redis_calls()
         "{polls} polls cost no Redis calls beyond the refreshes, not {extra:.1}"
     );
 }
+
+// ---- the line across closing and lost state ----
+
+#[tokio::test]
+async fn a_site_closed_for_longer_than_the_claim_window_reopens_with_its_line_in_order() {
+    let cluster = Cluster::start(portal().await).await;
+    // Two a second, everybody queued: the first ticket's turn comes at
+    // once; if the line moved while closed, the second's would come half a
+    // second later, and both would expire 10 s later.
+    let site = admission(
+        "new_users_per_minute = 120\nburst = 1\nclaim_window = \"10s\"\nmode = \"queue_all\"",
+    );
+    let a = cluster.node("a", "", &site).await;
+    let b = cluster.node("b", "", &site).await;
+    all_ready(&[&a, &b]).await;
+    let mut first = Browser::default();
+    let mut second = Browser::default();
+    queued_position(&first.visit(&a).await);
+    queued_position(&second.visit(&b).await);
+    let closing = admin(
+        &a,
+        Method::PATCH,
+        "/admin/sites/portal/admission",
+        r#"{"mode": "closed"}"#,
+    )
+    .await;
+    assert_eq!(closing.status, 200, "{}", closing.text());
+    // Both nodes keep refreshing their view (every 100 ms) meanwhile.
+    sleep(Duration::from_secs(12)).await;
+    assert_eq!(answer(&first.visit(&b).await), Answer::Closed);
+    let reopening = admin(
+        &a,
+        Method::PATCH,
+        "/admin/sites/portal/admission",
+        r#"{"mode": "queue_all"}"#,
+    )
+    .await;
+    assert_eq!(reopening.status, 200, "{}", reopening.text());
+
+    let ticket = first.ticket.clone();
+    let start = Instant::now();
+    loop {
+        let got = first.visit(&b).await;
+        let seen = answer(&got);
+        if seen == Answer::Admitted {
+            break;
+        }
+        assert_eq!(
+            first.ticket, ticket,
+            "the first in line keeps its ticket across the closure, not sent to the back: {seen:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the first in line is admitted soon after the reopening: {}",
+            got.text()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        a.metric("digue_turns_missed_total{site=\"portal\"}").await,
+        0.0,
+        "no turn was handed out to holders who could not claim it"
+    );
+}
+
+#[tokio::test]
+async fn a_ticket_from_before_redis_lost_the_line_gets_a_new_place_at_the_end() {
+    let cluster = Cluster::start(portal().await).await;
+    let site = admission("new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\"");
+    let a = cluster.node("a", "", &site).await;
+    all_ready(&[&a]).await;
+    // Yesterday evening's ticket, signed with the cluster's key, from a
+    // line that Redis no longer holds.
+    let keys = digue::admission::keys_from_file(&cluster.secret.0).expect("a readable secret");
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let old = digue::admission::token::Ticket {
+        site: "portal".to_owned(),
+        number: 40_000,
+        issued: unix - 3600,
+        eta: 0,
+    }
+    .encode(&keys);
+    let mut holder = Browser {
+        ticket: Some(old.clone()),
+        pass: None,
+    };
+    let got = holder.visit(&a).await;
+    assert_eq!(
+        queued_position(&got),
+        0,
+        "its holder starts again at the end of today's (empty) line, not 40,000 back"
+    );
+    assert!(
+        holder.ticket.as_ref().is_some_and(|t| *t != old),
+        "with a new ticket"
+    );
+    let mut newcomer = Browser::default();
+    answer(&newcomer.visit(&a).await);
+    let start = Instant::now();
+    while answer(&newcomer.visit(&a).await) != Answer::Admitted {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "at 10/s a newcomer behind one ticket gets in within 2 s"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+}

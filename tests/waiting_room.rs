@@ -24,12 +24,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
-use support::{Got, Origin, Proxy, Seen, get, reply, request, set_cookie};
+use support::{Got, Origin, Proxy, Seen, admin_call, get, reply, request, set_cookie};
 
 /// The gated entry point of every test.
 const ENTRY: &str = "/pronote/eleve.html";
 const TICKET: &str = "digue_ticket";
 const PASS: &str = "digue_pass";
+/// The admin token of the proxies whose settings a test changes live.
+const TOKEN: &str = "waiting-room-admin-token-3b9d";
 /// What a browser sends when it loads a page.
 const BROWSER_ACCEPT: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
@@ -292,6 +294,41 @@ async fn get_from(local: IpAddr, url: &str, headers: &[(&str, &str)]) -> Got {
     })
     .await
     .expect("response within 10 s")
+}
+
+/// digue with one site `portal` and the admin API open to [`TOKEN`].
+async fn with_admin(origin: &str, server: &str, site: &str) -> Proxy {
+    let options = digue::Options {
+        config_path: None,
+        admin_token: Some(TOKEN.to_owned()),
+    };
+    Proxy::from_toml_with(&config("portal", origin, server, site), options).await
+}
+
+/// `PATCH /admin/sites/portal/admission` with this JSON body; must apply.
+async fn patch_admission(proxy: &Proxy, body: &str) {
+    let got = admin_call(
+        proxy,
+        TOKEN,
+        Method::PATCH,
+        "/admin/sites/portal/admission",
+        body,
+    )
+    .await;
+    assert_eq!(got.status, 200, "{body} applies: {}", got.text());
+}
+
+/// A ticket for site `portal` as digue signs them with the key in `secret`,
+/// e.g. one handed out by an earlier run of the proxy.
+fn signed_ticket(secret: &TempFile, number: u64, issued: u64) -> String {
+    let keys = digue::admission::keys_from_file(&secret.0).expect("a readable secret");
+    digue::admission::token::Ticket {
+        site: "portal".to_owned(),
+        number,
+        issued,
+        eta: 0,
+    }
+    .encode(&keys)
 }
 
 /// Polls `ENTRY` as JSON every `every` until admitted; the time it took.
@@ -1232,4 +1269,169 @@ async fn max_active_users_keeps_the_third_waiting_even_when_the_rate_allows() {
     let got = third.visit(&proxy, ENTRY, Accept::Json).await;
     position(&got);
     assert_eq!(origin.count(ENTRY), 2);
+}
+
+#[tokio::test]
+async fn a_closed_site_keeps_its_line_still_and_reopens_in_ticket_order() {
+    let origin = portal().await;
+    let proxy = with_admin(
+        &origin.url(),
+        "",
+        &admission(
+            "new_users_per_minute = 120\nburst = 1\nclaim_window = \"10s\"\n\
+             mode = \"queue_all\"",
+        ),
+    )
+    .await;
+    // The first ticket's turn comes at once; the site closes before its
+    // holder's next poll.
+    let mut line = Vec::new();
+    for (browser, got) in newcomers(&proxy, 2, Accept::Json).await {
+        position(&got);
+        line.push(browser);
+    }
+    patch_admission(&proxy, r#"{"mode": "closed"}"#).await;
+    // Closed for longer than the claim window, scraped as Prometheus would:
+    // at 2/s both turns would be out within a second and expire 10 s later
+    // if the line moved.
+    let closed_at = Instant::now();
+    while closed_at.elapsed() < Duration::from_secs(12) {
+        proxy
+            .metric("digue_turns_missed_total{site=\"portal\"}")
+            .await;
+        let got = line[0].visit(&proxy, ENTRY, Accept::Json).await;
+        assert_eq!(json(&got)["state"], "closed", "{}", got.text());
+        assert!(
+            3 * retry_after(&got) <= 10,
+            "a ticket holder polls several times per claim window, even while closed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    patch_admission(&proxy, r#"{"mode": "queue_all"}"#).await;
+
+    let ticket = line[0].ticket().to_owned();
+    let got = line[0].visit(&proxy, ENTRY, Accept::Json).await;
+    assert_eq!(
+        got.status,
+        200,
+        "the first in line is admitted when the site reopens (new ticket: {}): {}",
+        new_cookie(&got, TICKET).is_some_and(|t| t != ticket),
+        got.text()
+    );
+    let second = line[1].ticket().to_owned();
+    let got = line[1].visit(&proxy, ENTRY, Accept::Json).await;
+    assert!(
+        got.status == 200 || position(&got) == 0 && line[1].ticket() == second,
+        "the second is next, not sent to the back: {}",
+        got.text()
+    );
+    assert_eq!(
+        proxy
+            .metric("digue_turns_missed_total{site=\"portal\"}")
+            .await,
+        0.0,
+        "no turn was handed out to holders who could not claim it"
+    );
+}
+
+#[tokio::test]
+async fn a_ticket_older_than_its_cookie_is_refused_and_its_holder_queues_anew() {
+    let secret = TempFile::secret();
+    let server = format!("secret_file = \"{}\"", secret.path());
+    let origin = portal().await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        &server,
+        &admission("new_users_per_minute = 1\nburst = 1"),
+    )
+    .await;
+    use_up_the_budget(&proxy).await;
+    let mut today = Browser::default();
+    assert_eq!(position(&today.visit(&proxy, ENTRY, Accept::Json).await), 0);
+
+    // Yesterday's first ticket: its number is today's first ticket's too.
+    let stale = signed_ticket(&secret, 1, unix_now() - 13 * 3600);
+    let mut yesterday = Browser::with_ticket(&stale);
+    let got = yesterday.visit(&proxy, ENTRY, Accept::Json).await;
+    assert_eq!(
+        position(&got),
+        1,
+        "a 13-hour-old ticket is a newcomer's, behind today's first: {}",
+        got.text()
+    );
+    assert!(
+        new_cookie(&got, TICKET).is_some_and(|t| t != stale),
+        "and its holder is given a new ticket"
+    );
+    assert_eq!(
+        proxy
+            .metric("digue_tokens_refused_total{reason=\"expired\",site=\"portal\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn after_a_restart_without_state_an_old_far_ticket_does_not_hold_up_the_line() {
+    let secret = TempFile::secret();
+    let server = format!("secret_file = \"{}\"", secret.path());
+    let origin = portal().await;
+    // Restarted without a state file: the line's count starts again at 0.
+    let proxy = Proxy::start(
+        &origin.url(),
+        &server,
+        &admission("new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\""),
+    )
+    .await;
+    let old = signed_ticket(&secret, 40_000, unix_now() - 3600);
+    let mut holder = Browser::with_ticket(&old);
+    let got = holder.visit(&proxy, ENTRY, Accept::Json).await;
+    assert_eq!(
+        position(&got),
+        0,
+        "the old ticket's holder starts again at the end of today's (empty) line: {}",
+        got.text()
+    );
+    assert!(
+        new_cookie(&got, TICKET).is_some_and(|t| t != old),
+        "its place was lost with the state: it is given a new ticket"
+    );
+
+    let mut newcomer = Browser::default();
+    newcomer.visit(&proxy, ENTRY, Accept::Json).await;
+    let took = poll_until_admitted(
+        &proxy,
+        &mut newcomer,
+        Duration::from_millis(50),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        took.is_some_and(|t| t <= Duration::from_secs(1)),
+        "at 10/s a newcomer behind one ticket gets in within a second, not after \
+         40,000 turns nobody holds: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_max_active_users_raised_live_is_enforced_at_its_new_value() {
+    let origin = portal().await;
+    let proxy = with_admin(
+        &origin.url(),
+        "",
+        &admission(
+            "new_users_per_minute = 6000\nburst = 100\nmax_active_users = 2\n\
+             tickets_per_network_per_minute = 1000",
+        ),
+    )
+    .await;
+    patch_admission(&proxy, r#"{"max_active_users": 20}"#).await;
+    let arrivals = newcomers(&proxy, 30, Accept::Html).await;
+    let statuses: Vec<u16> = arrivals.iter().map(|(_, g)| g.status.as_u16()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        20,
+        "the new cap lets 20 in and holds the rest, whatever the first cap was: {statuses:?}"
+    );
+    assert_eq!(origin.count(ENTRY), 20);
 }

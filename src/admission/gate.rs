@@ -27,13 +27,23 @@ use crate::outcome::{AdmitHow, Refusal};
 /// quarter of `session_duration` if shorter), so an active user does not
 /// get a `Set-Cookie` on every response.
 const RENEW_AFTER_SECS: u64 = 60;
-/// Tickets outlive a closed laptop lid or a lunch break.
+/// Tickets outlive a closed laptop lid or a lunch break; an older one is
+/// refused (its holder is a newcomer), whatever the cookie's Max-Age.
 const TICKET_MAX_AGE_SECS: u64 = 12 * 3600;
 /// Bounds of the waiting page's polling interval: near the front it polls
 /// often enough to claim its turn well within the claim window; far back
-/// it polls slowly, so a long line costs little.
+/// it polls slowly, so a long line costs little. Never more than a third of
+/// the claim window, so a holder polls (the page adds ±20 % jitter) at
+/// least twice before a turn handed out just after a poll expires.
 const RETRY_MIN_SECS: u64 = 3;
 const RETRY_MAX_SECS: u64 = 20;
+const _: () = assert!(crate::config::MIN_CLAIM_WINDOW.as_secs() >= 3 * RETRY_MIN_SECS);
+/// How often a visitor without a ticket asks again while the site is closed.
+const CLOSED_RETRY_SECS: u64 = 60;
+/// Passes one node counts within `session_duration`: bounds the memory of
+/// the count whatever the load, and is far above what one node admits in a
+/// session's time. A `max_active_users` above it is enforced at this count.
+const MAX_SESSIONS_TRACKED: u64 = 1_000_000;
 /// Networks tracked for ticket issuance; the least recently seen go first.
 const MAX_NETWORKS: u64 = 100_000;
 const NETWORK_IDLE: Duration = Duration::from_secs(600);
@@ -116,11 +126,10 @@ impl Gate {
     fn with(cfg: &AdmissionConfig, line: Store) -> Gate {
         Gate {
             line,
+            // Not sized from `max_active_users`: that changes live, the
+            // cache's capacity does not.
             sessions: moka::sync::Cache::builder()
-                .max_capacity(
-                    cfg.max_active_users
-                        .map_or(10_000_000, |m| u64::from(m) * 4),
-                )
+                .max_capacity(MAX_SESSIONS_TRACKED)
                 .time_to_idle(cfg.session_duration)
                 .build(),
             networks: moka::sync::Cache::builder()
@@ -184,12 +193,19 @@ impl Gate {
         }
         if cfg.mode == AdmissionMode::Closed || policy == StoreFailure::Closed {
             m.waiting_page(true);
+            // A ticket holder must be back within the claim window once the
+            // site reopens (a forged cookie gains only a shorter hint).
+            let retry_after = if cookies::find(visitor.headers, TICKET).is_some() {
+                poll_after(Duration::MAX, cfg.claim_window)
+            } else {
+                CLOSED_RETRY_SECS
+            };
             return Verdict::Wait(Waiting {
                 closed: true,
                 approximate: false,
                 ahead: 0,
                 eta: Duration::ZERO,
-                retry_after: RETRY_MAX_SECS * 3,
+                retry_after,
                 cookies: Vec::new(),
             });
         }
@@ -200,6 +216,11 @@ impl Gate {
         let params = params(cfg, self.sessions.entry_count());
         if let Some(raw) = cookies::find(visitor.headers, TICKET) {
             match Ticket::decode(keys, site, raw) {
+                // Older than its cookie may live: likely from a line whose
+                // state was lost since, so its number means nothing now.
+                Some(ticket) if unix.saturating_sub(ticket.issued) > TICKET_MAX_AGE_SECS => {
+                    m.refused(Refusal::Expired);
+                }
                 Some(ticket) => match self.claim(ticket.number, &params, now).await {
                     Claim::Admitted => {
                         m.admitted(AdmitHow::Line);
@@ -216,9 +237,12 @@ impl Gate {
                             Verdict::Proceed(set)
                         };
                     }
-                    Claim::Waiting(place) => return self.wait(place, Vec::new(), degraded, m),
-                    // The turn went to the next ticket: a new place at the end.
-                    Claim::Missed => {}
+                    Claim::Waiting(place) => {
+                        return self.wait(place, &params, Vec::new(), degraded, m);
+                    }
+                    // The turn went to the next ticket, or the place was lost
+                    // with the line's state: a new place at the end.
+                    Claim::Missed | Claim::Lost => {}
                 },
                 None => m.refused(Refusal::Invalid),
             }
@@ -232,7 +256,7 @@ impl Gate {
                 ahead: status.waiting,
                 eta: eta_for(status.waiting, status.rate),
             };
-            return self.wait(place, Vec::new(), degraded, m);
+            return self.wait(place, &params, Vec::new(), degraded, m);
         }
         match self
             .arrive(&params, cfg.mode == AdmissionMode::Auto, now)
@@ -252,9 +276,9 @@ impl Gate {
                 }
                 .encode(keys);
                 let cookie = cookies::set(TICKET, &token, TICKET_MAX_AGE_SECS, &attrs);
-                self.wait(place, vec![cookie], degraded, m)
+                self.wait(place, &params, vec![cookie], degraded, m)
             }
-            Arrival::Unticketed(place) => self.wait(place, Vec::new(), true, m),
+            Arrival::Unticketed(place) => self.wait(place, &params, Vec::new(), true, m),
         }
     }
 
@@ -337,19 +361,18 @@ impl Gate {
     fn wait(
         &self,
         place: Place,
+        params: &Params,
         cookies: Vec<HeaderValue>,
         approximate: bool,
         m: &SiteMetrics,
     ) -> Verdict {
         m.waiting_page(false);
-        // Further back, slower polls: a long line costs little.
-        let retry_after = (place.eta.as_secs() / 8).clamp(RETRY_MIN_SECS, RETRY_MAX_SECS);
         Verdict::Wait(Waiting {
             closed: false,
             approximate,
             ahead: place.ahead,
             eta: place.eta,
-            retry_after,
+            retry_after: poll_after(place.eta, params.claim_window),
             cookies,
         })
     }
@@ -409,8 +432,18 @@ fn params(cfg: &AdmissionConfig, active: u64) -> Params {
         burst: cfg.burst,
         claim_window: cfg.claim_window,
         active,
-        max_active: cfg.max_active_users.map(u64::from),
+        max_active: cfg
+            .max_active_users
+            .map(|m| u64::from(m).min(MAX_SESSIONS_TRACKED)),
+        frozen: cfg.mode == AdmissionMode::Closed,
     }
+}
+
+/// The `Retry-After` of a waiting visitor whose turn is `eta` away: further
+/// back, slower polls, but always several per claim window.
+fn poll_after(eta: Duration, claim_window: Duration) -> u64 {
+    let within_claim = (claim_window.as_secs() / 3).max(RETRY_MIN_SECS);
+    (eta.as_secs() / 8).clamp(RETRY_MIN_SECS, RETRY_MAX_SECS.min(within_claim))
 }
 
 /// The /24 of an IPv4 address or the /64 of an IPv6 one: a whole school
@@ -432,6 +465,26 @@ fn random_start() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_holder_polls_several_times_per_claim_window_wherever_it_stands() {
+        for window in [10, 15, 30, 60, 300] {
+            let claim_window = Duration::from_secs(window);
+            for eta in [0, 10, 100, 1000, 86_400] {
+                let retry = poll_after(Duration::from_secs(eta), claim_window);
+                assert!(
+                    3 * retry <= window,
+                    "every {retry} s is too rare for a {window} s claim window (eta {eta} s)"
+                );
+                assert!(retry >= RETRY_MIN_SECS, "{retry} s invites a retry storm");
+            }
+        }
+        assert_eq!(
+            poll_after(Duration::from_secs(86_400), Duration::from_secs(300)),
+            RETRY_MAX_SECS,
+            "far back in a line with a long claim window, polls stay slow"
+        );
+    }
 
     #[test]
     fn networks_group_a_school_but_not_the_internet() {

@@ -4,7 +4,7 @@
 --   refresh: report the view (heartbeat of the calling node)
 --   arrive:  admit a newcomer at once if nobody waits, else a ticket
 --   claim:   a ticket holder asks whether its turn came
---   restore: after a reset, give back the turns this node knew (ARGV[14..])
+--   restore: after a reset, give back the turns this node knew (ARGV[16..])
 -- Time comes from Redis (TIME), so nodes' clocks do not matter. Counters
 -- are fenced: they never go below what the calling node already knew, so a
 -- Redis restart or failover (empty or older data) never reissues a ticket
@@ -26,6 +26,11 @@ local may_enter = ARGV[12] == '1'
 -- Tickets other nodes may have issued since the caller's view was taken:
 -- skipped over after a reset, so no number is ever issued twice.
 local margin = tonumber(ARGV[13])
+-- The site is closed: nobody can claim, so no turn is handed out and none
+-- expires; pending turns keep a whole claim window for the reopening.
+local frozen = ARGV[14] == '1'
+-- A node whose heartbeat (any call) is older than this no longer counts.
+local node_timeout = tonumber(ARGV[15])
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -43,7 +48,7 @@ end
 
 redis.call('ZADD', K_nodes, now, node)
 redis.call('HSET', K_active, node, node_active)
-redis.call('ZREMRANGEBYSCORE', K_nodes, '-inf', now - 5000000)
+redis.call('ZREMRANGEBYSCORE', K_nodes, '-inf', now - node_timeout)
 local live = redis.call('ZRANGE', K_nodes, 0, -1)
 local active = 0
 for _, n in ipairs(live) do
@@ -62,17 +67,23 @@ local function take()
   return true
 end
 
-local expired = redis.call('ZRANGEBYSCORE', K_turns, '-inf', now - window)
-if #expired > 0 then
-  redis.call('ZREMRANGEBYSCORE', K_turns, '-inf', now - window)
-  redis.call('INCRBY', K_missed, #expired)
-  tat = math.max(tat - interval * #expired, now)
+if frozen then
+  for _, turn in ipairs(redis.call('ZRANGE', K_turns, 0, -1)) do
+    redis.call('ZADD', K_turns, 'XX', now, turn)
+  end
+else
+  local expired = redis.call('ZRANGEBYSCORE', K_turns, '-inf', now - window)
+  if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', K_turns, '-inf', now - window)
+    redis.call('INCRBY', K_missed, #expired)
+    tat = math.max(tat - interval * #expired, now)
+  end
 end
 local pending = redis.call('ZCARD', K_turns)
 local function room()
   return max_active == 0 or active + pending < max_active
 end
-while cursor < issued and room() and take() do
+while not frozen and cursor < issued and room() and take() do
   cursor = cursor + 1
   redis.call('ZADD', K_turns, now, cursor)
   pending = pending + 1
@@ -81,7 +92,7 @@ redis.call('ZREMRANGEBYSCORE', K_claims, '-inf', now - 60000000)
 
 local state, number = 'view', 0
 if op == 'restore' then
-  for i = 14, #ARGV do
+  for i = 16, #ARGV do
     local t = tonumber(ARGV[i])
     if t <= cursor and redis.call('ZSCORE', K_turns, t) == false then
       redis.call('ZADD', K_turns, now, t)
@@ -97,14 +108,20 @@ elseif op == 'arrive' then
     number = issued
   end
 elseif op == 'claim' then
-  if ticket > issued then issued = ticket end
-  if redis.call('ZREM', K_turns, ticket) == 1 then
-    state = 'admitted'
-    redis.call('ZADD', K_claims, now, now .. ':' .. node .. ':' .. ticket)
-  elseif ticket <= cursor then
-    state = 'missed'
+  if ticket > issued + margin then
+    -- From a line whose state was lost: following it would hand a turn to
+    -- every number in between, held by nobody.
+    state = 'lost'
   else
-    state = 'waiting'
+    if ticket > issued then issued = ticket end
+    if redis.call('ZREM', K_turns, ticket) == 1 then
+      state = 'admitted'
+      redis.call('ZADD', K_claims, now, now .. ':' .. node .. ':' .. ticket)
+    elseif ticket <= cursor then
+      state = 'missed'
+    else
+      state = 'waiting'
+    end
   end
 end
 redis.call('SET', K_issued, issued)

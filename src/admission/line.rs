@@ -34,6 +34,16 @@ pub struct Params {
     /// Sessions active now and the cap on them, if any.
     pub active: u64,
     pub max_active: Option<u64>,
+    /// The site is closed: nobody can claim a turn, so none is handed out
+    /// and none expires; the line stands still until it reopens.
+    pub frozen: bool,
+}
+
+/// Ticket numbers past a line's count that it still honours: a second or
+/// two of arrivals, issued after the last save before a crash. A number
+/// further out comes from a line whose state was lost.
+pub fn restart_margin(per_minute: u32, burst: u32) -> u64 {
+    u64::from(burst) + u64::from(per_minute) / 30 + 10
 }
 
 /// Where a waiting ticket stands.
@@ -75,6 +85,9 @@ pub enum Claim {
     Waiting(Place),
     /// Its turn came and went unclaimed: the slot went to the next ticket.
     Missed,
+    /// Issued by this line before it lost its state (a restart without
+    /// `state_file`, a wiped Redis): the place is gone.
+    Lost,
 }
 
 /// A moment of the line, for metrics and the admin API.
@@ -124,6 +137,8 @@ struct State {
     claims: VecDeque<Instant>,
     /// Turns missed since the last `take_missed`.
     missed: u64,
+    /// Since when the line stands still (the site is closed).
+    frozen_since: Option<Instant>,
 }
 
 /// The line of one site.
@@ -165,6 +180,7 @@ impl Line {
                 turns,
                 claims: VecDeque::new(),
                 missed: 0,
+                frozen_since: params.frozen.then_some(now),
             }),
         }
     }
@@ -193,6 +209,11 @@ impl Line {
     pub fn claim(&self, ticket: u64, params: &Params, now: Instant) -> Claim {
         let mut s = self.lock();
         if ticket > s.issued {
+            if ticket - s.issued > restart_margin(params.per_minute, params.burst) {
+                // Following it would hand a turn to every number in between,
+                // held by nobody: its holder starts again at the end.
+                return Claim::Lost;
+            }
             // Issued before a restart that lost the count: it waits at the end.
             s.issued = ticket;
         }
@@ -241,6 +262,21 @@ impl State {
     /// Expires unclaimed turns, then hands out the turns the budget allows.
     fn advance(&mut self, params: &Params, now: Instant) {
         self.gcra.set_rate(params.per_minute, params.burst, now);
+        while self.claims.front().is_some_and(|t| *t + RATE_WINDOW <= now) {
+            self.claims.pop_front();
+        }
+        if params.frozen {
+            self.frozen_since.get_or_insert(now);
+            return;
+        }
+        if let Some(since) = self.frozen_since.take() {
+            // Holders could not claim while the site was closed: the
+            // closure does not count against their claim window.
+            let closed = now.saturating_duration_since(since);
+            for turn in &mut self.turns {
+                turn.granted += closed;
+            }
+        }
         while let Some(turn) = self.turns.front() {
             if turn.granted + params.claim_window > now {
                 break;
@@ -259,9 +295,6 @@ impl State {
                 ticket,
                 granted: now,
             });
-        }
-        while self.claims.front().is_some_and(|t| *t + RATE_WINDOW <= now) {
-            self.claims.pop_front();
         }
     }
 
@@ -307,6 +340,7 @@ mod tests {
             claim_window: Duration::from_secs(30),
             active: 0,
             max_active: None,
+            frozen: false,
         }
     }
 
@@ -506,6 +540,57 @@ mod tests {
             matches!(resumed.claim(t, &p, Instant::now()), Claim::Waiting(_)),
             "the restored budget is not refilled by the restart"
         );
+    }
+
+    #[test]
+    fn a_closed_line_stands_still_and_its_pending_turns_outlast_the_closure() {
+        let open = params(60, 1);
+        let closed = Params {
+            frozen: true,
+            ..open
+        };
+        let line = Line::new(&open);
+        let t0 = Instant::now();
+        line.arrive(&open, true, t0);
+        let (a, _) = queued(line.arrive(&open, true, t0));
+        let (b, _) = queued(line.arrive(&open, true, t0));
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(line.status(&open, at(1)).unclaimed, 1, "a's turn came");
+        for s in 2..100 {
+            let status = line.status(&closed, at(s));
+            assert_eq!(
+                (status.waiting, status.unclaimed),
+                (1, 1),
+                "closed at {s} s"
+            );
+        }
+        assert_eq!(
+            line.claim(a, &open, at(100)),
+            Claim::Admitted,
+            "a keeps its turn"
+        );
+        assert_eq!(
+            line.claim(b, &open, at(100)),
+            Claim::Admitted,
+            "then b's, from the budget that refilled meanwhile"
+        );
+        assert_eq!(line.take_missed(), 0);
+    }
+
+    #[test]
+    fn a_ticket_far_past_the_count_is_lost_and_does_not_drag_the_line() {
+        let p = params(60, 1);
+        let line = Line::new(&p);
+        let t0 = Instant::now();
+        line.arrive(&p, true, t0);
+        let near = restart_margin(p.per_minute, p.burst);
+        assert_eq!(line.claim(40_000, &p, t0), Claim::Lost);
+        assert!(
+            matches!(line.claim(near, &p, t0), Claim::Waiting(_)),
+            "within the restart margin a ticket keeps its number"
+        );
+        let (t, _) = queued(line.arrive(&p, true, t0));
+        assert_eq!(t, near + 1, "the count follows the kept ticket only");
     }
 
     #[test]

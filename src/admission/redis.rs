@@ -35,6 +35,9 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// Ticket numbers skipped after a reset on top of the measured arrivals:
 /// those issued by other nodes since the caller's view may be in use.
 const RESET_MARGIN_TICKETS: u64 = 100;
+/// A node whose refresh (its heartbeat) is older than this no longer counts
+/// as live; `cluster.refresh_interval` is bounded well below it.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the script returns: state, ticket, epoch, issued, cursor, nodes,
 /// claims in the last minute, their span (ms), turns missed, turns pending.
@@ -166,8 +169,6 @@ impl RedisLine {
         for k in &self.keys {
             invocation.key(k);
         }
-        // Tickets others may have issued since this view: ~2 s of arrivals.
-        let margin = (known.issued_per_second * 2.0) as u64 + RESET_MARGIN_TICKETS;
         invocation
             .arg(op)
             .arg(params.per_minute)
@@ -181,7 +182,9 @@ impl RedisLine {
             .arg(known.cursor)
             .arg(ticket)
             .arg(if may_enter { "1" } else { "0" })
-            .arg(margin);
+            .arg(margin(known))
+            .arg(if params.frozen { "1" } else { "0" })
+            .arg(NODE_TIMEOUT.as_micros() as u64);
         for t in turns {
             invocation.arg(*t);
         }
@@ -269,7 +272,11 @@ impl RedisLine {
     /// A ticket holder's poll, answered from the view unless its turn came.
     pub async fn claim(&self, ticket: u64, params: &Params, now: Instant) -> Claim {
         let view = self.view();
-        let due = view.turns.contains(&ticket) || ticket <= view.cursor;
+        // A number far past the view is either that fresh on another node
+        // or from a line whose state was lost: only Redis can tell.
+        let due = view.turns.contains(&ticket)
+            || ticket <= view.cursor
+            || ticket > view.issued + margin(&view);
         if !due && self.healthy() {
             return Claim::Waiting(self.place(ticket, params));
         }
@@ -277,6 +284,7 @@ impl RedisLine {
             match self.call("claim", params, ticket, false).await {
                 Ok((state, _)) if state == "admitted" => return Claim::Admitted,
                 Ok((state, _)) if state == "missed" => return Claim::Missed,
+                Ok((state, _)) if state == "lost" => return Claim::Lost,
                 Ok(_) => return Claim::Waiting(self.place(ticket, params)),
                 Err(Unreachable) => {}
             }
@@ -341,6 +349,12 @@ impl RedisLine {
         );
         gcra.try_take(now)
     }
+}
+
+/// Tickets other nodes may have issued since `view` was taken: ~2 s of
+/// arrivals (a refresh is at most 2 s old).
+fn margin(view: &View) -> u64 {
+    (view.issued_per_second * 2.0) as u64 + RESET_MARGIN_TICKETS
 }
 
 fn rate(view: &View, params: &Params) -> f64 {
