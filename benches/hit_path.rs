@@ -46,7 +46,7 @@ fn hit_path(c: &mut Criterion) {
     let body = Bytes::from(vec![b'x'; OBJECT_BYTES]);
     let now = SystemTime::now();
     let plan = policy::plan(&req, &res, &site, None, now).expect("storable");
-    let primary = CacheKey::primary("bench", "ent.example.fr", "/static/app.css");
+    let primary = CacheKey::primary("bench", "https", "ent.example.fr", "/static/app.css");
     let entry = Entry::new(
         primary.clone(),
         res.status,
@@ -61,7 +61,7 @@ fn hit_path(c: &mut Criterion) {
     group.bench_function("digue", |b| {
         b.iter(|| {
             let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let key = CacheKey::primary("bench", "ent.example.fr", target);
+            let key = CacheKey::primary("bench", "https", "ent.example.fr", target);
             let Lookup::Found(entry) = store.lookup(&key, &req.headers) else {
                 panic!("stored above")
             };

@@ -1,8 +1,15 @@
 //! The one response body type: a cached or generated buffer, or an origin
-//! stream that holds its origin slot until the last byte is sent.
+//! stream that holds its origin slot until the last byte is sent — or until
+//! it stops moving: a relayed body that delivers nothing for its stall
+//! timeout is cut, whether the origin went silent or the client stopped
+//! reading, so neither can pin an origin slot for ever.
 
+use std::error::Error as StdError;
+use std::fmt;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -11,6 +18,9 @@ use hyper::body::Incoming;
 
 use crate::guard::OriginPermit;
 
+/// What a downstream body can fail with.
+pub type BodyError = Box<dyn StdError + Send + Sync>;
+
 /// A downstream response body.
 pub enum ProxyBody {
     /// A whole body in memory: a cache entry (shared, not copied) or a page.
@@ -18,12 +28,39 @@ pub enum ProxyBody {
     /// Streamed from the origin, after an already-read `prefix`.
     Upstream {
         prefix: Option<Bytes>,
-        rest: Incoming,
-        /// Released when the body ends or the client goes away, so a slow
-        /// download still counts toward origin_concurrency.
-        permit: Option<OriginPermit>,
+        relay: Arc<Relayed>,
     },
 }
+
+/// The origin half of a relayed body, shared with its stall watchdog.
+pub struct Relayed {
+    stream: Mutex<Stream>,
+    /// Frames delivered so far: the watchdog's measure of progress.
+    frames: AtomicU64,
+}
+
+struct Stream {
+    /// `None` once finished or cut.
+    rest: Option<Incoming>,
+    /// Released when the body ends, is cut, or the client goes away, so a
+    /// slow download still counts toward origin_concurrency.
+    permit: Option<OriginPermit>,
+    /// The task waiting for the next frame, woken when the watchdog cuts.
+    waker: Option<Waker>,
+    cut: bool,
+}
+
+/// The body stopped moving for longer than its stall timeout.
+#[derive(Debug)]
+pub struct Stalled;
+
+impl fmt::Display for Stalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("relayed body made no progress within origin_timeout")
+    }
+}
+
+impl StdError for Stalled {}
 
 impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
@@ -34,38 +71,105 @@ impl ProxyBody {
         ProxyBody::Full(None)
     }
 
-    pub fn upstream(prefix: Option<Bytes>, rest: Incoming, permit: Option<OriginPermit>) -> Self {
+    /// Streams `rest` after `prefix`, holding `permit` until the end; cut if
+    /// no frame goes out for `stall` (checked by a watchdog task, since a
+    /// client that stops reading also stops polling the body).
+    pub fn upstream(
+        prefix: Option<Bytes>,
+        rest: Incoming,
+        permit: Option<OriginPermit>,
+        stall: Duration,
+    ) -> Self {
+        let relay = Arc::new(Relayed {
+            stream: Mutex::new(Stream {
+                rest: Some(rest),
+                permit,
+                waker: None,
+                cut: false,
+            }),
+            frames: AtomicU64::new(0),
+        });
+        tokio::spawn(watch_stall(Arc::downgrade(&relay), stall));
         ProxyBody::Upstream {
             prefix: prefix.filter(|p| !p.is_empty()),
-            rest,
-            permit,
+            relay,
         }
+    }
+}
+
+impl Relayed {
+    fn stream(&self) -> std::sync::MutexGuard<'_, Stream> {
+        self.stream.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Cuts `relay` once a whole `stall` period passes without a frame going
+/// out; ends when the body finishes or is dropped.
+async fn watch_stall(relay: Weak<Relayed>, stall: Duration) {
+    let mut seen = u64::MAX;
+    loop {
+        tokio::time::sleep(stall).await;
+        let Some(relay) = relay.upgrade() else { return };
+        let frames = relay.frames.load(Ordering::Relaxed);
+        let mut stream = relay.stream();
+        if stream.rest.is_none() {
+            return;
+        }
+        if frames == seen {
+            // Dropping the origin body closes its connection, which frees
+            // the portal's worker too, not only digue's slot.
+            stream.rest = None;
+            stream.permit = None;
+            stream.cut = true;
+            if let Some(waker) = stream.waker.take() {
+                waker.wake();
+            }
+            return;
+        }
+        seen = frames;
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream {
-                prefix,
-                rest,
-                permit,
-            } => {
+            ProxyBody::Upstream { prefix, relay } => {
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
                 }
-                let polled = Pin::new(rest).poll_frame(cx);
-                if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-                    permit.take();
+                let mut stream = relay.stream();
+                let Some(rest) = stream.rest.as_mut() else {
+                    let cut = std::mem::take(&mut stream.cut);
+                    return Poll::Ready(cut.then(|| Err(Stalled.into())));
+                };
+                match Pin::new(rest).poll_frame(cx) {
+                    Poll::Pending => {
+                        if !stream
+                            .waker
+                            .as_ref()
+                            .is_some_and(|w| w.will_wake(cx.waker()))
+                        {
+                            stream.waker = Some(cx.waker().clone());
+                        }
+                        Poll::Pending
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        relay.frames.fetch_add(1, Ordering::Relaxed);
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(end) => {
+                        stream.rest = None;
+                        stream.permit = None;
+                        Poll::Ready(end.map(|r| r.map_err(Into::into)))
+                    }
                 }
-                polled
             }
         }
     }
@@ -73,7 +177,12 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Upstream { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
+            ProxyBody::Upstream { prefix, relay } => {
+                let stream = relay.stream();
+                prefix.is_none()
+                    && !stream.cut
+                    && stream.rest.as_ref().is_none_or(Body::is_end_stream)
+            }
         }
     }
 
@@ -82,9 +191,13 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            ProxyBody::Upstream { prefix, rest, .. } => {
+            ProxyBody::Upstream { prefix, relay } => {
                 let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
-                let inner = rest.size_hint();
+                let inner = relay
+                    .stream()
+                    .rest
+                    .as_ref()
+                    .map_or_else(SizeHint::new, Body::size_hint);
                 let mut hint = SizeHint::new();
                 hint.set_lower(inner.lower() + extra);
                 if let Some(upper) = inner.upper() {

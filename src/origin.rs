@@ -167,6 +167,22 @@ pub fn client_ip(from: Downstream, headers: &HeaderMap, trusted: &[Cidr]) -> IpA
         .unwrap_or(peer)
 }
 
+/// The scheme the origin is told in `X-Forwarded-Proto`: what a trusted
+/// proxy in front said, else the downstream connection's own. Origins build
+/// redirects and absolute links from it, so the cache key includes it.
+pub fn forwarded_proto(from: Downstream, headers: &HeaderMap, trusted: &[Cidr]) -> &'static str {
+    let peer = from.peer.ip().to_canonical();
+    let claimed = headers
+        .get(&X_FORWARDED_PROTO)
+        .filter(|_| trusted.iter().any(|c| c.contains(peer)));
+    match claimed {
+        Some(proto) if proto.as_bytes().eq_ignore_ascii_case(b"https") => "https",
+        Some(_) => "http",
+        None if from.tls => "https",
+        None => "http",
+    }
+}
+
 /// Sets `X-Forwarded-For/-Proto/-Host` from the real connection. A client's
 /// own values are dropped unless it is a trusted proxy: a forged
 /// `X-Forwarded-Host` must never reach a portal that builds cacheable
@@ -194,7 +210,7 @@ fn set_forwarded(headers: &mut HeaderMap, host: &HeaderValue, from: Downstream, 
     };
     headers.insert(&X_FORWARDED_FOR, chain);
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        let proto = if from.tls { "https" } else { "http" };
+        let proto = forwarded_proto(from, headers, trusted);
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !headers.contains_key(&X_FORWARDED_HOST) {
@@ -270,6 +286,26 @@ mod tests {
         assert_eq!(
             h[&X_FORWARDED_PROTO], "https",
             "a trusted proxy's scheme is kept"
+        );
+    }
+
+    #[test]
+    fn the_scheme_is_the_connection_s_unless_a_trusted_proxy_says_otherwise() {
+        let lb: Cidr = "10.0.0.0/8".parse().expect("cidr");
+        let mut said_https = HeaderMap::new();
+        said_https.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("HTTPS"));
+        let tls = Downstream {
+            tls: true,
+            ..downstream("192.0.2.7")
+        };
+        assert_eq!(forwarded_proto(tls, &HeaderMap::new(), &[]), "https");
+        assert_eq!(
+            forwarded_proto(downstream("192.0.2.7"), &said_https, &[lb]),
+            "http"
+        );
+        assert_eq!(
+            forwarded_proto(downstream("10.0.0.2"), &said_https, &[lb]),
+            "https"
         );
     }
 }

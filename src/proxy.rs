@@ -18,8 +18,7 @@ use crate::cache::key::{CacheKey, Vary};
 use crate::cache::store::{Entry, Freshness, Lookup};
 use crate::cache::{policy, serve};
 use crate::guard::OriginPermit;
-use crate::origin::client_ip;
-use crate::origin::{Downstream, UpstreamBody};
+use crate::origin::{Downstream, UpstreamBody, client_ip, forwarded_proto};
 use crate::outcome::{
     BusyReason, BypassReason, CacheStatus, Forward, OriginErrorKind, Outcome, StaleReason,
 };
@@ -256,7 +255,9 @@ impl Ctx {
         }
         drop(body);
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let primary = CacheKey::primary(&self.site.config.name, &self.host_key, target);
+        let trusted = &self.snapshot.config.server.trusted_proxies;
+        let scheme = forwarded_proto(self.from, &parts.headers, trusted);
+        let primary = CacheKey::primary(&self.site.config.name, scheme, &self.host_key, target);
         if self.app.store.is_uncacheable(&primary) {
             let fwd = Forward::Bypass(BypassReason::Uncacheable);
             return self.forward(&parts, empty(), fwd).await;
@@ -290,7 +291,7 @@ impl Ctx {
             match self.app.coalescer.join(&flight) {
                 Role::Leader(leader) => {
                     let fetched = self
-                        .fetch(&parts, &primary, stale.clone(), fwd, leader)
+                        .fetch_detached(&parts, &primary, stale.clone(), fwd, leader)
                         .await;
                     return self.respond(&parts, fetched, stale, fwd);
                 }
@@ -379,8 +380,49 @@ impl Ctx {
         });
     }
 
+    /// The leader's fetch, in a task of its own: when the leader's client
+    /// goes away (a reload during a surge), the fetch its followers wait
+    /// for goes on, instead of sending each of them to the origin alone.
+    async fn fetch_detached(
+        &self,
+        parts: &request::Parts,
+        primary: &CacheKey,
+        stale: Option<Arc<Entry>>,
+        fwd: Forward,
+        leader: Leader,
+    ) -> Fetched {
+        let ctx = self.clone();
+        let head = fetch_head(parts);
+        let primary = primary.clone();
+        let task =
+            tokio::spawn(async move { ctx.fetch(&head, &primary, stale, fwd, leader).await });
+        match task.await {
+            Ok(fetched) => fetched,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down.
+            Err(_) => Fetched::Failed(Failure::Origin(OriginErrorKind::Protocol)),
+        }
+    }
+
     /// The leader's fetch: one request to the origin for everybody waiting.
     async fn fetch(
+        &self,
+        parts: &request::Parts,
+        primary: &CacheKey,
+        stale: Option<Arc<Entry>>,
+        fwd: Forward,
+        leader: Leader,
+    ) -> Fetched {
+        let old = stale.clone();
+        let fetched = self.fetch_once(parts, primary, stale, fwd, leader).await;
+        // A purged copy is served stale for one refetch only.
+        if let (Some(old), Fetched::Failed(_) | Fetched::ServerError(_)) = (old, &fetched) {
+            old.refetch_failed();
+        }
+        fetched
+    }
+
+    async fn fetch_once(
         &self,
         parts: &request::Parts,
         primary: &CacheKey,
@@ -450,7 +492,7 @@ impl Ctx {
             }
             // The refreshed headers forbid storing (a Set-Cookie, `private`):
             // this client alone gets the old body with them.
-            self.app.store.mark_uncacheable(primary);
+            self.app.store.mark_uncacheable(primary, Some(old));
             leader.land(Landing::Uncacheable);
             let mut direct = Response::new(ProxyBody::Full(Some(old.body.clone())));
             *direct.status_mut() = merged.status;
@@ -458,7 +500,7 @@ impl Ctx {
             return Fetched::Direct(direct, not_stored);
         }
         let Ok(plan) = policy::plan(&head, &res, &site.config, rule, now) else {
-            self.app.store.mark_uncacheable(primary);
+            self.app.store.mark_uncacheable(primary, stale.as_deref());
             leader.land(Landing::Uncacheable);
             return Fetched::Relay(Relay {
                 head: res,
@@ -480,7 +522,7 @@ impl Ctx {
                 self.store(primary, entry, leader, fwd, status)
             }
             Ok(Collected::TooBig { prefix, rest }) => {
-                self.app.store.mark_uncacheable(primary);
+                self.app.store.mark_uncacheable(primary, stale.as_deref());
                 leader.land(Landing::Uncacheable);
                 Fetched::Relay(Relay {
                     head: res,
@@ -609,7 +651,8 @@ impl Ctx {
 
     fn relay(&self, relay: Relay, outcome: Outcome) -> Response<ProxyBody> {
         self.site.metrics.request(outcome);
-        let body = ProxyBody::upstream(relay.prefix, relay.body, Some(relay.slot));
+        let stall = self.site.config.origin_timeout;
+        let body = ProxyBody::upstream(relay.prefix, relay.body, Some(relay.slot), stall);
         let mut res = Response::from_parts(relay.head, body);
         relay.status.append_to(res.headers_mut());
         res

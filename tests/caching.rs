@@ -3,11 +3,37 @@
 
 mod support;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use support::{Origin, Proxy, get, reply};
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use support::{Got, Origin, Proxy, admin_call, get, reply};
+
+/// The admin token of the proxies started by [`start_with_admin`].
+const TOKEN: &str = "caching-tests-admin-token";
+/// A `u64` of seconds no cache could ever honour.
+const HUGE_SECONDS: &str = "18446744073709551615";
+
+/// An origin answering "v1" with `cache_control` until the flag turns it
+/// into a 503 "en panne".
+async fn failing_origin(cache_control: &'static str) -> (Origin, Arc<AtomicBool>) {
+    let failing = Arc::new(AtomicBool::new(false));
+    let flag = failing.clone();
+    let origin = Origin::start(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            reply(503, &[], "en panne")
+        } else {
+            reply(200, &[("cache-control", cache_control)], "v1")
+        }
+    })
+    .await;
+    (origin, failing)
+}
 
 #[tokio::test]
 async fn a_cacheable_page_is_fetched_once_then_served_from_memory() {
@@ -126,16 +152,7 @@ async fn headerless_static_assets_are_cached_by_a_forced_ttl_rule() {
 
 #[tokio::test]
 async fn stale_copy_is_served_while_origin_returns_503() {
-    let failing = Arc::new(AtomicBool::new(false));
-    let flag = failing.clone();
-    let origin = Origin::start(move |_| {
-        if flag.load(Ordering::SeqCst) {
-            reply(503, &[], "en panne")
-        } else {
-            reply(200, &[("cache-control", "max-age=1")], "v1")
-        }
-    })
-    .await;
+    let (origin, failing) = failing_origin("max-age=1").await;
     let proxy = Proxy::start(
         &origin.url(),
         "",
@@ -155,4 +172,249 @@ async fn stale_copy_is_served_while_origin_returns_503() {
         r.cache_status()
     );
     assert_eq!(origin.count("/x"), 2, "the origin was asked, and failed");
+}
+
+#[tokio::test]
+async fn huge_stale_windows_and_ages_from_the_origin_never_drop_a_connection() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let flag = failing.clone();
+    let origin = Origin::start(move |seen| {
+        let swr = format!("max-age=1, stale-while-revalidate={HUGE_SECONDS}");
+        let sie = format!("max-age=1, stale-if-error={HUGE_SECONDS}");
+        match seen.target.as_str() {
+            "/swr" => reply(200, &[("cache-control", &swr)], "swr"),
+            "/sie" if flag.load(Ordering::SeqCst) => reply(503, &[], "en panne"),
+            "/sie" => reply(200, &[("cache-control", &sie)], "sie"),
+            _ => reply(200, &[("age", HUGE_SECONDS)], "age"),
+        }
+    })
+    .await;
+    let proxy = Proxy::start(
+        &origin.url(),
+        "",
+        "[site.cache]\nstale_while_revalidate = \"0s\"\nstale_if_error = \"0s\"\n\
+         [[site.cache.rule]]\nprefix = \"/age\"\nttl = \"1s\"\n",
+    )
+    .await;
+    for target in ["/swr", "/sie", "/age"] {
+        let first = get(&proxy.url(target), &[]).await;
+        assert_eq!(first.status, 200, "{target}: {}", first.cache_status());
+    }
+    failing.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for target in ["/swr", "/sie", "/age"] {
+        let expired = get(&proxy.url(target), &[]).await;
+        assert_eq!(
+            expired.status,
+            200,
+            "{target} after expiry: {}",
+            expired.cache_status()
+        );
+        assert_eq!(expired.text(), &target[1..], "{target}: the page itself");
+    }
+}
+
+#[tokio::test]
+async fn a_client_no_store_does_not_make_a_page_uncacheable_for_everyone() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "accueil").await;
+    let proxy = Proxy::start(&origin.url(), "", "").await;
+    let first = get(
+        &proxy.url("/"),
+        &[("cache-control", "no-store"), ("pragma", "no-cache")],
+    )
+    .await;
+    assert_eq!(first.text(), "accueil");
+    for _ in 0..5 {
+        let r = get(&proxy.url("/"), &[]).await;
+        assert_eq!(r.text(), "accueil");
+        assert!(
+            r.cache_status().starts_with("digue; hit"),
+            "{}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(
+        origin.count("/"),
+        1,
+        "one client's directive does not decide for everyone"
+    );
+}
+
+/// A self-signed certificate for `localhost`, written as `a.crt`/`a.key` in `dir`.
+fn localhost_cert(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+    std::fs::write(dir.join("a.crt"), generated.cert.pem()).expect("write cert");
+    std::fs::write(dir.join("a.key"), generated.signing_key.serialize_pem()).expect("write key");
+    generated.cert.der().clone()
+}
+
+/// `GET target` with `Host: localhost` over HTTPS (HTTP/1.1), trusting `root`.
+async fn get_https(
+    addr: std::net::SocketAddr,
+    root: &rustls::pki_types::CertificateDer<'static>,
+    target: &str,
+) -> Got {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).expect("valid root");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(target)
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let res = sender.send_request(req).await.expect("response");
+    let (parts, body) = res.into_parts();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn an_http_redirect_to_https_is_never_served_to_https_clients() {
+    let origin = Origin::start(|seen| {
+        let cacheable = ("cache-control", "max-age=60");
+        if seen.headers["x-forwarded-proto"] == "http" {
+            reply(301, &[cacheable, ("location", "https://localhost/")], "")
+        } else {
+            reply(200, &[cacheable], "secure")
+        }
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("digue-caching-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let root = localhost_cert(&dir);
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n\
+         tls_cert = \"{}\"\ntls_key = \"{}\"\n\
+         [[site]]\nname = \"portal\"\nhosts = [\"*\"]\norigin = \"{}\"\n",
+        dir.join("a.crt").display(),
+        dir.join("a.key").display(),
+        origin.url()
+    );
+    let config = digue::config::Config::parse(&text).unwrap_or_else(|e| panic!("valid: {e}"));
+    let running = digue::start_with(config, digue::Options::default())
+        .await
+        .expect("starts");
+    let plain = format!("http://{}/", running.listen);
+    let tls = running.tls.expect("TLS listener");
+
+    let redirect = get(&plain, &[("host", "localhost")]).await;
+    assert_eq!(redirect.status, 301, "plain HTTP is redirected");
+    let again = get(&plain, &[("host", "localhost")]).await;
+    assert!(
+        again.cache_status().starts_with("digue; hit"),
+        "and the redirect is cached: {}",
+        again.cache_status()
+    );
+    let secure = get_https(tls, &root, "/").await;
+    assert_eq!(
+        (secure.status.as_u16(), secure.text().as_str()),
+        (200, "secure"),
+        "an HTTPS client never gets the HTTP redirect: {}",
+        secure.cache_status()
+    );
+    running.shutdown().await;
+}
+
+/// digue with an admin token and a one-second hit-for-miss memory; `site`
+/// as for [`Proxy::start`].
+async fn start_with_admin(origin: &Origin, site: &str) -> Proxy {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [cache]\nhit_for_miss = \"1s\"\n\
+         [[site]]\nname = \"portal\"\nhosts = [\"*\"]\norigin = \"{}\"\n{site}\n",
+        origin.url()
+    );
+    let options = digue::Options {
+        config_path: None,
+        admin_token: Some(TOKEN.to_owned()),
+    };
+    Proxy::from_toml_with(&text, options).await
+}
+
+async fn soft_purge(proxy: &Proxy, path: &str) {
+    let body = format!(r#"{{"site": "portal", "path": "{path}"}}"#);
+    let got = admin_call(proxy, TOKEN, Method::POST, "/admin/purge", &body).await;
+    assert_eq!(got.status, 200, "purge: {}", got.text());
+}
+
+#[tokio::test]
+async fn a_purged_page_that_turned_private_never_comes_back() {
+    let private = Arc::new(AtomicBool::new(false));
+    let flag = private.clone();
+    let origin = Origin::start(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            reply(200, &[("cache-control", "private, max-age=60")], "v2")
+        } else {
+            reply(200, &[("cache-control", "max-age=60")], "v1")
+        }
+    })
+    .await;
+    let proxy = start_with_admin(&origin, "").await;
+    assert_eq!(get(&proxy.url("/notes"), &[]).await.text(), "v1");
+    private.store(true, Ordering::SeqCst);
+    soft_purge(&proxy, "/notes").await;
+    let during = get(&proxy.url("/notes"), &[]).await;
+    assert_eq!(during.text(), "v1", "stale while the one refetch runs");
+    origin.wait_for_total(2).await;
+
+    // Past the hit-for-miss memory, the origin still says private.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        let after = get(&proxy.url("/notes"), &[]).await;
+        assert_eq!(
+            after.text(),
+            "v2",
+            "the purged copy is gone: {}",
+            after.cache_status()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_purged_page_is_not_served_stale_for_ever_while_the_origin_fails() {
+    let (origin, failing) = failing_origin("max-age=60").await;
+    let proxy = start_with_admin(
+        &origin,
+        "[site.cache]\nstale_while_revalidate = \"0s\"\nstale_if_error = \"0s\"\n",
+    )
+    .await;
+    assert_eq!(get(&proxy.url("/news"), &[]).await.text(), "v1");
+    failing.store(true, Ordering::SeqCst);
+    soft_purge(&proxy, "/news").await;
+    let during = get(&proxy.url("/news"), &[]).await;
+    assert_eq!(during.text(), "v1", "stale while the one refetch runs");
+    origin.wait_for_total(2).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let after = loop {
+        let got = get(&proxy.url("/news"), &[]).await;
+        if got.status != 200 || tokio::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        after.status,
+        503,
+        "once the refetch failed, no stale-if-error window keeps the purged copy: {}",
+        after.cache_status()
+    );
 }

@@ -532,9 +532,10 @@ async fn a_leader_whose_client_goes_away_does_not_strand_its_followers() {
     origin.wait_for_total(1).await;
     let follower = spawn_get(proxy.url("/cantine"), Vec::new());
     wait_for_metric(&proxy, COALESCED, 1.0).await;
+    // The leader's client reloads the page (closes its connection): the
+    // fetch it started goes on for the follower.
     leader.abort();
-    // The leader's fetch goes with its client; the follower leads a new one.
-    origin.wait_for_total(2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     origin.release();
 
     let (r, _) = follower.await.expect("no panic");
@@ -543,10 +544,10 @@ async fn a_leader_whose_client_goes_away_does_not_strand_its_followers() {
     let after = get(&proxy.url("/cantine"), &[]).await;
     assert!(
         after.cache_status().starts_with("digue; hit"),
-        "the follower's fetch was stored: {}",
+        "the leader's fetch was stored: {}",
         after.cache_status()
     );
-    assert_eq!(origin.count("/cantine"), 2);
+    assert_eq!(origin.count("/cantine"), 1, "one fetch for both");
 }
 
 #[tokio::test]

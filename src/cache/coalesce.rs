@@ -172,7 +172,7 @@ mod tests {
     use super::*;
 
     fn key() -> CacheKey {
-        CacheKey::primary("s", "h", "/k")
+        CacheKey::primary("s", "http", "h", "/k")
     }
 
     #[tokio::test]

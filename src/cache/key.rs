@@ -1,5 +1,5 @@
-//! Cache keys: site, host and request target, plus the normalised values of
-//! the headers a response varies on.
+//! Cache keys: site, scheme, host and request target, plus the normalised
+//! values of the headers a response varies on.
 
 use std::sync::Arc;
 
@@ -15,10 +15,14 @@ pub struct CacheKey(Box<str>);
 const SEP: char = '\u{0}';
 
 impl CacheKey {
-    /// The key of a URL on a site. `host` is lower-case without port.
-    pub fn primary(site: &str, host: &str, target: &str) -> CacheKey {
-        let mut k = String::with_capacity(site.len() + host.len() + target.len() + 2);
+    /// The key of a URL on a site. `scheme` is the one the origin is told
+    /// (an `http` answer may be a redirect to `https`); `host` is lower-case.
+    pub fn primary(site: &str, scheme: &str, host: &str, target: &str) -> CacheKey {
+        let len = site.len() + scheme.len() + host.len() + target.len() + 3;
+        let mut k = String::with_capacity(len);
         k.push_str(site);
+        k.push(SEP);
+        k.push_str(scheme);
         k.push(SEP);
         k.push_str(host);
         k.push(SEP);
@@ -46,7 +50,7 @@ impl CacheKey {
 
     /// The request target (path and query) of this key.
     pub fn target(&self) -> &str {
-        self.0.split(SEP).nth(2).unwrap_or_default()
+        self.0.split(SEP).nth(3).unwrap_or_default()
     }
 
     /// Bytes this key takes, for the cache weigher.
@@ -135,7 +139,7 @@ mod tests {
 
     #[test]
     fn equivalent_header_values_share_a_variant() {
-        let base = CacheKey::primary("portal", "ent.example.fr", "/a?b=1");
+        let base = CacheKey::primary("portal", "https", "ent.example.fr", "/a?b=1");
         let vary = [http::header::ACCEPT_ENCODING];
         let a = base.variant(&vary, &headers(&[("accept-encoding", "gzip, br")]));
         let b = base.variant(&vary, &headers(&[("accept-encoding", "gzip,br")]));
@@ -149,8 +153,16 @@ mod tests {
     }
 
     #[test]
+    fn http_and_https_never_share_a_key() {
+        let http = CacheKey::primary("portal", "http", "ent.example.fr", "/");
+        let https = CacheKey::primary("portal", "https", "ent.example.fr", "/");
+        assert_ne!(http, https);
+        assert_eq!(https.target(), "/", "the target is still found for purges");
+    }
+
+    #[test]
     fn distinct_values_never_share_a_variant() {
-        let base = CacheKey::primary("portal", "h", "/");
+        let base = CacheKey::primary("portal", "https", "h", "/");
         let vary = [http::header::COOKIE];
         let raw = |v: &[u8]| {
             let mut h = HeaderMap::new();

@@ -3,7 +3,9 @@
 //! Freshness and storability come from `http-cache-semantics` evaluated as a
 //! shared cache. digue is stricter than the RFC where users' privacy is at
 //! stake: a response carrying `Set-Cookie` is never stored, and requests with
-//! `Authorization` or a session cookie never touch the shared cache.
+//! `Authorization` or a session cookie never touch the shared cache. Laxer
+//! on one point, like Varnish and nginx: a client's own cache directives
+//! (`no-store`, `no-cache`) decide nothing for everyone else.
 
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +16,10 @@ use http_cache_semantics::{CacheOptions, CachePolicy};
 use crate::cache::key::Vary;
 use crate::config::{CacheRule, RuleAction, SiteConfig};
 use crate::outcome::BypassReason;
+
+/// The longest any origin-given lifetime, window or `Age` is taken to be:
+/// enough for any real page, and far from overflowing instant arithmetic.
+pub const MAX_DELTA: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Decides whether a request may use the shared cache at all.
 pub fn classify(
@@ -118,7 +124,7 @@ pub fn plan(
         ..CacheOptions::default()
     };
     let normalised = lower_case_directives(res).ok_or(NotStorable::Forbidden)?;
-    let policy = CachePolicy::new_options(req, &normalised, now, options);
+    let policy = CachePolicy::new_options(&without_directives(req), &normalised, now, options);
     if !policy.is_storable() {
         return Err(NotStorable::Forbidden);
     }
@@ -139,7 +145,9 @@ pub fn plan(
         if !may_serve_stale {
             return Duration::ZERO;
         }
-        rule_value.unwrap_or_else(|| own.map_or(site_value, |own| own.max(site_value)))
+        let window =
+            rule_value.unwrap_or_else(|| own.map_or(site_value, |own| own.max(site_value)));
+        window.min(MAX_DELTA)
     };
     Ok(StorePlan {
         stale_while_revalidate: window(
@@ -154,14 +162,29 @@ pub fn plan(
         ),
         policy,
         vary,
-        ttl,
+        ttl: ttl.min(MAX_DELTA),
     })
+}
+
+/// A copy of the request head without `Cache-Control` and `Pragma`: one
+/// client's `no-store` must not make a page uncacheable for everyone (lookups
+/// ignore them too: F5 never bypasses).
+fn without_directives(req: &request::Parts) -> request::Parts {
+    let (mut copy, ()) = http::Request::new(()).into_parts();
+    copy.method = req.method.clone();
+    copy.uri = req.uri.clone();
+    copy.version = req.version;
+    copy.headers = req.headers.clone();
+    copy.headers.remove(header::CACHE_CONTROL);
+    copy.headers.remove(header::PRAGMA);
+    copy
 }
 
 /// A copy of the response head with `Cache-Control` and `Pragma` lower-cased:
 /// directive names are case-insensitive (RFC 9111 §5.2) but the library
-/// matches them as written, so `Private` would slip through. `None` when a
-/// directive is not readable text: such a response is not stored.
+/// matches them as written, so `Private` would slip through. `Age` is capped
+/// at [`MAX_DELTA`]: the library adds it to durations unchecked. `None` when
+/// a directive is not readable text: such a response is not stored.
 fn lower_case_directives(res: &response::Parts) -> Option<response::Parts> {
     let (mut copy, ()) = http::Response::new(()).into_parts();
     copy.status = res.status;
@@ -174,6 +197,12 @@ fn lower_case_directives(res: &response::Parts) -> Option<response::Parts> {
             let lower = v.to_str().ok()?.to_ascii_lowercase();
             copy.headers.append(&name, lower.parse().ok()?);
         }
+    }
+    let age = copy.headers.get(header::AGE).and_then(|v| v.to_str().ok());
+    if let Some(age) = age.and_then(|v| v.trim().parse::<u64>().ok()) {
+        let capped = age.min(MAX_DELTA.as_secs());
+        copy.headers
+            .insert(header::AGE, http::HeaderValue::from(capped));
     }
     Some(copy)
 }
@@ -202,7 +231,7 @@ impl Directives {
             };
             let secs = value
                 .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .map(|s| Duration::from_secs(s).min(MAX_DELTA));
             match name.to_ascii_lowercase().as_str() {
                 "must-revalidate" | "proxy-revalidate" | "no-cache" => d.must_revalidate = true,
                 "stale-while-revalidate" => d.stale_while_revalidate = secs,
@@ -410,6 +439,45 @@ mod tests {
         assert_eq!(
             decide(&s, &req(&[]), &res(200, &[("expires", "0")])).err(),
             Some(NotStorable::NoFreshness)
+        );
+    }
+
+    #[test]
+    fn request_directives_never_decide_storability_but_response_ones_do() {
+        let s = site("");
+        let no_store = req(&[("cache-control", "no-store"), ("pragma", "no-cache")]);
+        assert!(
+            decide(&s, &no_store, &res(200, &[("cache-control", "max-age=60")])).is_ok(),
+            "a client's no-store decides nothing for everyone"
+        );
+        assert_eq!(
+            decide(&s, &req(&[]), &res(200, &[("cache-control", "no-store")])).err(),
+            Some(NotStorable::Forbidden)
+        );
+    }
+
+    #[test]
+    fn huge_lifetimes_windows_and_ages_are_capped() {
+        let s = site("");
+        let huge = "max-age=18446744073709551615, stale-while-revalidate=18446744073709551615, \
+                    stale-if-error=18446744073709551615";
+        let p = decide(&s, &req(&[]), &res(200, &[("cache-control", huge)]))
+            .unwrap_or_else(|e| panic!("storable: {e:?}"));
+        assert_eq!(
+            (p.ttl, p.stale_while_revalidate, p.stale_if_error),
+            (MAX_DELTA, MAX_DELTA, MAX_DELTA)
+        );
+        let forced = site("[[site.cache.rule]]\nprefix = \"/\"\nttl = \"1h\"\n");
+        let p = decide(
+            &forced,
+            &req(&[]),
+            &res(200, &[("age", "18446744073709551615")]),
+        )
+        .unwrap_or_else(|e| panic!("forced: {e:?}"));
+        let later = SystemTime::now() + Duration::from_secs(5);
+        assert!(
+            p.policy.age(later) < MAX_DELTA + Duration::from_secs(6),
+            "a huge Age is capped, so it can be added to"
         );
     }
 

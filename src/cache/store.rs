@@ -1,8 +1,8 @@
 //! The shared response store: moka, bounded in bytes by a weigher, plus the
 //! short memory of uncacheable keys (hit-for-miss).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -10,6 +10,7 @@ use http::StatusCode;
 use http::header::{HeaderMap, HeaderName};
 use http_cache_semantics::CachePolicy;
 use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
 use prometheus::IntCounter;
 use tokio::time::Instant;
 
@@ -19,7 +20,7 @@ use crate::cache::policy::StorePlan;
 /// Bytes counted for an entry beyond its headers and body (maps, policy).
 const ENTRY_OVERHEAD: usize = 512;
 
-/// A stored response. Immutable once stored except for the purge flag; a
+/// A stored response. Immutable once stored except for the purge marks; a
 /// refresh replaces the whole entry.
 pub struct Entry {
     /// The storage key (the variant key when the response varies).
@@ -40,8 +41,11 @@ pub struct Entry {
     ttl: Duration,
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
-    /// Set by a soft purge: the entry counts as stale from then on.
-    purged: AtomicBool,
+    /// Set by a soft purge: the entry counts as expired from then on.
+    purged_at: OnceLock<Instant>,
+    /// Set when a refetch of the purged entry failed: its one refetch served
+    /// stale-while-revalidate is spent.
+    refetch_failed: AtomicBool,
 }
 
 /// Where an entry stands at a given instant.
@@ -87,22 +91,29 @@ impl Entry {
             ttl: plan.ttl,
             stale_while_revalidate: plan.stale_while_revalidate,
             stale_if_error: plan.stale_if_error,
-            purged: AtomicBool::new(false),
+            purged_at: OnceLock::new(),
+            refetch_failed: AtomicBool::new(false),
         }
     }
 
     pub fn freshness(&self, now: Instant) -> Freshness {
         let age = now.saturating_duration_since(self.stored_at);
-        if self.purged.load(Ordering::Relaxed) {
-            // A purge must not cause a stampede: serve stale, refetch once.
-            return Freshness::StaleWhileRevalidate;
+        if self.purged_at.get().is_some() {
+            // A purge must not cause a stampede: serve stale while one
+            // refetch runs. Once that failed, fetch in the foreground (still
+            // coalesced) and let usable_if_error decide.
+            return if self.refetch_failed.load(Ordering::Relaxed) {
+                Freshness::Stale
+            } else {
+                Freshness::StaleWhileRevalidate
+            };
         }
         if age < self.ttl {
             return Freshness::Fresh {
                 ttl: (self.ttl - age).as_secs(),
             };
         }
-        if age < self.ttl + self.stale_while_revalidate {
+        if age < self.ttl.saturating_add(self.stale_while_revalidate) {
             Freshness::StaleWhileRevalidate
         } else {
             Freshness::Stale
@@ -112,17 +123,36 @@ impl Entry {
     /// Whether this copy may stand in for an origin that failed.
     pub fn usable_if_error(&self, now: Instant) -> bool {
         let age = now.saturating_duration_since(self.stored_at);
-        age < self.ttl + self.stale_while_revalidate.max(self.stale_if_error)
+        let window = self.stale_while_revalidate.max(self.stale_if_error);
+        let usable = age < self.ttl.saturating_add(window);
+        match self.purged_at.get() {
+            // The purge expired it: only its own stale-if-error window is
+            // left, counted from the purge, so a down origin can't keep a
+            // purged copy alive for ever.
+            Some(purged_at) => {
+                usable && now.saturating_duration_since(*purged_at) < self.stale_if_error
+            }
+            None => usable,
+        }
     }
 
     /// The `Age` header value (RFC 9111 §4.2.3).
     pub fn age(&self, now: Instant) -> u64 {
-        (self.initial_age + now.saturating_duration_since(self.stored_at)).as_secs()
+        let resident = now.saturating_duration_since(self.stored_at);
+        self.initial_age.saturating_add(resident).as_secs()
     }
 
-    /// Marks the entry stale (soft purge).
+    /// Marks the entry expired (soft purge), with one refetch to come.
     pub fn purge(&self) {
-        self.purged.store(true, Ordering::Relaxed);
+        let _ = self.purged_at.set(Instant::now());
+        self.refetch_failed.store(false, Ordering::Relaxed);
+    }
+
+    /// Records that a refetch of this entry failed; counts only once purged.
+    pub fn refetch_failed(&self) {
+        if self.purged_at.get().is_some() {
+            self.refetch_failed.store(true, Ordering::Relaxed);
+        }
     }
 
     fn weight(&self) -> u32 {
@@ -217,8 +247,20 @@ impl Store {
         self.uncacheable.invalidate(primary);
     }
 
-    pub fn mark_uncacheable(&self, primary: &CacheKey) {
+    /// Remembers that `primary` answered something uncacheable, and drops
+    /// `replaced`, the copy that answer supersedes: the origin took it back
+    /// (a page turned `private`), so it must not come back when the mark
+    /// expires or is forgotten.
+    pub fn mark_uncacheable(&self, primary: &CacheKey, replaced: Option<&Entry>) {
         self.uncacheable.insert(primary.clone(), ());
+        let Some(old) = replaced else { return };
+        // Only that copy: a newer one stored meanwhile stays.
+        self.entries
+            .entry_by_ref(&old.key)
+            .and_compute_with(|slot| match slot.as_ref().map(|s| s.value()) {
+                Some(Slot::Response(e)) if std::ptr::eq(Arc::as_ptr(e), old) => Op::Remove,
+                Some(_) | None => Op::Nop,
+            });
     }
 
     /// Forgets every hit-for-miss mark (after a config change).

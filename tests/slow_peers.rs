@@ -1,0 +1,108 @@
+//! A relayed body that stops moving is cut after `origin_timeout`: an origin
+//! that goes silent mid-body, or a client that stops reading, never holds an
+//! origin slot (and with it everybody else's access) for ever.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Origin, Proxy, reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, sleep, timeout};
+
+const IN_FLIGHT: &str = "digue_origin_in_flight{site=\"portal\"}";
+
+/// Polls `IN_FLIGHT` until it equals `want`, for at most `limit`.
+async fn in_flight_reaches(proxy: &Proxy, want: f64, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if proxy.metric(IN_FLIGHT).await == want {
+            return true;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// An origin that sends its headers and the first bytes of a long body, then
+/// keeps the connection open without a word, like a hung servlet.
+async fn silent_origin() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut head = [0_u8; 4096];
+            let _ = conn.read(&mut head).await;
+            let _ = conn
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\
+                      Cache-Control: no-store\r\n\r\nfirst bytes",
+                )
+                .await;
+            held.push(conn);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn an_origin_silent_mid_body_is_cut_and_frees_its_slot() {
+    let (origin, _task) = silent_origin().await;
+    let proxy = Proxy::start(&origin, "", "origin_timeout = \"1s\"").await;
+
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    client
+        .write_all(b"POST /export HTTP/1.1\r\nHost: portal\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .expect("request written");
+    let mut got = Vec::new();
+    let read = timeout(Duration::from_secs(10), client.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        read.is_ok(),
+        "the connection is closed instead of hanging; got so far: {text}"
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "headers relayed: {text}");
+    assert!(
+        text.ends_with("first bytes"),
+        "the body was cut short, not padded or completed: {text}"
+    );
+    assert!(
+        in_flight_reaches(&proxy, 0.0, Duration::from_secs(2)).await,
+        "the origin slot is free again"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_gives_its_origin_slot_back() {
+    // Far more than loopback socket buffers hold, so the relay must stall.
+    let big = "x".repeat(64 << 20);
+    let origin = Origin::start(move |seen| match seen.target.as_str() {
+        "/export" => reply(200, &[("cache-control", "no-store")], &big),
+        _ => reply(200, &[], "home"),
+    })
+    .await;
+    let proxy = Proxy::start(&origin.url(), "", "origin_timeout = \"1s\"").await;
+
+    let mut idle = TcpStream::connect(proxy.addr).await.expect("connect");
+    idle.write_all(b"POST /export HTTP/1.1\r\nHost: portal\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .expect("request written");
+    assert!(
+        in_flight_reaches(&proxy, 1.0, Duration::from_secs(5)).await,
+        "the download holds an origin slot while it moves"
+    );
+    // The client never reads another byte.
+    assert!(
+        in_flight_reaches(&proxy, 0.0, Duration::from_secs(6)).await,
+        "the stalled download gave its slot back"
+    );
+    let after = support::get(&proxy.url("/"), &[]).await;
+    assert_eq!(after.status, 200, "the proxy keeps serving others");
+    drop(idle);
+}
