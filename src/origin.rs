@@ -84,6 +84,7 @@ impl Origin {
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
         crate::admission::cookies::strip(&mut headers);
+        join_cookies(&mut headers);
         headers.insert(
             header::HOST,
             self.host_override.clone().unwrap_or_else(|| host.clone()),
@@ -112,6 +113,24 @@ impl Origin {
                 Ok(res)
             }
         }
+    }
+}
+
+/// HTTP/2 clients may send each cookie as a field of its own; toward an
+/// HTTP/1.1 origin they must be one `Cookie` line (RFC 9113 §8.2.3): legacy
+/// stacks read only the first and lose the session.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
     }
 }
 

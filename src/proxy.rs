@@ -433,6 +433,13 @@ impl Ctx {
         let site = &self.site;
         let m = &site.metrics;
         let mut head = fetch_head(parts);
+        // The copy is for everyone, so it is asked for as nobody: only a
+        // shared rule lets a session holder get here, and a portal that
+        // personalises even its assets must not have one user's stored.
+        let sessions = &site.config.session_cookies;
+        crate::admission::cookies::remove(&mut head.headers, |name| {
+            sessions.iter().any(|s| s.as_bytes() == name)
+        });
         if let Some(old) = &stale {
             add_validators(&mut head.headers, &old.headers);
         }

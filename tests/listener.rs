@@ -481,7 +481,7 @@ async fn a_post_answered_503_is_not_retried() {
 }
 
 #[tokio::test]
-async fn an_h2c_client_is_served_and_the_origin_gets_the_authority_as_host() {
+async fn an_h2c_client_is_served_and_the_origin_gets_the_authority_as_host_and_one_cookie_line() {
     let origin = Origin::fixed(&[], "over h2c").await;
     let proxy = Proxy::start(&origin.url(), "", "").await;
     let client = Client::builder(TokioExecutor::new())
@@ -489,6 +489,8 @@ async fn an_h2c_client_is_served_and_the_origin_gets_the_authority_as_host() {
         .build_http::<Full<Bytes>>();
 
     let req = Request::get(proxy.url("/h2"))
+        .header("cookie", "JSESSIONID=abc")
+        .header("cookie", "lang=fr")
         .body(Full::new(Bytes::new()))
         .expect("valid request");
     let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
@@ -505,6 +507,11 @@ async fn an_h2c_client_is_served_and_the_origin_gets_the_authority_as_host() {
         seen.headers["host"],
         proxy.addr.to_string().as_str(),
         "the origin gets the request's authority as Host"
+    );
+    assert_eq!(
+        seen.headers.get_all("cookie").iter().collect::<Vec<_>>(),
+        ["JSESSIONID=abc; lang=fr"],
+        "HTTP/2 cookie fields reach an HTTP/1.1 origin as one line"
     );
 }
 

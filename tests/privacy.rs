@@ -258,6 +258,27 @@ async fn a_session_cookie_makes_a_page_per_user_even_when_the_origin_says_max_ag
     );
 }
 
+/// Under a shared rule (static assets), session holders share one copy; it
+/// must be fetched as nobody, or a portal that personalises even its assets
+/// would have the first visitor's version stored for everyone.
+#[tokio::test]
+async fn a_shared_rule_fetches_its_copy_without_the_leaders_session() {
+    let origin = echo_origin(&[]).await;
+    let shared = "[[site.cache.rule]]\nprefix = \"/static/\"\nttl = \"1h\"\nshared = true\n";
+    let proxy = Proxy::start(&origin.url(), "", shared).await;
+    let url = proxy.url("/static/menu.js");
+
+    let alice = get(&url, &[("cookie", "JSESSIONID=alice")]).await;
+    assert_eq!(
+        alice.text(),
+        page_of("nobody"),
+        "fetched without her session"
+    );
+    let bob = get(&url, &[("cookie", "JSESSIONID=bob")]).await;
+    assert_eq!(bob.text(), page_of("nobody"), "bob never gets alice's copy");
+    assert!(is_hit(&bob), "one shared copy: {}", bob.cache_status());
+}
+
 #[tokio::test]
 async fn a_configured_session_cookie_replaces_the_default_markers() {
     let origin = echo_origin(&[("cache-control", "max-age=60")]).await;

@@ -25,16 +25,23 @@ pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Removes digue's cookies from a request going to the origin, which has
 /// no use for them.
 pub fn strip(headers: &mut HeaderMap) {
-    let own = |pair: &[u8]| {
+    remove(headers, |name| {
+        name == TICKET.as_bytes() || name == PASS.as_bytes()
+    });
+}
+
+/// Removes from the `Cookie` headers every cookie whose name `doomed`
+/// picks. Works on bytes: browsers send non-ASCII cookie values.
+pub fn remove(headers: &mut HeaderMap, doomed: impl Fn(&[u8]) -> bool) {
+    let picked = |pair: &[u8]| {
         let pair = pair.trim_ascii();
-        [TICKET, PASS]
-            .iter()
-            .any(|n| pair.starts_with(n.as_bytes()) && pair.get(n.len()) == Some(&b'='))
+        let name = pair.split(|b| *b == b'=').next().unwrap_or(pair);
+        pair.contains(&b'=') && doomed(name.trim_ascii())
     };
     let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
     if !values
         .iter()
-        .any(|v| v.as_bytes().split(|b| *b == b';').any(own))
+        .any(|v| v.as_bytes().split(|b| *b == b';').any(picked))
     {
         return;
     }
@@ -43,7 +50,7 @@ pub fn strip(headers: &mut HeaderMap) {
         let kept: Vec<&[u8]> = v
             .as_bytes()
             .split(|b| *b == b';')
-            .filter(|p| !own(p))
+            .filter(|p| !picked(p))
             .map(<[u8]>::trim_ascii)
             .collect();
         if kept.is_empty() {
