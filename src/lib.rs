@@ -148,7 +148,7 @@ impl App {
                     let margin = match (&s.admission, saved.clean) {
                         (_, true) | (None, false) => 0,
                         (Some(a), false) => {
-                            admission::line::restart_margin(a.new_users_per_minute, a.burst)
+                            admission::line::crash_margin(line, a.new_users_per_minute, a.burst)
                         }
                     };
                     (line.clone(), margin)

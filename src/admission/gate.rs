@@ -85,7 +85,7 @@ pub struct Waiting {
 /// Where a site's line lives.
 enum Store {
     /// In this process (a single node).
-    Local(Line),
+    Local(Box<Line>),
     /// In Redis, shared by the nodes of a cluster.
     Shared {
         line: Box<RedisLine>,
@@ -113,7 +113,7 @@ impl Gate {
             Some(saved) => Line::restore(&params, saved, margin),
             None => Line::new(&params),
         };
-        Gate::with(cfg, Store::Local(line))
+        Gate::with(cfg, Store::Local(Box::new(line)))
     }
 
     /// A gate whose line is shared through Redis.

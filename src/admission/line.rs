@@ -12,7 +12,7 @@
 //! steps and never across `.await`. The cluster store (Redis) replaces this
 //! type with the same operations.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -113,6 +113,19 @@ pub struct Saved {
     /// so a restart does not refill the bucket.
     #[serde(default)]
     pub budget_debt_ms: u64,
+    /// Tickets issued in the last whole second before the save: what a
+    /// crash may have issued unsaved (see [`crash_margin`]).
+    #[serde(default)]
+    pub arrivals_per_sec: u64,
+}
+
+/// Ticket numbers a crash may have issued after the last save (one second
+/// earlier at most): twice the arrivals of the last second, so a surge's
+/// newcomers are never given a number already handed out, plus the
+/// rate-based margin. Numbers in it held by nobody cost nothing: the cursor
+/// jumps over them, and their holders, if any, are let in when they ask.
+pub fn crash_margin(saved: &Saved, per_minute: u32, burst: u32) -> u64 {
+    restart_margin(per_minute, burst).saturating_add(saved.arrivals_per_sec.saturating_mul(2))
 }
 
 #[derive(Debug)]
@@ -131,6 +144,11 @@ struct State {
     /// Tickets `skip.0 < n <= skip.1` were possibly never handed out (lost
     /// by a crash between two saves): the cursor jumps over them.
     skip: (u64, u64),
+    /// Skipped tickets whose holders came back and were let in, so a copied
+    /// cookie cannot use the same number twice.
+    skipped_admitted: HashSet<u64>,
+    /// Tickets issued in the current second, and in the last whole one.
+    arrivals: (Instant, u64, u64),
     /// Turns handed out and not yet claimed, oldest first.
     turns: VecDeque<Turn>,
     /// Claim times within `RATE_WINDOW`, for the measured rate.
@@ -177,6 +195,8 @@ impl Line {
                 issued,
                 cursor: saved.cursor.min(saved.issued),
                 skip: (saved.issued, issued),
+                skipped_admitted: HashSet::new(),
+                arrivals: (now, 0, 0),
                 turns,
                 claims: VecDeque::new(),
                 missed: 0,
@@ -200,6 +220,7 @@ impl Line {
             return Arrival::Admitted;
         }
         s.issued += 1;
+        s.count_arrival(now);
         let ticket = s.issued;
         let place = s.place(ticket, params, now);
         Arrival::Queued { ticket, place }
@@ -222,6 +243,9 @@ impl Line {
             s.turns.remove(i);
             s.record_claim(now);
             return Claim::Admitted;
+        }
+        if s.skip.0 < ticket && ticket < s.skip.1 && ticket <= s.cursor {
+            return s.claim_skipped(ticket, params, now);
         }
         if ticket <= s.cursor {
             return Claim::Missed;
@@ -249,6 +273,7 @@ impl Line {
             cursor: s.cursor,
             turns: s.turns.iter().map(|t| t.ticket).collect(),
             budget_debt_ms: u64::try_from(debt.as_millis()).unwrap_or(u64::MAX),
+            arrivals_per_sec: s.arrivals_per_sec(Instant::now()),
         }
     }
 
@@ -308,6 +333,43 @@ impl State {
 
     fn record_claim(&mut self, now: Instant) {
         self.claims.push_back(now);
+    }
+
+    fn count_arrival(&mut self, now: Instant) {
+        let (since, current, _) = self.arrivals;
+        if now.saturating_duration_since(since) >= Duration::from_secs(1) {
+            self.arrivals = (now, 1, current);
+        } else {
+            self.arrivals.1 += 1;
+        }
+    }
+
+    /// Arrivals in the last whole second (or the current one, if busier).
+    fn arrivals_per_sec(&self, now: Instant) -> u64 {
+        let (since, current, last) = self.arrivals;
+        match now.saturating_duration_since(since).as_secs() {
+            0 => current.max(last),
+            1 => current,
+            _ => 0,
+        }
+    }
+
+    /// A ticket issued unsaved before a crash, that the cursor jumped over:
+    /// its holder was ahead of everyone still waiting, so it goes in as soon
+    /// as the budget allows, once.
+    fn claim_skipped(&mut self, ticket: u64, params: &Params, now: Instant) -> Claim {
+        if self.skipped_admitted.contains(&ticket) {
+            return Claim::Missed;
+        }
+        if params.frozen || !self.room_for_one(params) || !self.gcra.try_take(now) {
+            return Claim::Waiting(Place {
+                ahead: 0,
+                eta: eta_for(0, self.rate_per_second(params, now)),
+            });
+        }
+        self.skipped_admitted.insert(ticket);
+        self.record_claim(now);
+        Claim::Admitted
     }
 
     fn rate_per_second(&self, params: &Params, now: Instant) -> f64 {
@@ -521,6 +583,62 @@ mod tests {
         assert!(place.ahead >= 5, "saved tickets 6..10 are ahead: {place:?}");
         let after = line.saved();
         assert_eq!((after.issued, after.cursor), (111, 5));
+    }
+
+    #[test]
+    fn a_crash_mid_surge_never_reissues_a_number_nor_drops_an_unsaved_ticket() {
+        let p = params(60, 1);
+        let line = Line::new(&p);
+        let t0 = Instant::now();
+        line.arrive(&p, true, t0);
+        // A surge: 500 arrivals in a second, saved, then 300 more unsaved.
+        for i in 0..500 {
+            queued(line.arrive(&p, true, t0 + Duration::from_millis(i)));
+        }
+        let saved = line.saved();
+        assert!(saved.arrivals_per_sec >= 500, "{saved:?}");
+        let unsaved: Vec<u64> = (0..300)
+            .map(|_| queued(line.arrive(&p, true, t0 + Duration::from_millis(900))).0)
+            .collect();
+
+        let margin = crash_margin(&saved, p.per_minute, p.burst);
+        let resumed = Line::restore(&p, saved.clone(), margin);
+        let later = t0 + Duration::from_secs(1);
+        let (fresh, _) = queued(resumed.arrive(&p, true, later));
+        assert!(
+            fresh > *unsaved.last().expect("some"),
+            "newcomer {fresh} never gets a number handed out before the crash"
+        );
+        // The cursor walks the saved line, then jumps the unknown numbers.
+        for t in saved.cursor + 1..=saved.issued {
+            let mut at = later;
+            while resumed.claim(t, &p, at) != Claim::Admitted {
+                at += Duration::from_secs(1);
+                assert!(at < later + Duration::from_secs(3600), "ticket {t} got in");
+            }
+        }
+        let holder = unsaved[10];
+        let mut at = later + Duration::from_secs(3600);
+        resumed.status(&p, at);
+        let mut answers = Vec::new();
+        loop {
+            let claim = resumed.claim(holder, &p, at);
+            answers.push(claim);
+            if claim == Claim::Admitted || answers.len() > 120 {
+                break;
+            }
+            at += Duration::from_secs(1);
+        }
+        assert_eq!(
+            answers.last(),
+            Some(&Claim::Admitted),
+            "an unsaved ticket is let in, never sent to the back: {answers:?}"
+        );
+        assert_eq!(
+            resumed.claim(holder, &p, at),
+            Claim::Missed,
+            "and only once"
+        );
     }
 
     #[test]

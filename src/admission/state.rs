@@ -4,7 +4,8 @@
 //! The file is rewritten atomically (temp file + rename) every second while
 //! counters move, and once more on a clean shutdown. After a crash, up to a
 //! second of tickets may have been issued after the last save: their
-//! numbers are never reissued (see `Line::restore`).
+//! numbers are never reissued, and their holders go in first when they come
+//! back (see `crash_margin` and `Line::restore`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -62,6 +63,7 @@ mod tests {
                 cursor: 3,
                 turns: vec![3],
                 budget_debt_ms: 1500,
+                arrivals_per_sec: 40,
             },
         );
         save(&path, &state).expect("writable");
