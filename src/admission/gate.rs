@@ -416,13 +416,27 @@ impl Gate {
 
     /// Whether `ip`'s network may take one more ticket now.
     fn network_allows(&self, ip: IpAddr, cfg: &AdmissionConfig, now: Instant) -> bool {
-        let per_minute = cfg.tickets_per_network_per_minute;
-        let bucket = self.networks.get_with(network_of(ip), || {
-            Arc::new(Mutex::new(Gcra::new(per_minute, per_minute)))
-        });
-        let mut gcra = bucket.lock().unwrap_or_else(|p| p.into_inner());
-        gcra.set_rate(per_minute, per_minute, now);
-        gcra.try_take(now)
+        let mut taken: Vec<Arc<Mutex<Gcra>>> = Vec::with_capacity(2);
+        for (network, per_minute) in networks_of(ip, cfg.tickets_per_network_per_minute) {
+            let bucket = self.networks.get_with(network, || {
+                Arc::new(Mutex::new(Gcra::new(per_minute, per_minute)))
+            });
+            let mut gcra = bucket.lock().unwrap_or_else(|p| p.into_inner());
+            gcra.set_rate(per_minute, per_minute, now);
+            if !gcra.try_take(now) {
+                drop(gcra);
+                for earlier in taken {
+                    earlier
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .refund(now);
+                }
+                return false;
+            }
+            drop(gcra);
+            taken.push(bucket);
+        }
+        true
     }
 }
 
@@ -448,10 +462,27 @@ fn poll_after(eta: Duration, claim_window: Duration) -> u64 {
 
 /// The /24 of an IPv4 address or the /64 of an IPv6 one: a whole school
 /// behind one NAT shares a budget, a whole ISP does not.
-fn network_of(ip: IpAddr) -> u128 {
+/// How many /64s of one /48 may together ask for tickets, in budgets of a
+/// /64: a /48 is one customer site (a school, a home), and without this a
+/// bot with an IPv6 allocation would get a fresh budget from every /64.
+const SITE_BUDGETS_PER_48: u32 = 4;
+
+/// The ticket buckets an address draws from, with their per-minute budget:
+/// its /24 (IPv4: a school behind NAT), or its /64 and its /48 (IPv6).
+fn networks_of(ip: IpAddr, per_minute: u32) -> Vec<(u128, u32)> {
     match ip.to_canonical() {
-        IpAddr::V4(v4) => u128::from(u32::from(v4) & 0xFFFF_FF00),
-        IpAddr::V6(v6) => (u128::from(v6) & !((1_u128 << 64) - 1)) | 1,
+        IpAddr::V4(v4) => vec![(u128::from(u32::from(v4) & 0xFFFF_FF00), per_minute)],
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            // The low bits tell the prefixes apart; neither is an IPv4 key.
+            vec![
+                ((bits & !((1_u128 << 64) - 1)) | 1, per_minute),
+                (
+                    (bits & !((1_u128 << 80) - 1)) | 2,
+                    per_minute.saturating_mul(SITE_BUDGETS_PER_48),
+                ),
+            ]
+        }
     }
 }
 
@@ -488,12 +519,37 @@ mod tests {
 
     #[test]
     fn networks_group_a_school_but_not_the_internet() {
-        let a = network_of("192.0.2.10".parse().expect("ip"));
-        assert_eq!(a, network_of("192.0.2.250".parse().expect("ip")));
-        assert_ne!(a, network_of("192.0.3.10".parse().expect("ip")));
-        assert_eq!(
-            network_of("2001:db8::1".parse().expect("ip")),
-            network_of("2001:db8::ffff".parse().expect("ip"))
+        let of = |ip: &str| networks_of(ip.parse().expect("ip"), 300);
+        assert_eq!(of("192.0.2.10"), of("192.0.2.250"));
+        assert_ne!(of("192.0.2.10"), of("192.0.3.10"));
+        assert_eq!(of("2001:db8::1"), of("2001:db8::ffff"));
+        let (a, b) = (of("2001:db8:0:1::1"), of("2001:db8:0:2::1"));
+        assert_ne!(a[0], b[0], "two /64s have budgets of their own");
+        assert_eq!(a[1], b[1], "and share their /48's");
+    }
+
+    #[test]
+    fn a_bot_spreading_over_its_ipv6_allocation_gets_a_few_budgets_not_thousands() {
+        let config = crate::config::Config::parse(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[site]]\nname = \"p\"\nhosts = [\"*\"]\n\
+             origin = \"http://127.0.0.1:1\"\n[site.admission]\npaths = [\"/login\"]\n\
+             new_users_per_minute = 60\ntickets_per_network_per_minute = 10\n",
+        )
+        .expect("valid");
+        let cfg = config.sites[0].admission.clone().expect("admission");
+        let gate = Gate::local(&cfg, None, 0);
+        let now = Instant::now();
+        let granted = (0..1000_u32)
+            .filter(|n| {
+                let ip: IpAddr = format!("2001:db8:0:{n:x}::1").parse().expect("ip");
+                gate.network_allows(ip, &cfg, now)
+            })
+            .count();
+        assert_eq!(granted, 40, "four /64 budgets for the whole /48");
+        let elsewhere: IpAddr = "2001:db8:1::1".parse().expect("ip");
+        assert!(
+            gate.network_allows(elsewhere, &cfg, now),
+            "another /48 is apart"
         );
     }
 }
