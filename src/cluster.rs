@@ -1,15 +1,25 @@
 //! Cluster mode: several nodes share one line and one admission budget per
 //! site through Redis, and hear each other's purges and live settings.
 //!
-//! - The connection is made in the background and remade when lost (the
-//!   redis crate's connection manager); a node starts and serves whether or
-//!   not Redis is up: without it, it fails static (see `admission::redis`).
+//! - The store is one Redis or a Redis Cluster (sharded), behind one
+//!   connection type ([`Conn`]) so scripts, pipelines and commands take one
+//!   code path. The connection is made in the background and remade when
+//!   lost (the redis crate's connection manager; the cluster connection
+//!   follows MOVED/ASK, refreshes its slot map and reconnects to nodes, back
+//!   to the seeds when it lost them all); a node starts and serves whether
+//!   or not Redis is up: without it, it fails static (see `admission::redis`).
 //! - Every `refresh_interval` the node refreshes its view of each shared
 //!   line (one script call per site) and its heartbeat.
 //! - Purges and admin changes are published on `digue:events` (pub/sub);
 //!   settings are also kept in Redis (`digue:settings`) and purges in a
 //!   short list (`digue:purges`), so a node that restarts or reconnects
 //!   catches up.
+//! - Nothing crosses hash slots on a Redis Cluster: a site's keys share one
+//!   hash tag (its script touches those only); the global keys are each
+//!   touched by single-key commands, and the event is published on its own
+//!   (a pipeline goes to one node, and PUBLISH is routed by channel).
+//!   PUBLISH reaches every node of a Redis Cluster, so the subscription is a
+//!   plain connection to the first seed node that answers.
 //! - The Redis URL (it may hold a password) is never logged.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,11 +29,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use serde::{Deserialize, Serialize};
 
 use crate::App;
 use crate::admission::token::unix_now;
-use crate::config::{AdmissionMode, ClusterConfig};
+use crate::config::{AdmissionMode, ClusterConfig, RedisTarget};
 
 const EVENTS: &str = "digue:events";
 const SETTINGS: &str = "digue:settings";
@@ -70,12 +82,58 @@ pub struct AdmissionSettings {
     pub mode: String,
 }
 
+/// A connection to the shared store, whichever its kind; cheap to clone
+/// (both kinds multiplex over shared sockets).
+#[derive(Clone)]
+pub enum Conn {
+    /// One Redis; the manager reconnects by itself.
+    Single(ConnectionManager),
+    /// A Redis Cluster; follows redirects and node failures by itself.
+    Sharded(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Sharded(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sharded(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Sharded(c) => c.get_db(),
+        }
+    }
+}
+
 /// This node's link to the shared store.
 pub struct Cluster {
-    client: redis::Client,
-    /// `None` until connected; the manager reconnects by itself after that.
-    /// Guards a clone-out only, never held across `.await`.
-    conn: Mutex<Option<ConnectionManager>>,
+    /// The client of a Redis Cluster, when the store is one; otherwise
+    /// commands go to the one Redis, `nodes[0]`.
+    sharded: Option<ClusterClient>,
+    /// Where to subscribe to events, tried in order: the one Redis, or each
+    /// seed node of a Redis Cluster.
+    nodes: Vec<redis::Client>,
+    /// `None` until connected; the connection reconnects by itself after
+    /// that. Guards a clone-out only, never held across `.await`.
+    conn: Mutex<Option<Conn>>,
     pub node: String,
     pub config: ClusterConfig,
     up: AtomicBool,
@@ -91,25 +149,38 @@ impl Cluster {
         config: &ClusterConfig,
         calls: prometheus::IntCounter,
     ) -> Result<Arc<Cluster>, String> {
-        let mut info: redis::ConnectionInfo =
-            config
-                .redis_url
-                .as_str()
-                .parse()
-                .map_err(|_: redis::RedisError| {
-                    "cluster.redis_url is not a valid Redis URL".to_owned()
-                })?;
-        if let Ok(password) = std::env::var(PASSWORD_ENV)
-            && info.redis_settings().password().is_none()
-        {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = redis::Client::open(info)
-            .map_err(|_| "cluster.redis_url is not a valid Redis URL".to_owned())?;
+        let (sharded, nodes) = match &config.redis {
+            RedisTarget::Single(url) => {
+                let info = connection_info(url, "cluster.redis_url")?;
+                let client = redis::Client::open(info)
+                    .map_err(|_| "cluster.redis_url is not a valid Redis URL".to_owned())?;
+                (None, vec![client])
+            }
+            RedisTarget::Cluster(urls) => {
+                let infos = urls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| connection_info(url, &format!("cluster.redis_urls[{i}]")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let nodes = infos
+                    .iter()
+                    .map(|info| redis::Client::open(info.clone()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| "cluster.redis_urls: not valid Redis URLs".to_owned())?;
+                // The error texts are fixed (different passwords, users or
+                // TLS modes among the seeds): no URL, no password.
+                let client = ClusterClientBuilder::new(infos)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(CONNECT_TIMEOUT)
+                    .build()
+                    .map_err(|e| format!("cluster.redis_urls: {e}"))?;
+                (Some(client), nodes)
+            }
+        };
         let node = config.node_id.clone().unwrap_or_else(default_node_id);
         Ok(Arc::new(Cluster {
-            client,
+            sharded,
+            nodes,
             conn: Mutex::new(None),
             node,
             config: config.clone(),
@@ -119,8 +190,8 @@ impl Cluster {
         }))
     }
 
-    /// A connection, if one was ever made (the manager reconnects itself).
-    pub fn conn(&self) -> Option<ConnectionManager> {
+    /// A connection, if one was ever made (it reconnects itself).
+    pub fn conn(&self) -> Option<Conn> {
         self.calls.inc();
         self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -149,8 +220,14 @@ impl Cluster {
         {
             return true;
         }
-        let made =
-            tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_connection_manager()).await;
+        let made = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            match (&self.sharded, self.nodes.first()) {
+                (Some(sharded), _) => sharded.get_async_connection().await.map(Conn::Sharded),
+                (None, Some(one)) => one.get_connection_manager().await.map(Conn::Single),
+                (None, None) => Err((redis::ErrorKind::Io, "no Redis configured").into()),
+            }
+        })
+        .await;
         match made {
             Ok(Ok(conn)) => {
                 *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
@@ -172,25 +249,49 @@ impl Cluster {
         let Ok(json) = serde_json::to_string(event) else {
             return;
         };
-        let mut pipe = redis::pipe();
+        // What a restarting node needs first, then the news: two
+        // round-trips, as the key and the channel may live on different
+        // nodes of a Redis Cluster.
+        let mut store = redis::pipe();
         match event {
             Event::Settings { site, settings, .. } => {
                 if let Ok(s) = serde_json::to_string(settings) {
-                    pipe.hset(SETTINGS, site, s).ignore();
+                    store.hset(SETTINGS, site, s).ignore();
                 }
             }
             Event::Purge { .. } => {
-                pipe.lpush(PURGES, &json).ignore();
-                pipe.ltrim(PURGES, 0, PURGES_KEPT - 1).ignore();
+                store.lpush(PURGES, &json).ignore();
+                store.ltrim(PURGES, 0, PURGES_KEPT - 1).ignore();
             }
         }
-        pipe.publish(EVENTS, &json).ignore();
-        let sent: Result<Result<(), _>, _> =
-            tokio::time::timeout(CONNECT_TIMEOUT, pipe.query_async(&mut conn)).await;
+        let mut news = redis::pipe();
+        news.publish(EVENTS, &json).ignore();
+        self.calls.inc();
+        let sent = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            store.query_async::<()>(&mut conn).await?;
+            news.query_async::<()>(&mut conn).await
+        })
+        .await;
         if !matches!(sent, Ok(Ok(()))) {
             tracing::warn!("could not publish a change to the other nodes");
         }
     }
+}
+
+/// A URL's connection details, with the password from the environment
+/// when the URL has none. `key` names the URL in errors; the URL itself is
+/// never quoted (it may hold a password).
+fn connection_info(url: &str, key: &str) -> Result<redis::ConnectionInfo, String> {
+    let mut info: redis::ConnectionInfo = url
+        .parse()
+        .map_err(|_: redis::RedisError| format!("{key} is not a valid Redis URL"))?;
+    if let Ok(password) = std::env::var(PASSWORD_ENV)
+        && info.redis_settings().password().is_none()
+    {
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
+    Ok(info)
 }
 
 fn default_node_id() -> String {
@@ -274,14 +375,23 @@ async fn refresh_views(app: Arc<App>, cluster: Arc<Cluster>) {
         if !cluster.connect().await {
             continue;
         }
-        let mut all_ok = true;
-        let mut lines = 0;
-        for site in &app.snapshot().sites {
-            if let (Some(gate), Some(cfg)) = (&site.gate, &site.config.admission) {
-                all_ok &= gate.refresh(cfg).await;
-                lines += 1;
-            }
-        }
+        // All lines at once: on a Redis Cluster, a shard that is down
+        // (each call waits for its timeout) must not hold up the views of
+        // the sites on the other shards.
+        let snapshot = app.snapshot();
+        let refreshes: Vec<_> = snapshot
+            .sites
+            .iter()
+            .filter_map(|site| match (&site.gate, &site.config.admission) {
+                (Some(gate), Some(cfg)) => Some(gate.refresh(cfg)),
+                _ => None,
+            })
+            .collect();
+        let lines = refreshes.len();
+        let mut all_ok = futures_util::future::join_all(refreshes)
+            .await
+            .into_iter()
+            .all(|ok| ok);
         if lines == 0 {
             // No line refreshed: a ping tells whether the store is there.
             if let Some(mut conn) = cluster.conn() {
@@ -306,11 +416,28 @@ async fn listen(app: Arc<App>, cluster: Arc<Cluster>) {
     }
 }
 
+/// A subscription to the events on the first node that answers: PUBLISH
+/// reaches every node of a Redis Cluster, so any one will do.
+async fn subscribe(cluster: &Cluster) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut last = redis::RedisError::from((redis::ErrorKind::Io, "no node to subscribe to"));
+    for client in &cluster.nodes {
+        let made = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(EVENTS).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        match made {
+            Ok(Ok(pubsub)) => return Ok(pubsub),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = (redis::ErrorKind::Io, "connect timeout").into(),
+        }
+    }
+    Err(last)
+}
+
 async fn listen_once(app: &App, cluster: &Cluster) -> redis::RedisResult<()> {
-    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, cluster.client.get_async_pubsub())
-        .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timeout")))??;
-    pubsub.subscribe(EVENTS).await?;
+    let mut pubsub = subscribe(cluster).await?;
     // The command connection may come up after the subscription; catching up
     // needs it.
     while !cluster.connect().await {

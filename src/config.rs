@@ -221,15 +221,25 @@ pub enum AdmissionMode {
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// `redis://` or `rediss://` (TLS); a password may come from
-    /// `DIGUE_REDIS_PASSWORD` instead of the URL. Never logged.
-    pub redis_url: String,
+    /// Where the shared store is. Never logged: a URL may hold a password.
+    pub redis: RedisTarget,
     /// What a node does while Redis is unreachable.
     pub on_store_failure: StoreFailure,
     /// How often each node refreshes its view of the shared lines.
     pub refresh_interval: Duration,
     /// This node's name in the cluster (default: host name and process id).
     pub node_id: Option<String>,
+}
+
+/// The shared store: `redis://` or `rediss://` (TLS) URLs; a password may
+/// come from `DIGUE_REDIS_PASSWORD` instead of the URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis (`redis_url`).
+    Single(String),
+    /// A Redis Cluster (`redis_cluster = true`): seed nodes, tried in
+    /// order; the client learns the other nodes and the slots from them.
+    Cluster(Vec<String>),
 }
 
 /// The policy while the shared store is unreachable.
@@ -610,6 +620,9 @@ struct RawAdmission {
 #[derive(Deserialize)]
 struct RawCluster {
     redis_url: Option<String>,
+    redis_urls: Option<Vec<String>>,
+    #[serde(default)]
+    redis_cluster: bool,
     on_store_failure: Option<String>,
     refresh_interval: Option<String>,
     node_id: Option<String>,
@@ -865,20 +878,7 @@ pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 
 impl RawCluster {
     fn validate(self, errors: &mut Errors) -> Option<ClusterConfig> {
-        let url = match self.redis_url {
-            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => url,
-            Some(_) => {
-                errors.push("cluster.redis_url", "must start with redis:// or rediss://");
-                return None;
-            }
-            None => {
-                errors.push(
-                    "cluster.redis_url",
-                    "missing (e.g. \"redis://10.0.0.20:6379\")",
-                );
-                return None;
-            }
-        };
+        let redis = redis_target(self.redis_url, self.redis_urls, self.redis_cluster, errors);
         let on_store_failure = match self.on_store_failure.as_deref() {
             None | Some("static") => StoreFailure::Static,
             Some("open") => StoreFailure::Open,
@@ -904,11 +904,85 @@ impl RawCluster {
             );
         }
         Some(ClusterConfig {
-            redis_url: url,
+            redis: redis?,
             on_store_failure,
             refresh_interval,
             node_id: self.node_id,
         })
+    }
+}
+
+/// `redis_url` (one URL) or `redis_urls` (seed nodes, Redis Cluster only).
+/// Error messages never quote a URL: it may hold a password.
+fn redis_target(
+    url: Option<String>,
+    urls: Option<Vec<String>>,
+    cluster: bool,
+    errors: &mut Errors,
+) -> Option<RedisTarget> {
+    let seeds: Vec<(String, String)> = match (url, urls) {
+        (Some(_), Some(_)) => {
+            errors.push(
+                "cluster.redis_urls",
+                "give either redis_url or redis_urls, not both",
+            );
+            return None;
+        }
+        (Some(url), None) => vec![("cluster.redis_url".to_owned(), url)],
+        (None, Some(urls)) if urls.is_empty() => {
+            errors.push("cluster.redis_urls", "empty: list at least one node");
+            return None;
+        }
+        (None, Some(urls)) => urls
+            .into_iter()
+            .enumerate()
+            .map(|(i, url)| (format!("cluster.redis_urls[{i}]"), url))
+            .collect(),
+        (None, None) => {
+            errors.push(
+                "cluster.redis_url",
+                "missing (e.g. \"redis://10.0.0.20:6379\")",
+            );
+            return None;
+        }
+    };
+    let before = errors.0.len();
+    if !cluster && seeds.len() > 1 {
+        errors.push(
+            "cluster.redis_urls",
+            "several URLs are the seed nodes of a Redis Cluster: set redis_cluster = true \
+             (a single Redis has one URL, redis_url)",
+        );
+    }
+    for (path, url) in &seeds {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            errors.push(path.as_str(), "must start with redis:// or rediss://");
+            continue;
+        }
+        match redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+            Err(_) => errors.push(path.as_str(), "is not a valid Redis URL"),
+            Ok(info) if cluster && info.redis_settings().db() != 0 => errors.push(
+                path.as_str(),
+                "a Redis Cluster has only database 0: drop the /N at the end of the URL",
+            ),
+            Ok(_) => {}
+        }
+    }
+    let tls = |url: &str| url.starts_with("rediss://");
+    if seeds.iter().any(|(_, url)| tls(url) != tls(&seeds[0].1)) {
+        errors.push(
+            "cluster.redis_urls",
+            "mixes redis:// and rediss://: the nodes of one Redis Cluster share one TLS mode",
+        );
+    }
+    if errors.0.len() > before {
+        return None;
+    }
+    let mut urls = seeds.into_iter().map(|(_, url)| url);
+    if cluster {
+        Some(RedisTarget::Cluster(urls.collect()))
+    } else {
+        urls.next().map(RedisTarget::Single)
     }
 }
 
@@ -1416,6 +1490,78 @@ mod tests {
                 "{bad}: {errs:?}"
             );
         }
+    }
+
+    #[test]
+    fn cluster_redis_is_one_url_or_the_seed_nodes_of_a_redis_cluster() {
+        let parse = |keys: &str| Config::parse(&format!("{MINIMAL}\n[cluster]\n{keys}\n"));
+        let target = |keys: &str| {
+            parse(keys)
+                .unwrap_or_else(|e| panic!("{keys}: {e}"))
+                .cluster
+                .expect("a cluster section")
+                .redis
+        };
+        assert_eq!(
+            target("redis_url = \"redis://10.0.0.20:6379\""),
+            RedisTarget::Single("redis://10.0.0.20:6379".to_owned()),
+            "redis_url alone is one Redis, as before"
+        );
+        assert_eq!(
+            target("redis_url = \"rediss://:pw@r1:6379\"\nredis_cluster = true"),
+            RedisTarget::Cluster(vec!["rediss://:pw@r1:6379".to_owned()]),
+            "one seed is enough for a Redis Cluster"
+        );
+        assert_eq!(
+            target("redis_urls = [\"redis://r1:7000\", \"redis://r2:7000\"]\nredis_cluster = true"),
+            RedisTarget::Cluster(vec![
+                "redis://r1:7000".to_owned(),
+                "redis://r2:7000".to_owned()
+            ]),
+            "seeds in the order given"
+        );
+        let errs = |keys: &str| errors_of(&format!("{MINIMAL}\n[cluster]\n{keys}\n"));
+        let cases = [
+            (
+                "redis_url = \"redis://a:1\"\nredis_urls = [\"redis://b:1\"]",
+                "cluster.redis_urls: give either redis_url or redis_urls",
+            ),
+            ("redis_urls = []", "cluster.redis_urls: empty"),
+            ("redis_cluster = true", "cluster.redis_url: missing"),
+            (
+                "redis_urls = [\"redis://a:1\", \"redis://b:1\"]",
+                "cluster.redis_urls: several URLs are the seed nodes of a Redis Cluster",
+            ),
+            (
+                "redis_urls = [\"redis://a:1\", \"http://b:1\"]\nredis_cluster = true",
+                "cluster.redis_urls[1]: must start with redis:// or rediss://",
+            ),
+            (
+                "redis_urls = [\"redis://a:1\", \"rediss://b:1\"]\nredis_cluster = true",
+                "cluster.redis_urls: mixes redis:// and rediss://",
+            ),
+            (
+                "redis_url = \"redis://a:1/2\"\nredis_cluster = true",
+                "cluster.redis_url: a Redis Cluster has only database 0",
+            ),
+            (
+                "redis_url = \"redis://secret-pw@a:notaport\"",
+                "cluster.redis_url: is not a valid Redis URL",
+            ),
+        ];
+        for (keys, expected) in cases {
+            let found = errs(keys);
+            assert!(
+                found.len() == 1 && found[0].starts_with(expected),
+                "{keys:?} gives one error starting {expected:?}: {found:?}"
+            );
+            assert!(
+                !found[0].contains("secret-pw"),
+                "errors never quote a URL (it may hold a password): {found:?}"
+            );
+        }
+        let both = errs("redis_url = \"ftp://a\"\non_store_failure = \"maybe\"");
+        assert_eq!(both.len(), 2, "all errors at once: {both:?}");
     }
 
     #[test]

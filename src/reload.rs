@@ -165,11 +165,11 @@ fn restart_only(old: &Config, new: &Config) -> Vec<ConfigError> {
     check(
         old.cluster
             .as_ref()
-            .map(|c| (&c.redis_url, &c.node_id, c.on_store_failure))
+            .map(|c| (&c.redis, &c.node_id, c.on_store_failure))
             != new
                 .cluster
                 .as_ref()
-                .map(|c| (&c.redis_url, &c.node_id, c.on_store_failure)),
+                .map(|c| (&c.redis, &c.node_id, c.on_store_failure)),
         "cluster",
     );
     errors

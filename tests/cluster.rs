@@ -10,6 +10,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -85,22 +86,7 @@ impl Redis {
     }
 
     async fn pong(&self) -> bool {
-        let Ok(Ok(mut stream)) = tokio::time::timeout(
-            Duration::from_millis(200),
-            TcpStream::connect(("127.0.0.1", self.port)),
-        )
-        .await
-        else {
-            return false;
-        };
-        if stream.write_all(b"PING\r\n").await.is_err() {
-            return false;
-        }
-        let mut buf = [0_u8; 7];
-        matches!(
-            tokio::time::timeout(Duration::from_millis(200), stream.read_exact(&mut buf)).await,
-            Ok(Ok(_)) if &buf == b"+PONG\r\n"
-        )
+        pong(self.port).await
     }
 
     fn url(&self) -> String {
@@ -121,6 +107,26 @@ impl Redis {
         self.child = Some(spawn_redis(self.port));
         self.wait_for_pong().await;
     }
+}
+
+/// Whether a Redis answers PING on `port` (within 200 ms).
+async fn pong(port: u16) -> bool {
+    let Ok(Ok(mut stream)) = tokio::time::timeout(
+        Duration::from_millis(200),
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    else {
+        return false;
+    };
+    if stream.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0_u8; 7];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(200), stream.read_exact(&mut buf)).await,
+        Ok(Ok(_)) if &buf == b"+PONG\r\n"
+    )
 }
 
 fn spawn_redis(port: u16) -> Child {
@@ -299,9 +305,19 @@ async fn calls(nodes: &[&Proxy]) -> f64 {
 struct Browser {
     ticket: Option<String>,
     pass: Option<String>,
+    /// The `Host` it asks for, when the nodes serve several sites.
+    host: Option<String>,
 }
 
 impl Browser {
+    /// A visitor of the site served at `host`.
+    fn on(host: &str) -> Browser {
+        Browser {
+            host: Some(host.to_owned()),
+            ..Browser::default()
+        }
+    }
+
     /// `GET ENTRY` as JSON with the jar's cookies; keeps what comes back.
     async fn visit(&mut self, node: &Proxy) -> Got {
         let cookie: Vec<String> = [
@@ -315,6 +331,9 @@ impl Browser {
         let mut headers = vec![("accept", "application/json")];
         if !cookie.is_empty() {
             headers.push(("cookie", cookie.as_str()));
+        }
+        if let Some(host) = &self.host {
+            headers.push(("host", host.as_str()));
         }
         let got = get(&node.url(ENTRY), &headers).await;
         if let Some(t) = set_cookie(&got, TICKET) {
@@ -544,20 +563,32 @@ async fn a_hard_purge_on_one_node_invalidates_the_copy_on_another_within_a_secon
     }
     assert_eq!(cluster.origin.count("/page"), 2, "one fetch per node");
 
-    let got = admin(
-        &a,
-        Method::POST,
-        "/admin/purge",
-        r#"{"site":"portal","path":"/page","hard":true}"#,
-    )
-    .await;
+    let took = hard_purge_reaches(&a, &b, "portal", &[]).await;
+    println!("purge on A reached B in {took:?}");
+    assert_eq!(
+        cluster.origin.count("/page"),
+        3,
+        "B fetched the page again from the portal"
+    );
+}
+
+/// Hard-purges `/page` of `site` on `a` and waits until `b` stops serving
+/// its copy, which must take less than a second; returns how long it took.
+async fn hard_purge_reaches(
+    a: &Proxy,
+    b: &Proxy,
+    site: &str,
+    headers: &[(&str, &str)],
+) -> Duration {
+    let body = format!(r#"{{"site":"{site}","path":"/page","hard":true}}"#);
+    let got = admin(a, Method::POST, "/admin/purge", &body).await;
     assert_eq!(got.status, 200, "the purge is accepted: {}", got.text());
     let purged = Instant::now();
     loop {
-        let got = get(&b.url("/page"), &[]).await;
-        assert_eq!(got.text(), "bonjour");
+        let got = get(&b.url("/page"), headers).await;
+        assert_eq!(got.status, 200, "{}", got.text());
         if !got.cache_status().starts_with("digue; hit") {
-            break;
+            return purged.elapsed();
         }
         assert!(
             purged.elapsed() < Duration::from_secs(1),
@@ -566,12 +597,6 @@ async fn a_hard_purge_on_one_node_invalidates_the_copy_on_another_within_a_secon
         );
         sleep(Duration::from_millis(20)).await;
     }
-    println!("purge on A reached B in {:?}", purged.elapsed());
-    assert_eq!(
-        cluster.origin.count("/page"),
-        3,
-        "B fetched the page again from the portal"
-    );
 }
 
 /// Asserts that `node`'s `GET /admin/sites` shows the change made on A.
@@ -1230,7 +1255,7 @@ async fn a_ticket_from_before_redis_lost_the_line_gets_a_new_place_at_the_end() 
     .encode(&keys);
     let mut holder = Browser {
         ticket: Some(old.clone()),
-        pass: None,
+        ..Browser::default()
     };
     let got = holder.visit(&a).await;
     assert_eq!(
@@ -1252,4 +1277,617 @@ async fn a_ticket_from_before_redis_lost_the_line_gets_a_new_place_at_the_end() 
         );
         sleep(Duration::from_millis(50)).await;
     }
+}
+
+// ---- Redis Cluster (sharded) ----
+
+/// A free loopback port (the listener is closed again at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Runs `redis-cli -p port args…` and returns what it printed.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run redis-cli ({e}): the Redis Cluster tests need it. Install it with \
+                 `apt-get install redis-server` (it brings redis-tools, hence redis-cli)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "redis-cli -p {port} {args:?} works: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A Redis Cluster of this test's own: three masters, no replicas, on free
+/// loopback ports (each with its own cluster bus port), in a temp
+/// directory of their own; killed and removed on drop.
+struct ShardedRedis {
+    /// Client port of each master, in creation order.
+    ports: Vec<u16>,
+    /// Cluster bus port of each master.
+    bus: Vec<u16>,
+    children: Vec<Option<Child>>,
+    dir: PathBuf,
+    /// The slot ranges each master serves, as the cluster reports them.
+    slots: Vec<Vec<(u16, u16)>>,
+}
+
+impl ShardedRedis {
+    async fn start() -> ShardedRedis {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "digue-redis-cluster-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir writable");
+        // Six distinct ports: held open together, then released.
+        let held: Vec<_> = (0..6)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+            .collect();
+        let all: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().expect("bound").port())
+            .collect();
+        drop(held);
+        let mut redis = ShardedRedis {
+            ports: all[..3].to_vec(),
+            bus: all[3..].to_vec(),
+            children: Vec::new(),
+            dir,
+            slots: Vec::new(),
+        };
+        for i in 0..3 {
+            let child = redis.spawn(i);
+            redis.children.push(Some(child));
+        }
+        for i in 0..3 {
+            redis.wait_for_pong(i).await;
+        }
+        let seeds: Vec<String> = redis
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let mut create = vec!["--cluster", "create"];
+        create.extend(seeds.iter().map(String::as_str));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        redis_cli(redis.ports[0], &create);
+        for i in 0..3 {
+            redis.wait_for_state_ok(i).await;
+        }
+        redis.slots = redis.read_slots();
+        redis
+    }
+
+    /// Master `i`, in cluster mode. `cluster-require-full-coverage no`: the
+    /// other shards keep serving while one is down.
+    fn spawn(&self, i: usize) -> Child {
+        let port = self.ports[i].to_string();
+        let conf = self.dir.join(format!("nodes-{port}.conf"));
+        Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-port", &self.bus[i].to_string()])
+            .args(["--cluster-config-file", &conf.display().to_string()])
+            .args(["--cluster-require-full-coverage", "no"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", &self.dir.display().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}): the cluster tests need a real Redis (7.0 or \
+                     newer for a Redis Cluster test). Install it with \
+                     `apt-get install redis-server` (.ci/run does)"
+                )
+            })
+    }
+
+    async fn wait_for_pong(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pong(self.ports[i]).await {
+            if let Some(Some(child)) = self.children.get_mut(i)
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "redis-server exited at start ({status}); port {} or {} taken, or a \
+                     redis-server older than 7.0 (no --cluster-port)?",
+                    self.ports[i], self.bus[i]
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} answers PING within 5 s",
+                self.ports[i]
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_for_state_ok(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            let info = redis_cli(self.ports[i], &["cluster", "info"]);
+            if info.contains("cluster_state:ok") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "master {i} says cluster_state:ok within 8 s: {info}"
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The slot ranges of each master, from `CLUSTER NODES`.
+    fn read_slots(&self) -> Vec<Vec<(u16, u16)>> {
+        let nodes = redis_cli(self.ports[0], &["cluster", "nodes"]);
+        self.ports
+            .iter()
+            .map(|port| {
+                let me = format!("127.0.0.1:{port}@");
+                let line = nodes
+                    .lines()
+                    .find(|l| l.split(' ').nth(1).is_some_and(|a| a.starts_with(&me)))
+                    .unwrap_or_else(|| panic!("master {port} in CLUSTER NODES: {nodes}"));
+                line.split(' ')
+                    .skip(8)
+                    .filter_map(|range| {
+                        let (a, b) = range.split_once('-').unwrap_or((range, range));
+                        Some((a.parse().ok()?, b.parse().ok()?))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn keyslot(&self, key: &str) -> u16 {
+        redis_cli(self.ports[0], &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .expect("a slot number")
+    }
+
+    /// The master serving `key`.
+    fn owner(&self, key: &str) -> usize {
+        let slot = self.keyslot(key);
+        self.slots
+            .iter()
+            .position(|ranges| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .unwrap_or_else(|| panic!("slot {slot} is served: {:?}", self.slots))
+    }
+
+    /// A site name, `prefix-N`, whose keys (hash tag `{digue:<name>}`)
+    /// live on master `i`.
+    fn site_on(&self, i: usize, prefix: &str) -> String {
+        (0..200)
+            .map(|n| format!("{prefix}-{n}"))
+            .find(|name| self.owner(&format!("{{digue:{name}}}:issued")) == i)
+            .unwrap_or_else(|| panic!("a {prefix} site on master {i}"))
+    }
+
+    /// The keys held by master `i` (KEYS answers for its own slots only).
+    fn keys_on(&self, i: usize) -> Vec<String> {
+        redis_cli(self.ports[i], &["keys", "*"])
+            .lines()
+            .map(str::to_owned)
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[i])
+    }
+
+    /// SIGKILL master `i`: its shard is gone, the others stay.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts master `i` again: empty, but with its cluster config, so it
+    /// takes its slots back.
+    async fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.children[i] = Some(self.spawn(i));
+        self.wait_for_pong(i).await;
+        self.wait_for_state_ok(i).await;
+    }
+}
+
+impl Drop for ShardedRedis {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `[[site]]` sections: each named site (served at `<name>.test`) gated by
+/// `admission`, then `extra`.
+fn sites(names: &[&String], origin: &str, admission_keys: &str, extra: &str) -> String {
+    let mut text = String::new();
+    for name in names {
+        text.push_str(&format!(
+            "[[site]]\nname = \"{name}\"\nhosts = [\"{name}.test\"]\norigin = \"{origin}\"\n{}\n",
+            admission(admission_keys)
+        ));
+    }
+    text + extra
+}
+
+/// A node on a Redis Cluster: `redis` names the seed nodes.
+async fn sharded_node(id: &str, redis: &str, secret: &TempFile, sites: &str) -> Proxy {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         secret_file = \"{secret}\"\n\n\
+         [cluster]\n{redis}\nredis_cluster = true\nrefresh_interval = \"100ms\"\n\
+         node_id = \"{id}\"\n\n{sites}",
+        secret = secret.0.display(),
+    );
+    Proxy::from_toml_with(
+        &text,
+        digue::Options {
+            config_path: None,
+            admin_token: Some(TOKEN.to_owned()),
+        },
+    )
+    .await
+}
+
+/// The admission settings `node` reports for `site`.
+async fn admission_of(node: &Proxy, site: &str) -> Value {
+    let got = admin(node, Method::GET, "/admin/sites", "").await;
+    json(&got)["sites"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == site))
+        .map(|s| s["admission"].clone())
+        .unwrap_or_else(|| panic!("{site} in /admin/sites: {}", got.text()))
+}
+
+#[tokio::test]
+async fn on_a_sharded_redis_cluster_nodes_share_each_sites_line_and_budget_and_hear_each_other() {
+    let begun = Instant::now();
+    let redis = ShardedRedis::start().await;
+    let cluster_up = begun.elapsed();
+    // On each master: a site whose line stands still (one a second) and
+    // one whose line moves (ten a second).
+    let still: Vec<String> = (0..3).map(|i| redis.site_on(i, "line")).collect();
+    let moving: Vec<String> = (0..3).map(|i| redis.site_on(i, "rate")).collect();
+    // A subscribes through the master that serves the events channel, B
+    // through another: B hears A only because the cluster forwards PUBLISH
+    // to every node.
+    let events_on = redis.owner("digue:events");
+    let b_order = [(events_on + 1) % 3, (events_on + 2) % 3, events_on];
+    let a_redis = format!("redis_url = \"{}\"", redis.url(events_on));
+    let b_seeds: Vec<String> = b_order
+        .iter()
+        .map(|i| format!("\"{}\"", redis.url(*i)))
+        .collect();
+    let b_redis = format!("redis_urls = [{}]", b_seeds.join(", "));
+
+    let origin = portal().await;
+    let pages = Origin::fixed(&[("cache-control", "max-age=60")], "bonjour").await;
+    let pages_site = format!(
+        "[[site]]\nname = \"pages\"\nhosts = [\"pages.test\"]\norigin = \"{}\"\n",
+        pages.url()
+    );
+    let still_refs: Vec<&String> = still.iter().collect();
+    let moving_refs: Vec<&String> = moving.iter().collect();
+    let config = sites(
+        &still_refs,
+        &origin.url(),
+        "new_users_per_minute = 60\nburst = 1",
+        "",
+    ) + &sites(
+        &moving_refs,
+        &origin.url(),
+        "new_users_per_minute = 600\nburst = 1",
+        &pages_site,
+    );
+    let secret = TempFile::secret();
+    let a = sharded_node("a", &a_redis, &secret, &config).await;
+    let b = sharded_node("b", &b_redis, &secret, &config).await;
+    all_ready(&[&a, &b]).await;
+
+    // One line per site, whichever node and whichever shard.
+    let nodes = [&b, &a];
+    for site in &still {
+        let host = format!("{site}.test");
+        let got = Browser::on(&host).visit(&b).await;
+        assert_eq!(
+            answer(&got),
+            Answer::Admitted,
+            "{site}: the burst lets one in"
+        );
+        let mut positions = Vec::new();
+        let mut arrivals = Vec::new();
+        for i in 1..7 {
+            let mut browser = Browser::on(&host);
+            positions.push(queued_position(&browser.visit(nodes[i % 2]).await));
+            arrivals.push(browser);
+        }
+        assert!(
+            positions.windows(2).all(|w| w[1] > w[0]),
+            "{site}: arrivals alternating between A and B get strictly increasing positions: \
+             {positions:?}"
+        );
+        // arrivals[0] came from A, arrivals[1] from B: each keeps its place
+        // on the other node.
+        for (k, other) in [(0, &b), (1, &a)] {
+            let mut browser = arrivals[k].clone();
+            let ticket = browser.ticket.clone();
+            assert_eq!(
+                queued_position(&browser.visit(other).await),
+                positions[k],
+                "{site}: the other node gives ticket {k} the place it got"
+            );
+            assert_eq!(browser.ticket, ticket, "{site}: and issues no new ticket");
+        }
+    }
+
+    // One budget per site across the two nodes, on every shard.
+    let start = Instant::now();
+    let mut admitted = [[0_usize; 2]; 3];
+    let mut waiting: Vec<(usize, Browser)> = Vec::new();
+    for i in 0..40 {
+        for (s, site) in moving.iter().enumerate() {
+            let mut browser = Browser::on(&format!("{site}.test"));
+            match answer(&browser.visit(nodes[i % 2]).await) {
+                Answer::Admitted => admitted[s][i % 2] += 1,
+                Answer::Queued { approximate, .. } => {
+                    assert!(!approximate, "{site}: Redis answers: {approximate}");
+                    waiting.push((s, browser));
+                }
+                Answer::Closed => panic!("{site} is open"),
+            }
+        }
+    }
+    let mut round = 0;
+    while start.elapsed() < Duration::from_millis(2500) {
+        let mut still_waiting = Vec::new();
+        for (j, (s, mut browser)) in waiting.into_iter().enumerate() {
+            let n = (j + round) % 2;
+            match answer(&browser.visit(nodes[n]).await) {
+                Answer::Admitted => admitted[s][n] += 1,
+                Answer::Queued { .. } => still_waiting.push((s, browser)),
+                Answer::Closed => panic!("{} is open", moving[s]),
+            }
+        }
+        waiting = still_waiting;
+        round += 1;
+        sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    // The burst (1), then 10 a second; 3 of slack for the rounding of
+    // Redis's clock against ours.
+    let bound = 1.0 + 10.0 * elapsed + 3.0;
+    for (s, site) in moving.iter().enumerate() {
+        let total: usize = admitted[s].iter().sum();
+        println!(
+            "{site} (master {s}): {total} admitted in {elapsed:.2} s by node [B, A] {:?}, \
+             bound {bound:.1}; a budget per node would allow ~{:.0}",
+            admitted[s],
+            2.0 * (1.0 + 10.0 * elapsed)
+        );
+        assert!(
+            total as f64 <= bound,
+            "{site}: 2 nodes admit {total} in {elapsed:.2} s, more than one budget allows \
+             ({bound:.1})"
+        );
+        assert!(
+            total >= 10,
+            "{site}: the line moves at the budget's pace ({total} in {elapsed:.2} s)"
+        );
+        assert!(
+            admitted[s].iter().all(|n| *n > 0),
+            "{site}: both nodes admit their share: {:?}",
+            admitted[s]
+        );
+        assert!(
+            waiting.iter().any(|(w, _)| *w == s),
+            "{site}: 40 arrivals outlast 2.5 s at 10 a second"
+        );
+    }
+
+    // A hard purge on A reaches B.
+    for node in [&a, &b] {
+        get(&node.url("/page"), &[("host", "pages.test")]).await;
+        let hit = get(&node.url("/page"), &[("host", "pages.test")]).await;
+        assert!(
+            hit.cache_status().starts_with("digue; hit"),
+            "each node holds a copy: {}",
+            hit.cache_status()
+        );
+    }
+    let purge_took = hard_purge_reaches(&a, &b, "pages", &[("host", "pages.test")]).await;
+
+    // An admin change on A reaches B, and is kept in Redis for a node that
+    // starts later (whose first seed is dead).
+    let closed_site = &still[2];
+    let host = format!("{closed_site}.test");
+    let path = format!("/admin/sites/{closed_site}/admission");
+    let got = admin(&a, Method::PATCH, &path, CHANGE).await;
+    assert_eq!(got.status, 200, "the change is accepted: {}", got.text());
+    let changed = Instant::now();
+    while answer(&Browser::on(&host).visit(&b).await) != Answer::Closed {
+        assert!(
+            changed.elapsed() < Duration::from_secs(1),
+            "within 1 s of the change on A, a newcomer to {closed_site} on B finds it closed"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    let change_took = changed.elapsed();
+    let dead_seed = format!("redis://127.0.0.1:{}", free_port());
+    let late_redis = format!(
+        "redis_urls = [\"{dead_seed}\", \"{}\", \"{}\", \"{}\"]",
+        redis.url(0),
+        redis.url(1),
+        redis.url(2)
+    );
+    let late = sharded_node("late", &late_redis, &secret, &config).await;
+    wait_readyz(&late, REACHABLE, SETTLE).await;
+    let started = Instant::now();
+    while admission_of(&late, closed_site).await["mode"] != "closed" {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a node started after the change picks it up from Redis within 2 s"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        admission_of(&late, closed_site).await["new_users_per_minute"],
+        120,
+        "with the new rate"
+    );
+
+    // Where the keys are: each master holds the lines of its own sites.
+    let mut holders = Vec::new();
+    for i in 0..3 {
+        let keys = redis.keys_on(i);
+        let tags: BTreeSet<String> = keys
+            .iter()
+            .filter_map(|k| Some(k.strip_prefix("{digue:")?.split_once('}')?.0.to_owned()))
+            .collect();
+        let expected: BTreeSet<String> = [still[i].clone(), moving[i].clone()].into();
+        assert_eq!(
+            tags, expected,
+            "master {i} holds the lines of the sites whose hash tag it serves: {keys:?}"
+        );
+        holders.push(format!(
+            "master {i} (port {}, slots {:?}): sites {tags:?} (slots {} and {}), {} keys",
+            redis.ports[i],
+            redis.slots[i],
+            redis.keyslot(&format!("{{digue:{}}}", still[i])),
+            redis.keyslot(&format!("{{digue:{}}}", moving[i])),
+            keys.len()
+        ));
+    }
+    println!(
+        "Redis Cluster of 3 masters up in {cluster_up:?}; {}; events channel on master \
+         {events_on}, settings on master {}, purges on master {}; purge reached B in \
+         {purge_took:?}, admin change in {change_took:?}; whole test {:?}",
+        holders.join("; "),
+        redis.owner("digue:settings"),
+        redis.owner("digue:purges"),
+        begun.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn when_one_shard_of_a_redis_cluster_dies_only_its_sites_fail_static_until_it_returns() {
+    let mut redis = ShardedRedis::start().await;
+    let lines: Vec<String> = (0..3).map(|i| redis.site_on(i, "line")).collect();
+    let origin = portal().await;
+    let refs: Vec<&String> = lines.iter().collect();
+    let config = sites(
+        &refs,
+        &origin.url(),
+        "new_users_per_minute = 60\nburst = 1",
+        "",
+    );
+    let seeds = format!(
+        "redis_urls = [\"{}\", \"{}\", \"{}\"]",
+        redis.url(0),
+        redis.url(1),
+        redis.url(2)
+    );
+    let secret = TempFile::secret();
+    let a = sharded_node("a", &seeds, &secret, &config).await;
+    all_ready(&[&a]).await;
+    for site in &lines {
+        let host = format!("{site}.test");
+        assert_eq!(
+            answer(&Browser::on(&host).visit(&a).await),
+            Answer::Admitted,
+            "{site}: the burst lets one in"
+        );
+        assert!(
+            matches!(
+                answer(&Browser::on(&host).visit(&a).await),
+                Answer::Queued {
+                    approximate: false,
+                    ..
+                }
+            ),
+            "{site}: the next one gets a ticket from Redis"
+        );
+    }
+
+    // The shard of the last site dies.
+    let dead = 2;
+    redis.kill(dead);
+    wait_readyz(&a, UNREACHABLE, Duration::from_secs(3)).await;
+    let died = Instant::now();
+    let mut dead_answers = Vec::new();
+    while died.elapsed() < Duration::from_secs(1) {
+        for (i, site) in lines.iter().enumerate() {
+            let got = Browser::on(&format!("{site}.test")).visit(&a).await;
+            match (i == dead, answer(&got)) {
+                (false, Answer::Queued { approximate, .. }) => assert!(
+                    !approximate,
+                    "{site}, on a live shard, still gets tickets from Redis: {}",
+                    got.text()
+                ),
+                (false, other) => panic!("{site}, on a live shard, queues: {other:?}"),
+                (true, Answer::Closed) => panic!("{site} fails static, not closed"),
+                (true, other) => dead_answers.push(other),
+            }
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        dead_answers.iter().all(|a| match a {
+            Answer::Queued { approximate, .. } => *approximate,
+            _ => true,
+        }),
+        "{}, on the dead shard, fails static: approximate places or the local share: \
+         {dead_answers:?}",
+        lines[dead]
+    );
+
+    // It returns (empty, with its slots): the node reconnects by itself.
+    redis.restart(dead).await;
+    let back = Instant::now();
+    wait_readyz(&a, REACHABLE, Duration::from_secs(10)).await;
+    let reconnected = back.elapsed();
+    let host = format!("{}.test", lines[dead]);
+    loop {
+        let got = Browser::on(&host).visit(&a).await;
+        match answer(&got) {
+            Answer::Queued {
+                approximate: false, ..
+            } => break,
+            other => assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "{}, back on its shard, gets tickets from Redis again: {other:?}",
+                lines[dead]
+            ),
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "one shard of 3 killed: its site failed static ({} answers), the others kept their \
+         tickets from Redis; restarted, the node was back in {reconnected:?}",
+        dead_answers.len()
+    );
 }
