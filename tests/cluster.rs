@@ -546,6 +546,48 @@ async fn the_admission_budget_holds_across_three_nodes_instead_of_tripling() {
 // ---- purges and live settings ----
 
 #[tokio::test]
+async fn resuming_admissions_live_lets_no_burst_through_the_shared_budget() {
+    let cluster = Cluster::start(portal().await).await;
+    // A burst of 10 is one second of the budget at 600 a minute.
+    let site = admission("new_users_per_minute = 600\nburst = 10");
+    let a = cluster.node("a", "", &site).await;
+    let b = cluster.node("b", "", &site).await;
+    all_ready(&[&a, &b]).await;
+    let path = "/admin/sites/portal/admission";
+
+    let got = admin(&a, Method::PATCH, path, r#"{"new_users_per_minute":0}"#).await;
+    assert_eq!(got.status, 200, "paused: {}", got.text());
+    // Paused for longer than it takes a bucket to fill up again.
+    sleep(Duration::from_millis(1500)).await;
+    let got = admin(&a, Method::PATCH, path, r#"{"new_users_per_minute":600}"#).await;
+    assert_eq!(got.status, 200, "resumed: {}", got.text());
+    wait_metric(
+        &b,
+        "digue_admission_rate_per_minute{site=\"portal\"}",
+        |rate| rate == 600.0,
+        Duration::from_secs(1),
+    )
+    .await;
+
+    let started = Instant::now();
+    let mut admitted = 0;
+    for i in 0..20 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        if answer(&Browser::default().visit(node).await) == Answer::Admitted {
+            admitted += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // At the rate: 10 a second from the moment of the change, plus slack
+    // for the clocks; the stale bucket would have let all 10 of the burst in.
+    let bound = 10.0 * (elapsed + 0.3) + 1.0;
+    assert!(
+        f64::from(admitted) <= bound,
+        "{admitted} of 20 newcomers admitted in {elapsed:.2} s just after resuming (bound {bound:.1})"
+    );
+}
+
+#[tokio::test]
 async fn a_hard_purge_on_one_node_invalidates_the_copy_on_another_within_a_second() {
     let origin = Origin::fixed(&[("cache-control", "max-age=60")], "bonjour").await;
     let cluster = Cluster::start(origin).await;

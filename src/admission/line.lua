@@ -58,7 +58,26 @@ end
 local interval = 0
 if per_minute > 0 then interval = math.floor(60000000 / per_minute) end
 local tolerance = interval * math.max(burst - 1, 0)
-local tat = tonumber(redis.call('GET', K_tat) or '0')
+-- The budget is stored as "tat:interval:tolerance" so that a live rate
+-- change keeps what was already taken, as Gcra::set_rate does: the free
+-- admissions carry over, and resuming from a zero rate lets no burst in.
+local stored = redis.call('GET', K_tat) or '0'
+local fields = {}
+for field in string.gmatch(stored, '[^:]+') do fields[#fields + 1] = tonumber(field) end
+local tat = fields[1] or 0
+local old_interval, old_tolerance = fields[2], fields[3]
+if old_interval and (old_interval ~= interval or old_tolerance ~= tolerance) then
+  local free = 0
+  if old_interval > 0 then
+    local capacity = old_interval + old_tolerance
+    local debt = math.min(math.max(tat - now, 0), capacity)
+    free = (capacity - debt) / old_interval
+  end
+  if interval > 0 then
+    local debt = interval + tolerance - free * interval
+    tat = now + math.max(math.floor(debt), 0)
+  end
+end
 local function take()
   if interval == 0 then return false end
   local start = math.max(tat, now)
@@ -126,7 +145,7 @@ elseif op == 'claim' then
 end
 redis.call('SET', K_issued, issued)
 redis.call('SET', K_cursor, cursor)
-redis.call('SET', K_tat, tat)
+redis.call('SET', K_tat, tat .. ':' .. interval .. ':' .. tolerance)
 
 local claims = redis.call('ZCARD', K_claims)
 local first = redis.call('ZRANGE', K_claims, 0, 0, 'WITHSCORES')
