@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::App;
 use crate::body::ProxyBody;
-use crate::config::AdmissionMode;
+use crate::config::{AdmissionMode, default_burst};
 use crate::outcome::Outcome;
 use crate::{cluster, reload};
 
@@ -70,7 +70,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
                 res
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" => text_owned(StatusCode::OK, readiness(app)),
+            "/readyz" => {
+                let (status, text) = readiness(app);
+                text_owned(status, text)
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
                 "not found: /metrics, /healthz, /readyz, /admin/...\n",
@@ -223,9 +226,12 @@ fn patch_admission(app: &App, name: &str, patch: AdmissionPatch) -> Response<Pro
             return Err("this site has no [site.admission]".to_owned());
         };
         if let Some(rate) = patch.new_users_per_minute {
+            // A burst left to its default follows the rate; one the file
+            // set on its own stays.
+            let derived = a.burst == default_burst(a.new_users_per_minute);
             a.new_users_per_minute = rate;
-            if patch.burst.is_none() {
-                a.burst = (rate / 12).max(1);
+            if patch.burst.is_none() && derived {
+                a.burst = default_burst(rate);
             }
         }
         if let Some(burst) = patch.burst {
@@ -410,8 +416,14 @@ fn json_response(status: StatusCode, value: Value) -> Response<ProxyBody> {
 
 /// Ready whenever the config is loaded and the listeners are up (this
 /// answer proves both); says which mode the node is in.
-fn readiness(app: &App) -> String {
-    match &app.cluster {
+fn readiness(app: &App) -> (StatusCode, String) {
+    if app.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: shutting down, in-flight requests finishing\n".to_owned(),
+        );
+    }
+    let text = match &app.cluster {
         None => "ready: standalone\n".to_owned(),
         Some(c) if c.up() => format!("ready: cluster, node {}, shared store reachable\n", c.node),
         Some(c) => format!(
@@ -423,7 +435,8 @@ fn readiness(app: &App) -> String {
                 crate::config::StoreFailure::Closed => "closed",
             }
         ),
-    }
+    };
+    (StatusCode::OK, text)
 }
 
 fn text_owned(status: StatusCode, body: String) -> Response<ProxyBody> {

@@ -183,6 +183,11 @@ pub struct AdmissionConfig {
     pub message: Option<String>,
 }
 
+/// Five seconds' worth of the rate, at least one: the burst when none is set.
+pub fn default_burst(per_minute: u32) -> u32 {
+    (per_minute / 12).max(1)
+}
+
 impl AdmissionConfig {
     /// Whether a request target (path and query) is an entry point.
     pub fn gates(&self, target: &str) -> bool {
@@ -1272,6 +1277,18 @@ impl RawAdmission {
                 AdmissionMode::Auto
             }),
         };
+        if self.burst == Some(0) {
+            errors.push(
+                format!("{at}.burst"),
+                "must be at least 1 (0 would admit nobody)",
+            );
+        }
+        if self.max_active_users == Some(0) {
+            errors.push(
+                format!("{at}.max_active_users"),
+                "must be at least 1 (0 would admit nobody; leave it out for no cap)",
+            );
+        }
         if self.paths.is_empty() {
             errors.push(
                 format!("{at}.paths"),
@@ -1311,10 +1328,9 @@ impl RawAdmission {
         AdmissionConfig {
             paths: self.paths,
             new_users_per_minute: rate,
-            // Five seconds' worth of the rate, at least one.
-            burst: self
-                .burst
-                .map_or((rate / 12).max(1), |b| u32::try_from(b).unwrap_or(u32::MAX)),
+            burst: self.burst.map_or(default_burst(rate), |b| {
+                u32::try_from(b).unwrap_or(u32::MAX)
+            }),
             max_active_users: self
                 .max_active_users
                 .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
@@ -1440,6 +1456,24 @@ mod tests {
         );
         assert!(
             errs.iter().any(|e| e.starts_with("site[1].origin")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn an_admission_that_would_admit_nobody_is_refused() {
+        let errs = errors_of(&format!(
+            "{MINIMAL}\n[site.admission]\npaths = [\"/login\"]\nnew_users_per_minute = 60\n\
+             burst = 0\nmax_active_users = 0\n"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("site[0].admission.burst: must be at least 1")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("site[0].admission.max_active_users: must be at least 1")),
             "{errs:?}"
         );
     }

@@ -92,6 +92,9 @@ pub struct App {
     pub tls: std::sync::OnceLock<Arc<tls::Resolver>>,
     /// The shared store, in cluster mode.
     pub cluster: Option<Arc<cluster::Cluster>>,
+    /// Set when shutdown starts: `/readyz` answers 503 from then on, so a
+    /// load balancer stops sending users to a node that no longer accepts.
+    pub draining: std::sync::atomic::AtomicBool,
     /// This app itself, for the tasks it spawns.
     me: std::sync::Weak<App>,
 }
@@ -175,6 +178,7 @@ impl App {
             admin_token: options.admin_token.filter(|t| !t.is_empty()),
             changing: std::sync::Mutex::new(()),
             tls: std::sync::OnceLock::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -270,6 +274,9 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish (bounded by
     /// `server.shutdown_grace`), and returns when done.
     pub async fn shutdown(self) {
+        self.app
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.stop.send(true);
         let _ = self.public.await;
         if let Some(tls) = self.tls_task {

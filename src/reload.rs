@@ -53,13 +53,17 @@ fn reload_file(app: &App) -> Result<(), ConfigErrors> {
     let pages = Pages::new(new.server.pages_dir.as_deref())
         .map_err(|e| errors.push(error("server.pages_dir", &e)))
         .ok();
-    if let (Some(resolver), Some(settings)) = (app.tls.get(), &new.server.tls)
-        && let Err(e) = resolver.reload(settings)
-    {
-        errors.push(error("server.tls_cert", &e));
-    }
+    let certificates = match (app.tls.get(), &new.server.tls) {
+        (Some(_), Some(settings)) => crate::tls::Resolver::load(settings)
+            .map_err(|e| errors.push(error("server.tls_cert", &e)))
+            .ok(),
+        _ => None,
+    };
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
+    }
+    if let (Some(resolver), Some(certificates)) = (app.tls.get(), certificates) {
+        resolver.install(certificates);
     }
     // A random key (no shared secret configured) is kept: a new one would
     // void every ticket and pass.
@@ -125,8 +129,8 @@ fn restart_only(old: &Config, new: &Config) -> Vec<ConfigError> {
         if changed {
             errors.push(error(
                 path,
-                "changing it needs a restart (listeners are never rebound on reload); \
-                 the running config stays",
+                "changing it needs a restart (it is read once, when listeners and \
+                 tasks start); the running config stays",
             ));
         }
     };
@@ -149,6 +153,25 @@ fn restart_only(old: &Config, new: &Config) -> Vec<ConfigError> {
         "server.header_read_timeout",
     );
     check(o.state_file != n.state_file, "server.state_file");
+    check(
+        o.shutdown_grace != n.shutdown_grace,
+        "server.shutdown_grace",
+    );
+    check(o.log_json != n.log_json, "server.log_format");
+    check(
+        old.cluster.as_ref().map(|c| c.refresh_interval)
+            != new.cluster.as_ref().map(|c| c.refresh_interval),
+        "cluster.refresh_interval",
+    );
+    // Active sessions are counted by how long a pass goes unused.
+    for (i, site) in new.sites.iter().enumerate() {
+        let before = old.sites.iter().find(|o| o.name == site.name);
+        let duration = |s: &SiteConfig| s.admission.as_ref().map(|a| a.session_duration);
+        check(
+            before.is_some_and(|b| duration(b) != duration(site)),
+            &format!("site[{i}].admission.session_duration"),
+        );
+    }
     check(
         o.tls.as_ref().map(|t| t.listen) != n.tls.as_ref().map(|t| t.listen),
         "server.tls_listen",

@@ -43,9 +43,14 @@ pub async fn serve(
         .header_read_timeout(server.header_read_timeout)
         .max_buf_size(server.max_header_bytes)
         .keep_alive(true);
+    // HTTP/2 has no header timer once a connection is up: a phone that went
+    // off the network would hold its connection slot for ever. Ping it, and
+    // close it when the ping goes unanswered for header_read_timeout.
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(server.header_read_timeout * 2)
+        .keep_alive_timeout(server.header_read_timeout)
         .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(H2_MAX_STREAMS);
     let metrics = app.metrics.clone();

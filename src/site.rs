@@ -111,10 +111,13 @@ fn new_gate(
     }
 }
 
+/// Whether the connection pool can be kept. `origin_concurrency` is not
+/// part of it: it is what operators turn during a surge, and a new pool
+/// would send a wave of fresh connections to a struggling origin (the old
+/// pool keeps its idle limit; it only bounds idle connections).
 fn origin_unchanged(a: &SiteConfig, b: &SiteConfig) -> bool {
     a.origin == b.origin
         && a.origin_host == b.origin_host
         && a.origin_timeout == b.origin_timeout
         && a.origin_connect_timeout == b.origin_connect_timeout
-        && a.origin_concurrency == b.origin_concurrency
 }

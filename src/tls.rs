@@ -45,7 +45,8 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
 
 /// The certificates of the TLS listener: one default, and more by SNI name.
 #[derive(Debug)]
-struct Certificates {
+/// A loaded set of certificates, ready to be served.
+pub struct Certificates {
     default: Arc<CertifiedKey>,
     by_name: HashMap<String, Arc<CertifiedKey>>,
 }
@@ -81,10 +82,15 @@ impl ResolvesServerCert for Resolver {
 }
 
 impl Resolver {
-    /// Re-reads the certificate files; the old ones stay on error.
-    pub fn reload(&self, settings: &TlsSettings) -> Result<(), String> {
-        self.current.store(Arc::new(Certificates::load(settings)?));
-        Ok(())
+    /// Reads the certificate files, without serving them yet: a reload
+    /// refused for another key must not swap certificates either.
+    pub fn load(settings: &TlsSettings) -> Result<Certificates, String> {
+        Certificates::load(settings)
+    }
+
+    /// Serves `certificates` from the next handshake on.
+    pub fn install(&self, certificates: Certificates) {
+        self.current.store(Arc::new(certificates));
     }
 }
 

@@ -784,6 +784,34 @@ async fn a_patched_admission_mode_applies_at_once() {
 }
 
 #[tokio::test]
+async fn a_new_rate_keeps_a_burst_set_in_the_file_and_moves_a_default_one() {
+    let origin = Origin::fixed(&[], "page").await;
+    // The second site leaves its burst to the default (five seconds' worth).
+    let text = config(
+        &origin.url(),
+        &admission("new_users_per_minute = 60\nburst = 2"),
+        "[[site]]\nname = \"cas\"\nhosts = [\"cas.test\"]\norigin = \"http://127.0.0.1:1\"\n\
+         [site.admission]\npaths = [\"/cas/login\"]\nnew_users_per_minute = 60\n",
+    );
+    let proxy = start(&text).await;
+    for (site, want) in [("portal", 2), ("cas", 50)] {
+        let got = patch(
+            &proxy,
+            &format!("/admin/sites/{site}/admission"),
+            r#"{"new_users_per_minute": 600}"#,
+        )
+        .await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(
+            json(&got)["admission"]["burst"],
+            want,
+            "{site}: {}",
+            got.text()
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_raised_admission_rate_lets_no_burst_through() {
     let origin = Origin::fixed(&[("cache-control", "no-store")], "portal page").await;
     let text = config(
@@ -1390,7 +1418,7 @@ async fn a_broken_file_is_refused_with_every_key_path_and_the_running_config_sta
 }
 
 #[tokio::test]
-async fn a_reload_that_moves_a_listener_is_refused_as_needing_a_restart() {
+async fn a_reload_of_a_key_read_only_at_start_is_refused_as_needing_a_restart() {
     let origin = Origin::fixed(&[], "page").await;
     let file = ConfigFile::new();
     let good = reload_config(&file, &origin.url(), 8, "", 1);
@@ -1409,6 +1437,21 @@ async fn a_reload_that_moves_a_listener_is_refused_as_needing_a_restart() {
             good.replace(
                 "admin_listen = \"127.0.0.1:0\"",
                 "admin_listen = \"127.0.0.1:1\"",
+            ),
+        ),
+        // Read once at start: a reload that said "applied" would lie.
+        (
+            "server.shutdown_grace",
+            good.replace(
+                "admin_listen = \"127.0.0.1:0\"",
+                "admin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"3s\"",
+            ),
+        ),
+        (
+            "server.log_format",
+            good.replace(
+                "admin_listen = \"127.0.0.1:0\"",
+                "admin_listen = \"127.0.0.1:0\"\nlog_format = \"json\"",
             ),
         ),
     ] {
@@ -1441,7 +1484,7 @@ async fn a_reload_that_moves_a_listener_is_refused_as_needing_a_restart() {
         proxy
             .metric("digue_config_reloads_total{outcome=\"refused\"}")
             .await,
-        2.0
+        4.0
     );
 }
 

@@ -515,6 +515,38 @@ async fn an_h2c_client_is_served_and_the_origin_gets_the_authority_as_host_and_o
     );
 }
 
+/// A phone that went off the network mid-HTTP/2 never answers again: its
+/// connection is closed when a ping goes unanswered, freeing its slot.
+#[tokio::test]
+async fn an_http2_peer_that_stops_answering_pings_is_disconnected() {
+    let origin = Origin::fixed(&[], "ok").await;
+    let proxy = Proxy::start(&origin.url(), "header_read_timeout = \"500ms\"", "").await;
+    let mut silent = TcpStream::connect(proxy.addr).await.expect("connect");
+    // The HTTP/2 preface and an empty SETTINGS frame; then nothing, not
+    // even the acknowledgements a live client sends.
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface written");
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut sink)).await;
+    assert!(
+        closed.is_ok(),
+        "the silent HTTP/2 connection is still open after 10 s"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "not before a ping could be answered: {:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while proxy.metric("digue_connections_open").await > 0.0 {
+        assert!(Instant::now() < deadline, "its connection slot is freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn shutdown_lets_the_request_in_flight_finish() {
     let origin = Origin::fixed(&[], "finished").await;
@@ -523,6 +555,7 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     origin.hold();
 
     let url = proxy.url("/slow-report");
+    let readyz = proxy.admin_url("/readyz");
     let in_flight = tokio::spawn(async move { get(&url, &[]).await });
     origin.wait_for_total(1).await;
 
@@ -544,6 +577,13 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     assert!(
         !shutdown.is_finished(),
         "shutdown waits for the request in flight"
+    );
+    let ready = get(&readyz, &[]).await;
+    assert_eq!(
+        ready.status,
+        503,
+        "while draining, /readyz sends load balancers away: {}",
+        ready.text()
     );
 
     origin.release();

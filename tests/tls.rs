@@ -152,7 +152,7 @@ async fn certificates_are_chosen_by_sni_and_reloaded_without_a_restart() {
         b.cert.display(),
         b.key.display()
     );
-    let (running, _) = start(&origin, &dir, &sni).await;
+    let (running, path) = start(&origin, &dir, &sni).await;
     let addr = running.tls.expect("TLS listener");
     let (_, served, _) = connect(addr, &[&a.der, &b.der], "b.test", &[b"http/1.1"]).await;
     assert_eq!(served, b.der, "b.test gets its own certificate");
@@ -177,6 +177,25 @@ async fn certificates_are_chosen_by_sni_and_reloaded_without_a_restart() {
     );
     let (_, served, _) = connect(addr, &[&renewed.der, &b.der], "a.test", &[b"http/1.1"]).await;
     assert_eq!(served, renewed.der, "still served after the refused reload");
+
+    // A reload refused for another key applies nothing, certificates included.
+    let unused = cert(&dir, "a", &["a.test"]);
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let text = text.replace("[server]\n", "[server]\nmax_connections = 5\n");
+    std::fs::write(&path, text).expect("write config");
+    let errors = digue::reload::reload(&running.app).expect_err("refused");
+    assert!(
+        errors.0.iter().any(|e| e.path == "server.max_connections"),
+        "{errors}"
+    );
+    let (_, served, _) = connect(
+        addr,
+        &[&renewed.der, &unused.der, &b.der],
+        "a.test",
+        &[b"http/1.1"],
+    )
+    .await;
+    assert_eq!(served, renewed.der, "half a reload is never applied");
     running.shutdown().await;
 }
 
