@@ -15,6 +15,14 @@ const EXAMPLE_CONFIG: &str = include_str!("../config.toml");
 /// The demo's admission rate: low enough that a few browser tabs make a
 /// line, high enough that a short `digue surge` sees it drain.
 const DEMO_USERS_PER_MINUTE: u32 = 20;
+/// The demo's admin listener, as in config.toml and the README's
+/// `--admin http://127.0.0.1:9090`; any free port when it is taken.
+const DEMO_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
+/// The surge the demo suggests: 40 pupils arriving within 15 s, admitted
+/// at `DEMO_USERS_PER_MINUTE` in about two minutes, so the line fills and
+/// drains within the time limit.
+const DEMO_SURGE_FLAGS: &str = "--pupils 40 --peak-rate 5 --duration 3m";
 
 #[derive(Parser)]
 #[command(
@@ -217,17 +225,21 @@ fn demo(listen: SocketAddr) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let portal = Portal::spawn(origin, PortalOptions::default());
+        let options = PortalOptions::default();
+        let capacity = options.capacity;
+        let portal = Portal::spawn(origin, options);
         let origin_uri: http::Uri = match format!("http://{}", portal.addr).parse() {
             Ok(u) => u,
             Err(_) => return ExitCode::FAILURE,
         };
         config.server.listen = listen;
-        config.server.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.server.admin_listen = Some(DEMO_ADMIN);
         config.sites.truncate(1);
         for site in &mut config.sites {
             site.origin = origin_uri.clone();
             site.hosts = vec![HostPattern::Any];
+            // What the portal holds, not config.toml's guess for a real one.
+            site.origin_concurrency = capacity;
             // A line you can see by opening the login page in a few tabs.
             if let Some(admission) = &mut site.admission {
                 admission.new_users_per_minute = DEMO_USERS_PER_MINUTE;
@@ -237,7 +249,16 @@ fn demo(listen: SocketAddr) -> ExitCode {
                 admission.tickets_per_network_per_minute = u32::MAX;
             }
         }
-        let running = match digue::start(config).await {
+        let started = match digue::start(config.clone()).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                // Perhaps only the admin port (another digue): any will do,
+                // the banner prints the one it got.
+                config.server.admin_listen = Some(SocketAddr::new(DEMO_ADMIN.ip(), 0));
+                digue::start(config).await
+            }
+            other => other,
+        };
+        let running = match started {
             Ok(r) => r,
             Err(e) => {
                 eprintln!(
@@ -246,21 +267,55 @@ fn demo(listen: SocketAddr) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let target = format!("http://{}", reachable(running.listen));
         let mut banner = format!(
-            "digue demo: a fragile school portal on http://{} (capacity 32)\n            digue in front of it:   http://{}/\n",
-            portal.addr, running.listen
+            "digue demo: a fragile school portal on http://{} (capacity {capacity})\n            digue in front of it:   {target}/\n",
+            portal.addr
         );
+        let mut surge = format!("{} surge --target {target}", this_program());
         if let Some(admin) = running.admin {
-            banner += &format!("            metrics:                http://{admin}/metrics\n");
+            let admin = format!("http://{}", reachable(admin));
+            banner += &format!("            metrics:                {admin}/metrics\n");
+            surge += &format!(" --admin {admin}");
         }
-        banner += &format!(
-            "Open http://{}/ in a browser; Ctrl-C to stop.\n",
-            running.listen
-        );
+        banner += &format!("            a small surge:          {surge} {DEMO_SURGE_FLAGS}\n");
+        banner += &format!("Open {target}/ in a browser; Ctrl-C to stop.\n");
         say(&banner);
         serve_until_stopped(&running.app).await;
         running.shutdown().await;
         drop(portal);
         ExitCode::SUCCESS
     })
+}
+
+/// An address a client on this machine can connect to: a listener on
+/// 0.0.0.0 or [::] is reached on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// How this program was started (`target/release/digue` under `cargo
+/// run`), quoted for a POSIX shell when needed, so the printed command
+/// runs as pasted.
+fn this_program() -> String {
+    let name = std::env::args_os()
+        .next()
+        .map_or_else(|| "digue".to_owned(), |a| a.to_string_lossy().into_owned());
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:".contains(&b))
+    {
+        name
+    } else {
+        format!("'{}'", name.replace('\'', r"'\''"))
+    }
 }

@@ -20,6 +20,13 @@ impl Drop for Demo {
 
 /// Starts `digue demo` on a free port and returns the URL it printed.
 fn start_demo() -> (Demo, String) {
+    let (demo, url, _) = start_demo_with_banner();
+    (demo, url)
+}
+
+/// Starts `digue demo` on a free port; returns the URL it printed and the
+/// whole banner (up to its last line, "… Ctrl-C to stop.").
+fn start_demo_with_banner() -> (Demo, String, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_digue"))
         .args(["demo", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -29,7 +36,16 @@ fn start_demo() -> (Demo, String) {
     let stdout = child.stdout.take().expect("piped");
     let demo = Demo(child);
     let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
-    let url = lines
+    let mut banner = Vec::new();
+    for line in lines.by_ref() {
+        let last = line.contains("Ctrl-C to stop");
+        banner.push(line);
+        if last {
+            break;
+        }
+    }
+    let url = banner
+        .iter()
         .find_map(|line| {
             let rest = line.split("digue in front of it:").nth(1)?;
             Some(rest.trim().trim_end_matches('/').to_owned())
@@ -37,7 +53,7 @@ fn start_demo() -> (Demo, String) {
         .expect("demo prints the URL to open");
     // Keep reading, like a terminal would, until the demo exits.
     std::thread::spawn(move || lines.for_each(drop));
-    (demo, url)
+    (demo, url, banner)
 }
 
 /// A free loopback port, for a demo whose output nobody reads.
@@ -85,6 +101,51 @@ async fn demo_serves_the_portal_through_the_cache() {
         notes.cache_status().contains("fwd=bypass"),
         "per-user calls bypass the cache: {}",
         notes.cache_status()
+    );
+}
+
+#[derive(clap::Parser)]
+struct SurgeCli {
+    #[command(flatten)]
+    surge: digue::surge::SurgeArgs,
+}
+
+/// The README says the demo prints the `digue surge` command to run: it
+/// must name the demo's real addresses, and pass the surge's own checks.
+#[tokio::test]
+async fn demo_prints_a_ready_to_run_surge_command() {
+    let (_demo, url, banner) = tokio::task::spawn_blocking(start_demo_with_banner)
+        .await
+        .expect("no panic");
+    let command = banner
+        .iter()
+        .find(|line| line.contains(" surge --target "))
+        .unwrap_or_else(|| panic!("the banner prints a surge command: {banner:#?}"));
+    let words: Vec<&str> = command
+        .split_whitespace()
+        .skip_while(|w| *w != "surge")
+        .collect();
+    let cli = <SurgeCli as clap::Parser>::try_parse_from(&words)
+        .unwrap_or_else(|e| panic!("{command}: {e}"));
+    let args = cli.surge;
+    assert_eq!(args.target, url, "the surge targets the demo's digue");
+    digue::surge::Plan::from_args(&args)
+        .unwrap_or_else(|e| panic!("the printed surge is a valid plan: {e:?}"));
+    let admin = args
+        .admin
+        .as_deref()
+        .expect("with --admin, to sample /metrics");
+    let metrics = get(&format!("{admin}/metrics"), &[]).await;
+    assert_eq!(metrics.status, 200, "{admin}/metrics answers");
+    let limit = metrics
+        .text()
+        .lines()
+        .find(|l| l.starts_with("digue_origin_limit{"))
+        .map(str::to_owned)
+        .expect("the origin limit is exported");
+    assert!(
+        limit.ends_with(" 32"),
+        "digue sends the demo portal no more than its capacity: {limit}"
     );
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use digue::demo::{Portal, PortalOptions};
 use digue::surge::{SurgeArgs, SurgeError, execute};
-use support::Proxy;
+use support::{Origin, Proxy, reply};
 use tokio::net::TcpListener;
 
 /// The shipped config's cache rules, a login gated at 10 a second, and an
@@ -73,6 +73,17 @@ fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("digue-surge-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+/// The input errors of a run against `target` with this scenario file.
+async fn scenario_errors(label: &str, target: &str, scenario: &str) -> Vec<String> {
+    let dir = scratch(label);
+    let file = dir.join("scenario.toml");
+    std::fs::write(&file, scenario).expect("write");
+    let path = file.to_str().expect("utf-8 path");
+    let problems = input_errors(execute(&args(&["--target", target, "--scenario", path])).await);
+    let _ = std::fs::remove_dir_all(dir);
+    problems
 }
 
 fn input_errors(result: Result<digue::surge::Report, SurgeError>) -> Vec<String> {
@@ -397,4 +408,300 @@ async fn a_silent_target_gives_timeouts_and_the_time_limit_ends_the_run() {
         "{p:?}"
     );
     hold.abort();
+}
+
+/// Runs a short surge against `target` with `scenario` and extra flags.
+async fn run_with(
+    target: &str,
+    name: &str,
+    scenario: &str,
+    flags: &[&str],
+) -> digue::surge::Report {
+    let dir = scratch(name);
+    let file = dir.join("scenario.toml");
+    std::fs::write(&file, scenario).expect("write scenario");
+    let mut all = vec![
+        "--target",
+        target,
+        "--scenario",
+        file.to_str().expect("utf-8 path"),
+        "--quiet",
+    ];
+    all.extend_from_slice(flags);
+    let report = execute(&args(&all))
+        .await
+        .unwrap_or_else(|e| panic!("the surge runs: {e}"));
+    let _ = std::fs::remove_dir_all(dir);
+    report
+}
+
+/// Nothing but patient pupils who get in, look around briefly and leave.
+const PATIENT_ONLY: &str = "[mix]\nimpatient = 0.0\nquitters = 0.0\nbots = 0.0\n\
+                            [script]\nthink_min = \"10ms\"\nthink_max = \"50ms\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_never_keep_pupils_from_starting() {
+    let portal = Portal::spawn(
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        PortalOptions {
+            capacity: 32,
+            base_latency: Duration::from_millis(2),
+        },
+    );
+    // Half the arrivals are bots, hammering until the end; two pupils at once.
+    let scenario = "[mix]\nimpatient = 0.0\nquitters = 0.0\nbots = 0.5\n\
+                    [patience]\nbot_interval = \"200ms\"\n\
+                    [script]\nthink_min = \"10ms\"\nthink_max = \"50ms\"\n";
+    let report = run_with(
+        &format!("http://{}", portal.addr),
+        "bots-ceiling",
+        scenario,
+        &[
+            "--pupils",
+            "20",
+            "--peak-rate",
+            "100",
+            "--curve",
+            "constant",
+            "--concurrency",
+            "2",
+            "--duration",
+            "8s",
+        ],
+    )
+    .await;
+    let p = &report.pupils;
+    assert_eq!(p.bots, 10);
+    assert_eq!(
+        (p.admitted, p.finished, p.not_started),
+        (10, 10, 0),
+        "every pupil started and finished despite the bots: {p:?}"
+    );
+    assert!(
+        !report.time_limit_reached,
+        "the run ends when the pupils are done, not at the time limit"
+    );
+    assert!(report.responses.bot_requests > 0, "the bots did hammer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_retry_after_never_crashes_a_pupil() {
+    let huge = "18446744073709551615";
+    let header = Origin::start(move |_| reply(503, &[("retry-after", huge)], "<html>file")).await;
+    let json = Origin::start(move |_| {
+        reply(
+            503,
+            &[("content-type", "application/json")],
+            &format!(r#"{{"state":"queued","position":3,"retry_after":{huge}}}"#),
+        )
+    })
+    .await;
+    for origin in [&header, &json] {
+        let report = run_with(
+            &origin.url(),
+            "huge-retry",
+            PATIENT_ONLY,
+            &["--pupils", "10", "--peak-rate", "1000", "--duration", "1s"],
+        )
+        .await;
+        assert!(
+            report.time_limit_reached,
+            "the pupils honour the (capped) wait instead of crashing: {:?}",
+            report.warnings
+        );
+        assert_eq!(report.pupils.still_waiting, 10, "{:?}", report.pupils);
+        assert!(
+            !report.warnings.iter().any(|w| w.contains("panicked")),
+            "{:?}",
+            report.warnings
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_curve_longer_than_the_time_limit_is_refused_before_the_run() {
+    let target = "http://127.0.0.1:9";
+    for (rate, pupils) in [("1e-20", "2"), ("0.01", "500")] {
+        let problems = input_errors(
+            execute(&args(&[
+                "--target",
+                target,
+                "--peak-rate",
+                rate,
+                "--pupils",
+                pupils,
+            ]))
+            .await,
+        );
+        assert!(
+            problems[0].starts_with("--peak-rate:") && problems[0].contains("--duration"),
+            "{rate}/s for {pupils} pupils: {problems:?}"
+        );
+    }
+    let problems = scenario_errors(
+        "slow-curve",
+        target,
+        "[arrivals]\npeak_rate = 0.01\npupils = 500\n",
+    )
+    .await;
+    assert!(
+        problems.iter().any(|p| p.contains("arrivals.peak_rate:")),
+        "the scenario key is named: {problems:?}"
+    );
+}
+
+#[tokio::test]
+async fn paths_that_are_not_uris_are_refused_with_their_key() {
+    let target = "http://127.0.0.1:9";
+    let problems = input_errors(execute(&args(&["--target", target, "--entry", "/a b"])).await);
+    assert!(problems[0].starts_with("--entry:"), "{problems:?}");
+    let problems = scenario_errors(
+        "bad-paths",
+        target,
+        "[script]\nentry = \"/é l\"\nassets = [\"/ok.css\", \"/x y.css\"]\n\
+         [[script.step]]\npath = \"/api/{n} notes\"\n",
+    )
+    .await;
+    let all = problems.join("\n");
+    for key in ["script.entry:", "script.assets[1]:", "script.step[0].path:"] {
+        assert!(all.contains(key), "{key} missing from {all}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_link_that_is_not_a_uri_is_never_sent_as_the_home_page() {
+    let origin = Origin::start(|_| {
+        reply(
+            200,
+            &[("content-type", "text/html")],
+            r#"<img src="/logo 1.png"><link href="/ok.css">"#,
+        )
+    })
+    .await;
+    let report = run_with(
+        &origin.url(),
+        "bad-asset",
+        "[mix]\nimpatient = 0.0\nquitters = 0.0\nbots = 0.0\n[script]\nstep = []\n",
+        &["--pupils", "1", "--entry", "/e.html", "--duration", "3s"],
+    )
+    .await;
+    assert_eq!(report.pupils.finished, 1, "{:?}", report.pupils);
+    assert_eq!(origin.count("/ok.css"), 1, "the good asset is fetched");
+    assert_eq!(origin.count("/"), 0, "no request turned into one for /");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_on_the_entry_page_is_not_getting_in() {
+    let origin = Origin::start(|s| {
+        if s.target == "/login" {
+            reply(200, &[], "<html>login")
+        } else {
+            reply(302, &[("location", "/login")], "")
+        }
+    })
+    .await;
+    let report = run_with(
+        &origin.url(),
+        "redirect",
+        PATIENT_ONLY,
+        &[
+            "--pupils",
+            "1",
+            "--entry",
+            "/e.html",
+            "--duration",
+            "1500ms",
+        ],
+    )
+    .await;
+    assert_eq!(report.pupils.admitted, 0, "{:?}", report.pupils);
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("JSON");
+    assert!(
+        json.pointer("/responses/redirect/count")
+            .and_then(serde_json::Value::as_u64)
+            .is_some_and(|n| n >= 1),
+        "redirects are reported as such: {}",
+        json["responses"]
+    );
+    assert_eq!(
+        json["responses"]["page"]["count"], 0,
+        "{}",
+        json["responses"]
+    );
+    assert!(
+        report.to_string().contains("redirect"),
+        "the text report lists redirects"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_room_answers_never_make_a_pupil_poll_in_a_busy_loop() {
+    let admitted = Origin::start(|_| {
+        reply(
+            200,
+            &[("content-type", "application/json")],
+            r#"{"state":"admitted"}"#,
+        )
+    })
+    .await;
+    let retry_now = Origin::start(|_| reply(503, &[("retry-after", "0")], "<html>file")).await;
+    for origin in [&admitted, &retry_now] {
+        run_with(
+            &origin.url(),
+            "busy-loop",
+            PATIENT_ONLY,
+            &["--pupils", "1", "--duration", "1s"],
+        )
+        .await;
+        assert!(
+            origin.total() <= 10,
+            "a pupil paused between polls: {} requests in 1 s",
+            origin.total()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_to_get_in_counts_the_wait_for_a_slot() {
+    let origin = Origin::start(|_| reply(200, &[], "<html>in")).await;
+    origin.set_delay(Duration::from_millis(400));
+    let report = run_with(
+        &origin.url(),
+        "slot-wait",
+        "[mix]\nimpatient = 0.0\nquitters = 0.0\nbots = 0.0\n[script]\nstep = []\n",
+        &[
+            "--pupils",
+            "3",
+            "--peak-rate",
+            "1000",
+            "--curve",
+            "constant",
+            "--concurrency",
+            "1",
+            "--duration",
+            "5s",
+        ],
+    )
+    .await;
+    let t = report.time_to_get_in.expect("everybody got in");
+    assert_eq!(t.count, 3);
+    assert!(
+        t.max >= 1.1,
+        "the third pupil waited for two others, then 0.4 s: {t:?}"
+    );
+}
+
+#[tokio::test]
+async fn output_paths_are_checked_before_any_load() {
+    let dir = scratch("outputs");
+    let as_dir = dir.to_str().expect("utf-8 path");
+    for flag in ["--report", "--chart"] {
+        let problems =
+            input_errors(execute(&args(&["--target", "http://127.0.0.1:9", flag, as_dir])).await);
+        assert!(
+            problems[0].starts_with(&format!("{flag}:")) && problems[0].contains("directory"),
+            "{problems:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -316,7 +316,9 @@ pub(crate) fn classify(answer: &Answer) -> Meaning {
         Some("closed") => (Kind::WaitingRoom, Some(RoomState::Closed)),
         Some("admitted") => (Kind::WaitingRoom, Some(RoomState::Admitted)),
         Some("busy") if status == StatusCode::SERVICE_UNAVAILABLE => (Kind::Busy, None),
-        _ if status.is_success() || status.is_redirection() => {
+        // Whatever it points to, the pupil did not get the page it asked for.
+        _ if status.is_redirection() => (Kind::Redirect, None),
+        _ if status.is_success() => {
             if cache_status.starts_with("digue; hit") {
                 (Kind::CacheHit, None)
             } else {
@@ -386,8 +388,10 @@ pub(crate) fn assets_of(html: &str) -> Vec<String> {
                     .unwrap_or("")
                     .trim_end_matches('/'),
             };
-            if value.starts_with('/')
-                && !value.starts_with("//")
+            // A link that is not a valid request target as written (a
+            // space, say) is left out: a browser would percent-encode it,
+            // the simulator does not guess.
+            if super::scenario::request_target(value).is_some()
                 && !found.iter().any(|f| f == value)
                 && found.len() < MAX_ASSETS
             {
@@ -501,6 +505,20 @@ mod tests {
         );
         assert_eq!(kind(answer(401, &[], "")), Kind::Error);
         assert_eq!(kind(answer(429, &[], "")), Kind::Busy);
+        assert_eq!(
+            kind(answer(302, &[("location", "/cas/login")], "")),
+            Kind::Redirect,
+            "a redirect is not the page"
+        );
+        assert_eq!(
+            kind(answer(
+                301,
+                &[("location", "/x"), ("cache-status", "digue; hit")],
+                ""
+            )),
+            Kind::Redirect,
+            "not even from the cache"
+        );
     }
 
     #[test]
@@ -508,6 +526,7 @@ mod tests {
         let html = r#"<link rel=stylesheet href=/static/portail.css>
             <img src="/static/logo.svg" alt="x"><script src='/static/portail.js' defer></script>
             <img src="https://cdn.example/x.png"><a href="/pronote/eleve.html">x</a>
+            <img src="/logo 2.png"><img src="//cdn.example/y.png">
             <link rel="stylesheet" href="/static/portail.css">"#;
         assert_eq!(
             assets_of(html),

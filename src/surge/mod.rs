@@ -86,7 +86,7 @@ pub struct SurgeArgs {
     /// Time limit of the whole run [default: 2m].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Pupils active at once at most [default: 10000].
+    /// Pupils active at once at most, bots aside [default: 10000].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub concurrency: Option<i64>,
     /// digue's admin base URL (http://host:port), to sample /metrics.
@@ -207,16 +207,12 @@ pub async fn execute(args: &SurgeArgs) -> Result<Report, SurgeError> {
     let plan = Plan::from_args(args).map_err(SurgeError::Input)?;
     // A typo in an output path should not cost a twenty-minute run.
     let outputs = [("--report", &args.report), ("--chart", &args.chart)];
-    let missing: Vec<String> = outputs
+    let unwritable: Vec<String> = outputs
         .iter()
-        .filter_map(|(flag, path)| {
-            let dir = path.as_deref()?.parent()?;
-            (!dir.as_os_str().is_empty() && !dir.is_dir())
-                .then(|| format!("{flag}: directory {} does not exist", dir.display()))
-        })
+        .filter_map(|(flag, path)| check_output(flag, path.as_deref()?).err())
         .collect();
-    if !missing.is_empty() {
-        return Err(SurgeError::Input(missing));
+    if !unwritable.is_empty() {
+        return Err(SurgeError::Input(unwritable));
     }
     let report = simulate(&plan, !args.quiet).await?;
     let mut errors = Vec::new();
@@ -233,6 +229,43 @@ pub async fn execute(args: &SurgeArgs) -> Result<Report, SurgeError> {
             report: Box::new(report),
             errors,
         })
+    }
+}
+
+/// Whether `path` can take an output file: not a directory, in a directory
+/// that exists, writable now. A file created to find out is removed again;
+/// an existing one is left as it is until the run ends.
+fn check_output(flag: &str, path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!(
+            "{flag}: {} is a directory; give a file name",
+            path.display()
+        ));
+    }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.is_dir()
+    {
+        return Err(format!(
+            "{flag}: directory {} does not exist",
+            dir.display()
+        ));
+    }
+    let existed = path.exists();
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+    {
+        Ok(_) => {
+            if !existed {
+                // Only tidiness: the real write at the end recreates it.
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(())
+        }
+        Err(e) => Err(format!("{flag}: cannot write {}: {e}", path.display())),
     }
 }
 
@@ -266,22 +299,33 @@ pub async fn simulate(plan: &Plan, show_progress: bool) -> Result<Report, SurgeE
         }
         None => None,
     };
+    let personas = pupil::personas(plan.arrivals.pupils, plan.mix, plan.seed);
+    let bots = personas.iter().filter(|p| **p == Persona::Bot).count();
+    let people = personas.len() - bots;
     let mut warnings = Vec::new();
     let mut concurrency = plan.concurrency;
     if let Some(files) = cost::open_files_limit() {
-        let room = usize::try_from(files.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+        // Bots hold one connection each for the whole run, outside the ceiling.
+        let room = usize::try_from(files.saturating_sub(FD_RESERVE))
+            .unwrap_or(usize::MAX)
+            .saturating_sub(bots);
+        if room == 0 && people > 0 {
+            return Err(SurgeError::Input(vec![format!(
+                "mix.bots: {bots} bots need one open file each and leave none for pupils \
+                 under the open-files limit of {files} (raise it with `ulimit -n`, or lower \
+                 the share of bots)"
+            )]));
+        }
         if concurrency > room {
             warnings.push(format!(
                 "concurrency ceiling lowered from {concurrency} to {room}: the open-files limit \
-                 is {files} (raise it with `ulimit -n`)"
+                 is {files} and {bots} bots take one each (raise it with `ulimit -n`)"
             ));
             concurrency = room.max(1);
         }
     }
 
     let plan = Arc::new(plan.clone());
-    let personas = pupil::personas(plan.arrivals.pupils, plan.mix, plan.seed);
-    let people = personas.iter().filter(|p| **p != Persona::Bot).count();
     let cpu_before = cost::cpu_time();
     let start = Instant::now();
     let deadline = start + plan.time_limit;
@@ -295,13 +339,32 @@ pub async fn simulate(plan: &Plan, show_progress: bool) -> Result<Report, SurgeE
         stopped,
     ));
 
+    // Pupils hold a slot from arrival to the end of their visit. Bots take
+    // none: they hammer until the time limit, and holding slots they would
+    // keep every later pupil out (their number is known and bounded above).
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut pupils = JoinSet::new();
     let mut bots = JoinSet::new();
+    let mut panicked = 0;
     let everybody_done = async {
         for (i, persona) in personas.iter().enumerate() {
             let i = i as u64;
-            sleep_until(start + plan.arrivals.offset(i)).await;
+            // The plan checked that the curve fits in the time limit; the
+            // bound only keeps a rounding error from overflowing `Instant`.
+            let arrived = start + plan.arrivals.offset(i).min(plan.time_limit);
+            sleep_until(arrived).await;
+            let pupil = Pupil::new(
+                i,
+                *persona,
+                Arc::clone(&plan),
+                Arc::clone(&rec),
+                addr,
+                arrived,
+            );
+            if *persona == Persona::Bot {
+                bots.spawn(pupil.live());
+                continue;
+            }
             let slot = match Arc::clone(&slots).try_acquire_owned() {
                 Ok(slot) => slot,
                 Err(_) => {
@@ -312,24 +375,18 @@ pub async fn simulate(plan: &Plan, show_progress: bool) -> Result<Report, SurgeE
                         .expect("invariant: the semaphore is never closed")
                 }
             };
-            let pupil = Pupil::new(i, *persona, Arc::clone(&plan), Arc::clone(&rec), addr);
-            let task = async move {
+            pupils.spawn(async move {
                 pupil.live().await;
                 drop(slot);
-            };
-            if *persona == Persona::Bot {
-                bots.spawn(task);
-            } else {
-                pupils.spawn(task);
-            }
+            });
             // Reap finished pupils as we go: the set stays as small as the
             // number of active ones.
             while let Some(done) = pupils.try_join_next() {
-                log_panic(done);
+                panicked += u64::from(is_panic(done));
             }
         }
         while let Some(done) = pupils.join_next().await {
-            log_panic(done);
+            panicked += u64::from(is_panic(done));
         }
         if people == 0 {
             // Only bots: they hammer until the time limit.
@@ -340,8 +397,18 @@ pub async fn simulate(plan: &Plan, show_progress: bool) -> Result<Report, SurgeE
         .await
         .is_ok();
     // Whoever is still running stops here; phases recorded so far stand.
-    pupils.shutdown().await;
-    bots.shutdown().await;
+    for set in [&mut pupils, &mut bots] {
+        while let Some(done) = set.try_join_next() {
+            panicked += u64::from(is_panic(done));
+        }
+        set.shutdown().await;
+    }
+    if panicked > 0 {
+        warnings.push(format!(
+            "{panicked} virtual pupils panicked (a bug in digue surge): where they stood \
+             when it happened is all the report knows of them"
+        ));
+    }
     let elapsed = start.elapsed();
     rec.close_line(Instant::now());
     // The receiver may be gone only if the sampler panicked; the report
@@ -367,10 +434,13 @@ pub async fn simulate(plan: &Plan, show_progress: bool) -> Result<Report, SurgeE
     }))
 }
 
-fn log_panic(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done
-        && e.is_panic()
-    {
-        tracing::error!(error = %e, "a virtual pupil panicked");
+/// Whether a pupil's task panicked (logged here; counted in the report).
+fn is_panic(done: Result<(), tokio::task::JoinError>) -> bool {
+    match done {
+        Err(e) if e.is_panic() => {
+            tracing::error!(error = %e, "a virtual pupil panicked");
+            true
+        }
+        _ => false,
     }
 }

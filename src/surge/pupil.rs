@@ -33,8 +33,14 @@ const SESSION_COOKIE: &str = "JSESSIONID";
 /// meta refresh would do.
 const RETRY_FALLBACK: Duration = Duration::from_secs(5);
 /// `Retry-After` is honoured up to this, so a wrong header cannot park a
-/// pupil for the whole run.
+/// pupil for the whole run. Applied before the jitter, so no value the
+/// target sends can overflow it.
 const MAX_PAUSE: Duration = Duration::from_secs(120);
+/// The shortest pause between two requests for the entry page that the
+/// target asks for (`Retry-After: 0`, an "admitted" status answered again
+/// and again): a page's script, a reload, a person are never faster, and a
+/// wrong answer must not turn a pupil into a busy loop.
+const MIN_POLL: Duration = Duration::from_millis(250);
 /// Back-off after an error: 1 s, 2 s, 4 s… up to this (what browsers and
 /// users retrying by hand roughly do).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -95,6 +101,9 @@ pub(crate) struct Pupil {
     jar: Jar,
     rng: Rng,
     phase: Phase,
+    /// When the pupil arrived on the curve: its time to get in counts from
+    /// here, a wait for a slot under the concurrency ceiling included.
+    arrived: Instant,
 }
 
 impl Pupil {
@@ -104,6 +113,7 @@ impl Pupil {
         plan: Arc<Plan>,
         rec: Arc<Recorder>,
         addr: SocketAddr,
+        arrived: Instant,
     ) -> Pupil {
         let seed = plan.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         Pupil {
@@ -115,6 +125,7 @@ impl Pupil {
             jar: Jar::default(),
             rng: Rng::new(seed),
             phase: Phase::Arriving,
+            arrived,
         }
     }
 
@@ -140,11 +151,13 @@ impl Pupil {
     /// Until the entry page is served: returns its body, or `None` when the
     /// pupil gave up or failed.
     async fn get_in(&mut self) -> Option<Bytes> {
-        let arrived = Instant::now();
+        let arrived = self.arrived;
         let entry = self.plan.entry.clone();
         let patience = self.plan.patience;
+        // Patience is with the portal: it runs from the first request, not
+        // from a wait for a slot under the simulator's own ceiling.
         let give_up_at =
-            (self.persona == Persona::Quitter).then(|| arrived + patience.give_up_after);
+            (self.persona == Persona::Quitter).then(|| Instant::now() + patience.give_up_after);
         let mut errors = 0;
         let mut poll = false;
         let mut ticket_at = None;
@@ -170,14 +183,17 @@ impl Pupil {
                     self.set(Phase::In);
                     return Some(got.body);
                 }
+                Kind::WaitingRoom if got.meaning.state == Some(RoomState::Admitted) => {
+                    errors = 0;
+                    self.set(Phase::Waiting);
+                    // The page's script reloads at once to get the page; an
+                    // answer saying so again and again gets a pause.
+                    poll = false;
+                    MIN_POLL
+                }
                 Kind::WaitingRoom => {
                     errors = 0;
                     self.set(Phase::Waiting);
-                    if got.meaning.state == Some(RoomState::Admitted) {
-                        // The page's script reloads at once to get the page.
-                        poll = false;
-                        continue;
-                    }
                     if !holds_ticket && got.meaning.state != Some(RoomState::Closed) {
                         self.rec.ticketless_waits.fetch_add(1, Ordering::Relaxed);
                     }
@@ -198,8 +214,7 @@ impl Pupil {
                         patience.impatient_reload
                     } else {
                         poll = true;
-                        self.rng
-                            .jitter(got.meaning.retry_after.unwrap_or(RETRY_FALLBACK))
+                        self.asked_pause(got.meaning.retry_after)
                     }
                 }
                 Kind::Busy => {
@@ -208,11 +223,12 @@ impl Pupil {
                     if self.persona == Persona::Impatient {
                         patience.impatient_reload
                     } else {
-                        self.rng
-                            .jitter(got.meaning.retry_after.unwrap_or(RETRY_FALLBACK))
+                        self.asked_pause(got.meaning.retry_after)
                     }
                 }
-                Kind::Error | Kind::Timeout => {
+                // A redirect away from the gated page: retried like an
+                // error, so a wrong `--entry` ends in "failed", not "admitted".
+                Kind::Error | Kind::Timeout | Kind::Redirect => {
                     errors += 1;
                     if errors >= patience.max_errors {
                         self.rec.left_line(self.id, now);
@@ -239,6 +255,13 @@ impl Pupil {
             }
             sleep_until(wake).await;
         }
+    }
+
+    /// The pause a waiting room or busy page asks for, capped, then spread
+    /// like the page's script does, never under [`MIN_POLL`].
+    fn asked_pause(&mut self, retry_after: Option<Duration>) -> Duration {
+        let asked = retry_after.unwrap_or(RETRY_FALLBACK).min(MAX_PAUSE);
+        self.rng.jitter(asked).max(MIN_POLL)
     }
 
     /// The page's assets, then the per-user steps with think times.
@@ -316,13 +339,24 @@ impl Pupil {
         body: Option<String>,
         cookies: bool,
     ) -> Fetched {
+        // Scenario paths are checked when the plan is read and page links
+        // when they are read: this is a guard, and it never sends another
+        // path instead (`/` would be a cache hit that proves nothing).
+        let Some(uri) = super::scenario::request_target(path) else {
+            tracing::debug!(pupil = self.id, path, "not a request target; not sent");
+            self.rec.response(Kind::Error, Duration::ZERO, 0);
+            return Fetched {
+                meaning: Meaning::failed(Kind::Error),
+                body: Bytes::new(),
+            };
+        };
         let cookie = if cookies { self.jar.header() } else { None };
         let body = body.map(Bytes::from);
         let host = HeaderValue::from_str(&self.plan.target.authority).ok();
         let make = || {
             let mut req = Request::new(Full::new(body.clone().unwrap_or_default()));
             *req.method_mut() = method.clone();
-            *req.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+            *req.uri_mut() = uri.clone();
             let h = req.headers_mut();
             if let Some(host) = &host {
                 h.insert(header::HOST, host.clone());

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 /// What a response was, as the pupil experienced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// A page or asset from the origin (through digue or not).
+    /// A page or asset from the origin (through digue or not): a 2xx.
     Page,
     /// A response whose `Cache-Status` starts with `digue; hit`.
     CacheHit,
@@ -29,9 +29,14 @@ pub(crate) enum Kind {
     Error,
     /// No complete response within the request timeout.
     Timeout,
+    /// A 3xx: not what was asked for. The simulator does not follow it (a
+    /// redirect on the gated page usually means `--entry` is the wrong page).
+    Redirect,
 }
 
 impl Kind {
+    const COUNT: usize = 7;
+
     fn index(self) -> usize {
         match self {
             Kind::Page => 0,
@@ -40,6 +45,7 @@ impl Kind {
             Kind::Busy => 3,
             Kind::Error => 4,
             Kind::Timeout => 5,
+            Kind::Redirect => 6,
         }
     }
 
@@ -47,7 +53,7 @@ impl Kind {
     pub(crate) fn served(self) -> bool {
         match self {
             Kind::Page | Kind::CacheHit => true,
-            Kind::WaitingRoom | Kind::Busy | Kind::Error | Kind::Timeout => false,
+            Kind::WaitingRoom | Kind::Busy | Kind::Error | Kind::Timeout | Kind::Redirect => false,
         }
     }
 }
@@ -184,7 +190,7 @@ pub(crate) struct EtaSample {
 pub(crate) struct Recorder {
     pub(crate) start: Instant,
     /// Responses and their latency, by `Kind::index`.
-    latency: [Histogram; 6],
+    latency: [Histogram; Kind::COUNT],
     phases: [AtomicU64; Phase::COUNT],
     /// Admissions by second since the start (sized for the time limit).
     admissions: Box<[AtomicU64]>,

@@ -24,7 +24,9 @@ pub struct Report {
     /// The run was cut by the time limit (else every pupil was done).
     pub time_limit_reached: bool,
     pub pupils: PupilCounts,
-    /// From arrival to the entry page, over admitted pupils (`None` if nobody got in).
+    /// From arrival on the curve to the entry page, over admitted pupils
+    /// (`None` if nobody got in). A wait for a slot under the concurrency
+    /// ceiling counts: the pupil had arrived.
     pub time_to_get_in: Option<Spread>,
     /// ETA shown at the first ticket vs the wait lived (`None` if nobody waited with one).
     pub eta: Option<EtaAccuracy>,
@@ -73,9 +75,9 @@ pub struct PupilCounts {
     pub still_waiting: u64,
     /// Left after `give_up_after` without getting in.
     pub gave_up: u64,
-    /// Stopped after `max_errors` errors or timeouts in a row.
+    /// Stopped after `max_errors` errors, timeouts or redirects in a row.
     pub failed: u64,
-    /// Never arrived before the time limit.
+    /// Still waiting for a slot under the concurrency ceiling at the time limit.
     pub not_started: u64,
     /// Arrivals that waited for a slot under the concurrency ceiling.
     pub held_by_ceiling: u64,
@@ -115,7 +117,7 @@ pub struct Responses {
     /// Of which sent by bots.
     pub bot_requests: u64,
     pub bytes_received: u64,
-    /// From the origin (2xx/3xx without a cache hit).
+    /// From the origin (2xx without a cache hit).
     pub page: KindStats,
     /// `Cache-Status: digue; hit…`.
     pub cache_hit: KindStats,
@@ -127,6 +129,9 @@ pub struct Responses {
     pub error: KindStats,
     /// No whole response within the request timeout.
     pub timeout: KindStats,
+    /// 3xx answers, not followed: a pupil redirected from the entry page
+    /// did not get in.
+    pub redirect: KindStats,
 }
 
 /// Count and latency (to the last body byte) of one kind of response.
@@ -248,6 +253,7 @@ impl Report {
             busy: stats(Kind::Busy),
             error: stats(Kind::Error),
             timeout: stats(Kind::Timeout),
+            redirect: stats(Kind::Redirect),
         };
         let session = SessionChecks {
             assets_fetched: load(&rec.assets_fetched),
@@ -308,9 +314,20 @@ impl Report {
                 session.ticketless_waits
             ));
         }
-        if pupils.not_started > 0 {
+        if responses.redirect.count > 0 {
             warnings.push(format!(
-                "{} pupils never arrived before the time limit (the curve needs {:.0} s)",
+                "{} answers were redirects, which the simulator does not follow: a pupil \
+                 redirected from the entry page ({}) does not get in; point --entry at the \
+                 page the redirect leads to",
+                responses.redirect.count, plan.entry
+            ));
+        }
+        if pupils.not_started > 0 {
+            // The curve fits in the time limit (the plan checks it): what
+            // kept them out is the ceiling.
+            warnings.push(format!(
+                "{} pupils never started before the time limit: they were waiting for a slot \
+                 under the concurrency ceiling (the curve alone needs {:.0} s)",
                 pupils.not_started,
                 plan.arrivals.span().as_secs_f64()
             ));
@@ -611,6 +628,7 @@ impl fmt::Display for Report {
             ("busy page", &r.busy),
             ("error", &r.error),
             ("timeout", &r.timeout),
+            ("redirect", &r.redirect),
         ] {
             writeln!(
                 f,

@@ -33,9 +33,11 @@ impl Rng {
     }
 
     /// `d` times a factor in `[0.8, 1.2)`: the jitter the waiting page's own
-    /// script applies, so simulated polls spread like real ones.
+    /// script applies, so simulated polls spread like real ones. Saturates
+    /// at `Duration::MAX` (`mul_f64` would panic); callers cap `d` first.
     pub(crate) fn jitter(&mut self, d: Duration) -> Duration {
-        d.mul_f64(0.8 + 0.4 * self.unit())
+        let factor = 0.8 + 0.4 * self.unit();
+        Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
     }
 
     /// Uniform in `0..n` (`n` > 0). The modulo bias is below 2^-40 for any
@@ -69,6 +71,9 @@ mod tests {
             let j = r.jitter(Duration::from_secs(10));
             assert!(j >= Duration::from_secs(8) && j < Duration::from_secs(12));
             assert!(r.below(7) < 7);
+        }
+        for _ in 0..100 {
+            assert!(r.jitter(Duration::MAX) >= Duration::MAX.mul_f64(0.79));
         }
     }
 }

@@ -52,7 +52,8 @@ pub struct Plan {
     pub arrivals: Arrivals,
     /// The whole run stops at this time limit, whatever is in flight.
     pub time_limit: Duration,
-    /// Pupils active at once at most; later arrivals wait for a slot.
+    /// Pupils active at once at most; later arrivals wait for a slot. Bots
+    /// take none (they would keep every later pupil out).
     pub concurrency: usize,
     /// Longest wait for one whole response.
     pub request_timeout: Duration,
@@ -161,7 +162,7 @@ pub struct Script {
 /// pupil's number.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
-    /// `GET` unless the scenario says otherwise.
+    /// `GET` unless the scenario says otherwise (in any case: `post` is POST).
     pub method: http::Method,
     /// Path and query, with placeholders.
     pub path: String,
@@ -197,7 +198,17 @@ fn default_steps() -> Vec<Step> {
 
 /// Every problem found, each prefixed with where it comes from.
 #[derive(Default)]
-struct Problems(Vec<String>);
+struct Problems(Vec<String>, RateSource);
+
+/// Where the peak rate was last set, to name it when the curve does not fit
+/// in the time limit.
+#[derive(Default, Clone, Copy)]
+enum RateSource {
+    #[default]
+    Default,
+    File,
+    Flag,
+}
 
 impl Problems {
     fn push(&mut self, at: &str, message: impl std::fmt::Display) {
@@ -288,6 +299,10 @@ impl Plan {
         };
         let mut file = Problems::default();
         self.apply_text(&text, &mut file);
+        p.1 = match file.1 {
+            RateSource::Default => p.1,
+            set => set,
+        };
         for problem in file.0 {
             p.0.push(format!("{at}: {problem}"));
         }
@@ -329,6 +344,7 @@ impl Plan {
             }
             if let Some(r) = a.peak_rate.and_then(|r| rate(r, "arrivals.peak_rate", p)) {
                 self.arrivals.peak_rate = r;
+                p.1 = RateSource::File;
             }
             if let Some(d) = duration(a.ramp, "arrivals.ramp", p) {
                 self.arrivals.ramp = bounded(d, "arrivals.ramp", Duration::ZERO, MAX_TIME_LIMIT, p);
@@ -388,16 +404,12 @@ impl Plan {
         }
         if let Some(s) = raw.script {
             if let Some(entry) = s.entry {
+                check_path(&entry, "script.entry", p);
                 self.entry = entry;
             }
             if let Some(assets) = s.assets {
                 for (i, a) in assets.iter().enumerate() {
-                    if !a.starts_with('/') {
-                        p.push(
-                            &format!("script.assets[{i}]"),
-                            format!("{a:?} is not a path (/…)"),
-                        );
-                    }
+                    check_path(a, &format!("script.assets[{i}]"), p);
                 }
                 self.script.assets = Some(assets);
             }
@@ -425,6 +437,7 @@ impl Plan {
         }
         if let Some(r) = args.peak_rate.and_then(|r| rate(r, "--peak-rate", p)) {
             self.arrivals.peak_rate = r;
+            p.1 = RateSource::Flag;
         }
         if let Some(d) = args.ramp {
             self.arrivals.ramp = bounded(d, "--ramp", Duration::ZERO, MAX_TIME_LIMIT, p);
@@ -445,6 +458,7 @@ impl Plan {
             self.request_timeout = request_timeout(d, "--request-timeout", p);
         }
         if let Some(entry) = &args.entry {
+            check_path(entry, "--entry", p);
             self.entry.clone_from(entry);
         }
         if let Some(seed) = args.seed {
@@ -466,8 +480,28 @@ impl Plan {
 
     /// Checks that span several keys.
     fn check(&self, p: &mut Problems) {
-        if !self.entry.starts_with('/') {
-            p.push("entry", format!("{:?} is not a path (/…)", self.entry));
+        let span = self.arrivals.span();
+        if span >= self.time_limit {
+            let at = match p.1 {
+                RateSource::File => "arrivals.peak_rate",
+                RateSource::Default | RateSource::Flag => "--peak-rate",
+            };
+            let needs = if span > MAX_TIME_LIMIT {
+                "more than a day".to_owned()
+            } else {
+                format!("{:.0} s", span.as_secs_f64())
+            };
+            p.push(
+                at,
+                format!(
+                    "at {}/s the last of {} pupils arrives after {needs}, past the time limit \
+                     ({}): raise --peak-rate (arrivals.peak_rate), lower --pupils \
+                     (arrivals.pupils) or raise --duration (limits.duration)",
+                    self.arrivals.peak_rate,
+                    self.arrivals.pupils,
+                    humantime::format_duration(self.time_limit)
+                ),
+            );
         }
         let m = self.mix;
         if m.impatient + m.quitters + m.bots > 1.0 + 1e-9 {
@@ -490,6 +524,43 @@ impl Plan {
             );
         }
     }
+}
+
+/// `path` as the request target of an origin-form request (`/path?query`),
+/// or `None`: what the simulator sends is exactly what the scenario says.
+/// Stricter than `http::Uri`, which lets raw `"`, `{` or
+/// UTF-8 through: only RFC 3986 characters and valid `%XX` escapes, as a
+/// browser would put them on the wire.
+pub(crate) fn request_target(path: &str) -> Option<http::Uri> {
+    if !path.starts_with('/') || path.starts_with("//") {
+        return None;
+    }
+    let bytes = path.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        let fine = b.is_ascii_alphanumeric()
+            || b"-._~!$&'()*+,;=:@/?".contains(b)
+            || (*b == b'%'
+                && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit));
+        if !fine {
+            return None;
+        }
+    }
+    let uri: http::Uri = path.parse().ok()?;
+    (uri.scheme().is_none() && uri.authority().is_none()).then_some(uri)
+}
+
+fn check_path(path: &str, at: &str, p: &mut Problems) {
+    if request_target(path).is_none() {
+        p.push(at, not_a_path(path));
+    }
+}
+
+fn not_a_path(path: &str) -> String {
+    format!(
+        "{path:?} is not a path and query (/…) that can be sent as is \
+         (percent-encode spaces and other special characters)"
+    )
 }
 
 fn pupils(n: i64, at: &str, p: &mut Problems) -> Option<u64> {
@@ -626,27 +697,27 @@ struct RawStep {
 
 impl RawStep {
     fn validate(self, at: &str, p: &mut Problems) -> Option<Step> {
-        let Ok(method) = self
-            .method
-            .as_deref()
-            .unwrap_or("GET")
-            .parse::<http::Method>()
-        else {
-            p.push(&format!("{at}.method"), "not an HTTP method");
-            return None;
-        };
-        if !self.path.starts_with('/') {
+        // Methods are case-sensitive on the wire, but "post" in a scenario
+        // means POST, not an extension method nobody implements.
+        let raw = self.method.as_deref().unwrap_or("GET");
+        let Ok(method) = raw.to_ascii_uppercase().parse::<http::Method>() else {
             p.push(
-                &format!("{at}.path"),
-                format!("{:?} is not a path (/…)", self.path),
+                &format!("{at}.method"),
+                format!("{raw:?} is not an HTTP method"),
             );
             return None;
-        }
-        Some(Step {
+        };
+        let step = Step {
             method,
             path: self.path,
             body: self.body,
-        })
+        };
+        // Checked as sent: with its placeholders filled in.
+        if request_target(&step.render(1, 0).0).is_none() {
+            p.push(&format!("{at}.path"), not_a_path(&step.path));
+            return None;
+        }
+        Some(step)
     }
 }
 
@@ -739,6 +810,80 @@ mod tests {
         );
         assert!(Target::parse("localhost:80").is_err());
         assert!(Target::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn methods_are_read_in_any_case() {
+        let read = plan("[[script.step]]\nmethod = \"post\"\npath = \"/a\"\n").expect("valid");
+        assert_eq!(
+            read.script.steps[0].method,
+            http::Method::POST,
+            "post is POST"
+        );
+        let errors = plan("[[script.step]]\nmethod = \"GE T\"\npath = \"/a\"\n").expect_err("bad");
+        assert!(
+            errors[0].starts_with("script.step[0].method:"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn paths_must_be_sendable_as_written() {
+        let errors = plan(
+            "[script]\nentry = \"/a b\"\nassets = [\"/ok.css?v=2&x=%C3%A9\", \"/é\", \"//cdn/x\", \"/a%zz\"]\n\
+             [[script.step]]\npath = \"/api/{n}/ok?p={pupil}\"\n\
+             [[script.step]]\npath = \"/api/{n} notes\"\n",
+        )
+        .expect_err("bad paths");
+        for key in [
+            "script.entry:",
+            "script.assets[1]:",
+            "script.assets[2]:",
+            "script.assets[3]:",
+            "script.step[1].path:",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(key)),
+                "{key} missing from {errors:?}"
+            );
+        }
+        assert!(
+            !errors
+                .iter()
+                .any(|e| e.starts_with("script.assets[0]") || e.starts_with("script.step[0]")),
+            "queries and placeholders are fine: {errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("{n} notes")),
+            "the step's path is shown as written: {errors:?}"
+        );
+    }
+
+    #[test]
+    fn the_arrival_curve_must_fit_in_the_time_limit() {
+        let errors = plan("[arrivals]\npeak_rate = 1e-20\npupils = 2\n").expect_err("tiny rate");
+        assert!(
+            errors[0].starts_with("arrivals.peak_rate:") && errors[0].contains("more than a day"),
+            "{errors:?}"
+        );
+        let errors = plan("[arrivals]\npeak_rate = 0.01\npupils = 500\ncurve = \"constant\"\n")
+            .expect_err("slow");
+        assert!(errors[0].contains("49900 s"), "{errors:?}");
+        assert!(
+            plan(
+                "[arrivals]\npeak_rate = 0.01\npupils = 500\ncurve = \"constant\"\n\
+                  [limits]\nduration = \"14h\"\n"
+            )
+            .is_ok(),
+            "a long enough run is fine"
+        );
+        for curve in ["ramp", "constant", "spike"] {
+            let errors = plan(&format!(
+                "[arrivals]\ncurve = \"{curve}\"\npeak_rate = 1e-300\npupils = 10000000\n"
+            ))
+            .expect_err(curve);
+            assert_eq!(errors.len(), 1, "{curve}: {errors:?}");
+        }
     }
 
     #[test]
