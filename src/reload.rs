@@ -166,11 +166,12 @@ fn restart_only(old: &Config, new: &Config) -> Vec<ConfigError> {
     // Active sessions are counted by how long a pass goes unused.
     for (i, site) in new.sites.iter().enumerate() {
         let before = old.sites.iter().find(|o| o.name == site.name);
-        let duration = |s: &SiteConfig| s.admission.as_ref().map(|a| a.session_duration);
-        check(
-            before.is_some_and(|b| duration(b) != duration(site)),
-            &format!("site[{i}].admission.session_duration"),
-        );
+        // Adding or removing a waiting room builds a new gate: that is fine.
+        let changed = match (before.and_then(|b| b.admission.as_ref()), &site.admission) {
+            (Some(old), Some(new)) => old.session_duration != new.session_duration,
+            _ => false,
+        };
+        check(changed, &format!("site[{i}].admission.session_duration"));
     }
     check(
         o.tls.as_ref().map(|t| t.listen) != n.tls.as_ref().map(|t| t.listen),

@@ -1417,6 +1417,36 @@ async fn a_broken_file_is_refused_with_every_key_path_and_the_running_config_sta
     );
 }
 
+/// Turning the waiting room on at the start of a surge, or off after it, is
+/// a reload, not a restart.
+#[tokio::test]
+async fn a_reload_turns_the_waiting_room_on_and_off() {
+    let origin = Origin::fixed(&[], "page").await;
+    let file = ConfigFile::new();
+    let with_room = reload_config(&file, &origin.url(), 8, "", 1);
+    let (before, room) = with_room
+        .split_once("[site.admission]")
+        .expect("the config has a waiting room");
+    let without_room = format!(
+        "{before}{}",
+        &room[room.find("\n[").map_or(room.len(), |i| i + 1)..]
+    );
+    file.write(&without_room);
+    let proxy = file.start().await;
+    assert_eq!(site_state(&proxy, "portal").await["admission"], Value::Null);
+
+    file.write(&with_room);
+    let got = reload(&proxy).await;
+    assert_eq!(got.status, 200, "turned on: {}", got.text());
+    let state = site_state(&proxy, "portal").await;
+    assert_eq!(state["admission"]["new_users_per_minute"], 1, "{state}");
+
+    file.write(&without_room);
+    let got = reload(&proxy).await;
+    assert_eq!(got.status, 200, "turned off: {}", got.text());
+    assert_eq!(site_state(&proxy, "portal").await["admission"], Value::Null);
+}
+
 #[tokio::test]
 async fn a_reload_of_a_key_read_only_at_start_is_refused_as_needing_a_restart() {
     let origin = Origin::fixed(&[], "page").await;
