@@ -11,6 +11,9 @@
 -- number nor moves the cursor back; the epoch counts such resets.
 local K_issued, K_cursor, K_tat, K_turns, K_claims, K_epoch, K_nodes, K_missed, K_active =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+-- The interval and tolerance the stored `tat` was computed with (a hash of
+-- its own, so `tat` stays a plain number older nodes can read).
+local K_budget = KEYS[10]
 local op = ARGV[1]
 local per_minute = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
@@ -58,14 +61,12 @@ end
 local interval = 0
 if per_minute > 0 then interval = math.floor(60000000 / per_minute) end
 local tolerance = interval * math.max(burst - 1, 0)
--- The budget is stored as "tat:interval:tolerance" so that a live rate
--- change keeps what was already taken, as Gcra::set_rate does: the free
--- admissions carry over, and resuming from a zero rate lets no burst in.
-local stored = redis.call('GET', K_tat) or '0'
-local fields = {}
-for field in string.gmatch(stored, '[^:]+') do fields[#fields + 1] = tonumber(field) end
-local tat = fields[1] or 0
-local old_interval, old_tolerance = fields[2], fields[3]
+-- A live rate change keeps what was already taken, as Gcra::set_rate does:
+-- the free admissions carry over, and resuming from a zero rate lets no
+-- burst in.
+local tat = tonumber(redis.call('GET', K_tat) or '0') or 0
+local old_interval = tonumber(redis.call('HGET', K_budget, 'interval') or '')
+local old_tolerance = tonumber(redis.call('HGET', K_budget, 'tolerance') or '')
 if old_interval and (old_interval ~= interval or old_tolerance ~= tolerance) then
   local free = 0
   if old_interval > 0 then
@@ -145,7 +146,9 @@ elseif op == 'claim' then
 end
 redis.call('SET', K_issued, issued)
 redis.call('SET', K_cursor, cursor)
-redis.call('SET', K_tat, tat .. ':' .. interval .. ':' .. tolerance)
+-- Numbers, not strings built with `..`: Redis converts them exactly.
+redis.call('SET', K_tat, tat)
+redis.call('HSET', K_budget, 'interval', interval, 'tolerance', tolerance)
 
 local claims = redis.call('ZCARD', K_claims)
 local first = redis.call('ZRANGE', K_claims, 0, 0, 'WITHSCORES')

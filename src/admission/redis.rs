@@ -65,7 +65,7 @@ struct View {
 pub struct RedisLine {
     cluster: Arc<Cluster>,
     script: Script,
-    keys: [String; 9],
+    keys: [String; 10],
     node: String,
     /// Guards the view; held for copies, never across `.await`.
     view: Mutex<View>,
@@ -85,6 +85,7 @@ impl RedisLine {
         let tag = format!("{{digue:{site}}}");
         let keys = [
             "issued", "cursor", "tat", "turns", "claims", "epoch", "nodes", "missed", "active",
+            "budget",
         ]
         .map(|k| format!("{tag}:{k}"));
         RedisLine {
