@@ -27,9 +27,28 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// Streamed from the origin, after an already-read `prefix`.
     Upstream {
+        /// Bytes read but not yet handed out: the prefix, then the rest of
+        /// a frame larger than [`MAX_FRAME`].
         prefix: Option<Bytes>,
         relay: Arc<Relayed>,
     },
+}
+
+/// The slowest reader a relayed body waits for: after handing out a frame
+/// of n bytes, the watchdog allows n / MIN_READ_RATE on top of the stall
+/// timeout, so a slow phone flushing a frame is not taken for gone.
+const MIN_READ_RATE: u64 = 32 * 1024;
+/// Frames are handed out in slices of at most this many bytes (zero-copy),
+/// so progress is seen often even when a large prefix was read ahead.
+const MAX_FRAME: usize = 64 * 1024;
+
+/// The next slice of `pending`, leaving the rest there.
+fn next_slice(pending: &mut Option<Bytes>) -> Option<Bytes> {
+    let bytes = pending.as_mut()?;
+    if bytes.len() > MAX_FRAME {
+        return Some(bytes.split_to(MAX_FRAME));
+    }
+    pending.take()
 }
 
 /// The origin half of a relayed body, shared with its stall watchdog.
@@ -37,6 +56,8 @@ pub struct Relayed {
     stream: Mutex<Stream>,
     /// Frames delivered so far: the watchdog's measure of progress.
     frames: AtomicU64,
+    /// Bytes in the last frame delivered.
+    last_len: AtomicU64,
 }
 
 struct Stream {
@@ -88,6 +109,7 @@ impl ProxyBody {
                 cut: false,
             }),
             frames: AtomicU64::new(0),
+            last_len: AtomicU64::new(0),
         });
         tokio::spawn(watch_stall(Arc::downgrade(&relay), stall));
         ProxyBody::Upstream {
@@ -101,12 +123,18 @@ impl Relayed {
     fn stream(&self) -> std::sync::MutexGuard<'_, Stream> {
         self.stream.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn delivered(&self, len: usize) {
+        self.last_len.store(len as u64, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
-/// Cuts `relay` once a whole `stall` period passes without a frame going
-/// out; ends when the body finishes or is dropped.
+/// Cuts `relay` once no frame went out for `stall` plus the time a slow
+/// reader needs for the last one; ends when the body finishes or is dropped.
 async fn watch_stall(relay: Weak<Relayed>, stall: Duration) {
     let mut seen = u64::MAX;
+    let mut idle = Duration::ZERO;
     loop {
         tokio::time::sleep(stall).await;
         let Some(relay) = relay.upgrade() else { return };
@@ -115,7 +143,14 @@ async fn watch_stall(relay: Weak<Relayed>, stall: Duration) {
         if stream.rest.is_none() {
             return;
         }
-        if frames == seen {
+        if frames != seen {
+            seen = frames;
+            idle = Duration::ZERO;
+            continue;
+        }
+        idle += stall;
+        let flush = Duration::from_secs(relay.last_len.load(Ordering::Relaxed) / MIN_READ_RATE);
+        if idle >= stall + flush {
             // Dropping the origin body closes its connection, which frees
             // the portal's worker too, not only digue's slot.
             stream.rest = None;
@@ -126,7 +161,6 @@ async fn watch_stall(relay: Weak<Relayed>, stall: Duration) {
             }
             return;
         }
-        seen = frames;
     }
 }
 
@@ -141,8 +175,9 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream { prefix, relay } => {
-                if let Some(p) = prefix.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(p))));
+                if let Some(slice) = next_slice(prefix) {
+                    relay.delivered(slice.len());
+                    return Poll::Ready(Some(Ok(Frame::data(slice))));
                 }
                 let mut stream = relay.stream();
                 let Some(rest) = stream.rest.as_mut() else {
@@ -160,10 +195,16 @@ impl Body for ProxyBody {
                         }
                         Poll::Pending
                     }
-                    Poll::Ready(Some(Ok(frame))) => {
-                        relay.frames.fetch_add(1, Ordering::Relaxed);
-                        Poll::Ready(Some(Ok(frame)))
-                    }
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => {
+                            *prefix = Some(data).filter(|d| !d.is_empty());
+                            let slice = next_slice(prefix).unwrap_or_default();
+                            relay.delivered(slice.len());
+                            Poll::Ready(Some(Ok(Frame::data(slice))))
+                        }
+                        // Trailers.
+                        Err(frame) => Poll::Ready(Some(Ok(frame))),
+                    },
                     Poll::Ready(end) => {
                         stream.rest = None;
                         stream.permit = None;

@@ -178,6 +178,20 @@ enum Fetched {
     Failed(Failure),
 }
 
+impl Fetched {
+    /// Drops the `Set-Cookie` headers of an answer that goes to this client
+    /// only.
+    fn without_set_cookie(mut self) -> Fetched {
+        let headers = match &mut self {
+            Fetched::Relay(r) | Fetched::ServerError(r) => &mut r.head.headers,
+            Fetched::Direct(res, _) => res.headers_mut(),
+            Fetched::Cached(..) | Fetched::Failed(_) => return self,
+        };
+        headers.remove(header::SET_COOKIE);
+        self
+    }
+}
+
 struct Relay {
     head: response::Parts,
     prefix: Option<Bytes>,
@@ -415,6 +429,14 @@ impl Ctx {
     ) -> Fetched {
         let old = stale.clone();
         let fetched = self.fetch_once(parts, primary, stale, fwd, leader).await;
+        // A session holder under a shared rule was fetched for as nobody: a
+        // cookie the origin sets for nobody must not replace their session.
+        let fetched =
+            if policy::has_session_cookie(&parts.headers, &self.site.config.session_cookies) {
+                fetched.without_set_cookie()
+            } else {
+                fetched
+            };
         // A purged copy is served stale for one refetch only.
         if let (Some(old), Fetched::Failed(_) | Fetched::ServerError(_)) = (old, &fetched) {
             old.refetch_failed();

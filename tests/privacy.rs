@@ -279,6 +279,47 @@ async fn a_shared_rule_fetches_its_copy_without_the_leaders_session() {
     assert!(is_hit(&bob), "one shared copy: {}", bob.cache_status());
 }
 
+/// ...and what the origin answers to nobody must not replace the session of
+/// the user it is relayed to (a login redirect that sets a fresh cookie).
+#[tokio::test]
+async fn a_shared_rules_answer_for_nobody_never_replaces_the_holders_session() {
+    let origin = Origin::start(|seen| {
+        if identity(seen) == "nobody" {
+            reply(
+                302,
+                &[
+                    ("location", "/login"),
+                    ("set-cookie", "JSESSIONID=anonymous; Path=/"),
+                ],
+                "",
+            )
+        } else {
+            reply(200, &[], "asset")
+        }
+    })
+    .await;
+    let shared = "[[site.cache.rule]]\nprefix = \"/static/\"\nttl = \"1h\"\nshared = true\n";
+    let proxy = Proxy::start(&origin.url(), "", shared).await;
+
+    let alice = get(
+        &proxy.url("/static/private.pdf"),
+        &[("cookie", "JSESSIONID=alice")],
+    )
+    .await;
+    assert_eq!(alice.status, 302, "{}", alice.cache_status());
+    assert!(
+        alice.header("set-cookie").is_none(),
+        "alice keeps her session: {:?}",
+        alice.header("set-cookie")
+    );
+    let anon = get(&proxy.url("/static/private.pdf"), &[]).await;
+    assert_eq!(
+        anon.header("set-cookie"),
+        Some("JSESSIONID=anonymous; Path=/"),
+        "a visitor without a session gets the origin's answer untouched"
+    );
+}
+
 #[tokio::test]
 async fn a_configured_session_cookie_replaces_the_default_markers() {
     let origin = echo_origin(&[("cache-control", "max-age=60")]).await;
