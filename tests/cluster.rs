@@ -260,28 +260,13 @@ async fn wait_readyz(node: &Proxy, needle: &str, limit: Duration) {
     }
 }
 
-/// Waits until a metric satisfies `ok`; returns its value.
-async fn wait_metric(node: &Proxy, sample: &str, ok: impl Fn(f64) -> bool, limit: Duration) -> f64 {
-    let start = Instant::now();
-    loop {
-        let value = node.metric(sample).await;
-        if ok(value) {
-            return value;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "within {limit:?} {sample} reaches the expected value; it is {value}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits until every node reaches Redis and sees all the gated nodes.
 async fn all_ready(nodes: &[&Proxy]) {
     for node in nodes {
         wait_readyz(node, REACHABLE, SETTLE).await;
         let n = nodes.len() as f64;
-        wait_metric(node, "digue_cluster_nodes", |v| v == n, SETTLE).await;
+        node.wait_metric("digue_cluster_nodes", |v| v == n, SETTLE)
+            .await;
     }
 }
 
@@ -561,8 +546,7 @@ async fn resuming_admissions_live_lets_no_burst_through_the_shared_budget() {
     sleep(Duration::from_millis(1500)).await;
     let got = admin(&a, Method::PATCH, path, r#"{"new_users_per_minute":600}"#).await;
     assert_eq!(got.status, 200, "resumed: {}", got.text());
-    wait_metric(
-        &b,
+    b.wait_metric(
         "digue_admission_rate_per_minute{site=\"portal\"}",
         |rate| rate == 600.0,
         Duration::from_secs(1),
@@ -899,13 +883,8 @@ async fn restarting_redis_empty_keeps_one_global_order_without_reissuing_tickets
     cluster.redis.restart_empty().await;
     for node in nodes {
         wait_readyz(node, REACHABLE, Duration::from_secs(10)).await;
-        wait_metric(
-            node,
-            "digue_cluster_epoch",
-            |e| e > epoch,
-            Duration::from_secs(2),
-        )
-        .await;
+        node.wait_metric("digue_cluster_epoch", |e| e > epoch, Duration::from_secs(2))
+            .await;
     }
 
     let mut positions = Vec::new();

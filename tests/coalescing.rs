@@ -16,18 +16,10 @@ const STORES: &str = "digue_cache_stores_total{site=\"portal\"}";
 
 /// Waits (at most 10 s) until a `/metrics` sample reaches `want`.
 async fn wait_for_metric(proxy: &Proxy, sample: &str, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let value = proxy.metric(sample).await;
-        if (value - want).abs() < f64::EPSILON {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{sample} is {value}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let equal = |value: f64| (value - want).abs() < f64::EPSILON;
+    proxy
+        .wait_metric(sample, equal, Duration::from_secs(10))
+        .await;
 }
 
 /// `GET` on a spawned task, so many can be in flight at once.

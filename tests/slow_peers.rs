@@ -9,21 +9,9 @@ use std::time::Duration;
 use support::{Origin, Proxy, reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::timeout;
 
 const IN_FLIGHT: &str = "digue_origin_in_flight{site=\"portal\"}";
-
-/// Polls `IN_FLIGHT` until it equals `want`, for at most `limit`.
-async fn in_flight_reaches(proxy: &Proxy, want: f64, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if proxy.metric(IN_FLIGHT).await == want {
-            return true;
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
 
 /// An origin that sends its headers and the first bytes of a long body, then
 /// keeps the connection open without a word, like a hung servlet.
@@ -72,10 +60,10 @@ async fn an_origin_silent_mid_body_is_cut_and_frees_its_slot() {
         text.ends_with("first bytes"),
         "the body was cut short, not padded or completed: {text}"
     );
-    assert!(
-        in_flight_reaches(&proxy, 0.0, Duration::from_secs(2)).await,
-        "the origin slot is free again"
-    );
+    // The origin slot is free again.
+    proxy
+        .wait_metric(IN_FLIGHT, |n| n == 0.0, Duration::from_secs(2))
+        .await;
 }
 
 #[tokio::test]
@@ -93,15 +81,15 @@ async fn a_client_that_stops_reading_gives_its_origin_slot_back() {
     idle.write_all(b"POST /export HTTP/1.1\r\nHost: portal\r\nContent-Length: 0\r\n\r\n")
         .await
         .expect("request written");
-    assert!(
-        in_flight_reaches(&proxy, 1.0, Duration::from_secs(5)).await,
-        "the download holds an origin slot while it moves"
-    );
+    // The download holds an origin slot while it moves.
+    proxy
+        .wait_metric(IN_FLIGHT, |n| n == 1.0, Duration::from_secs(5))
+        .await;
     // The client never reads another byte.
-    assert!(
-        in_flight_reaches(&proxy, 0.0, Duration::from_secs(10)).await,
-        "the stalled download gave its slot back"
-    );
+    // The stalled download gives its slot back.
+    proxy
+        .wait_metric(IN_FLIGHT, |n| n == 0.0, Duration::from_secs(10))
+        .await;
     let after = support::get(&proxy.url("/"), &[]).await;
     assert_eq!(after.status, 200, "the proxy keeps serving others");
     drop(idle);

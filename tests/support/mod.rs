@@ -288,6 +288,28 @@ impl Proxy {
             .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
             .unwrap_or(0.0)
     }
+
+    /// Waits until a `/metrics` sample satisfies `ok`, failing the test
+    /// after `limit`; returns its value.
+    pub async fn wait_metric(
+        &self,
+        sample: &str,
+        ok: impl Fn(f64) -> bool,
+        limit: Duration,
+    ) -> f64 {
+        let start = tokio::time::Instant::now();
+        loop {
+            let value = self.metric(sample).await;
+            if ok(value) {
+                return value;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "within {limit:?} {sample} reaches the expected value; it is {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// A response read whole.
