@@ -284,8 +284,9 @@ async fn the_origin_never_gets_more_than_its_concurrency_and_the_excess_get_the_
     );
 }
 
-#[tokio::test]
-async fn a_stale_copy_is_served_when_the_origin_answers_503_after_expiry() {
+/// Caches "/menu" for 1 s, switches the origin to `failure`, lets the copy
+/// expire, and asks again: a stale copy must beat the failure.
+async fn stale_after(failure: u8, what: &str) -> Origin {
     let (origin, mode) = switchable_origin().await;
     let proxy = Proxy::start(
         &origin.url(),
@@ -294,41 +295,29 @@ async fn a_stale_copy_is_served_when_the_origin_answers_503_after_expiry() {
     )
     .await;
     assert_eq!(get(&proxy.url("/menu"), &[]).await.text(), "v1");
-    mode.store(FAIL_503, Ordering::SeqCst);
+    mode.store(failure, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let r = get(&proxy.url("/menu"), &[]).await;
-    assert_eq!(r.status, 200, "a stale copy beats a 503");
+    assert_eq!(r.status, 200, "a stale copy beats {what}");
     assert_eq!(r.text(), "v1");
     assert!(
         r.cache_status().contains("fwd=stale"),
         "{}",
         r.cache_status()
     );
+    origin
+}
+
+#[tokio::test]
+async fn a_stale_copy_is_served_when_the_origin_answers_503_after_expiry() {
+    let origin = stale_after(FAIL_503, "a 503").await;
     assert_eq!(origin.count("/menu"), 2, "the origin was asked again");
 }
 
 #[tokio::test]
 async fn a_stale_copy_is_served_when_the_origin_closes_connections() {
-    let (origin, mode) = switchable_origin().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        "[site.cache]\nstale_while_revalidate = \"0s\"\n",
-    )
-    .await;
-    assert_eq!(get(&proxy.url("/menu"), &[]).await.text(), "v1");
-    mode.store(CLOSE, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-
-    let r = get(&proxy.url("/menu"), &[]).await;
-    assert_eq!(r.status, 200, "a stale copy beats a broken connection");
-    assert_eq!(r.text(), "v1");
-    assert!(
-        r.cache_status().contains("fwd=stale"),
-        "{}",
-        r.cache_status()
-    );
+    let origin = stale_after(CLOSE, "a broken connection").await;
     assert!(origin.count("/menu") >= 2, "the origin was asked again");
 }
 
