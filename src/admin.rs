@@ -22,9 +22,10 @@ use tokio::net::TcpListener;
 
 use crate::App;
 use crate::body::ProxyBody;
-use crate::config::{AdmissionMode, default_burst};
+use crate::cluster::Event;
+use crate::config::{AdmissionPatch, LiveSettings, OriginPatch, StoreFailure};
 use crate::outcome::Outcome;
-use crate::{cluster, reload};
+use crate::reload::LiveRefused;
 
 /// Largest admin request body.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -87,18 +88,18 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     match (&method, segments.as_slice()) {
         (&Method::GET, ["sites"]) => json_ok(sites(app)),
         (&Method::PATCH, ["sites", name, "admission"]) => match body::<AdmissionPatch>(req).await {
-            Ok(patch) => patch_admission(app, name, patch),
+            Ok(patch) => patch_admission(app, name, &patch),
             Err(refused) => refused.response(),
         },
         (&Method::PATCH, ["sites", name, "origin"]) => match body::<OriginPatch>(req).await {
-            Ok(patch) => patch_origin(app, name, patch),
+            Ok(patch) => patch_origin(app, name, &patch),
             Err(refused) => refused.response(),
         },
         (&Method::POST, ["purge"]) => match body::<Purge>(req).await {
             Ok(purge) => do_purge(app, &purge),
             Err(refused) => refused.response(),
         },
-        (&Method::POST, ["reload"]) => match reload::reload(app) {
+        (&Method::POST, ["reload"]) => match app.reload() {
             Ok(()) => json_ok(json!({"status": "applied"})),
             Err(errors) => json_response(
                 StatusCode::BAD_REQUEST,
@@ -174,28 +175,6 @@ async fn body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AdmissionPatch {
-    new_users_per_minute: Option<u32>,
-    burst: Option<u32>,
-    /// `null` removes the cap; absent leaves it.
-    #[serde(default, deserialize_with = "present")]
-    max_active_users: Option<Option<u32>>,
-    mode: Option<String>,
-}
-
-/// Tells `"key": null` (Some(None)) from an absent key (None).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
-    Option::<u32>::deserialize(d).map(Some)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OriginPatch {
-    origin_concurrency: usize,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Purge {
     site: String,
     path: Option<String>,
@@ -204,93 +183,61 @@ struct Purge {
     hard: bool,
 }
 
-fn patch_admission(app: &App, name: &str, patch: AdmissionPatch) -> Response<ProxyBody> {
-    let mode = match patch.mode.as_deref().map(AdmissionMode::parse) {
-        Some(None) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "mode must be one of auto, queue_all, passthrough, closed",
-            );
-        }
-        Some(Some(m)) => Some(m),
-        None => None,
-    };
-    if patch.burst == Some(0) || patch.max_active_users == Some(Some(0)) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "burst and max_active_users must be at least 1",
-        );
-    }
-    let changed = reload::change_site(app, name, |site| {
-        let Some(a) = &mut site.admission else {
+fn patch_admission(app: &App, name: &str, patch: &AdmissionPatch) -> Response<ProxyBody> {
+    let changed = app.change_live(name, |live| {
+        let Some(admission) = live.admission else {
             return Err("this site has no [site.admission]".to_owned());
         };
-        if let Some(rate) = patch.new_users_per_minute {
-            // A burst left to its default follows the rate; one the file
-            // set on its own stays.
-            let derived = a.burst == default_burst(a.new_users_per_minute);
-            a.new_users_per_minute = rate;
-            if patch.burst.is_none() && derived {
-                a.burst = default_burst(rate);
-            }
-        }
-        if let Some(burst) = patch.burst {
-            a.burst = burst;
-        }
-        if let Some(max) = patch.max_active_users {
-            a.max_active_users = max;
-        }
-        if let Some(mode) = mode {
-            a.mode = mode;
-        }
-        Ok(())
+        Ok(LiveSettings {
+            admission: Some(admission.patched(patch)),
+            ..live
+        })
     });
     applied(app, name, changed, "admission")
 }
 
-fn patch_origin(app: &App, name: &str, patch: OriginPatch) -> Response<ProxyBody> {
-    if patch.origin_concurrency == 0 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "origin_concurrency must be at least 1",
-        );
-    }
-    let changed = reload::change_site(app, name, |site| {
-        site.origin_concurrency = patch.origin_concurrency;
-        Ok(())
+fn patch_origin(app: &App, name: &str, patch: &OriginPatch) -> Response<ProxyBody> {
+    let changed = app.change_live(name, |live| {
+        Ok(LiveSettings {
+            origin_concurrency: patch.origin_concurrency,
+            ..live
+        })
     });
     applied(app, name, changed, "origin")
 }
 
+/// The answer to a live change; an applied one is also told to the other
+/// nodes of a cluster.
 fn applied(
     app: &App,
     name: &str,
-    changed: Option<Result<(), String>>,
+    changed: Result<LiveSettings, LiveRefused>,
     kind: &str,
 ) -> Response<ProxyBody> {
-    match changed {
-        None => error(StatusCode::NOT_FOUND, &format!("no site named {name:?}")),
-        Some(Err(e)) => error(StatusCode::CONFLICT, &e),
-        Some(Ok(())) => {
-            app.metrics.admin_changes.with_label_values(&[kind]).inc();
-            tracing::info!(
-                site = name,
-                kind,
-                "live setting changed through the admin API"
-            );
-            if let (Some(cluster), Some(settings)) = (&app.cluster, cluster::settings_of(app, name))
-            {
-                let event = cluster::Event::Settings {
-                    site: name.to_owned(),
-                    settings,
-                    from: cluster.node.clone(),
-                };
-                let cluster = cluster.clone();
-                tokio::spawn(async move { cluster.publish(&event).await });
-            }
-            json_ok(site_state(app, name).unwrap_or(Value::Null))
+    let settings = match changed {
+        Ok(settings) => settings,
+        Err(LiveRefused::NoSuchSite) => {
+            return error(StatusCode::NOT_FOUND, &format!("no site named {name:?}"));
         }
+        Err(LiveRefused::Conflict(why)) => return error(StatusCode::CONFLICT, &why),
+        Err(LiveRefused::Invalid(why)) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    app.metrics.admin_changes.with_label_values(&[kind]).inc();
+    tracing::info!(
+        site = name,
+        kind,
+        "live setting changed through the admin API"
+    );
+    if let Some(cluster) = &app.cluster {
+        let event = Event::Settings {
+            site: name.to_owned(),
+            settings,
+            from: cluster.node.clone(),
+        };
+        let cluster = cluster.clone();
+        tokio::spawn(async move { cluster.publish(&event).await });
     }
+    json_ok(site_state(app, name).unwrap_or(Value::Null))
 }
 
 fn do_purge(app: &App, purge: &Purge) -> Response<ProxyBody> {
@@ -326,7 +273,7 @@ fn do_purge(app: &App, purge: &Purge) -> Response<ProxyBody> {
         .inc();
     tracing::info!(site = %purge.site, purged, hard = purge.hard, "purge");
     if let Some(cluster) = &app.cluster {
-        let event = cluster::Event::Purge {
+        let event = Event::Purge {
             site: purge.site.clone(),
             path: purge.path.clone(),
             prefix: purge.prefix.clone(),
@@ -361,21 +308,21 @@ fn site_state(app: &App, name: &str) -> Option<Value> {
     let count = |o: Outcome| m.requests_of(o);
     let served = count(Outcome::Hit) + count(Outcome::Stale) + count(Outcome::Collapsed);
     let lookups = served + count(Outcome::Miss);
-    let admission = match (&site.gate, &site.config.admission) {
-        (Some(gate), Some(cfg)) => {
-            let status = gate.status(cfg, tokio::time::Instant::now());
+    let admission = match site.waiting_room() {
+        Some((gate, cfg, live)) => {
+            let status = gate.status(cfg, &live, tokio::time::Instant::now());
             json!({
-                "mode": cfg.mode.as_str(),
-                "new_users_per_minute": cfg.new_users_per_minute,
-                "burst": cfg.burst,
-                "max_active_users": cfg.max_active_users,
+                "mode": live.mode.as_str(),
+                "new_users_per_minute": live.new_users_per_minute,
+                "burst": live.burst,
+                "max_active_users": live.max_active_users,
                 "line_length": status.waiting,
                 "turns_unclaimed": status.unclaimed,
                 "admissions_per_second": status.rate,
                 "sessions_active": gate.sessions_active(),
             })
         }
-        _ => Value::Null,
+        None => Value::Null,
     };
     Some(json!({
         "name": name,
@@ -430,9 +377,9 @@ fn readiness(app: &App) -> (StatusCode, String) {
             "ready: cluster, node {}, shared store UNREACHABLE: failing {}\n",
             c.node,
             match c.config.on_store_failure {
-                crate::config::StoreFailure::Static => "static",
-                crate::config::StoreFailure::Open => "open",
-                crate::config::StoreFailure::Closed => "closed",
+                StoreFailure::Static => "static",
+                StoreFailure::Open => "open",
+                StoreFailure::Closed => "closed",
             }
         ),
     };

@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod origin;
 pub mod outcome;
 pub mod pages;
+pub mod preflight;
 pub mod proxy;
 pub mod reload;
 pub mod server;
@@ -85,9 +86,13 @@ pub struct App {
     pub config_path: Option<PathBuf>,
     /// `DIGUE_ADMIN_TOKEN`: without it every `/admin/` call is refused.
     pub admin_token: Option<String>,
-    /// Serialises config changes (reload, admin PATCH): each reads the
-    /// snapshot, builds a new one and swaps it. Never held across `.await`.
+    /// Serialises config changes (reloads, live settings), so a live
+    /// change never lands on a site a reload is replacing. Never held
+    /// across `.await`.
     pub changing: std::sync::Mutex<()>,
+    /// Counts applied reloads; whoever keeps live settings of its own (the
+    /// cluster) watches it to put them back after the file replaced them.
+    pub reloaded: watch::Sender<u64>,
     /// The TLS listener's certificates, swapped on reload.
     pub tls: std::sync::OnceLock<Arc<tls::Resolver>>,
     /// The shared store, in cluster mode.
@@ -135,11 +140,10 @@ impl App {
             );
         }
         let cluster = config
-            .cluster
-            .as_ref()
+            .cluster()
             .map(|c| cluster::Cluster::new(c, metrics.redis_calls.clone()))
             .transpose()?;
-        let saved = match &config.server.state_file {
+        let saved = match &config.restart.server.state_file {
             Some(path) => state::load(path)?,
             None => SavedLines::default(),
         };
@@ -148,7 +152,7 @@ impl App {
             .iter()
             .map(|s| {
                 let restored = saved.lines.get(&s.name).map(|line| {
-                    let margin = match (&s.admission, saved.clean) {
+                    let margin = match (&s.live.admission, saved.clean) {
                         (_, true) | (None, false) => 0,
                         (Some(a), false) => {
                             admission::line::crash_margin(line, a.new_users_per_minute, a.burst)
@@ -160,15 +164,15 @@ impl App {
             })
             .collect();
         let store = Store::new(
-            config.cache.max_size,
-            config.cache.hit_for_miss,
+            config.restart.cache.max_size,
+            config.restart.cache.hit_for_miss,
             metrics.cache_evictions.clone(),
         );
         let pages = Pages::new(config.server.pages_dir.as_deref())?;
         Ok(Arc::new_cyclic(|me| App {
             me: me.clone(),
             cluster,
-            coalescer: Coalescer::new(config.cache.max_waiters_per_key),
+            coalescer: Coalescer::new(config.restart.cache.max_waiters_per_key),
             store,
             pages: ArcSwap::from_pointee(pages),
             snapshot: ArcSwap::from_pointee(Snapshot { config, sites }),
@@ -177,6 +181,7 @@ impl App {
             config_path: options.config_path,
             admin_token: options.admin_token.filter(|t| !t.is_empty()),
             changing: std::sync::Mutex::new(()),
+            reloaded: watch::channel(0).0,
             tls: std::sync::OnceLock::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
         }))
@@ -196,7 +201,7 @@ impl App {
     /// Writes the state file, if one is configured.
     fn save_lines(&self, clean: bool) {
         let snapshot = self.snapshot();
-        let Some(path) = &snapshot.config.server.state_file else {
+        let Some(path) = &snapshot.config.restart.server.state_file else {
             return;
         };
         if let Err(e) = state::save(path, &self.saved_lines(clean)) {
@@ -215,10 +220,10 @@ impl App {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         let now = tokio::time::Instant::now();
         for site in &self.snapshot().sites {
-            let (Some(gate), Some(cfg)) = (&site.gate, &site.config.admission) else {
+            let Some((gate, cfg, live)) = site.waiting_room() else {
                 continue;
             };
-            let status = gate.status(cfg, now);
+            let status = gate.status(cfg, &live, now);
             let m = &site.metrics;
             m.line_waiting
                 .set(i64::try_from(status.waiting).unwrap_or(i64::MAX));
@@ -300,27 +305,24 @@ pub async fn start(config: Config) -> io::Result<Running> {
 
 /// [`start`], with the config file's path and the admin token.
 pub async fn start_with(config: Config, options: Options) -> io::Result<Running> {
-    let public = TcpListener::bind(config.server.listen).await?;
-    let admin = match config.server.admin_listen {
+    let start = &config.restart.server;
+    let public = TcpListener::bind(start.listen).await?;
+    let admin = match start.admin_listen {
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
     };
-    let tls = match &config.server.tls {
-        Some(settings) => {
+    let tls = match (start.tls_listen, &config.server.tls) {
+        (Some(listen), Some(settings)) => {
             let (acceptor, resolver) = tls::acceptor(settings).map_err(io::Error::other)?;
-            Some((
-                TcpListener::bind(settings.listen).await?,
-                acceptor,
-                resolver,
-            ))
+            Some((TcpListener::bind(listen).await?, acceptor, resolver))
         }
-        None => None,
+        _ => None,
     };
     let listen = public.local_addr()?;
     let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
     let tls_addr = tls.as_ref().map(|t| t.0.local_addr()).transpose()?;
     // One cap for both public listeners: it bounds memory, whatever the port.
-    let slots = Arc::new(tokio::sync::Semaphore::new(config.server.max_connections));
+    let slots = Arc::new(tokio::sync::Semaphore::new(start.max_connections));
     let app = App::new(config, options).map_err(io::Error::other)?;
     let (stop, stopped) = watch::channel(false);
     let saver = tokio::spawn(save_lines_every_second(app.clone()));

@@ -104,7 +104,7 @@ fn init_logs(json: bool) {
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errors| {
+    digue::preflight::load(path).map_err(|errors| {
         eprintln!("{}: {} problem(s):", path.display(), errors.0.len());
         for e in &errors.0 {
             eprintln!("  {e}");
@@ -120,7 +120,7 @@ fn check(path: &Path) -> ExitCode {
                 "{}: ok ({} site(s), listening on {})\n",
                 path.display(),
                 config.sites.len(),
-                config.server.listen
+                config.restart.server.listen
             ));
             ExitCode::SUCCESS
         }
@@ -137,7 +137,7 @@ fn say(text: &str) {
 
 fn runtime(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.server.worker_threads {
+    if let Some(n) = config.restart.server.worker_threads {
         builder.worker_threads(n.get());
     }
     builder.enable_all().build()
@@ -148,7 +148,7 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logs(log_format.map_or(config.server.log_json, |f| f == "json"));
+    init_logs(log_format.map_or(config.restart.server.log_json, |f| f == "json"));
     let rt = match runtime(&config) {
         Ok(rt) => rt,
         Err(e) => {
@@ -195,7 +195,7 @@ async fn serve_until_stopped(app: &App) {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 // Errors are logged with their key paths by reload().
-                let _ = digue::reload::reload(app);
+                let _ = app.reload();
             }
         }
     }
@@ -232,18 +232,20 @@ fn demo(listen: SocketAddr) -> ExitCode {
             Ok(u) => u,
             Err(_) => return ExitCode::FAILURE,
         };
-        config.server.listen = listen;
-        config.server.admin_listen = Some(DEMO_ADMIN);
+        config.restart.server.listen = listen;
+        config.restart.server.admin_listen = Some(DEMO_ADMIN);
         config.sites.truncate(1);
         for site in &mut config.sites {
-            site.origin = origin_uri.clone();
+            site.origin.url = origin_uri.clone();
             site.hosts = vec![HostPattern::Any];
             // What the portal holds, not config.toml's guess for a real one.
-            site.origin_concurrency = capacity;
+            site.live.origin_concurrency = capacity;
             // A line you can see by opening the login page in a few tabs.
+            if let Some(live) = &mut site.live.admission {
+                live.new_users_per_minute = DEMO_USERS_PER_MINUTE;
+                live.burst = 2;
+            }
             if let Some(admission) = &mut site.admission {
-                admission.new_users_per_minute = DEMO_USERS_PER_MINUTE;
-                admission.burst = 2;
                 admission.bypass_cidrs.clear();
                 // `digue surge` sends every pupil from 127.0.0.1.
                 admission.tickets_per_network_per_minute = u32::MAX;
@@ -253,7 +255,7 @@ fn demo(listen: SocketAddr) -> ExitCode {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 // Perhaps only the admin port (another digue): any will do,
                 // the banner prints the one it got.
-                config.server.admin_listen = Some(SocketAddr::new(DEMO_ADMIN.ip(), 0));
+                config.restart.server.admin_listen = Some(SocketAddr::new(DEMO_ADMIN.ip(), 0));
                 digue::start(config).await
             }
             other => other,

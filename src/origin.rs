@@ -51,18 +51,18 @@ pub struct Origin {
 impl Origin {
     pub fn new(site: &SiteConfig) -> Origin {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(site.origin_connect_timeout));
+        connector.set_connect_timeout(Some(site.origin.connect_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(site.origin_concurrency)
+            .pool_max_idle_per_host(site.live.origin_concurrency)
             .build(connector);
         Origin {
             client,
-            base: site.origin.clone(),
-            host_override: site.origin_host.clone(),
-            timeout: site.origin_timeout,
+            base: site.origin.url.clone(),
+            host_override: site.origin.host.clone(),
+            timeout: site.origin.timeout,
         }
     }
 

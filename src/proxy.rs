@@ -209,7 +209,7 @@ impl Ctx {
     async fn serve(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         let mut pass_cookies = Vec::new();
-        if let (Some(gate), Some(cfg)) = (&self.site.gate, &self.site.config.admission) {
+        if let Some((gate, cfg, live)) = self.site.waiting_room() {
             let trusted = &self.snapshot.config.server.trusted_proxies;
             let visitor = Visitor {
                 headers: &parts.headers,
@@ -223,6 +223,7 @@ impl Ctx {
             match gate
                 .check(
                     cfg,
+                    &live,
                     &self.site.config.name,
                     &keys,
                     &visitor,
@@ -357,7 +358,7 @@ impl Ctx {
     /// How long a follower waits for its leader: the leader's own worst case.
     fn follow_deadline(&self) -> std::time::Duration {
         let c = &self.site.config;
-        c.origin_queue_timeout + c.origin_timeout * 2
+        c.origin_queue_timeout + c.origin.timeout * 2
     }
 
     fn storage_key(
@@ -540,7 +541,7 @@ impl Ctx {
             });
         };
         let limit = self.snapshot.config.cache.max_object_size;
-        match collect_limited(body, limit, site.config.origin_timeout).await {
+        match collect_limited(body, limit, site.config.origin.timeout).await {
             Ok(Collected::Complete(bytes)) => {
                 drop(slot);
                 let key = match &plan.vary {
@@ -680,7 +681,7 @@ impl Ctx {
 
     fn relay(&self, relay: Relay, outcome: Outcome) -> Response<ProxyBody> {
         self.site.metrics.request(outcome);
-        let stall = self.site.config.origin_timeout;
+        let stall = self.site.config.origin.timeout;
         let body = ProxyBody::upstream(relay.prefix, relay.body, Some(relay.slot), stall);
         let mut res = Response::from_parts(relay.head, body);
         relay.status.append_to(res.headers_mut());

@@ -34,7 +34,7 @@ pub async fn serve(
     slots: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let server = app.snapshot().config.server.clone();
+    let server = app.snapshot().config.restart.server.clone();
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -1,27 +1,37 @@
 //! The runtime of one `[[site]]`: its config, its origin client, its origin
-//! guard, its waiting room and its metric handles.
+//! guard, its waiting room, its metric handles and its running live
+//! settings.
 //!
 //! A reload builds new `Site`s, but what holds live state — the guard's
-//! slots, the line, metric handles, the origin's connection pool when the
-//! origin did not change — is carried over from the old one by name.
+//! slots, the line, metric handles, the origin's connection pool while
+//! [`OriginConfig`](crate::config::OriginConfig) is unchanged — is carried
+//! over from the old one by name. A live change (admin API, cluster) builds
+//! nothing: it goes through [`Site::set_live`].
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::admission::gate::Gate;
 use crate::admission::line::Saved;
 use crate::cluster::Cluster;
-use crate::config::SiteConfig;
+use crate::config::{AdmissionConfig, AdmissionSettings, LiveError, LiveSettings, SiteConfig};
 use crate::guard::OriginGuard;
 use crate::metrics::{Metrics, SiteMetrics};
 use crate::origin::Origin;
 
 pub struct Site {
+    /// What the file says; its `live` part is only the starting point.
     pub config: SiteConfig,
     pub origin: Arc<Origin>,
     pub guard: Arc<OriginGuard>,
     pub metrics: Arc<SiteMetrics>,
     /// The waiting room, when `[site.admission]` is configured.
     pub gate: Option<Arc<Gate>>,
+    /// The running live settings: the file's at build, then what the admin
+    /// API or the cluster set. Read on every gated request (one atomic
+    /// load); written only by `set_live`, under `App::changing`.
+    live: ArcSwap<LiveSettings>,
 }
 
 impl Site {
@@ -35,41 +45,38 @@ impl Site {
         cluster: Option<&Arc<Cluster>>,
     ) -> Site {
         let metrics = Arc::new(metrics.site(&config.name));
-        let gate = config
-            .admission
-            .as_ref()
-            .map(|a| Arc::new(new_gate(a, &config.name, saved, cluster)));
+        let gate = waiting_room(&config)
+            .map(|(a, live)| Arc::new(new_gate(a, live, &config.name, saved, cluster)));
         let site = Site {
             origin: Arc::new(Origin::new(&config)),
             guard: Arc::new(OriginGuard::new(
-                config.origin_concurrency,
+                config.live.origin_concurrency,
                 metrics.origin_in_flight.clone(),
                 &metrics.origin_limit,
             )),
             metrics,
             gate,
+            live: ArcSwap::from_pointee(config.live),
             config,
         };
         site.publish_settings();
         site
     }
 
-    /// The same site under a new config, keeping its live state.
+    /// The same site under a new config, keeping its live state. The file's
+    /// live settings replace the running ones (a reload is an operator
+    /// saying what they want now).
     pub fn rebuild(&self, config: SiteConfig, cluster: Option<&Arc<Cluster>>) -> Site {
-        let origin = if origin_unchanged(&self.config, &config) {
+        let origin = if self.config.origin == config.origin {
             self.origin.clone()
         } else {
             Arc::new(Origin::new(&config))
         };
-        self.guard.set_limit(config.origin_concurrency);
-        let gate = match (&self.gate, &config.admission) {
-            (Some(gate), Some(a)) => {
-                // The line takes the change now, not at the next request:
-                // a closing is timed from here.
-                gate.status(a, tokio::time::Instant::now());
-                Some(gate.clone())
+        let gate = match (&self.gate, waiting_room(&config)) {
+            (Some(gate), Some(_)) => Some(gate.clone()),
+            (None, Some((a, live))) => {
+                Some(Arc::new(new_gate(a, live, &config.name, None, cluster)))
             }
-            (None, Some(a)) => Some(Arc::new(new_gate(a, &config.name, None, cluster))),
             (_, None) => None,
         };
         let site = Site {
@@ -77,18 +84,62 @@ impl Site {
             guard: self.guard.clone(),
             metrics: self.metrics.clone(),
             gate,
+            live: ArcSwap::from_pointee(*self.live.load_full()),
             config,
         };
-        site.publish_settings();
+        site.apply(site.config.live);
         site
+    }
+
+    /// The running live settings.
+    pub fn live(&self) -> LiveSettings {
+        **self.live.load()
+    }
+
+    /// The running pace and mode of the waiting room, with the rest of its
+    /// settings; `None` for a site without one.
+    pub fn waiting_room(&self) -> Option<(&Gate, &AdmissionConfig, AdmissionSettings)> {
+        let gate = self.gate.as_deref()?;
+        let config = self.config.admission.as_ref()?;
+        Some((gate, config, self.live().admission?))
+    }
+
+    /// Applies new live settings at once, without rebuilding anything: the
+    /// guard's limit, the line's pace, the gauges. Refused, with nothing
+    /// changed, when a value is out of range. A waiting-room part for a
+    /// site without one is ignored, and a missing one keeps the current one
+    /// (settings from a node whose file differs).
+    pub fn set_live(&self, new: LiveSettings) -> Result<LiveSettings, LiveError> {
+        let current = self.live();
+        let new = LiveSettings {
+            origin_concurrency: new.origin_concurrency,
+            admission: current.admission.and(new.admission.or(current.admission)),
+        }
+        .checked()?;
+        if new != current {
+            self.apply(new);
+        }
+        Ok(new)
+    }
+
+    fn apply(&self, new: LiveSettings) {
+        self.live.store(Arc::new(new));
+        self.guard.set_limit(new.origin_concurrency);
+        if let Some((gate, config, live)) = self.waiting_room() {
+            // The line takes the change now, not at the next request: a
+            // closing is timed from here.
+            gate.status(config, &live, tokio::time::Instant::now());
+        }
+        self.publish_settings();
     }
 
     /// Gauges that mirror settings, so dashboards show limits beside usage.
     fn publish_settings(&self) {
+        let live = self.live();
         self.metrics
             .origin_limit
-            .set(i64::try_from(self.config.origin_concurrency).unwrap_or(i64::MAX));
-        if let Some(a) = &self.config.admission {
+            .set(i64::try_from(live.origin_concurrency).unwrap_or(i64::MAX));
+        if let Some(a) = live.admission {
             self.metrics
                 .admission_rate
                 .set(i64::from(a.new_users_per_minute));
@@ -96,28 +147,23 @@ impl Site {
     }
 }
 
+/// A site config's waiting room and its live half, set together by the parser.
+fn waiting_room(config: &SiteConfig) -> Option<(&AdmissionConfig, &AdmissionSettings)> {
+    Some((config.admission.as_ref()?, config.live.admission.as_ref()?))
+}
+
 fn new_gate(
-    a: &crate::config::AdmissionConfig,
+    a: &AdmissionConfig,
+    live: &AdmissionSettings,
     name: &str,
     saved: Option<(Saved, u64)>,
     cluster: Option<&Arc<Cluster>>,
 ) -> Gate {
     match cluster {
-        Some(cluster) => Gate::shared(a, name, cluster.clone()),
+        Some(cluster) => Gate::shared(a, live, name, cluster.clone()),
         None => {
             let (saved, margin) = saved.map_or((None, 0), |(s, m)| (Some(s), m));
-            Gate::local(a, saved, margin)
+            Gate::local(a, live, saved, margin)
         }
     }
-}
-
-/// Whether the connection pool can be kept. `origin_concurrency` is not
-/// part of it: it is what operators turn during a surge, and a new pool
-/// would send a wave of fresh connections to a struggling origin (the old
-/// pool keeps its idle limit; it only bounds idle connections).
-fn origin_unchanged(a: &SiteConfig, b: &SiteConfig) -> bool {
-    a.origin == b.origin
-        && a.origin_host == b.origin_host
-        && a.origin_timeout == b.origin_timeout
-        && a.origin_connect_timeout == b.origin_connect_timeout
 }

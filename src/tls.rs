@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsSettings;
+use crate::config::{ConfigError, TlsSettings};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -41,6 +41,30 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
         )
     })?;
     Ok(Arc::new(certified))
+}
+
+/// The certificate files' problems, with their key paths: what the config
+/// check cannot see without reading them.
+pub fn preflight(settings: Option<&TlsSettings>) -> Vec<ConfigError> {
+    let Some(settings) = settings else {
+        return Vec::new();
+    };
+    let mut errors = Vec::new();
+    if let Err(message) = load_pair(&settings.cert, &settings.key) {
+        errors.push(ConfigError {
+            path: "server.tls_cert".to_owned(),
+            message,
+        });
+    }
+    for (i, sni) in settings.sni.iter().enumerate() {
+        if let Err(message) = load_pair(&sni.cert, &sni.key) {
+            errors.push(ConfigError {
+                path: format!("server.tls_sni[{i}].cert"),
+                message,
+            });
+        }
+    }
+    errors
 }
 
 /// The certificates of the TLS listener: one default, and more by SNI name.

@@ -307,7 +307,7 @@ impl ConfigFile {
     /// digue started from this file, the way `digue run` does.
     async fn start(&self) -> Proxy {
         let text = std::fs::read_to_string(&self.path).expect("config file readable");
-        let loaded = digue::config::Config::load(&self.path);
+        let loaded = digue::preflight::load(&self.path);
         assert!(loaded.is_ok(), "the file loads: {:?}", loaded.err());
         Proxy::from_toml_with(&text, options(Some(self.path.clone()))).await
     }

@@ -87,7 +87,7 @@ async fn start(origin: &Origin, dir: &std::path::Path, extra: &str) -> (digue::R
         origin.url()
     );
     std::fs::write(&path, &text).expect("write config");
-    let config = digue::config::Config::load(&path).unwrap_or_else(|e| panic!("valid: {e}"));
+    let config = digue::preflight::load(&path).unwrap_or_else(|e| panic!("valid: {e}"));
     let options = digue::Options {
         config_path: Some(path.clone()),
         admin_token: None,
@@ -161,7 +161,7 @@ async fn certificates_are_chosen_by_sni_and_reloaded_without_a_restart() {
 
     // A renewal: new files in place, then a reload (what SIGHUP does).
     let renewed = cert(&dir, "a", &["a.test"]);
-    digue::reload::reload(&running.app).expect("reload applies");
+    running.app.reload().expect("reload applies");
     let (_, served, _) = connect(addr, &[&renewed.der, &b.der], "a.test", &[b"http/1.1"]).await;
     assert_eq!(
         served, renewed.der,
@@ -170,7 +170,7 @@ async fn certificates_are_chosen_by_sni_and_reloaded_without_a_restart() {
 
     // A broken file is refused; the running certificate stays.
     std::fs::write(&renewed.cert, "not a certificate").expect("write");
-    let errors = digue::reload::reload(&running.app).expect_err("refused");
+    let errors = running.app.reload().expect_err("refused");
     assert!(
         errors.0.iter().any(|e| e.path == "server.tls_cert"),
         "the error names the key: {errors}"
@@ -183,7 +183,7 @@ async fn certificates_are_chosen_by_sni_and_reloaded_without_a_restart() {
     let text = std::fs::read_to_string(&path).expect("read config");
     let text = text.replace("[server]\n", "[server]\nmax_connections = 5\n");
     std::fs::write(&path, text).expect("write config");
-    let errors = digue::reload::reload(&running.app).expect_err("refused");
+    let errors = running.app.reload().expect_err("refused");
     assert!(
         errors.0.iter().any(|e| e.path == "server.max_connections"),
         "{errors}"
@@ -211,7 +211,7 @@ fn missing_or_bad_certificate_files_are_config_errors_not_panics() {
             dir.join(cert).display(),
             dir.join(key).display()
         );
-        let errors = digue::config::Config::parse(&text).expect_err("refused");
+        let errors = digue::preflight::parse(&text).expect_err("refused");
         assert!(
             errors.0.iter().any(|e| e.path == "server.tls_cert"),
             "{cert}: {errors}"
@@ -219,7 +219,7 @@ fn missing_or_bad_certificate_files_are_config_errors_not_panics() {
     }
     let half = "[server]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n\
                 [[site]]\nname = \"p\"\nhosts = [\"*\"]\norigin = \"http://127.0.0.1:1\"\n";
-    let errors = digue::config::Config::parse(half).expect_err("refused");
+    let errors = digue::preflight::parse(half).expect_err("refused");
     assert!(
         errors.to_string().contains("tls_cert and tls_key"),
         "{errors}"

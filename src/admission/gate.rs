@@ -19,7 +19,7 @@ use crate::admission::line::{Arrival, Claim, Line, Params, Place, Saved, Status,
 use crate::admission::redis::RedisLine;
 use crate::admission::token::{Keys, Pass, Ticket, unix_now};
 use crate::cluster::Cluster;
-use crate::config::{AdmissionConfig, AdmissionMode, StoreFailure};
+use crate::config::{AdmissionConfig, AdmissionMode, AdmissionSettings, StoreFailure};
 use crate::metrics::SiteMetrics;
 use crate::outcome::{AdmitHow, Refusal};
 
@@ -107,8 +107,13 @@ pub struct Gate {
 
 impl Gate {
     /// A gate whose line lives in this process, resumed from `saved`.
-    pub fn local(cfg: &AdmissionConfig, saved: Option<Saved>, margin: u64) -> Gate {
-        let params = params(cfg, 0);
+    pub fn local(
+        cfg: &AdmissionConfig,
+        live: &AdmissionSettings,
+        saved: Option<Saved>,
+        margin: u64,
+    ) -> Gate {
+        let params = params(cfg, live, 0);
         let line = match saved {
             Some(saved) => Line::restore(&params, saved, margin),
             None => Line::new(&params),
@@ -117,9 +122,14 @@ impl Gate {
     }
 
     /// A gate whose line is shared through Redis.
-    pub fn shared(cfg: &AdmissionConfig, site: &str, cluster: Arc<Cluster>) -> Gate {
+    pub fn shared(
+        cfg: &AdmissionConfig,
+        live: &AdmissionSettings,
+        site: &str,
+        cluster: Arc<Cluster>,
+    ) -> Gate {
         let policy = cluster.config.on_store_failure;
-        let line = Box::new(RedisLine::new(cluster, site, &params(cfg, 0)));
+        let line = Box::new(RedisLine::new(cluster, site, &params(cfg, live, 0)));
         Gate::with(cfg, Store::Shared { line, policy })
     }
 
@@ -130,7 +140,7 @@ impl Gate {
             // cache's capacity does not.
             sessions: moka::sync::Cache::builder()
                 .max_capacity(MAX_SESSIONS_TRACKED)
-                .time_to_idle(cfg.session_duration)
+                .time_to_idle(cfg.start.session_duration)
                 .build(),
             networks: moka::sync::Cache::builder()
                 .max_capacity(MAX_NETWORKS)
@@ -140,10 +150,13 @@ impl Gate {
         }
     }
 
-    /// Decides what `visitor` gets.
+    /// Decides what `visitor` gets, under the site's waiting-room settings
+    /// and their running live half.
+    #[allow(clippy::too_many_arguments)] // each is one request-path input
     pub async fn check(
         &self,
         cfg: &AdmissionConfig,
+        live: &AdmissionSettings,
         site: &str,
         keys: &Keys,
         visitor: &Visitor<'_>,
@@ -155,7 +168,7 @@ impl Gate {
             tls: visitor.tls,
             domain: cfg.cookie_domain.as_deref(),
         };
-        let session_secs = cfg.session_duration.as_secs();
+        let session_secs = cfg.start.session_duration.as_secs();
         if let Some(raw) = cookies::find(visitor.headers, PASS) {
             match Pass::decode(keys, site, raw) {
                 Some(pass) if unix.saturating_sub(pass.seen) <= session_secs => {
@@ -174,7 +187,7 @@ impl Gate {
         if !cfg.gates(visitor.target) {
             return Verdict::Proceed(Vec::new());
         }
-        if cfg.mode == AdmissionMode::Passthrough {
+        if live.mode == AdmissionMode::Passthrough {
             m.admitted(AdmitHow::Passthrough);
             return Verdict::Proceed(Vec::new());
         }
@@ -191,7 +204,7 @@ impl Gate {
             m.admitted(AdmitHow::Passthrough);
             return Verdict::Proceed(Vec::new());
         }
-        if cfg.mode == AdmissionMode::Closed || policy == StoreFailure::Closed {
+        if live.mode == AdmissionMode::Closed || policy == StoreFailure::Closed {
             m.waiting_page(true);
             // A ticket holder must be back within the claim window once the
             // site reopens (a forged cookie gains only a shorter hint).
@@ -209,11 +222,11 @@ impl Gate {
                 cookies: Vec::new(),
             });
         }
-        if cfg.max_active_users.is_some() {
+        if live.max_active_users.is_some() {
             // moka counts lazily; the cap needs the count as of now.
             self.sessions.run_pending_tasks();
         }
-        let params = params(cfg, self.sessions.entry_count());
+        let params = params(cfg, live, self.sessions.entry_count());
         if let Some(raw) = cookies::find(visitor.headers, TICKET) {
             match Ticket::decode(keys, site, raw) {
                 // Older than its cookie may live: likely from a line whose
@@ -259,7 +272,7 @@ impl Gate {
             return self.wait(place, &params, Vec::new(), degraded, m);
         }
         match self
-            .arrive(&params, cfg.mode == AdmissionMode::Auto, now)
+            .arrive(&params, live.mode == AdmissionMode::Auto, now)
             .await
         {
             Arrival::Admitted => {
@@ -313,11 +326,11 @@ impl Gate {
 
     /// Refreshes a shared line's view (no-op for a local line); false when
     /// the store did not answer.
-    pub async fn refresh(&self, cfg: &AdmissionConfig) -> bool {
+    pub async fn refresh(&self, cfg: &AdmissionConfig, live: AdmissionSettings) -> bool {
         match &self.line {
             Store::Local(_) => true,
             Store::Shared { line, .. } => {
-                let params = params(cfg, self.sessions.entry_count());
+                let params = params(cfg, &live, self.sessions.entry_count());
                 line.refresh(&params).await.is_ok()
             }
         }
@@ -332,8 +345,8 @@ impl Gate {
     }
 
     /// Where the line stands, for metrics and the admin API.
-    pub fn status(&self, cfg: &AdmissionConfig, now: Instant) -> Status {
-        self.status_with(&params(cfg, self.sessions.entry_count()), now)
+    pub fn status(&self, cfg: &AdmissionConfig, live: &AdmissionSettings, now: Instant) -> Status {
+        self.status_with(&params(cfg, live, self.sessions.entry_count()), now)
     }
 
     /// Passes active within `session_duration`.
@@ -440,16 +453,16 @@ impl Gate {
     }
 }
 
-fn params(cfg: &AdmissionConfig, active: u64) -> Params {
+fn params(cfg: &AdmissionConfig, live: &AdmissionSettings, active: u64) -> Params {
     Params {
-        per_minute: cfg.new_users_per_minute,
-        burst: cfg.burst,
+        per_minute: live.new_users_per_minute,
+        burst: live.burst,
         claim_window: cfg.claim_window,
         active,
-        max_active: cfg
+        max_active: live
             .max_active_users
             .map(|m| u64::from(m).min(MAX_SESSIONS_TRACKED)),
-        frozen: cfg.mode == AdmissionMode::Closed,
+        frozen: live.mode == AdmissionMode::Closed,
     }
 }
 
@@ -537,7 +550,8 @@ mod tests {
         )
         .expect("valid");
         let cfg = config.sites[0].admission.clone().expect("admission");
-        let gate = Gate::local(&cfg, None, 0);
+        let live = config.sites[0].live.admission.expect("admission");
+        let gate = Gate::local(&cfg, &live, None, 0);
         let now = Instant::now();
         let granted = (0..1000_u32)
             .filter(|n| {

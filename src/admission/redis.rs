@@ -29,15 +29,13 @@ use tokio::time::Instant;
 use crate::admission::gcra::Gcra;
 use crate::admission::line::{Arrival, Claim, Params, Place, Status, eta_for};
 use crate::cluster::Cluster;
+use crate::config::NODE_TIMEOUT;
 
 /// Longest wait for Redis before the node decides it is unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// Ticket numbers skipped after a reset on top of the measured arrivals:
 /// those issued by other nodes since the caller's view may be in use.
 const RESET_MARGIN_TICKETS: u64 = 100;
-/// A node whose refresh (its heartbeat) is older than this no longer counts
-/// as live; `cluster.refresh_interval` is bounded well below it.
-pub const NODE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the script returns: state, ticket, epoch, issued, cursor, nodes,
 /// claims in the last minute, their span (ms), turns missed, turns pending.

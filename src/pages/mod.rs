@@ -111,6 +111,17 @@ impl Default for Pages {
     }
 }
 
+/// `server.pages_dir`'s problem, if any, with its key path.
+pub fn preflight(dir: Option<&Path>) -> Vec<crate::config::ConfigError> {
+    match dir {
+        Some(dir) if !dir.is_dir() => vec![crate::config::ConfigError {
+            path: "server.pages_dir".to_owned(),
+            message: format!("{} is not a directory", dir.display()),
+        }],
+        _ => Vec::new(),
+    }
+}
+
 impl Pages {
     /// The built-in pages, with `dir` (if any) overriding `notice.html`,
     /// `waiting.html` and adding or replacing `lang/*.toml`.

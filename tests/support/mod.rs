@@ -251,7 +251,7 @@ impl Proxy {
 
     /// Starts digue with options (a config file path for reloads, an admin token).
     pub async fn from_toml_with(text: &str, options: digue::Options) -> Proxy {
-        let config = digue::config::Config::parse(text)
+        let config = digue::preflight::parse(text)
             .unwrap_or_else(|e| panic!("test config must be valid:\n{e}\n---\n{text}"));
         let running = digue::start_with(config, options)
             .await

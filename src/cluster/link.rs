@@ -1,0 +1,322 @@
+//! This node's link to the shared store: connections (one Redis or a
+//! Redis Cluster, behind one type), the event channel and what is kept in
+//! Redis for nodes that reconnect. Knows Redis, not the app.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use serde::{Deserialize, Serialize};
+
+use crate::admission::token::unix_now;
+use crate::config::{ClusterConfig, LiveSettings, RedisTarget};
+
+pub(super) const EVENTS: &str = "digue:events";
+const SETTINGS: &str = "digue:settings";
+const PURGES: &str = "digue:purges";
+/// Purges kept for nodes that reconnect.
+const PURGES_KEPT: isize = 1000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Environment variable for the Redis password, when not in the URL.
+pub const PASSWORD_ENV: &str = "DIGUE_REDIS_PASSWORD";
+
+/// What nodes tell each other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    Purge {
+        site: String,
+        path: Option<String>,
+        prefix: Option<String>,
+        hard: bool,
+        from: String,
+        /// Unix milliseconds, to replay purges missed while disconnected.
+        at: u64,
+    },
+    Settings {
+        site: String,
+        settings: LiveSettings,
+        from: String,
+    },
+}
+
+/// A connection to the shared store, whichever its kind; cheap to clone
+/// (both kinds multiplex over shared sockets).
+#[derive(Clone)]
+pub enum Conn {
+    /// One Redis; the manager reconnects by itself.
+    Single(ConnectionManager),
+    /// A Redis Cluster; follows redirects and node failures by itself.
+    Sharded(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Sharded(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sharded(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Sharded(c) => c.get_db(),
+        }
+    }
+}
+
+/// This node's link to the shared store.
+pub struct Cluster {
+    /// The client of a Redis Cluster, when the store is one; otherwise
+    /// commands go to the one Redis, `nodes[0]`.
+    sharded: Option<ClusterClient>,
+    /// Where to subscribe to events, tried in order: the one Redis, or each
+    /// seed node of a Redis Cluster.
+    nodes: Vec<redis::Client>,
+    /// `None` until connected; the connection reconnects by itself after
+    /// that. Guards a clone-out only, never held across `.await`.
+    conn: Mutex<Option<Conn>>,
+    pub node: String,
+    pub config: ClusterConfig,
+    up: AtomicBool,
+    /// Redis round-trips made, for the README's per-user cost figures.
+    pub calls: prometheus::IntCounter,
+    /// Unix ms of the newest purge applied, to replay after a reconnect.
+    pub(super) last_purge: AtomicU64,
+}
+
+impl Cluster {
+    /// `calls` counts this node's round-trips to Redis (a metric handle).
+    pub fn new(
+        config: &ClusterConfig,
+        calls: prometheus::IntCounter,
+    ) -> Result<Arc<Cluster>, String> {
+        let (sharded, nodes) = match &config.redis {
+            RedisTarget::Single(url) => {
+                let info = connection_info(url, "cluster.redis_url")?;
+                let client = redis::Client::open(info)
+                    .map_err(|_| "cluster.redis_url is not a valid Redis URL".to_owned())?;
+                (None, vec![client])
+            }
+            RedisTarget::Cluster(urls) => {
+                let infos = urls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| connection_info(url, &format!("cluster.redis_urls[{i}]")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let nodes = infos
+                    .iter()
+                    .map(|info| redis::Client::open(info.clone()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| "cluster.redis_urls: not valid Redis URLs".to_owned())?;
+                // The error texts are fixed (different passwords, users or
+                // TLS modes among the seeds): no URL, no password.
+                let client = ClusterClientBuilder::new(infos)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(CONNECT_TIMEOUT)
+                    .build()
+                    .map_err(|e| format!("cluster.redis_urls: {e}"))?;
+                (Some(client), nodes)
+            }
+        };
+        let node = config.node_id.clone().unwrap_or_else(default_node_id);
+        Ok(Arc::new(Cluster {
+            sharded,
+            nodes,
+            conn: Mutex::new(None),
+            node,
+            config: config.clone(),
+            up: AtomicBool::new(false),
+            calls,
+            last_purge: AtomicU64::new(unix_now() * 1000),
+        }))
+    }
+
+    /// A connection, if one was ever made (it reconnects itself).
+    pub fn conn(&self) -> Option<Conn> {
+        self.calls.inc();
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the last exchange with Redis worked.
+    pub fn up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                tracing::info!("shared store reachable: cluster mode");
+            } else {
+                tracing::warn!(policy = ?self.config.on_store_failure, "shared store unreachable: failing as configured");
+            }
+        }
+    }
+
+    pub(super) async fn connect(&self) -> bool {
+        if self
+            .conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return true;
+        }
+        let made = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            match (&self.sharded, self.nodes.first()) {
+                (Some(sharded), _) => sharded.get_async_connection().await.map(Conn::Sharded),
+                (None, Some(one)) => one.get_connection_manager().await.map(Conn::Single),
+                (None, None) => Err((redis::ErrorKind::Io, "no Redis configured").into()),
+            }
+        })
+        .await;
+        match made {
+            Ok(Ok(conn)) => {
+                *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                true
+            }
+            _ => {
+                self.set_up(false);
+                false
+            }
+        }
+    }
+
+    /// Tells the other nodes (and stores what a restarting node needs).
+    pub async fn publish(&self, event: &Event) {
+        let Some(mut conn) = self.conn() else {
+            tracing::warn!("shared store unreachable: this change stays on this node");
+            return;
+        };
+        let Ok(json) = serde_json::to_string(event) else {
+            return;
+        };
+        // What a restarting node needs first, then the news: two
+        // round-trips, as the key and the channel may live on different
+        // nodes of a Redis Cluster.
+        let mut store = redis::pipe();
+        match event {
+            Event::Settings { site, settings, .. } => {
+                if let Ok(s) = serde_json::to_string(settings) {
+                    store.hset(SETTINGS, site, s).ignore();
+                }
+            }
+            Event::Purge { .. } => {
+                store.lpush(PURGES, &json).ignore();
+                store.ltrim(PURGES, 0, PURGES_KEPT - 1).ignore();
+            }
+        }
+        let mut news = redis::pipe();
+        news.publish(EVENTS, &json).ignore();
+        self.calls.inc();
+        let sent = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            store.query_async::<()>(&mut conn).await?;
+            news.query_async::<()>(&mut conn).await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::warn!("could not publish a change to the other nodes");
+        }
+    }
+    /// A subscription to the events on the first node that answers: PUBLISH
+    /// reaches every node of a Redis Cluster, so any one will do.
+    pub(super) async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let mut last = redis::RedisError::from((redis::ErrorKind::Io, "no node to subscribe to"));
+        for client in &self.nodes {
+            let made = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(EVENTS).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            })
+            .await;
+            match made {
+                Ok(Ok(pubsub)) => return Ok(pubsub),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = (redis::ErrorKind::Io, "connect timeout").into(),
+            }
+        }
+        Err(last)
+    }
+
+    /// Whether the store answers a PING within the connect timeout.
+    pub(super) async fn ping(&self) -> bool {
+        let Some(mut conn) = self.conn() else {
+            return false;
+        };
+        let ping: Result<Result<String, _>, _> =
+            tokio::time::timeout(CONNECT_TIMEOUT, redis::cmd("PING").query_async(&mut conn)).await;
+        matches!(ping, Ok(Ok(_)))
+    }
+
+    /// The live settings stored in Redis, by site.
+    pub(super) async fn stored_settings(&self) -> Vec<(String, LiveSettings)> {
+        let Some(mut conn) = self.conn() else {
+            return Vec::new();
+        };
+        let stored: redis::RedisResult<Vec<(String, String)>> = conn.hgetall(SETTINGS).await;
+        stored
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(site, json)| Some((site, serde_json::from_str(&json).ok()?)))
+            .collect()
+    }
+
+    /// The purges published after `since` (Unix ms), oldest first.
+    pub(super) async fn purges_since(&self, since: u64) -> Vec<Event> {
+        let Some(mut conn) = self.conn() else {
+            return Vec::new();
+        };
+        let purges: redis::RedisResult<Vec<String>> = conn.lrange(PURGES, 0, PURGES_KEPT - 1).await;
+        let mut missed: Vec<Event> = purges
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .filter(|e| matches!(e, Event::Purge { at, .. } if *at > since))
+            .collect();
+        missed.reverse();
+        missed
+    }
+}
+
+/// A URL's connection details, with the password from the environment
+/// when the URL has none. `key` names the URL in errors; the URL itself is
+/// never quoted (it may hold a password).
+fn connection_info(url: &str, key: &str) -> Result<redis::ConnectionInfo, String> {
+    let mut info: redis::ConnectionInfo = url
+        .parse()
+        .map_err(|_: redis::RedisError| format!("{key} is not a valid Redis URL"))?;
+    if let Ok(password) = std::env::var(PASSWORD_ENV)
+        && info.redis_settings().password().is_none()
+    {
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
+    Ok(info)
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "node".to_owned());
+    format!("{host}-{}", std::process::id())
+}

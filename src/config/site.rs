@@ -1,0 +1,298 @@
+//! `[[site]]`: one portal behind digue: the Host names it answers, its
+//! origin, its cache rules and its waiting room.
+//!
+//! Split by lifetime: [`OriginConfig`] is what the connection pool is built
+//! from (a reload keeps the pool while it is equal), [`LiveSettings`] what
+//! operators turn at run time, the rest changes with the file.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use http::{HeaderValue, Uri};
+use serde::Deserialize;
+
+use super::admission::{AdmissionConfig, RawAdmission};
+use super::cache::{CacheRule, RawSiteCache, SiteCacheConfig};
+use super::errors::Errors;
+use super::live::LiveSettings;
+
+pub const DEFAULT_ORIGIN_CONCURRENCY: usize = 64;
+pub const DEFAULT_ORIGIN_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Cookies that mark a request as per-user when a site names none.
+pub const DEFAULT_SESSION_COOKIES: &[&str] = &["JSESSIONID", "PHPSESSID", "oneSessionId"];
+
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    pub origin: OriginConfig,
+    /// The live settings as the file sets them; the running values are the
+    /// site's own (`Site::live`), which the admin API and the cluster change.
+    pub live: LiveSettings,
+    /// Longest wait for an origin slot.
+    pub origin_queue_timeout: Duration,
+    /// Cookie names that make a request per-user.
+    pub session_cookies: Vec<String>,
+    pub cache: SiteCacheConfig,
+    /// The waiting room; its pace and mode are in `live.admission`, which
+    /// is set exactly when this is.
+    pub admission: Option<AdmissionConfig>,
+}
+
+/// How to reach the origin: what its client and connection pool are built
+/// from. `origin_concurrency` is not part of it: it is what operators turn
+/// during a surge, and a new pool would send a wave of fresh connections to
+/// a struggling origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginConfig {
+    /// `http://host:port`, no path.
+    pub url: Uri,
+    /// Replaces the client's `Host` toward the origin; passed through when unset.
+    pub host: Option<HeaderValue>,
+    /// Longest wait for the origin's response headers.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl SiteConfig {
+    /// The rule governing `path`: the longest matching prefix.
+    pub fn rule_for(&self, path: &str) -> Option<&CacheRule> {
+        self.cache
+            .rules
+            .iter()
+            .filter(|r| path.starts_with(&r.prefix))
+            .max_by_key(|r| r.prefix.len())
+    }
+}
+
+/// A `hosts` entry: an exact name (lower-cased, no port) or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Any,
+    Exact(String),
+}
+
+impl HostPattern {
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(name) => name.eq_ignore_ascii_case(host),
+        }
+    }
+}
+
+/// An address range, `10.0.0.0/8` or a single address.
+
+#[derive(Deserialize)]
+pub(super) struct RawSite {
+    name: Option<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    origin: Option<String>,
+    origin_host: Option<String>,
+    origin_concurrency: Option<u64>,
+    origin_queue_timeout: Option<String>,
+    origin_timeout: Option<String>,
+    origin_connect_timeout: Option<String>,
+    session_cookies: Option<Vec<String>>,
+    #[serde(default)]
+    cache: RawSiteCache,
+    admission: Option<RawAdmission>,
+}
+
+impl RawSite {
+    pub(super) fn validate(self, at: &str, errors: &mut Errors) -> SiteConfig {
+        let name = match self.name {
+            Some(n) if valid_name(&n) => n,
+            Some(n) => {
+                errors.push(
+                    format!("{at}.name"),
+                    format!("{n:?} must be 1-64 characters among a-z, 0-9, '-' and '_'"),
+                );
+                n
+            }
+            None => {
+                errors.push(format!("{at}.name"), "missing");
+                String::new()
+            }
+        };
+        if self.hosts.is_empty() {
+            errors.push(
+                format!("{at}.hosts"),
+                "missing: list the Host names this site answers, or [\"*\"] for any",
+            );
+        }
+        let hosts = self
+            .hosts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| parse_host(h, &format!("{at}.hosts[{i}]"), errors))
+            .collect();
+        let origin = match self.origin.as_deref() {
+            Some(raw) => parse_origin(raw, &format!("{at}.origin"), errors),
+            None => {
+                errors.push(
+                    format!("{at}.origin"),
+                    "missing (e.g. \"http://10.0.0.5:8080\")",
+                );
+                Uri::from_static("http://127.0.0.1")
+            }
+        };
+        let origin_host = self
+            .origin_host
+            .and_then(|h| match HeaderValue::from_str(&h) {
+                Ok(v) if !h.is_empty() => Some(v),
+                _ => {
+                    errors.push(
+                        format!("{at}.origin_host"),
+                        format!("{h:?} is not a host name"),
+                    );
+                    None
+                }
+            });
+        let session_cookies = self.session_cookies.unwrap_or_else(|| {
+            DEFAULT_SESSION_COOKIES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        });
+        for (i, c) in session_cookies.iter().enumerate() {
+            if c.is_empty()
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"=;,".contains(&b))
+            {
+                errors.push(
+                    format!("{at}.session_cookies[{i}]"),
+                    format!("{c:?} is not a cookie name"),
+                );
+            }
+        }
+        let (admission, live_admission) = match self.admission {
+            Some(a) => {
+                let (config, live) = a.validate(&format!("{at}.admission"), errors);
+                (Some(config), Some(live))
+            }
+            None => (None, None),
+        };
+        let live = LiveSettings {
+            origin_concurrency: self
+                .origin_concurrency
+                .map_or(DEFAULT_ORIGIN_CONCURRENCY, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
+            admission: live_admission,
+        };
+        for problem in live.problems() {
+            errors.push(format!("{at}.{}", problem.key), problem.message);
+        }
+        let origin = OriginConfig {
+            url: origin,
+            host: origin_host,
+            timeout: errors.duration(
+                &format!("{at}.origin_timeout"),
+                self.origin_timeout.as_deref(),
+                DEFAULT_ORIGIN_TIMEOUT,
+            ),
+            connect_timeout: errors.duration(
+                &format!("{at}.origin_connect_timeout"),
+                self.origin_connect_timeout.as_deref(),
+                DEFAULT_ORIGIN_CONNECT_TIMEOUT,
+            ),
+        };
+        SiteConfig {
+            origin_queue_timeout: errors.duration(
+                &format!("{at}.origin_queue_timeout"),
+                self.origin_queue_timeout.as_deref(),
+                DEFAULT_ORIGIN_QUEUE_TIMEOUT,
+            ),
+            cache: self.cache.validate(&format!("{at}.cache"), errors),
+            name,
+            hosts,
+            origin,
+            live,
+            admission,
+            session_cookies,
+        }
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn parse_host(raw: &str, at: &str, errors: &mut Errors) -> Option<HostPattern> {
+    if raw == "*" {
+        return Some(HostPattern::Any);
+    }
+    let ok = !raw.is_empty()
+        && raw.len() <= 253
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Some(HostPattern::Exact(raw.to_ascii_lowercase()))
+    } else {
+        errors.push(
+            at,
+            format!("{raw:?} is not a host name (no port, no scheme; \"*\" for any)"),
+        );
+        None
+    }
+}
+
+fn parse_origin(raw: &str, at: &str, errors: &mut Errors) -> Uri {
+    let fallback = Uri::from_static("http://127.0.0.1");
+    let Ok(uri) = raw.parse::<Uri>() else {
+        errors.push(
+            at,
+            format!("{raw:?} is not a URL (e.g. \"http://10.0.0.5:8080\")"),
+        );
+        return fallback;
+    };
+    if uri.scheme_str() == Some("https") {
+        errors.push(
+            at,
+            "https origins are not supported yet; reach the origin over http on a private network",
+        );
+        return fallback;
+    }
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        errors.push(at, format!("{raw:?} must look like \"http://host:port\""));
+        return fallback;
+    }
+    if uri.path() != "/" || uri.query().is_some() {
+        errors.push(at, "must not have a path: requests keep their own path");
+        return fallback;
+    }
+    uri
+}
+
+pub(super) fn check_unique_sites(sites: &[SiteConfig], errors: &mut Errors) {
+    let mut names = BTreeSet::new();
+    let mut hosts = BTreeSet::new();
+    for (i, site) in sites.iter().enumerate() {
+        if !names.insert(site.name.as_str()) {
+            errors.push(
+                format!("site[{i}].name"),
+                format!("{:?} is used by an earlier site", site.name),
+            );
+        }
+        for (j, host) in site.hosts.iter().enumerate() {
+            let key = match host {
+                HostPattern::Any => "*",
+                HostPattern::Exact(h) => h.as_str(),
+            };
+            if !hosts.insert(key.to_owned()) {
+                errors.push(
+                    format!("site[{i}].hosts[{j}]"),
+                    format!("{key:?} is already answered by an earlier site"),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+    [server]
+    listen = "127.0.0.1:8080"
+    [[site]]
+    name = "portal"
+    hosts = ["*"]
+    origin = "http://127.0.0.1:8081"
+"#;
+
+fn errors_of(text: &str) -> Vec<String> {
+    match Config::parse(text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = Config::parse(MINIMAL).expect("minimal config is valid");
+    assert_eq!(c.restart.cache.max_size, DEFAULT_CACHE_BYTES);
+    let site = &c.sites[0];
+    assert_eq!(site.live.origin_concurrency, DEFAULT_ORIGIN_CONCURRENCY);
+    assert_eq!(site.origin_queue_timeout, DEFAULT_ORIGIN_QUEUE_TIMEOUT);
+    assert_eq!(site.session_cookies, DEFAULT_SESSION_COOKIES);
+}
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let text = include_str!("../../config.toml");
+    if let Err(e) = Config::parse(text) {
+        panic!("config.toml must parse:\n{e}");
+    }
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key_path() {
+    let text = r#"
+        [server]
+        listen = "nowhere"
+        colour = "blue"
+        [cache]
+        max_size = "lots"
+        [[site]]
+        name = "portal"
+        hosts = ["*"]
+        origin = "http://127.0.0.1:8081"
+        [[site.cache.rule]]
+        prefix = "/static/"
+        ttl = "1h"
+        [[site.cache.rule]]
+        prefix = "static"
+        ttl = "1 hour please"
+        typo = 1
+    "#;
+    let errs = errors_of(text);
+    for expected in [
+        "server.listen: \"nowhere\" is not an address",
+        "server.colour: unknown key",
+        "cache.max_size: \"lots\" is not a size",
+        "site[0].cache.rule[1].prefix: \"static\" must start with '/'",
+        "site[0].cache.rule[1].ttl: \"1 hour please\" is not a duration",
+        "site[0].cache.rule[1].typo: unknown key",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "missing {expected:?} in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let errs = errors_of(&MINIMAL.replace(
+        "hosts = [\"*\"]",
+        "hosts = [\"*\"]\norigin_concurrency = \"many\"",
+    ));
+    assert!(
+        errs.len() == 1 && errs[0].contains("origin_concurrency"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn bad_origins_and_duplicate_hosts_are_refused() {
+    let text = format!(
+        "{MINIMAL}\n[[site]]\nname = \"portal\"\nhosts = [\"*\"]\norigin = \"https://x\"\n"
+    );
+    let errs = errors_of(&text);
+    assert!(
+        errs.iter().any(|e| e.starts_with("site[1].name")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with("site[1].hosts[0]")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with("site[1].origin")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn an_admission_that_would_admit_nobody_is_refused() {
+    let errs = errors_of(&format!(
+        "{MINIMAL}\n[site.admission]\npaths = [\"/login\"]\nnew_users_per_minute = 60\n\
+         burst = 0\nmax_active_users = 0\n"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("site[0].admission.burst: must be at least 1")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("site[0].admission.max_active_users: must be at least 1")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn exact_host_wins_over_wildcard_whatever_the_order() {
+    let text = format!(
+        "{MINIMAL}\n[[site]]\nname = \"ent\"\nhosts = [\"ent.example.fr\"]\norigin = \"http://127.0.0.1:9\"\n"
+    );
+    let c = Config::parse(&text).expect("valid");
+    assert_eq!(c.site_for_host("ent.example.fr"), Some(1));
+    assert_eq!(c.site_for_host("other"), Some(0));
+}
+
+#[test]
+fn longest_rule_prefix_wins() {
+    let text = format!(
+        "{MINIMAL}\n[[site.cache.rule]]\nprefix = \"/static/\"\nttl = \"1h\"\n[[site.cache.rule]]\nprefix = \"/static/private/\"\nbypass = true\n"
+    );
+    let c = Config::parse(&text).expect("valid");
+    let site = &c.sites[0];
+    assert_eq!(
+        site.rule_for("/static/private/x").map(|r| r.action),
+        Some(RuleAction::Bypass)
+    );
+    assert_eq!(
+        site.rule_for("/static/a.css").map(|r| r.action),
+        Some(RuleAction::ForceTtl(Duration::from_secs(3600)))
+    );
+    assert!(site.rule_for("/other").is_none());
+}
+
+#[test]
+fn cluster_refresh_interval_stays_within_the_node_heartbeat() {
+    let with = |interval: &str| {
+        errors_of(&format!(
+            "{MINIMAL}\n[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n\
+             refresh_interval = \"{interval}\"\n"
+        ))
+    };
+    for ok in ["50ms", "250ms", "2s"] {
+        assert_eq!(with(ok), Vec::<String>::new(), "{ok} is a sane refresh");
+    }
+    for bad in ["10ms", "3s", "5s", "1m"] {
+        let errs = with(bad);
+        assert!(
+            errs.len() == 1 && errs[0].starts_with("cluster.refresh_interval: must be between"),
+            "{bad}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn cluster_redis_is_one_url_or_the_seed_nodes_of_a_redis_cluster() {
+    let parse = |keys: &str| Config::parse(&format!("{MINIMAL}\n[cluster]\n{keys}\n"));
+    let target = |keys: &str| {
+        parse(keys)
+            .unwrap_or_else(|e| panic!("{keys}: {e}"))
+            .restart
+            .cluster
+            .expect("a cluster section")
+            .redis
+    };
+    assert_eq!(
+        target("redis_url = \"redis://10.0.0.20:6379\""),
+        RedisTarget::Single("redis://10.0.0.20:6379".to_owned()),
+        "redis_url alone is one Redis, as before"
+    );
+    assert_eq!(
+        target("redis_url = \"rediss://:pw@r1:6379\"\nredis_cluster = true"),
+        RedisTarget::Cluster(vec!["rediss://:pw@r1:6379".to_owned()]),
+        "one seed is enough for a Redis Cluster"
+    );
+    assert_eq!(
+        target("redis_urls = [\"redis://r1:7000\", \"redis://r2:7000\"]\nredis_cluster = true"),
+        RedisTarget::Cluster(vec![
+            "redis://r1:7000".to_owned(),
+            "redis://r2:7000".to_owned()
+        ]),
+        "seeds in the order given"
+    );
+    let errs = |keys: &str| errors_of(&format!("{MINIMAL}\n[cluster]\n{keys}\n"));
+    let cases = [
+        (
+            "redis_url = \"redis://a:1\"\nredis_urls = [\"redis://b:1\"]",
+            "cluster.redis_urls: give either redis_url or redis_urls",
+        ),
+        ("redis_urls = []", "cluster.redis_urls: empty"),
+        ("redis_cluster = true", "cluster.redis_url: missing"),
+        (
+            "redis_urls = [\"redis://a:1\", \"redis://b:1\"]",
+            "cluster.redis_urls: several URLs are the seed nodes of a Redis Cluster",
+        ),
+        (
+            "redis_urls = [\"redis://a:1\", \"http://b:1\"]\nredis_cluster = true",
+            "cluster.redis_urls[1]: must start with redis:// or rediss://",
+        ),
+        (
+            "redis_urls = [\"redis://a:1\", \"rediss://b:1\"]\nredis_cluster = true",
+            "cluster.redis_urls: mixes redis:// and rediss://",
+        ),
+        (
+            "redis_url = \"redis://a:1/2\"\nredis_cluster = true",
+            "cluster.redis_url: a Redis Cluster has only database 0",
+        ),
+        (
+            "redis_url = \"redis://secret-pw@a:notaport\"",
+            "cluster.redis_url: is not a valid Redis URL",
+        ),
+    ];
+    for (keys, expected) in cases {
+        let found = errs(keys);
+        assert!(
+            found.len() == 1 && found[0].starts_with(expected),
+            "{keys:?} gives one error starting {expected:?}: {found:?}"
+        );
+        assert!(
+            !found[0].contains("secret-pw"),
+            "errors never quote a URL (it may hold a password): {found:?}"
+        );
+    }
+    let both = errs("redis_url = \"ftp://a\"\non_store_failure = \"maybe\"");
+    assert_eq!(both.len(), 2, "all errors at once: {both:?}");
+}
+
+#[test]
+fn cidr_ranges_match_v4_and_mapped_v6() {
+    let net: Cidr = "10.0.0.0/8".parse().expect("valid");
+    assert!(net.contains("10.1.2.3".parse().expect("ip")));
+    assert!(net.contains("::ffff:10.1.2.3".parse().expect("ip")));
+    assert!(!net.contains("11.0.0.1".parse().expect("ip")));
+    let all: Cidr = "0.0.0.0/0".parse().expect("valid");
+    assert!(all.contains("1.2.3.4".parse().expect("ip")));
+    assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+}
