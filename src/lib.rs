@@ -32,6 +32,7 @@ pub mod admin;
 pub mod admission;
 pub mod body;
 pub mod cache;
+pub mod closed_enum;
 pub mod cluster;
 pub mod config;
 pub mod demo;

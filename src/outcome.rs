@@ -1,71 +1,41 @@
 //! How a request was served, as closed enums: one source for the
 //! `Cache-Status` header, metric labels and logs.
 //!
-//! Each enum lists its variants in `ALL` in declaration order, so metric
-//! handles can be indexed by `variant as usize`.
+//! The label enums are declared with [`closed_enum!`]: each variant is written
+//! once with its label, and `ALL` (declaration order, so metric handles can
+//! be indexed by `variant as usize`) and `as_str` are generated from that.
 
-/// The outcome of one request, the `outcome` label of `digue_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Hit,
-    Stale,
-    Miss,
-    Collapsed,
-    Bypass,
-    Pass,
-    Busy,
-    Error,
-}
+use crate::closed_enum::closed_enum;
 
-impl Outcome {
-    pub const ALL: [Outcome; 8] = [
-        Outcome::Hit,
-        Outcome::Stale,
-        Outcome::Miss,
-        Outcome::Collapsed,
-        Outcome::Bypass,
-        Outcome::Pass,
-        Outcome::Busy,
-        Outcome::Error,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::Stale => "stale",
-            Outcome::Miss => "miss",
-            Outcome::Collapsed => "collapsed",
-            Outcome::Bypass => "bypass",
-            Outcome::Pass => "pass",
-            Outcome::Busy => "busy",
-            Outcome::Error => "error",
-        }
+closed_enum! {
+    /// The outcome of one request, the `outcome` label of `digue_requests_total`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Outcome {
+        Hit => "hit",
+        Stale => "stale",
+        Miss => "miss",
+        Collapsed => "collapsed",
+        Bypass => "bypass",
+        Pass => "pass",
+        Busy => "busy",
+        Error => "error",
     }
 }
 
-/// Why a stale copy was served instead of a fresh one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StaleReason {
-    /// Within stale-while-revalidate: one background fetch refreshes it.
-    Revalidating,
-    /// The origin failed (5xx, connect error, timeout): stale-if-error.
-    OriginError,
-    /// No origin slot within origin_queue_timeout, or too many waiters.
-    OriginBusy,
+closed_enum! {
+    /// Why a stale copy was served instead of a fresh one.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum StaleReason {
+        /// Within stale-while-revalidate: one background fetch refreshes it.
+        Revalidating => "revalidating",
+        /// The origin failed (5xx, connect error, timeout): stale-if-error.
+        OriginError => "origin_error",
+        /// No origin slot within origin_queue_timeout, or too many waiters.
+        OriginBusy => "origin_busy",
+    }
 }
 
 impl StaleReason {
-    pub const ALL: [StaleReason; 3] = [
-        StaleReason::Revalidating,
-        StaleReason::OriginError,
-        StaleReason::OriginBusy,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StaleReason::Revalidating => "revalidating",
-            StaleReason::OriginError => "origin_error",
-            StaleReason::OriginBusy => "origin_busy",
-        }
-    }
     /// The `detail` of `Cache-Status`.
     fn detail(self) -> &'static str {
         match self {
@@ -76,42 +46,26 @@ impl StaleReason {
     }
 }
 
-/// Why a request skipped the shared cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BypassReason {
-    /// Not GET or HEAD: passed untouched.
-    Method,
-    /// Carries one of the site's session cookies: per-user.
-    SessionCookie,
-    /// Carries `Authorization`: per-user (RFC 9111 §3.5).
-    Authorization,
-    /// A `Range` request: digue does not store partial content.
-    Range,
-    /// A cache rule says bypass.
-    Rule,
-    /// The key recently answered something uncacheable (hit-for-miss).
-    Uncacheable,
+closed_enum! {
+    /// Why a request skipped the shared cache.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BypassReason {
+        /// Not GET or HEAD: passed untouched.
+        Method => "method",
+        /// Carries one of the site's session cookies: per-user.
+        SessionCookie => "session_cookie",
+        /// Carries `Authorization`: per-user (RFC 9111 §3.5).
+        Authorization => "authorization",
+        /// A `Range` request: digue does not store partial content.
+        Range => "range",
+        /// A cache rule says bypass.
+        Rule => "rule",
+        /// The key recently answered something uncacheable (hit-for-miss).
+        Uncacheable => "uncacheable",
+    }
 }
 
 impl BypassReason {
-    pub const ALL: [BypassReason; 6] = [
-        BypassReason::Method,
-        BypassReason::SessionCookie,
-        BypassReason::Authorization,
-        BypassReason::Range,
-        BypassReason::Rule,
-        BypassReason::Uncacheable,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BypassReason::Method => "method",
-            BypassReason::SessionCookie => "session_cookie",
-            BypassReason::Authorization => "authorization",
-            BypassReason::Range => "range",
-            BypassReason::Rule => "rule",
-            BypassReason::Uncacheable => "uncacheable",
-        }
-    }
     fn detail(self) -> &'static str {
         match self {
             BypassReason::Method => "method",
@@ -124,109 +78,58 @@ impl BypassReason {
     }
 }
 
-/// Why the busy page was served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BusyReason {
-    /// No origin slot freed within origin_queue_timeout.
-    QueueTimeout,
-    /// Too many requests already wait on the same fetch.
-    WaitersFull,
-    /// The fetch this request waited on did not finish within its deadline.
-    WaitTimeout,
-}
-
-impl BusyReason {
-    pub const ALL: [BusyReason; 3] = [
-        BusyReason::QueueTimeout,
-        BusyReason::WaitersFull,
-        BusyReason::WaitTimeout,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BusyReason::QueueTimeout => "queue_timeout",
-            BusyReason::WaitersFull => "waiters_full",
-            BusyReason::WaitTimeout => "wait_timeout",
-        }
+closed_enum! {
+    /// Why the busy page was served.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BusyReason {
+        /// No origin slot freed within origin_queue_timeout.
+        QueueTimeout => "queue_timeout",
+        /// Too many requests already wait on the same fetch.
+        WaitersFull => "waiters_full",
+        /// The fetch this request waited on did not finish within its deadline.
+        WaitTimeout => "wait_timeout",
     }
 }
 
-/// How a request to the origin failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OriginErrorKind {
-    /// Could not connect (refused, unreachable, connect timeout).
-    Connect,
-    /// No response headers within origin_timeout (or body stalled).
-    Timeout,
-    /// The connection broke or the origin spoke bad HTTP.
-    Protocol,
-    /// The origin answered 5xx (counted; the response itself is relayed).
-    Status5xx,
-}
-
-impl OriginErrorKind {
-    pub const ALL: [OriginErrorKind; 4] = [
-        OriginErrorKind::Connect,
-        OriginErrorKind::Timeout,
-        OriginErrorKind::Protocol,
-        OriginErrorKind::Status5xx,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OriginErrorKind::Connect => "connect",
-            OriginErrorKind::Timeout => "timeout",
-            OriginErrorKind::Protocol => "protocol",
-            OriginErrorKind::Status5xx => "status_5xx",
-        }
+closed_enum! {
+    /// How a request to the origin failed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum OriginErrorKind {
+        /// Could not connect (refused, unreachable, connect timeout).
+        Connect => "connect",
+        /// No response headers within origin_timeout (or body stalled).
+        Timeout => "timeout",
+        /// The connection broke or the origin spoke bad HTTP.
+        Protocol => "protocol",
+        /// The origin answered 5xx (counted; the response itself is relayed).
+        Status5xx => "status_5xx",
     }
 }
 
-/// How a visitor got onto a gated path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdmitHow {
-    /// Nobody was waiting and the budget allowed it.
-    Immediate,
-    /// Their ticket's turn came.
-    Line,
-    /// From a staff network (`bypass_cidrs`).
-    Bypass,
-    /// `mode = "passthrough"`: measured, never queued.
-    Passthrough,
-}
-
-impl AdmitHow {
-    pub const ALL: [AdmitHow; 4] = [
-        AdmitHow::Immediate,
-        AdmitHow::Line,
-        AdmitHow::Bypass,
-        AdmitHow::Passthrough,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdmitHow::Immediate => "immediate",
-            AdmitHow::Line => "line",
-            AdmitHow::Bypass => "bypass",
-            AdmitHow::Passthrough => "passthrough",
-        }
+closed_enum! {
+    /// How a visitor got onto a gated path.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum AdmitHow {
+        /// Nobody was waiting and the budget allowed it.
+        Immediate => "immediate",
+        /// Their ticket's turn came.
+        Line => "line",
+        /// From a staff network (`bypass_cidrs`).
+        Bypass => "bypass",
+        /// `mode = "passthrough"`: measured, never queued.
+        Passthrough => "passthrough",
     }
 }
 
-/// Why a ticket or pass cookie was worth nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Forged, tampered, garbled, signed by an unknown key or for another site.
-    Invalid,
-    /// A genuine pass unused for longer than `session_duration`, or a ticket
-    /// older than its cookie's twelve hours.
-    Expired,
-}
-
-impl Refusal {
-    pub const ALL: [Refusal; 2] = [Refusal::Invalid, Refusal::Expired];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::Invalid => "invalid",
-            Refusal::Expired => "expired",
-        }
+closed_enum! {
+    /// Why a ticket or pass cookie was worth nothing.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Refusal {
+        /// Forged, tampered, garbled, signed by an unknown key or for another site.
+        Invalid => "invalid",
+        /// A genuine pass unused for longer than `session_duration`, or a ticket
+        /// older than its cookie's twelve hours.
+        Expired => "expired",
     }
 }
 
@@ -315,40 +218,6 @@ fn fwd_param(fwd: Forward) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn all_lists_follow_declaration_order() {
-        assert!(
-            Outcome::ALL
-                .iter()
-                .enumerate()
-                .all(|(i, o)| *o as usize == i)
-        );
-        assert!(
-            StaleReason::ALL
-                .iter()
-                .enumerate()
-                .all(|(i, o)| *o as usize == i)
-        );
-        assert!(
-            BypassReason::ALL
-                .iter()
-                .enumerate()
-                .all(|(i, o)| *o as usize == i)
-        );
-        assert!(
-            BusyReason::ALL
-                .iter()
-                .enumerate()
-                .all(|(i, o)| *o as usize == i)
-        );
-        assert!(
-            OriginErrorKind::ALL
-                .iter()
-                .enumerate()
-                .all(|(i, o)| *o as usize == i)
-        );
-    }
 
     #[test]
     fn cache_status_values_follow_rfc_9211() {

@@ -14,41 +14,31 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// What a response was, as the pupil experienced it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// A page or asset from the origin (through digue or not): a 2xx.
-    Page,
-    /// A response whose `Cache-Status` starts with `digue; hit`.
-    CacheHit,
-    /// The waiting room: a queued/closed page, or a JSON status poll.
-    WaitingRoom,
-    /// digue's busy page (origin saturated, nothing stale), or a 429.
-    Busy,
-    /// Any other failure: refused connection, reset, 4xx, 5xx.
-    Error,
-    /// No complete response within the request timeout.
-    Timeout,
-    /// A 3xx: not what was asked for. The simulator does not follow it (a
-    /// redirect on the gated page usually means `--entry` is the wrong page).
-    Redirect,
+use crate::closed_enum::closed_enum;
+
+closed_enum! {
+    /// What a response was, as the pupil experienced it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Kind {
+        /// A page or asset from the origin (through digue or not): a 2xx.
+        Page,
+        /// A response whose `Cache-Status` starts with `digue; hit`.
+        CacheHit,
+        /// The waiting room: a queued/closed page, or a JSON status poll.
+        WaitingRoom,
+        /// digue's busy page (origin saturated, nothing stale), or a 429.
+        Busy,
+        /// Any other failure: refused connection, reset, 4xx, 5xx.
+        Error,
+        /// No complete response within the request timeout.
+        Timeout,
+        /// A 3xx: not what was asked for. The simulator does not follow it (a
+        /// redirect on the gated page usually means `--entry` is the wrong page).
+        Redirect,
+    }
 }
 
 impl Kind {
-    const COUNT: usize = 7;
-
-    fn index(self) -> usize {
-        match self {
-            Kind::Page => 0,
-            Kind::CacheHit => 1,
-            Kind::WaitingRoom => 2,
-            Kind::Busy => 3,
-            Kind::Error => 4,
-            Kind::Timeout => 5,
-            Kind::Redirect => 6,
-        }
-    }
-
     /// Whether the pupil got what it asked for.
     pub(crate) fn served(self) -> bool {
         match self {
@@ -142,36 +132,23 @@ impl Histogram {
     }
 }
 
-/// Where a (non-bot) pupil stands. Phases are sticky: when the run stops,
-/// the counters say where everybody was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Opening the entry page, no answer yet that says in or wait.
-    Arriving,
-    /// In the waiting room, or retrying after a busy page or an error.
-    Waiting,
-    /// Got the entry page; browsing.
-    In,
-    /// Got in and finished the session script.
-    Done,
-    /// Left without getting in (patience ran out).
-    GaveUp,
-    /// Stopped after too many errors in a row.
-    Failed,
-}
-
-impl Phase {
-    const COUNT: usize = 6;
-
-    fn index(self) -> usize {
-        match self {
-            Phase::Arriving => 0,
-            Phase::Waiting => 1,
-            Phase::In => 2,
-            Phase::Done => 3,
-            Phase::GaveUp => 4,
-            Phase::Failed => 5,
-        }
+closed_enum! {
+    /// Where a (non-bot) pupil stands. Phases are sticky: when the run stops,
+    /// the counters say where everybody was.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Phase {
+        /// Opening the entry page, no answer yet that says in or wait.
+        Arriving,
+        /// In the waiting room, or retrying after a busy page or an error.
+        Waiting,
+        /// Got the entry page; browsing.
+        In,
+        /// Got in and finished the session script.
+        Done,
+        /// Left without getting in (patience ran out).
+        GaveUp,
+        /// Stopped after too many errors in a row.
+        Failed,
     }
 }
 
@@ -189,9 +166,10 @@ pub(crate) struct EtaSample {
 /// Everything recorded during one run.
 pub(crate) struct Recorder {
     pub(crate) start: Instant,
-    /// Responses and their latency, by `Kind::index`.
-    latency: [Histogram; Kind::COUNT],
-    phases: [AtomicU64; Phase::COUNT],
+    /// Responses and their latency, by `Kind as usize`.
+    latency: [Histogram; Kind::ALL.len()],
+    /// Pupils in each phase, by `Phase as usize`.
+    phases: [AtomicU64; Phase::ALL.len()],
     /// Admissions by second since the start (sized for the time limit).
     admissions: Box<[AtomicU64]>,
     /// Seconds from arrival to the entry page, one per admitted pupil.
@@ -250,12 +228,12 @@ impl Recorder {
     }
 
     pub(crate) fn response(&self, kind: Kind, latency: Duration, bytes: usize) {
-        self.latency[kind.index()].record(latency);
+        self.latency[kind as usize].record(latency);
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn latency(&self, kind: Kind) -> &Histogram {
-        &self.latency[kind.index()]
+        &self.latency[kind as usize]
     }
 
     pub(crate) fn requests(&self) -> u64 {
@@ -265,18 +243,18 @@ impl Recorder {
     /// A new pupil, in `Arriving`.
     pub(crate) fn arrive(&self) {
         self.started.fetch_add(1, Ordering::Relaxed);
-        self.phases[Phase::Arriving.index()].fetch_add(1, Ordering::Relaxed);
+        self.phases[Phase::Arriving as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn moved(&self, from: Phase, to: Phase) {
         if from != to {
-            self.phases[from.index()].fetch_sub(1, Ordering::Relaxed);
-            self.phases[to.index()].fetch_add(1, Ordering::Relaxed);
+            self.phases[from as usize].fetch_sub(1, Ordering::Relaxed);
+            self.phases[to as usize].fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn in_phase(&self, p: Phase) -> u64 {
-        self.phases[p.index()].load(Ordering::Relaxed)
+        self.phases[p as usize].load(Ordering::Relaxed)
     }
 
     /// A pupil got the entry page `get_in` after arriving.

@@ -1,0 +1,203 @@
+//! A deliberately fragile demo origin that behaves like a legacy school portal
+//! (Pronote/ENT): `digue demo` puts the proxy in front of it, and the surge
+//! simulator hammers it to show what digue absorbs.
+//!
+//! The portal speaks HTTP/1.1 with keep-alive only, like the aging Tomcat
+//! installations it imitates. Its caching headers are intentionally
+//! inconsistent: the home page is properly cacheable, static assets and the
+//! news page carry no caching headers at all (so digue must force a TTL), and
+//! everything tied to a student session is `no-store`.
+//!
+//! # Layout
+//!
+//! This file is the public face: [`PortalOptions`], [`Portal`] and the state
+//! its tasks share. The rest, by job:
+//!
+//! - `listener`: the accept loop and one HTTP/1.1 connection each.
+//! - `load`: what makes the portal fragile: latency that grows with load,
+//!   then late 503s and dropped connections past capacity.
+//! - `routes`: the portal's pages and API calls, by path.
+//! - `home`: the cacheable home page and its validators.
+//! - `sessions`: Tomcat-like session ids and the `JSESSIONID` cookie.
+//! - `response`: response builders shared by the routes.
+//! - `assets`: the pages, stylesheet, script and logo, compiled in from
+//!   `assets/` so they can be read and edited as what they are.
+
+mod assets;
+mod home;
+mod listener;
+mod load;
+mod response;
+mod routes;
+mod sessions;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use home::HomePage;
+use sessions::Sessions;
+
+/// Knobs of the demo portal; `Default` gives capacity 32, base latency 20 ms.
+#[derive(Debug, Clone)]
+pub struct PortalOptions {
+    /// Requests the portal can work on at once; past this it degrades and then fails.
+    pub capacity: usize,
+    /// Latency of a dynamic page when the portal is idle.
+    pub base_latency: Duration,
+}
+
+impl Default for PortalOptions {
+    fn default() -> Self {
+        PortalOptions {
+            capacity: 32,
+            base_latency: Duration::from_millis(20),
+        }
+    }
+}
+
+/// How long over-capacity requests linger before failing. Not public: the
+/// figures imitate a saturated Tomcat, but tests need shorter ones.
+#[derive(Debug, Clone, Copy)]
+struct Timings {
+    reject_after: Duration,
+    drop_after: Duration,
+}
+
+impl Timings {
+    const LEGACY: Timings = Timings {
+        reject_after: Duration::from_secs(1),
+        drop_after: Duration::from_secs(5),
+    };
+}
+
+/// A running portal: its address, live counters, and a way to stop it.
+pub struct Portal {
+    /// Address the portal accepts connections on.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: JoinHandle<()>,
+}
+
+impl Portal {
+    /// Starts serving on `listener` in a background tokio task.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime, or if the listener has no
+    /// local address (which a bound listener always has).
+    pub fn spawn(listener: TcpListener, opts: PortalOptions) -> Portal {
+        Portal::spawn_with(listener, opts, Timings::LEGACY)
+    }
+
+    fn spawn_with(listener: TcpListener, opts: PortalOptions, timings: Timings) -> Portal {
+        let addr = listener
+            .local_addr()
+            .expect("a bound TcpListener has a local address");
+        let shared = Arc::new(Shared::new(opts, timings));
+        tracing::info!(
+            %addr,
+            capacity = shared.capacity,
+            base_latency_ms = shared.base_latency.as_millis(),
+            "demo portal listening"
+        );
+        let accept = tokio::spawn(listener::accept_loop(listener, Arc::clone(&shared)));
+        Portal {
+            addr,
+            shared,
+            accept,
+        }
+    }
+
+    /// Requests being processed right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Highest in_flight ever seen.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered with 5xx or dropped because the portal was over capacity.
+    ///
+    /// A request is counted as soon as the portal decides to reject it, i.e.
+    /// before its 1 s or 5 s wait is over.
+    pub fn overload_errors(&self) -> u64 {
+        self.shared.overload_errors.load(Ordering::Relaxed)
+    }
+
+    /// Total requests received (health checks excluded, so probes from digue
+    /// do not blur how much traffic actually reached the origin).
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for Portal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Portal")
+            .field("addr", &self.addr)
+            .field("in_flight", &self.in_flight())
+            .field("peak_in_flight", &self.peak_in_flight())
+            .field("overload_errors", &self.overload_errors())
+            .field("requests", &self.requests())
+            .finish()
+    }
+}
+
+impl Drop for Portal {
+    /// Stops the accept loop. Open connections are owned by that task, so they
+    /// are cut too, including requests still waiting out their latency.
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// What the accept loop, every connection and the [`Portal`] handle share.
+struct Shared {
+    /// Requests worked on at once before the portal starts failing.
+    capacity: usize,
+    /// Latency of a dynamic page on an idle portal.
+    base_latency: Duration,
+    /// How long over-capacity requests linger before failing.
+    timings: Timings,
+    /// Requests being processed, including those about to fail.
+    in_flight: AtomicUsize,
+    /// Highest `in_flight` ever seen.
+    peak_in_flight: AtomicUsize,
+    /// Requests refused for being over capacity.
+    overload_errors: AtomicU64,
+    /// Requests received, health checks excluded.
+    requests: AtomicU64,
+    /// Alternates the fate of excess requests so that exactly half get a 503.
+    excess_seen: AtomicU64,
+    /// Sessions opened by the login page.
+    sessions: Sessions,
+    /// The home page and its validators, fixed for the portal's lifetime.
+    home: HomePage,
+}
+
+impl Shared {
+    fn new(opts: PortalOptions, timings: Timings) -> Shared {
+        Shared {
+            capacity: opts.capacity,
+            base_latency: opts.base_latency,
+            timings,
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
+            overload_errors: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            excess_seen: AtomicU64::new(0),
+            sessions: Sessions::new(),
+            home: HomePage::new(),
+        }
+    }
+}
