@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -44,7 +43,7 @@ fn hit_path(c: &mut Criterion) {
         .expect("valid")
         .into_parts();
     let body = Bytes::from(vec![b'x'; OBJECT_BYTES]);
-    let now = SystemTime::now();
+    let now = digue::clock::wall();
     let plan = policy::plan(&req, &res, &site, None, now).expect("storable");
     let primary = CacheKey::primary("bench", "https", "ent.example.fr", "/static/app.css");
     let entry = Entry::new(

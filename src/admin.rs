@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -279,9 +279,7 @@ fn do_purge(app: &App, purge: &Purge) -> Response<ProxyBody> {
             prefix: purge.prefix.clone(),
             hard: purge.hard,
             from: cluster.node.clone(),
-            at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at: app.clock.now().unix_millis(),
         };
         let cluster = cluster.clone();
         tokio::spawn(async move { cluster.publish(&event).await });

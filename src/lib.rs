@@ -32,6 +32,7 @@ pub mod admin;
 pub mod admission;
 pub mod body;
 pub mod cache;
+pub mod clock;
 pub mod closed_enum;
 pub mod cluster;
 pub mod config;
@@ -101,6 +102,8 @@ pub struct App {
     /// Set when shutdown starts: `/readyz` answers 503 from then on, so a
     /// load balancer stops sending users to a node that no longer accepts.
     pub draining: std::sync::atomic::AtomicBool,
+    /// What the request path reads the time from.
+    pub clock: clock::Clock,
     /// This app itself, for the tasks it spawns.
     me: std::sync::Weak<App>,
 }
@@ -110,6 +113,8 @@ pub struct App {
 pub struct Options {
     pub config_path: Option<PathBuf>,
     pub admin_token: Option<String>,
+    /// The system's, unless a test moves it (see [`clock`]).
+    pub clock: clock::Clock,
 }
 
 /// One consistent view of the config and its sites.
@@ -181,6 +186,7 @@ impl App {
             keys: ArcSwap::from_pointee(keys),
             config_path: options.config_path,
             admin_token: options.admin_token.filter(|t| !t.is_empty()),
+            clock: options.clock,
             changing: std::sync::Mutex::new(()),
             reloaded: watch::channel(0).0,
             tls: std::sync::OnceLock::new(),

@@ -159,6 +159,7 @@ fn run(path: &Path, log_format: Option<&str>) -> ExitCode {
     let options = Options {
         config_path: Some(path.to_owned()),
         admin_token: std::env::var("DIGUE_ADMIN_TOKEN").ok(),
+        ..Options::default()
     };
     if options.admin_token.is_none() {
         tracing::info!("DIGUE_ADMIN_TOKEN is unset: every /admin/ call will be refused");

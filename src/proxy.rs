@@ -2,7 +2,6 @@
 //! origin guard, stale serving, and the one place where failures become pages.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -228,7 +227,7 @@ impl Ctx {
                     &keys,
                     &visitor,
                     m,
-                    Instant::now(),
+                    self.app.clock.now(),
                 )
                 .await
             {
@@ -504,7 +503,7 @@ impl Ctx {
                 status: not_stored,
             });
         }
-        let now = SystemTime::now();
+        let now = self.app.clock.now().system;
         let rule = site.config.rule_for(parts.uri.path());
         if let (StatusCode::NOT_MODIFIED, Some(old)) = (res.status, &stale) {
             drop((body, slot));

@@ -62,6 +62,7 @@ fn options(config_path: Option<PathBuf>) -> digue::Options {
     digue::Options {
         config_path,
         admin_token: Some(TOKEN.to_owned()),
+        ..digue::Options::default()
     }
 }
 
@@ -391,6 +392,7 @@ async fn without_a_configured_token_every_admin_call_is_refused() {
             digue::Options {
                 config_path: None,
                 admin_token: configured.clone(),
+                ..digue::Options::default()
             },
         )
         .await;

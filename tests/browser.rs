@@ -16,6 +16,7 @@
 //! the place change while the page stays open, not just the final DOM.
 //!
 //! Chromium is a hard requirement, not a silent skip: `.ci/run` installs it.
+#![allow(clippy::disallowed_methods)] // deadlines and timings of the test itself run on real time
 
 mod support;
 

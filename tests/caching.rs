@@ -345,6 +345,7 @@ async fn start_with_admin(origin: &Origin, site: &str) -> Proxy {
     let options = digue::Options {
         config_path: None,
         admin_token: Some(TOKEN.to_owned()),
+        ..digue::Options::default()
     };
     Proxy::from_toml_with(&text, options).await
 }

@@ -1,5 +1,6 @@
 //! The `digue` binary end to end: `check` and `run` on real files, real
 //! ports and real signals.
+#![allow(clippy::disallowed_methods)] // deadlines and timings of the test itself run on real time
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -7,6 +7,7 @@
 //! ([`Browser`]) that polls as the waiting page does (JSON). Every wait is
 //! bounded; rates are chosen so that a line either stands still for the
 //! whole test or moves fast enough to watch.
+#![allow(clippy::disallowed_methods)] // deadlines and timings of the test itself run on real time
 
 mod support;
 
@@ -211,6 +212,7 @@ impl Cluster {
             digue::Options {
                 config_path: None,
                 admin_token: Some(TOKEN.to_owned()),
+                ..digue::Options::default()
             },
         )
         .await
@@ -1570,6 +1572,7 @@ async fn sharded_node(id: &str, redis: &str, secret: &TempFile, sites: &str) -> 
         digue::Options {
             config_path: None,
             admin_token: Some(TOKEN.to_owned()),
+            ..digue::Options::default()
         },
     )
     .await

@@ -1,6 +1,7 @@
 //! Coalescing, the origin guard and stale serving end to end: a cold key is
 //! fetched once, the origin never sees more than its concurrency, and when it
 //! fails or crawls users get a stale copy or an honest page, never a hang.
+#![allow(clippy::disallowed_methods)] // deadlines and timings of the test itself run on real time
 
 mod support;
 

@@ -333,6 +333,7 @@ async fn live_metrics() -> Exposition {
     let options = digue::Options {
         config_path: None,
         admin_token: Some(TOKEN.to_owned()),
+        ..digue::Options::default()
     };
     let proxy = Proxy::from_toml_with(&text, options).await;
     for target in ["/", "/", "/login"] {

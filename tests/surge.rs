@@ -1,5 +1,6 @@
 //! `digue surge` against the real thing: the fragile demo portal with digue
 //! in front of it, on loopback, and the bad inputs an operator will type.
+#![allow(clippy::disallowed_methods)] // deadlines and timings of the test itself run on real time
 
 mod support;
 

@@ -91,6 +91,7 @@ async fn start(origin: &Origin, dir: &std::path::Path, extra: &str) -> (digue::R
     let options = digue::Options {
         config_path: Some(path.clone()),
         admin_token: None,
+        ..digue::Options::default()
     };
     (
         digue::start_with(config, options).await.expect("starts"),

@@ -227,10 +227,7 @@ fn html_position(html: &str) -> u64 {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
+    digue::clock::unix_secs(digue::clock::wall())
 }
 
 /// Asserts the common shape of a waiting-room answer.
@@ -301,6 +298,7 @@ async fn with_admin(origin: &str, server: &str, site: &str) -> Proxy {
     let options = digue::Options {
         config_path: None,
         admin_token: Some(TOKEN.to_owned()),
+        ..digue::Options::default()
     };
     Proxy::from_toml_with(&config("portal", origin, server, site), options).await
 }

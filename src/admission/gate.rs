@@ -17,7 +17,8 @@ use crate::admission::cookies::{self, Attributes, PASS, TICKET};
 use crate::admission::gcra::Gcra;
 use crate::admission::line::{Arrival, Claim, Line, Params, Place, Saved, Status, eta_for};
 use crate::admission::redis::RedisLine;
-use crate::admission::token::{Keys, Pass, Ticket, unix_now};
+use crate::admission::token::{Keys, Pass, Ticket};
+use crate::clock::Now;
 use crate::cluster::Cluster;
 use crate::config::{AdmissionConfig, AdmissionMode, AdmissionSettings, StoreFailure};
 use crate::metrics::SiteMetrics;
@@ -161,9 +162,9 @@ impl Gate {
         keys: &Keys,
         visitor: &Visitor<'_>,
         m: &SiteMetrics,
-        now: Instant,
+        at: Now,
     ) -> Verdict {
-        let unix = unix_now();
+        let (now, unix) = (at.instant, at.unix());
         let attrs = Attributes {
             tls: visitor.tls,
             domain: cfg.cookie_domain.as_deref(),
@@ -500,10 +501,7 @@ fn networks_of(ip: IpAddr, per_minute: u32) -> Vec<(u128, u32)> {
 }
 
 fn random_start() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(unix_now());
-    h.finish() >> 1
+    crate::clock::entropy() >> 1
 }
 
 #[cfg(test)]

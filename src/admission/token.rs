@@ -3,8 +3,6 @@
 //! or moved to another site. No personal data, no server-side session:
 //! any node holding the key can check them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
@@ -44,11 +42,8 @@ impl Keys {
         let from_os = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key));
         if from_os.is_err() {
             // No /dev/urandom: fall back on the std hasher's random seed.
-            use std::hash::{BuildHasher, Hasher};
             for chunk in key.chunks_mut(8) {
-                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-                h.write_u128(now_nanos());
-                chunk.copy_from_slice(&h.finish().to_le_bytes());
+                chunk.copy_from_slice(&crate::clock::entropy().to_le_bytes());
             }
         }
         Keys::new(key.to_vec(), None)
@@ -85,22 +80,6 @@ impl Keys {
         let valid = ok(&self.current) || self.previous.as_deref().is_some_and(ok);
         valid.then(|| String::from_utf8(payload).ok()).flatten()
     }
-}
-
-fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_nanos()
-}
-
-/// Seconds since the Unix epoch: tokens outlive processes, so they carry
-/// wall-clock times.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs()
 }
 
 /// A place in a site's line.

@@ -283,7 +283,7 @@ mod tests {
             res,
             site,
             site.rule_for(req.uri.path()),
-            SystemTime::now(),
+            crate::clock::wall(),
         )
     }
 
@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn heuristic_freshness_follows_last_modified() {
         let s = site("");
-        let now = httpdate::fmt_http_date(SystemTime::now());
+        let now = httpdate::fmt_http_date(crate::clock::wall());
         let p = decide(
             &s,
             &req(&[]),
@@ -474,7 +474,7 @@ mod tests {
             &res(200, &[("age", "18446744073709551615")]),
         )
         .unwrap_or_else(|e| panic!("forced: {e:?}"));
-        let later = SystemTime::now() + Duration::from_secs(5);
+        let later = crate::clock::wall() + Duration::from_secs(5);
         assert!(
             p.policy.age(later) < MAX_DELTA + Duration::from_secs(6),
             "a huge Age is capped, so it can be added to"

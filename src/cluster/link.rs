@@ -12,7 +12,6 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use serde::{Deserialize, Serialize};
 
-use crate::admission::token::unix_now;
 use crate::config::{ClusterConfig, LiveSettings, RedisTarget};
 
 pub(super) const EVENTS: &str = "digue:events";
@@ -148,7 +147,7 @@ impl Cluster {
             config: config.clone(),
             up: AtomicBool::new(false),
             calls,
-            last_purge: AtomicU64::new(unix_now() * 1000),
+            last_purge: AtomicU64::new(crate::clock::unix_secs(crate::clock::wall()) * 1000),
         }))
     }
 

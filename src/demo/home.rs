@@ -3,7 +3,6 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -30,7 +29,7 @@ impl HomePage {
         HomePage {
             body: Bytes::from_static(HOME_HTML.as_bytes()),
             etag: format!("\"accueil-{:016x}\"", hasher.finish()),
-            last_modified: HttpDate::from(SystemTime::now()),
+            last_modified: HttpDate::from(crate::clock::wall()),
         }
     }
 

@@ -10,7 +10,7 @@
 //! retries do not come back as one wave.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
@@ -391,11 +391,7 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
 
 /// A value in `0..spread`, different from call to call; not for security.
 pub fn jitter(spread: u64) -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .subsec_nanos();
-    u64::from(nanos.wrapping_mul(2_654_435_761) >> 7) % spread.max(1)
+    crate::clock::entropy() % spread.max(1)
 }
 
 #[cfg(test)]
