@@ -5,7 +5,9 @@
 --   arrive:  admit a newcomer at once if nobody waits, else a ticket
 --   claim:   a ticket holder asks whether its turn came
 --   restore: after a reset, give back the turns this node knew (ARGV[16..])
--- Time comes from Redis (TIME), so nodes' clocks do not matter. Counters
+-- Time comes from Redis (TIME), so nodes' clocks do not matter; nodes pass
+-- ten keys, and an eleventh (a key holding microseconds) is the injected
+-- clock of the conformance test (tests/line_conformance.rs). Counters
 -- are fenced: they never go below what the calling node already knew, so a
 -- Redis restart or failover (empty or older data) never reissues a ticket
 -- number nor moves the cursor back; the epoch counts such resets.
@@ -35,8 +37,13 @@ local frozen = ARGV[14] == '1'
 -- A node whose heartbeat (any call) is older than this no longer counts.
 local node_timeout = tonumber(ARGV[15])
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now
+if KEYS[11] then
+  now = tonumber(redis.call('GET', KEYS[11]))
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 
 local epoch = tonumber(redis.call('GET', K_epoch) or '0')
 local issued = math.max(tonumber(redis.call('GET', K_issued) or '0'), known_issued)

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use redis::Script;
+use redis::{Script, ScriptInvocation};
 use tokio::time::Instant;
 
 use crate::admission::gcra::Gcra;
@@ -35,11 +35,11 @@ use crate::config::NODE_TIMEOUT;
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// Ticket numbers skipped after a reset on top of the measured arrivals:
 /// those issued by other nodes since the caller's view may be in use.
-const RESET_MARGIN_TICKETS: u64 = 100;
+pub const RESET_MARGIN_TICKETS: u64 = 100;
 
 /// What the script returns: state, ticket, epoch, issued, cursor, nodes,
 /// claims in the last minute, their span (ms), turns missed, turns pending.
-type Reply = (String, u64, u64, u64, u64, u64, u64, u64, u64, Vec<u64>);
+pub type Reply = (String, u64, u64, u64, u64, u64, u64, u64, u64, Vec<u64>);
 
 /// What the node last learned from Redis.
 #[derive(Debug, Clone)]
@@ -59,11 +59,78 @@ struct View {
     at: Instant,
 }
 
+/// line.lua and the keys of one site's line: the one place that knows the
+/// order of the script's keys and arguments (public for the conformance
+/// test, which calls the script as a node does).
+pub struct LineScript {
+    script: Script,
+    keys: [String; 10],
+}
+
+/// One call of the script, besides the knobs: the op, the caller's last
+/// view of the line (the fences against a store that lost its state), and
+/// the op's arguments.
+pub struct Call<'a> {
+    pub op: &'a str,
+    pub node: &'a str,
+    pub epoch: u64,
+    pub issued: u64,
+    pub cursor: u64,
+    /// Tickets other nodes may have issued since that view.
+    pub margin: u64,
+    pub ticket: u64,
+    pub may_enter: bool,
+    /// For `restore`: the turns the caller knew.
+    pub turns: &'a [u64],
+}
+
+impl LineScript {
+    pub fn new(site: &str) -> LineScript {
+        let tag = format!("{{digue:{site}}}");
+        let keys = [
+            "issued", "cursor", "tat", "turns", "claims", "epoch", "nodes", "missed", "active",
+            "budget",
+        ]
+        .map(|k| format!("{tag}:{k}"));
+        LineScript {
+            script: Script::new(include_str!("line.lua")),
+            keys,
+        }
+    }
+
+    /// The invocation, keys and arguments in the order line.lua reads them.
+    pub fn invocation(&self, params: &Params, call: &Call<'_>) -> ScriptInvocation<'_> {
+        let mut invocation = self.script.prepare_invoke();
+        for k in &self.keys {
+            invocation.key(k);
+        }
+        invocation
+            .arg(call.op)
+            .arg(params.per_minute)
+            .arg(params.burst)
+            .arg(params.claim_window.as_micros() as u64)
+            .arg(params.max_active.unwrap_or(0))
+            .arg(call.node)
+            .arg(params.active)
+            .arg(call.epoch)
+            .arg(call.issued)
+            .arg(call.cursor)
+            .arg(call.ticket)
+            .arg(if call.may_enter { "1" } else { "0" })
+            .arg(call.margin)
+            .arg(if params.frozen { "1" } else { "0" })
+            .arg(NODE_TIMEOUT.as_micros() as u64);
+        for t in call.turns {
+            invocation.arg(*t);
+        }
+        invocation
+    }
+}
+
 /// One site's line in Redis, with this node's view of it.
 pub struct RedisLine {
     cluster: Arc<Cluster>,
-    script: Script,
-    keys: [String; 10],
+    script: LineScript,
     node: String,
     /// Guards the view; held for copies, never across `.await`.
     view: Mutex<View>,
@@ -80,17 +147,10 @@ pub struct Unreachable;
 
 impl RedisLine {
     pub fn new(cluster: Arc<Cluster>, site: &str, params: &Params) -> RedisLine {
-        let tag = format!("{{digue:{site}}}");
-        let keys = [
-            "issued", "cursor", "tat", "turns", "claims", "epoch", "nodes", "missed", "active",
-            "budget",
-        ]
-        .map(|k| format!("{tag}:{k}"));
         RedisLine {
             node: cluster.node.clone(),
             cluster,
-            script: Script::new(include_str!("line.lua")),
-            keys,
+            script: LineScript::new(site),
             view: Mutex::new(View {
                 epoch: 0,
                 issued: 0,
@@ -164,29 +224,20 @@ impl RedisLine {
         may_enter: bool,
         turns: &[u64],
     ) -> Result<Reply, Unreachable> {
-        let mut invocation = self.script.prepare_invoke();
-        for k in &self.keys {
-            invocation.key(k);
-        }
-        invocation
-            .arg(op)
-            .arg(params.per_minute)
-            .arg(params.burst)
-            .arg(params.claim_window.as_micros() as u64)
-            .arg(params.max_active.unwrap_or(0))
-            .arg(&self.node)
-            .arg(params.active)
-            .arg(known.epoch)
-            .arg(known.issued)
-            .arg(known.cursor)
-            .arg(ticket)
-            .arg(if may_enter { "1" } else { "0" })
-            .arg(margin(known))
-            .arg(if params.frozen { "1" } else { "0" })
-            .arg(NODE_TIMEOUT.as_micros() as u64);
-        for t in turns {
-            invocation.arg(*t);
-        }
+        let invocation = self.script.invocation(
+            params,
+            &Call {
+                op,
+                node: &self.node,
+                epoch: known.epoch,
+                issued: known.issued,
+                cursor: known.cursor,
+                margin: margin(known),
+                ticket,
+                may_enter,
+                turns,
+            },
+        );
         let Some(mut conn) = self.cluster.conn() else {
             self.healthy.store(false, Ordering::Relaxed);
             return Err(Unreachable);
