@@ -1,5 +1,5 @@
 //! Enums whose variants index arrays: metric handles by outcome, surge
-//! histograms by kind of response. [`closed_enum!`] declares one from a
+//! histograms by kind of response. `closed_enum!` declares one from a
 //! single list and derives the rest from it, so a new variant cannot be
 //! missing from `ALL` (which sizes the arrays) and panic out of bounds, nor
 //! lack a label.

@@ -2,30 +2,49 @@
 //!
 //! # Layout
 //!
-//! Each module owns one stage of the request path (see `DESIGN.md`):
+//! Each module owns one stage of the request path (see `DESIGN.md`), and
+//! imports go one way (`tests/layering.rs` checks it): `config` at the
+//! bottom, `App` (this file) at the top, handed to every stage.
 //!
-//! - [`config`]: the TOML file, raw layer → validated [`config::Config`], every error with its key path.
+//! The request path, in order:
 //! - [`server`]: the public listeners (HTTP/1.1 + h2c, TLS), limits, graceful drain.
-//! - [`tls`]: rustls setup, ALPN, certificates by SNI, reloaded on SIGHUP.
-//! - [`proxy`]: the request path: site by Host, cache, coalescing, stale
+//! - [`proxy`]: site by Host, the gate, cache lookup, coalescing roles, stale
 //!   serving; the one place where failures become pages.
+//! - [`admission`]: the waiting room: admission budget, signed tickets and
+//!   passes, the FIFO line (in process, or shared through Redis), the
+//!   per-request decision, the signing keys.
 //! - [`cache`]: RFC 9111 decisions ([`cache::policy`]), keys and `Vary`
 //!   ([`cache::key`]), the bounded store ([`cache::store`]), one fetch per cold
-//!   key ([`cache::coalesce`]).
-//! - [`admission`]: the waiting room: admission budget, signed tickets and
-//!   passes, the FIFO line, the per-request decision.
-//! - [`cluster`]: several nodes, one line: the Redis link, view refreshes,
-//!   purges and live settings shared through pub/sub.
+//!   key ([`cache::coalesce`]), the leader's fetch that fills it ([`cache::fill`]).
+//! - [`origin`]: the one call to the origin (guard slot, timeout, latency and
+//!   error metrics), the upstream client by kind of connection, header hygiene.
 //! - [`guard`]: the origin concurrency cap and its queue deadline.
-//! - [`origin`]: the pooled upstream client and header hygiene.
 //! - [`body`]: the response body type, and reading origin bodies with a limit.
-//! - [`site`]: the runtime of one `[[site]]`.
-//! - [`outcome`]: how a request was served, as enums: `Cache-Status`, metric labels.
 //! - [`pages`]: the waiting room, busy and error pages, French first, JSON on request.
+//!
+//! What the path stands on:
+//! - [`config`]: the TOML file, raw layer → validated [`config::Config`],
+//!   split by section and by lifetime (read once, origin, live); every error
+//!   with its key path. Pure: no I/O beyond reading the file.
+//! - [`preflight`]: the checks that read other files (certificates, secret,
+//!   pages), each owned by its module, run by `check`, `run` and reload.
+//! - [`site`]: the runtime of one `[[site]]`, and the cell of its running
+//!   live settings.
+//! - [`clock`]: the one place time is read; tests move it forward.
+//! - [`outcome`]: how a request was served, as enums: `Cache-Status`, metric labels.
+//! - [`closed_enum`]: enums whose `ALL` and labels come from one list.
 //! - [`metrics`]: the Prometheus registry and typed handles.
+//! - [`tls`]: rustls setup, ALPN, certificates by SNI, reloaded on SIGHUP.
+//!
+//! Around it:
+//! - [`reload`]: changes at run time: a reload of the file (validate,
+//!   preflight, swap) and live settings (one site's cell).
+//! - [`cluster`]: several nodes, one line: the Redis link ([`cluster`]'s
+//!   `link`), and the loops that apply what the other nodes say (`sync`).
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/*`.
-//! - [`reload`]: config changes at run time (file reload, admin API): validate, swap.
-//! - [`demo`]: the fragile demo portal behind `digue demo`.
+//! - [`demo`]: the fragile demo portal behind `digue demo`: connections, load
+//!   and overload, routes, sessions; its pages, CSS, JS and logo as files in
+//!   `src/demo/assets/`.
 //! - [`surge`]: `digue surge`, the simulator of a Monday-morning surge.
 
 pub mod admin;

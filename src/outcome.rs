@@ -1,7 +1,7 @@
 //! How a request was served, as closed enums: one source for the
 //! `Cache-Status` header, metric labels and logs.
 //!
-//! The label enums are declared with [`closed_enum!`]: each variant is written
+//! The label enums are declared with `closed_enum!`: each variant is written
 //! once with its label, and `ALL` (declaration order, so metric handles can
 //! be indexed by `variant as usize`) and `as_str` are generated from that.
 

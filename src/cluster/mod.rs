@@ -1,8 +1,8 @@
 //! Cluster mode: several nodes share one line and one admission budget per
 //! site through Redis, and hear each other's purges and live settings.
 //!
-//! - [`link`]: the connection to Redis, events and what is kept there.
-//! - [`sync`]: the loops that apply what the other nodes say.
+//! - `link`: the connection to Redis, events and what is kept there.
+//! - `sync`: the loops that apply what the other nodes say.
 //!
 //! - The store is one Redis or a Redis Cluster (sharded), behind one
 //!   connection type ([`Conn`]) so scripts, pipelines and commands take one
