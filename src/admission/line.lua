@@ -13,8 +13,10 @@
 -- number nor moves the cursor back; the epoch counts such resets.
 local K_issued, K_cursor, K_tat, K_turns, K_claims, K_epoch, K_nodes, K_missed, K_active =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
--- The interval and tolerance the stored `tat` was computed with (a hash of
--- its own, so `tat` stays a plain number older nodes can read).
+-- The line's own hash, for what older nodes neither read nor write (so the
+-- plain keys stay as they read them): `interval` and `tolerance`, what the
+-- stored `tat` was computed with; `closed_since`, the first call of the
+-- current closure of the site (absent while it is open).
 local K_budget = KEYS[10]
 local op = ARGV[1]
 local per_minute = tonumber(ARGV[2])
@@ -29,10 +31,12 @@ local known_cursor = tonumber(ARGV[10])
 local ticket = tonumber(ARGV[11])
 local may_enter = ARGV[12] == '1'
 -- Tickets other nodes may have issued since the caller's view was taken:
--- skipped over after a reset, so no number is ever issued twice.
+-- skipped over after a reset, so no number is ever issued twice, and the
+-- bound past which a claimed number is lost.
 local margin = tonumber(ARGV[13])
 -- The site is closed: nobody can claim, so no turn is handed out and none
--- expires; pending turns keep a whole claim window for the reopening.
+-- expires; pending turns keep the rest of their claim window for after the
+-- reopening.
 local frozen = ARGV[14] == '1'
 -- A node whose heartbeat (any call) is older than this no longer counts.
 local node_timeout = tonumber(ARGV[15])
@@ -94,11 +98,48 @@ local function take()
   return true
 end
 
-if frozen then
-  for _, turn in ipairs(redis.call('ZRANGE', K_turns, 0, -1)) do
-    redis.call('ZADD', K_turns, 'XX', now, turn)
+-- A claimed number past the count, as line.rs does before handing out
+-- turns, so a number whose turn the budget allows gets it in this call.
+-- Past `issued + margin` it comes from a line whose state was lost:
+-- following it would hand a turn to every number in between, held by
+-- nobody. The bound differs from line.rs's on purpose: line.rs's count is
+-- exact (only its process issues numbers; a crash restore adds its own
+-- margin), so it allows a second or two of arrivals (`restart_margin`),
+-- while here other nodes issue numbers the caller's view has not seen yet,
+-- so the margin the caller sends (RESET_MARGIN_TICKETS plus 2 s of
+-- cluster-wide arrivals) is the bound. tests/line_conformance.rs records it.
+local lost = false
+if op == 'claim' and ticket > issued then
+  if ticket > issued + margin then
+    lost = true
+  else
+    issued = ticket
   end
+end
+
+-- A closed line stands still, as in line.rs: the closure, from its first
+-- call to the first open call after it, does not count against the claim
+-- window of a pending turn, which keeps the rest of it after the reopening.
+-- A line last written by an older node has no `closed_since`: closed, this
+-- call starts counting the closure (older nodes re-stamped pending turns at
+-- every closed call, so a turn's stamp is then no older than their last
+-- call); open, there is nothing to shift. A turn's stamp is never moved
+-- past now, so a stamp left by older nodes (or a `closed_since` an older
+-- node did not clear when it reopened) gives at most a whole claim window
+-- from the reopening, what older nodes gave.
+if frozen then
+  redis.call('HSETNX', K_budget, 'closed_since', now)
 else
+  local closed_since = tonumber(redis.call('HGET', K_budget, 'closed_since') or '')
+  if closed_since then
+    local closed = math.max(now - closed_since, 0)
+    local stamps = redis.call('ZRANGE', K_turns, 0, -1, 'WITHSCORES')
+    for i = 1, #stamps, 2 do
+      local stamp = math.min(tonumber(stamps[i + 1]) + closed, now)
+      redis.call('ZADD', K_turns, 'XX', stamp, stamps[i])
+    end
+    redis.call('HDEL', K_budget, 'closed_since')
+  end
   local expired = redis.call('ZRANGEBYSCORE', K_turns, '-inf', now - window)
   if #expired > 0 then
     redis.call('ZREMRANGEBYSCORE', K_turns, '-inf', now - window)
@@ -135,20 +176,15 @@ elseif op == 'arrive' then
     number = issued
   end
 elseif op == 'claim' then
-  if ticket > issued + margin then
-    -- From a line whose state was lost: following it would hand a turn to
-    -- every number in between, held by nobody.
+  if lost then
     state = 'lost'
+  elseif redis.call('ZREM', K_turns, ticket) == 1 then
+    state = 'admitted'
+    redis.call('ZADD', K_claims, now, now .. ':' .. node .. ':' .. ticket)
+  elseif ticket <= cursor then
+    state = 'missed'
   else
-    if ticket > issued then issued = ticket end
-    if redis.call('ZREM', K_turns, ticket) == 1 then
-      state = 'admitted'
-      redis.call('ZADD', K_claims, now, now .. ':' .. node .. ':' .. ticket)
-    elseif ticket <= cursor then
-      state = 'missed'
-    else
-      state = 'waiting'
-    end
+    state = 'waiting'
   end
 end
 redis.call('SET', K_issued, issued)

@@ -232,10 +232,18 @@ impl Line {
         if ticket > s.issued {
             if ticket - s.issued > restart_margin(params.per_minute, params.burst) {
                 // Following it would hand a turn to every number in between,
-                // held by nobody: its holder starts again at the end.
+                // held by nobody: its holder starts again at the end. The
+                // bound is tighter than line.lua's on purpose: this count is
+                // exact (only this process issues numbers; a crash restore
+                // adds its own margin), while in a cluster other nodes issue
+                // numbers the caller's view has not seen yet, so line.lua
+                // honours the margin the caller sends (100 plus 2 s of
+                // cluster-wide arrivals). tests/line_conformance.rs records it.
                 return Claim::Lost;
             }
-            // Issued before a restart that lost the count: it waits at the end.
+            // Issued before a restart that lost the count: it waits at the
+            // end. Raised before the turns are handed out, so a ticket whose
+            // turn the budget allows gets it in this call (line.lua alike).
             s.issued = ticket;
         }
         s.advance(params, now);
@@ -296,7 +304,8 @@ impl State {
         }
         if let Some(since) = self.frozen_since.take() {
             // Holders could not claim while the site was closed: the
-            // closure does not count against their claim window.
+            // closure does not count against their claim window (line.lua
+            // keeps its start in the line's hash, `closed_since`).
             let closed = now.saturating_duration_since(since);
             for turn in &mut self.turns {
                 turn.granted += closed;
