@@ -17,7 +17,9 @@ use crate::cache::key::{CacheKey, Vary};
 use crate::cache::store::{Entry, Freshness, Lookup};
 use crate::cache::{policy, serve};
 use crate::guard::OriginPermit;
-use crate::origin::{Downstream, UpstreamBody, client_ip, forwarded_proto};
+use crate::origin::{
+    Answer, Asker, Downstream, UpstreamBody, call_origin, client_ip, forwarded_proto,
+};
 use crate::outcome::{
     BusyReason, BypassReason, CacheStatus, Forward, OriginErrorKind, Outcome, StaleReason,
 };
@@ -204,6 +206,15 @@ fn empty() -> UpstreamBody {
 }
 
 impl Ctx {
+    /// Whom this request's calls to the origin are made for.
+    fn asker(&self) -> Asker<'_> {
+        Asker {
+            host: &self.host,
+            from: self.from,
+            trusted: &self.snapshot.config.server.trusted_proxies,
+        }
+    }
+
     /// The admission gate, then the cache and origin.
     async fn serve(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
@@ -465,24 +476,12 @@ impl Ctx {
         if let Some(old) = &stale {
             add_validators(&mut head.headers, &old.headers);
         }
-        let Ok(slot) = site.guard.acquire(site.config.origin_queue_timeout).await else {
-            let failure = Failure::Busy(BusyReason::QueueTimeout);
-            leader.land(Landing::Failed(failure));
-            return Fetched::Failed(failure);
-        };
-        let trusted = &self.snapshot.config.server.trusted_proxies;
-        let req = site
-            .origin
-            .request(&head, &self.host, self.from, trusted, empty());
-        let started = Instant::now();
-        let sent = site.origin.send(req).await;
-        m.origin_seconds.observe(started.elapsed().as_secs_f64());
-        let (res, body) = match sent {
-            Ok(res) => res.into_parts(),
-            Err(kind) => {
-                m.origin_error(kind);
-                leader.land(Landing::Failed(Failure::Origin(kind)));
-                return Fetched::Failed(Failure::Origin(kind));
+        let (res, body, slot) = match call_origin(site.route(), &head, empty(), self.asker()).await
+        {
+            Ok(Answer { head, body, slot }) => (head, body, slot),
+            Err(failure) => {
+                leader.land(Landing::Failed(failure));
+                return Fetched::Failed(failure);
             }
         };
         let status = res.status.as_u16();
@@ -493,7 +492,6 @@ impl Ctx {
             collapsed: false,
         };
         if res.status.is_server_error() {
-            m.origin_error(OriginErrorKind::Status5xx);
             leader.land(Landing::Failed(Failure::Origin(OriginErrorKind::Status5xx)));
             return Fetched::ServerError(Relay {
                 head: res,
@@ -638,22 +636,8 @@ impl Ctx {
         if let Forward::Bypass(reason) = fwd {
             m.bypass(reason);
         }
-        let Ok(slot) = site.guard.acquire(site.config.origin_queue_timeout).await else {
-            return self.failed(parts, None, Failure::Busy(BusyReason::QueueTimeout), fwd);
-        };
-        let trusted = &self.snapshot.config.server.trusted_proxies;
-        let req = site
-            .origin
-            .request(parts, &self.host, self.from, trusted, body);
-        let started = Instant::now();
-        let sent = site.origin.send(req).await;
-        m.origin_seconds.observe(started.elapsed().as_secs_f64());
-        match sent {
-            Ok(res) => {
-                let (head, body) = res.into_parts();
-                if head.status.is_server_error() {
-                    m.origin_error(OriginErrorKind::Status5xx);
-                }
+        match call_origin(site.route(), parts, body, self.asker()).await {
+            Ok(Answer { head, body, slot }) => {
                 let status = CacheStatus::Forwarded {
                     fwd,
                     status: head.status.as_u16(),
@@ -671,10 +655,7 @@ impl Ctx {
                     outcome,
                 )
             }
-            Err(kind) => {
-                m.origin_error(kind);
-                self.failed(parts, None, Failure::Origin(kind), fwd)
-            }
+            Err(failure) => self.failed(parts, None, failure, fwd),
         }
     }
 
