@@ -25,6 +25,11 @@ use crate::outcome::{BusyReason, OriginErrorKind};
 /// A request body toward the origin: the client's stream, or nothing.
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
+/// No body toward the origin.
+pub fn no_body() -> UpstreamBody {
+    Either::Right(Empty::new())
+}
+
 /// How long an idle pooled connection is kept. Below the 15-20 s keep-alive
 /// of common portal stacks (Tomcat, Apache), so digue closes first and rarely
 /// races an origin that is closing the same connection.
