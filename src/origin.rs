@@ -1,4 +1,5 @@
-//! The upstream client: pooled keep-alive connections, timeouts, and header
+//! The upstream client and the one way to call it ([`call_origin`]): a slot
+//! from the origin guard, pooled keep-alive connections, timeouts, and header
 //! hygiene in both directions (hop-by-hop removal, `X-Forwarded-*` set by
 //! digue from the real connection, never taken from the client).
 
@@ -7,18 +8,27 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Uri, Version, request, response};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
 
+use crate::cache::coalesce::Failure;
 use crate::config::{Cidr, SiteConfig};
-use crate::outcome::OriginErrorKind;
+use crate::guard::{OriginGuard, OriginPermit};
+use crate::metrics::SiteMetrics;
+use crate::outcome::{BusyReason, OriginErrorKind};
 
 /// A request body toward the origin: the client's stream, or nothing.
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// No body toward the origin.
+pub fn no_body() -> UpstreamBody {
+    Either::Right(Empty::new())
+}
 
 /// How long an idle pooled connection is kept. Below the 15-20 s keep-alive
 /// of common portal stacks (Tomcat, Apache), so digue closes first and rarely
@@ -39,9 +49,89 @@ pub struct Downstream {
     pub tls: bool,
 }
 
+/// Whom a request to the origin is made for, as the origin is told it
+/// (`Host`, `X-Forwarded-*`).
+#[derive(Clone, Copy)]
+pub struct Asker<'a> {
+    /// The Host the client asked for.
+    pub host: &'a HeaderValue,
+    pub from: Downstream,
+    /// Proxies whose `X-Forwarded-*` are believed.
+    pub trusted: &'a [Cidr],
+}
+
+/// A site's way to its origin, borrowed for one call.
+#[derive(Clone, Copy)]
+pub struct Route<'a> {
+    pub origin: &'a Origin,
+    /// The site's slots; a call waits at most `queue_timeout` for one.
+    pub guard: &'a OriginGuard,
+    pub queue_timeout: Duration,
+    /// Where the origin's latency and errors are counted.
+    pub metrics: &'a SiteMetrics,
+}
+
+/// The origin's answer: its head, and its body still streaming with the
+/// slot it holds until it ends (the slot rides inside the relayed body).
+pub struct Answer {
+    pub head: response::Parts,
+    pub body: Incoming,
+    pub slot: OriginPermit,
+}
+
+/// Calls the origin: a slot within the queue deadline, the request built
+/// from `head`, the response head within `origin_timeout`. The origin's
+/// health as the metrics show it (latency, errors by kind, 5xx) is counted
+/// here, for every caller. A 5xx is an answer, not a failure: the cache
+/// fill prefers a stale copy to it, a forwarded request relays it.
+pub async fn call_origin(
+    route: Route<'_>,
+    head: &request::Parts,
+    body: UpstreamBody,
+    asker: Asker<'_>,
+) -> Result<Answer, Failure> {
+    let Ok(slot) = route.guard.acquire(route.queue_timeout).await else {
+        return Err(Failure::Busy(BusyReason::QueueTimeout));
+    };
+    let req = route.origin.request(head, asker, body);
+    let started = Instant::now();
+    let sent = route.origin.send(req).await;
+    let m = route.metrics;
+    m.origin_seconds.observe(started.elapsed().as_secs_f64());
+    let (head, body) = match sent {
+        Ok(res) => res.into_parts(),
+        Err(kind) => {
+            m.origin_error(kind);
+            return Err(Failure::Origin(kind));
+        }
+    };
+    if head.status.is_server_error() {
+        m.origin_error(OriginErrorKind::Status5xx);
+    }
+    Ok(Answer { head, body, slot })
+}
+
+/// The connection pool toward an origin, one variant per kind of
+/// connection: an HTTPS origin is one more variant, behind the same
+/// [`call_origin`].
+enum Upstream {
+    Http(Client<HttpConnector, UpstreamBody>),
+}
+
+impl Upstream {
+    async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            Upstream::Http(client) => client.request(req).await,
+        }
+    }
+}
+
 /// The client toward one site's origin.
 pub struct Origin {
-    client: Client<HttpConnector, UpstreamBody>,
+    upstream: Upstream,
     /// `http://host:port` of the origin.
     base: Uri,
     host_override: Option<HeaderValue>,
@@ -59,7 +149,7 @@ impl Origin {
             .pool_max_idle_per_host(site.live.origin_concurrency)
             .build(connector);
         Origin {
-            client,
+            upstream: Upstream::Http(client),
             base: site.origin.url.clone(),
             host_override: site.origin.host.clone(),
             timeout: site.origin.timeout,
@@ -67,15 +157,17 @@ impl Origin {
     }
 
     /// Builds the request to send upstream from a downstream request's head.
-    /// `host` is the Host the client asked for.
-    pub fn request(
+    fn request(
         &self,
-        parts: &http::request::Parts,
-        host: &HeaderValue,
-        from: Downstream,
-        trusted: &[Cidr],
+        parts: &request::Parts,
+        asker: Asker<'_>,
         body: UpstreamBody,
     ) -> Request<UpstreamBody> {
+        let Asker {
+            host,
+            from,
+            trusted,
+        } = asker;
         let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let mut uri = self.base.clone().into_parts();
         uri.path_and_query = path.parse().ok();
@@ -100,11 +192,11 @@ impl Origin {
     }
 
     /// Sends a request and waits at most `origin_timeout` for the response head.
-    pub async fn send(
+    async fn send(
         &self,
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, OriginErrorKind> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.timeout, self.upstream.send(req)).await {
             Err(_) => Err(OriginErrorKind::Timeout),
             Ok(Err(e)) if e.is_connect() => Err(OriginErrorKind::Connect),
             Ok(Err(_)) => Err(OriginErrorKind::Protocol),

@@ -3,21 +3,22 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, request, response};
-use http_body_util::{Either, Empty};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, request};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::admission::gate::{Verdict, Visitor};
-use crate::body::{CollectError, Collected, ProxyBody, collect_limited};
-use crate::cache::coalesce::{Failure, Landing, Leader, Role};
-use crate::cache::key::{CacheKey, Vary};
+use crate::body::ProxyBody;
+use crate::cache::coalesce::{Failure, Landing, Role};
+use crate::cache::fill::{Fetched, Fill, Relay, fetch_head};
+use crate::cache::key::CacheKey;
 use crate::cache::store::{Entry, Freshness, Lookup};
 use crate::cache::{policy, serve};
-use crate::guard::OriginPermit;
-use crate::origin::{Downstream, UpstreamBody, client_ip, forwarded_proto};
+use crate::origin::{
+    Answer, Asker, Downstream, UpstreamBody, call_origin, client_ip, forwarded_proto, no_body,
+};
 use crate::outcome::{
     BusyReason, BypassReason, CacheStatus, Forward, OriginErrorKind, Outcome, StaleReason,
 };
@@ -28,26 +29,6 @@ use crate::{App, Snapshot};
 /// Times a request re-joins a key whose leader vanished or stored another
 /// variant, before fetching on its own.
 const MAX_ATTEMPTS: usize = 3;
-
-/// Request headers that make a fetch conditional or partial; removed from
-/// fetches meant for the cache, which must get the whole response.
-const CONDITIONALS: [HeaderName; 5] = [
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-    header::IF_RANGE,
-];
-
-/// Headers of a 304 that must not replace the stored ones (RFC 9111 §3.2
-/// lets a cache keep its own framing; some origins send a bogus
-/// `Content-Length: 0` or `Content-Type` on 304).
-const KEPT_ON_304: [HeaderName; 4] = [
-    header::CONTENT_LENGTH,
-    header::CONTENT_TYPE,
-    header::CONTENT_ENCODING,
-    header::CONTENT_RANGE,
-];
 
 /// Answers one downstream request. Never fails: every error becomes a page.
 pub async fn handle(
@@ -149,8 +130,7 @@ fn host_name_and_port(host: &HeaderValue) -> String {
     String::from_utf8_lossy(host.as_bytes()).to_ascii_lowercase()
 }
 
-/// What one request is served with; cheap to clone for a background refresh.
-#[derive(Clone)]
+/// What one request is served with.
 struct Ctx {
     app: Arc<App>,
     snapshot: Arc<Snapshot>,
@@ -162,48 +142,16 @@ struct Ctx {
     from: Downstream,
 }
 
-/// What the leader's fetch produced.
-enum Fetched {
-    /// Stored, or refreshed by a 304.
-    Cached(Arc<Entry>, CacheStatus),
-    /// A response not to be stored: relayed as it streams.
-    Relay(Relay),
-    /// The stored body under headers that may not be stored (a 304 that
-    /// brought a Set-Cookie): for this client only.
-    Direct(Response<ProxyBody>, CacheStatus),
-    /// A 5xx from the origin: a stale copy beats it when there is one.
-    ServerError(Relay),
-    /// No response at all.
-    Failed(Failure),
-}
-
-impl Fetched {
-    /// Drops the `Set-Cookie` headers of an answer that goes to this client
-    /// only.
-    fn without_set_cookie(mut self) -> Fetched {
-        let headers = match &mut self {
-            Fetched::Relay(r) | Fetched::ServerError(r) => &mut r.head.headers,
-            Fetched::Direct(res, _) => res.headers_mut(),
-            Fetched::Cached(..) | Fetched::Failed(_) => return self,
-        };
-        headers.remove(header::SET_COOKIE);
-        self
-    }
-}
-
-struct Relay {
-    head: response::Parts,
-    prefix: Option<Bytes>,
-    body: Incoming,
-    slot: OriginPermit,
-    status: CacheStatus,
-}
-
-fn empty() -> UpstreamBody {
-    Either::Right(Empty::new())
-}
-
 impl Ctx {
+    /// Whom this request's calls to the origin are made for.
+    fn asker(&self) -> Asker<'_> {
+        Asker {
+            host: &self.host,
+            from: self.from,
+            trusted: &self.snapshot.config.server.trusted_proxies,
+        }
+    }
+
     /// The admission gate, then the cache and origin.
     async fn serve(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
@@ -274,7 +222,7 @@ impl Ctx {
         let primary = CacheKey::primary(&self.site.config.name, scheme, &self.host_key, target);
         if self.app.store.is_uncacheable(&primary) {
             let fwd = Forward::Bypass(BypassReason::Uncacheable);
-            return self.forward(&parts, empty(), fwd).await;
+            return self.forward(&parts, no_body(), fwd).await;
         }
         for _ in 0..MAX_ATTEMPTS {
             let (stale, fwd, flight) = match self.app.store.lookup(&primary, &parts.headers) {
@@ -300,12 +248,13 @@ impl Ctx {
                 Lookup::Miss => (None, Forward::UriMiss, primary.clone()),
             };
             if parts.method == Method::HEAD {
-                return self.forward(&parts, empty(), fwd).await;
+                return self.forward(&parts, no_body(), fwd).await;
             }
             match self.app.coalescer.join(&flight) {
                 Role::Leader(leader) => {
                     let fetched = self
-                        .fetch_detached(&parts, &primary, stale.clone(), fwd, leader)
+                        .fill(&parts, &primary, stale.clone(), fwd)
+                        .detached(leader)
                         .await;
                     return self.respond(&parts, fetched, stale, fwd);
                 }
@@ -333,7 +282,7 @@ impl Ctx {
                         Some(Landing::Abandoned) => {}
                         Some(Landing::Uncacheable) => {
                             let fwd = Forward::Bypass(BypassReason::Uncacheable);
-                            return self.forward(&parts, empty(), fwd).await;
+                            return self.forward(&parts, no_body(), fwd).await;
                         }
                         Some(Landing::Failed(failure)) => {
                             return self.failed(&parts, stale, failure, fwd);
@@ -351,7 +300,7 @@ impl Ctx {
             }
         }
         // Leaders kept vanishing: fetch alone rather than loop.
-        self.forward(&parts, empty(), Forward::UriMiss).await
+        self.forward(&parts, no_body(), Forward::UriMiss).await
     }
 
     /// How long a follower waits for its leader: the leader's own worst case.
@@ -382,215 +331,29 @@ impl Ctx {
         let Role::Leader(leader) = self.app.coalescer.join(&entry.key) else {
             return;
         };
-        let ctx = self.clone();
-        let head = fetch_head(parts);
-        let primary = primary.clone();
-        let entry = entry.clone();
-        tokio::spawn(async move {
-            // The result is stored by fetch(); nobody waits for the response.
-            let _ = ctx
-                .fetch(&head, &primary, Some(entry), Forward::Stale, leader)
-                .await;
-        });
+        self.fill(parts, primary, Some(entry.clone()), Forward::Stale)
+            .in_background(leader);
     }
 
-    /// The leader's fetch, in a task of its own: when the leader's client
-    /// goes away (a reload during a surge), the fetch its followers wait
-    /// for goes on, instead of sending each of them to the origin alone.
-    async fn fetch_detached(
+    /// The fill of `primary` for this request, should it lead the fetch.
+    fn fill(
         &self,
         parts: &request::Parts,
         primary: &CacheKey,
         stale: Option<Arc<Entry>>,
         fwd: Forward,
-        leader: Leader,
-    ) -> Fetched {
-        let ctx = self.clone();
-        let head = fetch_head(parts);
-        let primary = primary.clone();
-        let task =
-            tokio::spawn(async move { ctx.fetch(&head, &primary, stale, fwd, leader).await });
-        match task.await {
-            Ok(fetched) => fetched,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Cancelled: the runtime is shutting down.
-            Err(_) => Fetched::Failed(Failure::Origin(OriginErrorKind::Protocol)),
-        }
-    }
-
-    /// The leader's fetch: one request to the origin for everybody waiting.
-    async fn fetch(
-        &self,
-        parts: &request::Parts,
-        primary: &CacheKey,
-        stale: Option<Arc<Entry>>,
-        fwd: Forward,
-        leader: Leader,
-    ) -> Fetched {
-        let old = stale.clone();
-        let fetched = self.fetch_once(parts, primary, stale, fwd, leader).await;
-        // A session holder under a shared rule was fetched for as nobody: a
-        // cookie the origin sets for nobody must not replace their session.
-        let fetched =
-            if policy::has_session_cookie(&parts.headers, &self.site.config.session_cookies) {
-                fetched.without_set_cookie()
-            } else {
-                fetched
-            };
-        // A purged copy is served stale for one refetch only.
-        if let (Some(old), Fetched::Failed(_) | Fetched::ServerError(_)) = (old, &fetched) {
-            old.refetch_failed();
-        }
-        fetched
-    }
-
-    async fn fetch_once(
-        &self,
-        parts: &request::Parts,
-        primary: &CacheKey,
-        stale: Option<Arc<Entry>>,
-        fwd: Forward,
-        leader: Leader,
-    ) -> Fetched {
-        let site = &self.site;
-        let m = &site.metrics;
-        let mut head = fetch_head(parts);
-        // The copy is for everyone, so it is asked for as nobody: only a
-        // shared rule lets a session holder get here, and a portal that
-        // personalises even its assets must not have one user's stored.
-        let sessions = &site.config.session_cookies;
-        crate::admission::cookies::remove(&mut head.headers, |name| {
-            sessions.iter().any(|s| s.as_bytes() == name)
-        });
-        if let Some(old) = &stale {
-            add_validators(&mut head.headers, &old.headers);
-        }
-        let Ok(slot) = site.guard.acquire(site.config.origin_queue_timeout).await else {
-            let failure = Failure::Busy(BusyReason::QueueTimeout);
-            leader.land(Landing::Failed(failure));
-            return Fetched::Failed(failure);
-        };
-        let trusted = &self.snapshot.config.server.trusted_proxies;
-        let req = site
-            .origin
-            .request(&head, &self.host, self.from, trusted, empty());
-        let started = Instant::now();
-        let sent = site.origin.send(req).await;
-        m.origin_seconds.observe(started.elapsed().as_secs_f64());
-        let (res, body) = match sent {
-            Ok(res) => res.into_parts(),
-            Err(kind) => {
-                m.origin_error(kind);
-                leader.land(Landing::Failed(Failure::Origin(kind)));
-                return Fetched::Failed(Failure::Origin(kind));
-            }
-        };
-        let status = res.status.as_u16();
-        let not_stored = CacheStatus::Forwarded {
+    ) -> Fill {
+        Fill {
+            app: self.app.clone(),
+            snapshot: self.snapshot.clone(),
+            site: self.site.clone(),
+            host: self.host.clone(),
+            from: self.from,
+            head: fetch_head(parts),
+            primary: primary.clone(),
+            stale,
             fwd,
-            status,
-            stored: false,
-            collapsed: false,
-        };
-        if res.status.is_server_error() {
-            m.origin_error(OriginErrorKind::Status5xx);
-            leader.land(Landing::Failed(Failure::Origin(OriginErrorKind::Status5xx)));
-            return Fetched::ServerError(Relay {
-                head: res,
-                prefix: None,
-                body,
-                slot,
-                status: not_stored,
-            });
         }
-        let now = self.app.clock.now().system;
-        let rule = site.config.rule_for(parts.uri.path());
-        if let (StatusCode::NOT_MODIFIED, Some(old)) = (res.status, &stale) {
-            drop((body, slot));
-            let merged = merge_304(old, &res);
-            if let Ok(plan) = policy::plan(&head, &merged, &site.config, rule, now) {
-                let entry = Arc::new(Entry::new(
-                    old.key.clone(),
-                    old.status,
-                    merged.headers,
-                    old.body.clone(),
-                    plan,
-                    now,
-                ));
-                return self.store(primary, entry, leader, fwd, status);
-            }
-            // The refreshed headers forbid storing (a Set-Cookie, `private`):
-            // this client alone gets the old body with them.
-            self.app.store.mark_uncacheable(primary, Some(old));
-            leader.land(Landing::Uncacheable);
-            let mut direct = Response::new(ProxyBody::Full(Some(old.body.clone())));
-            *direct.status_mut() = merged.status;
-            *direct.headers_mut() = merged.headers;
-            return Fetched::Direct(direct, not_stored);
-        }
-        let Ok(plan) = policy::plan(&head, &res, &site.config, rule, now) else {
-            self.app.store.mark_uncacheable(primary, stale.as_deref());
-            leader.land(Landing::Uncacheable);
-            return Fetched::Relay(Relay {
-                head: res,
-                prefix: None,
-                body,
-                slot,
-                status: not_stored,
-            });
-        };
-        let limit = self.snapshot.config.cache.max_object_size;
-        match collect_limited(body, limit, site.config.origin.timeout).await {
-            Ok(Collected::Complete(bytes)) => {
-                drop(slot);
-                let key = match &plan.vary {
-                    Vary::Headers(names) => primary.variant(names, &parts.headers),
-                    Vary::None | Vary::Any => primary.clone(),
-                };
-                let entry = Arc::new(Entry::new(key, res.status, res.headers, bytes, plan, now));
-                self.store(primary, entry, leader, fwd, status)
-            }
-            Ok(Collected::TooBig { prefix, rest }) => {
-                self.app.store.mark_uncacheable(primary, stale.as_deref());
-                leader.land(Landing::Uncacheable);
-                Fetched::Relay(Relay {
-                    head: res,
-                    prefix: Some(prefix),
-                    body: rest,
-                    slot,
-                    status: not_stored,
-                })
-            }
-            Err(e) => {
-                let kind = match e {
-                    CollectError::Stalled => OriginErrorKind::Timeout,
-                    CollectError::Broken(_) => OriginErrorKind::Protocol,
-                };
-                m.origin_error(kind);
-                leader.land(Landing::Failed(Failure::Origin(kind)));
-                Fetched::Failed(Failure::Origin(kind))
-            }
-        }
-    }
-
-    fn store(
-        &self,
-        primary: &CacheKey,
-        entry: Arc<Entry>,
-        leader: Leader,
-        fwd: Forward,
-        status: u16,
-    ) -> Fetched {
-        self.app.store.insert(primary, entry.clone());
-        self.site.metrics.stores.inc();
-        leader.land(Landing::Stored(entry.clone()));
-        let status = CacheStatus::Forwarded {
-            fwd,
-            status,
-            stored: true,
-            collapsed: false,
-        };
-        Fetched::Cached(entry, status)
     }
 
     /// Turns the leader's fetch into the leader's own response.
@@ -638,22 +401,8 @@ impl Ctx {
         if let Forward::Bypass(reason) = fwd {
             m.bypass(reason);
         }
-        let Ok(slot) = site.guard.acquire(site.config.origin_queue_timeout).await else {
-            return self.failed(parts, None, Failure::Busy(BusyReason::QueueTimeout), fwd);
-        };
-        let trusted = &self.snapshot.config.server.trusted_proxies;
-        let req = site
-            .origin
-            .request(parts, &self.host, self.from, trusted, body);
-        let started = Instant::now();
-        let sent = site.origin.send(req).await;
-        m.origin_seconds.observe(started.elapsed().as_secs_f64());
-        match sent {
-            Ok(res) => {
-                let (head, body) = res.into_parts();
-                if head.status.is_server_error() {
-                    m.origin_error(OriginErrorKind::Status5xx);
-                }
+        match call_origin(site.route(), parts, body, self.asker()).await {
+            Ok(Answer { head, body, slot }) => {
                 let status = CacheStatus::Forwarded {
                     fwd,
                     status: head.status.as_u16(),
@@ -671,10 +420,7 @@ impl Ctx {
                     outcome,
                 )
             }
-            Err(kind) => {
-                m.origin_error(kind);
-                self.failed(parts, None, Failure::Origin(kind), fwd)
-            }
+            Err(failure) => self.failed(parts, None, failure, fwd),
         }
     }
 
@@ -750,47 +496,6 @@ impl Ctx {
         CacheStatus::NotServed { fwd, detail }.append_to(res.headers_mut());
         res
     }
-}
-
-/// The head of a fetch meant for the cache: a plain GET of the same target,
-/// without the client's conditionals (the cache needs the whole response).
-fn fetch_head(parts: &request::Parts) -> request::Parts {
-    let (mut head, ()) = Request::new(()).into_parts();
-    head.method = Method::GET;
-    head.uri = parts.uri.clone();
-    head.version = parts.version;
-    head.headers = parts.headers.clone();
-    for name in &CONDITIONALS {
-        head.headers.remove(name);
-    }
-    head
-}
-
-/// Makes a refresh conditional on the stored validators (RFC 9111 §4.3.1).
-fn add_validators(req: &mut HeaderMap, stored: &HeaderMap) {
-    if let Some(etag) = stored.get(header::ETAG) {
-        req.insert(header::IF_NONE_MATCH, etag.clone());
-    }
-    if let Some(modified) = stored.get(header::LAST_MODIFIED) {
-        req.insert(header::IF_MODIFIED_SINCE, modified.clone());
-    }
-}
-
-/// The stored response updated with a 304's headers (RFC 9111 §4.3.4).
-fn merge_304(old: &Entry, res: &response::Parts) -> response::Parts {
-    let (mut merged, ()) = Response::new(()).into_parts();
-    merged.status = old.status;
-    merged.headers = old.headers.clone();
-    for name in res.headers.keys() {
-        if KEPT_ON_304.contains(name) {
-            continue;
-        }
-        merged.headers.remove(name);
-        for value in res.headers.get_all(name) {
-            merged.headers.append(name, value.clone());
-        }
-    }
-    merged
 }
 
 #[cfg(test)]

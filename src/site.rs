@@ -18,7 +18,7 @@ use crate::cluster::Cluster;
 use crate::config::{AdmissionConfig, AdmissionSettings, LiveError, LiveSettings, SiteConfig};
 use crate::guard::OriginGuard;
 use crate::metrics::{Metrics, SiteMetrics};
-use crate::origin::Origin;
+use crate::origin::{Origin, Route};
 
 pub struct Site {
     /// What the file says; its `live` part is only the starting point.
@@ -102,6 +102,16 @@ impl Site {
         let gate = self.gate.as_deref()?;
         let config = self.config.admission.as_ref()?;
         Some((gate, config, self.live().admission?))
+    }
+
+    /// The way to this site's origin, for [`call_origin`](crate::origin::call_origin).
+    pub fn route(&self) -> Route<'_> {
+        Route {
+            origin: &self.origin,
+            guard: &self.guard,
+            queue_timeout: self.config.origin_queue_timeout,
+            metrics: &self.metrics,
+        }
     }
 
     /// Applies new live settings at once, without rebuilding anything: the

@@ -1,7 +1,9 @@
 //! The shared cache: what may be stored ([`policy`]), under which key
-//! ([`key`]), where ([`store`]), how a hit is answered ([`serve`]), and fetching a cold key once ([`coalesce`]).
+//! ([`key`]), where ([`store`]), how a hit is answered ([`serve`]), fetching a
+//! cold key once ([`coalesce`]) and filling it from the origin ([`fill`]).
 
 pub mod coalesce;
+pub mod fill;
 pub mod key;
 pub mod policy;
 pub mod serve;
