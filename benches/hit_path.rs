@@ -43,8 +43,9 @@ fn hit_path(c: &mut Criterion) {
         .expect("valid")
         .into_parts();
     let body = Bytes::from(vec![b'x'; OBJECT_BYTES]);
-    let now = digue::clock::wall();
-    let plan = policy::plan(&req, &res, &site, None, now).expect("storable");
+    let clock = digue::clock::Clock::system();
+    let now = clock.now();
+    let plan = policy::plan(&req, &res, &site, None, now.system).expect("storable");
     let primary = CacheKey::primary("bench", "https", "ent.example.fr", "/static/app.css");
     let entry = Entry::new(
         primary.clone(),
@@ -64,12 +65,7 @@ fn hit_path(c: &mut Criterion) {
             let Lookup::Found(entry) = store.lookup(&key, &req.headers) else {
                 panic!("stored above")
             };
-            serve::respond(
-                &entry,
-                &req,
-                CacheStatus::Hit { ttl: 60 },
-                tokio::time::Instant::now(),
-            )
+            serve::respond(&entry, &req, CacheStatus::Hit { ttl: 60 }, clock.instant())
         });
     });
 

@@ -252,14 +252,17 @@ fn do_purge(app: &App, purge: &Purge) -> Response<ProxyBody> {
             &format!("no site named {:?}", purge.site),
         );
     }
+    let now = app.clock.now().instant;
     let purged = match (&purge.path, &purge.prefix) {
         (Some(path), None) if path.starts_with('/') => {
-            app.store.purge(&purge.site, |t| t == path, purge.hard)
+            app.store.purge(&purge.site, |t| t == path, purge.hard, now)
         }
-        (None, Some(prefix)) if prefix.starts_with('/') => {
-            app.store
-                .purge(&purge.site, |t| t.starts_with(prefix.as_str()), purge.hard)
-        }
+        (None, Some(prefix)) if prefix.starts_with('/') => app.store.purge(
+            &purge.site,
+            |t| t.starts_with(prefix.as_str()),
+            purge.hard,
+            now,
+        ),
         _ => {
             return error(
                 StatusCode::BAD_REQUEST,

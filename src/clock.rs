@@ -56,11 +56,20 @@ impl Clock {
     }
 
     pub fn now(&self) -> Now {
-        let ahead = Duration::from_nanos(self.ahead.load(Ordering::Relaxed));
+        let ahead = self.ahead();
         Now {
             instant: Instant::now() + ahead,
             system: wall() + ahead,
         }
+    }
+
+    /// The monotonic reading alone (the hit path needs no wall time).
+    pub fn instant(&self) -> Instant {
+        Instant::now() + self.ahead()
+    }
+
+    fn ahead(&self) -> Duration {
+        Duration::from_nanos(self.ahead.load(Ordering::Relaxed))
     }
 
     /// Moves this clock forward, for tests and rehearsals: what it decides

@@ -226,7 +226,7 @@ impl Ctx {
         }
         for _ in 0..MAX_ATTEMPTS {
             let (stale, fwd, flight) = match self.app.store.lookup(&primary, &parts.headers) {
-                Lookup::Found(entry) => match entry.freshness(Instant::now()) {
+                Lookup::Found(entry) => match entry.freshness(self.app.clock.instant()) {
                     Freshness::Fresh { ttl } => {
                         return self.cached_response(
                             &parts,
@@ -375,7 +375,7 @@ impl Ctx {
                 res
             }
             Fetched::ServerError(relay) => {
-                match stale.filter(|e| e.usable_if_error(Instant::now())) {
+                match stale.filter(|e| e.usable_if_error(self.app.clock.instant())) {
                     Some(entry) => self.stale(parts, &entry, StaleReason::OriginError),
                     None => self.relay(relay, Outcome::Miss),
                 }
@@ -442,7 +442,7 @@ impl Ctx {
         outcome: Outcome,
     ) -> Response<ProxyBody> {
         self.site.metrics.request(outcome);
-        serve::respond(entry, parts, status, Instant::now())
+        serve::respond(entry, parts, status, self.app.clock.instant())
     }
 
     fn stale(
@@ -468,7 +468,7 @@ impl Ctx {
         failure: Failure,
         fwd: Forward,
     ) -> Response<ProxyBody> {
-        if let Some(entry) = stale.filter(|e| e.usable_if_error(Instant::now())) {
+        if let Some(entry) = stale.filter(|e| e.usable_if_error(self.app.clock.instant())) {
             let reason = match failure {
                 Failure::Busy(_) => StaleReason::OriginBusy,
                 Failure::Origin(_) => StaleReason::OriginError,

@@ -184,12 +184,12 @@ impl Fill {
                 status: not_stored,
             });
         }
-        let now = self.app.clock.now().system;
+        let now = self.app.clock.now();
         let rule = site.config.rule_for(self.head.uri.path());
         if let (StatusCode::NOT_MODIFIED, Some(old)) = (res.status, stale) {
             drop((body, slot));
             let merged = merge_304(old, &res);
-            if let Ok(plan) = policy::plan(&asked, &merged, &site.config, rule, now) {
+            if let Ok(plan) = policy::plan(&asked, &merged, &site.config, rule, now.system) {
                 let entry = Arc::new(Entry::new(
                     old.key.clone(),
                     old.status,
@@ -209,7 +209,7 @@ impl Fill {
             *direct.headers_mut() = merged.headers;
             return Fetched::Direct(direct, not_stored);
         }
-        let Ok(plan) = policy::plan(&asked, &res, &site.config, rule, now) else {
+        let Ok(plan) = policy::plan(&asked, &res, &site.config, rule, now.system) else {
             self.app
                 .store
                 .mark_uncacheable(&self.primary, stale.as_deref());

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -13,6 +13,8 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 use prometheus::IntCounter;
 use tokio::time::Instant;
+
+use crate::clock::Now;
 
 use crate::cache::key::{CacheKey, Vary};
 use crate::cache::policy::StorePlan;
@@ -66,9 +68,9 @@ impl Entry {
         headers: HeaderMap,
         body: Bytes,
         plan: StorePlan,
-        now: SystemTime,
+        now: Now,
     ) -> Entry {
-        let initial_age = plan.policy.age(now);
+        let initial_age = plan.policy.age(now.system);
         let mut headers = headers;
         // Set once here rather than on every hit (and right even when the
         // origin sent the body chunked).
@@ -86,7 +88,7 @@ impl Entry {
                 Vary::None | Vary::Any => None,
             },
             policy: plan.policy,
-            stored_at: Instant::now(),
+            stored_at: now.instant,
             initial_age,
             ttl: plan.ttl,
             stale_while_revalidate: plan.stale_while_revalidate,
@@ -143,8 +145,8 @@ impl Entry {
     }
 
     /// Marks the entry expired (soft purge), with one refetch to come.
-    pub fn purge(&self) {
-        let _ = self.purged_at.set(Instant::now());
+    pub fn purge(&self, now: Instant) {
+        let _ = self.purged_at.set(now);
         self.refetch_failed.store(false, Ordering::Relaxed);
     }
 
@@ -276,7 +278,13 @@ impl Store {
     /// target matches; returns how many responses were affected. Soft is the
     /// default: the next request is served stale while one fetch refreshes,
     /// so a purge never causes a stampede on the origin.
-    pub fn purge(&self, site: &str, matches: impl Fn(&str) -> bool, hard: bool) -> usize {
+    pub fn purge(
+        &self,
+        site: &str,
+        matches: impl Fn(&str) -> bool,
+        hard: bool,
+        now: Instant,
+    ) -> usize {
         let mut affected = 0;
         let mut doomed = Vec::new();
         for (key, slot) in &self.entries {
@@ -287,7 +295,7 @@ impl Store {
                 Slot::Response(entry) => {
                     affected += 1;
                     if !hard {
-                        entry.purge();
+                        entry.purge(now);
                     }
                 }
                 Slot::Vary(_) => {}

@@ -42,9 +42,13 @@ fn apply(app: &App, cluster: &Cluster, event: Event) {
             ..
         } => {
             cluster.last_purge.fetch_max(at, Ordering::Relaxed);
+            let now = app.clock.now().instant;
             match (path, prefix) {
-                (Some(path), _) => app.store.purge(&site, |t| t == path, hard),
-                (None, Some(prefix)) => app.store.purge(&site, |t| t.starts_with(&prefix), hard),
+                (Some(path), _) => app.store.purge(&site, |t| t == path, hard, now),
+                (None, Some(prefix)) => {
+                    app.store
+                        .purge(&site, |t| t.starts_with(&prefix), hard, now)
+                }
                 (None, None) => 0,
             };
         }
