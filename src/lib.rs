@@ -67,6 +67,7 @@ pub mod reload;
 pub mod server;
 pub mod site;
 pub mod surge;
+pub mod target;
 pub mod tls;
 
 use std::io;

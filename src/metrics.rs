@@ -13,7 +13,7 @@ use prometheus::{
 };
 
 use crate::outcome::{
-    AdmitHow, BusyReason, BypassReason, OriginErrorKind, Outcome, Refusal, StaleReason,
+    AdmitHow, BusyReason, BypassReason, OriginErrorKind, Outcome, Refusal, StaleReason, Unreadable,
 };
 
 /// Every metric family of the process.
@@ -42,6 +42,7 @@ pub struct Metrics {
     wait_seconds: HistogramVec,
     eta_error: HistogramVec,
     waiting_pages: IntCounterVec,
+    refused_targets: IntCounterVec,
     /// Entries in the shared cache, read from the store at scrape time.
     pub cache_entries: IntGauge,
     /// Weighted bytes in the shared cache, read from the store at scrape time.
@@ -291,6 +292,14 @@ impl Metrics {
                 "Waiting-room answers (page or JSON poll), by state: queued, closed.",
                 &["site", "state"],
             ),
+            refused_targets: counter(
+                &r,
+                "digue_refused_targets_total",
+                "Requests refused with 400 before anything else because no origin should see \
+                 their target, by reason: control (a control character, raw or escaped), \
+                 bad_escape (a broken %-escape in the path), above_root (a .. above the root).",
+                &["site", "reason"],
+            ),
             cache_entries: single_gauge(
                 "digue_cache_entries",
                 "Entries in the shared cache (all sites).",
@@ -363,6 +372,7 @@ impl Metrics {
             origin_errors: OriginErrorKind::ALL.map(|k| by(&self.origin_errors, k.as_str())),
             admitted: AdmitHow::ALL.map(|h| by(&self.admitted, h.as_str())),
             refused: Refusal::ALL.map(|r| by(&self.refused, r.as_str())),
+            refused_targets: Unreadable::ALL.map(|r| by(&self.refused_targets, r.as_str())),
             waiting_pages: ["queued", "closed"].map(|s| by(&self.waiting_pages, s)),
             tickets: self.tickets.with_label_values(&[site]),
             throttled: self.throttled.with_label_values(&[site]),
@@ -408,6 +418,7 @@ pub struct SiteMetrics {
     admitted: [IntCounter; AdmitHow::ALL.len()],
     refused: [IntCounter; Refusal::ALL.len()],
     waiting_pages: [IntCounter; 2],
+    refused_targets: [IntCounter; Unreadable::ALL.len()],
     pub tickets: IntCounter,
     pub throttled: IntCounter,
     pub missed: IntCounter,
@@ -452,6 +463,9 @@ impl SiteMetrics {
     }
     pub fn refused(&self, why: Refusal) {
         self.refused[why as usize].inc();
+    }
+    pub fn refused_target(&self, why: Unreadable) {
+        self.refused_targets[why as usize].inc();
     }
     pub fn waiting_page(&self, closed: bool) {
         self.waiting_pages[usize::from(closed)].inc();

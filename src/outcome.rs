@@ -215,6 +215,20 @@ fn fwd_param(fwd: Forward) -> String {
     }
 }
 
+closed_enum! {
+    /// Why a request target was refused with `400` (see `target`), the
+    /// `reason` label of `digue_refused_targets_total`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Unreadable {
+        /// A control character (NUL, CR, LF, DEL...), raw or percent-escaped.
+        Control => "control",
+        /// A `%` not followed by two hex digits, in the path.
+        BadEscape => "bad_escape",
+        /// A `..` that climbs above the root.
+        AboveRoot => "above_root",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

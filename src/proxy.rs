@@ -16,6 +16,7 @@ use crate::cache::fill::{Fetched, Fill, Relay, fetch_head};
 use crate::cache::key::CacheKey;
 use crate::cache::store::{Entry, Freshness, Lookup};
 use crate::cache::{policy, serve};
+use crate::config::CacheRule;
 use crate::origin::{
     Answer, Asker, Downstream, UpstreamBody, call_origin, client_ip, forwarded_proto, no_body,
 };
@@ -24,6 +25,7 @@ use crate::outcome::{
 };
 use crate::pages::{self, Page, WaitView};
 use crate::site::Site;
+use crate::target;
 use crate::{App, Snapshot};
 
 /// Times a request re-joins a key whose leader vanished or stored another
@@ -155,12 +157,27 @@ impl Ctx {
     /// The admission gate, then the cache and origin.
     async fn serve(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
+        let raw = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let reading = match target::read(raw) {
+            Ok(reading) => reading,
+            Err(why) => {
+                self.site.metrics.refused_target(why);
+                let res = self
+                    .app
+                    .pages
+                    .load()
+                    .render(Page::BadRequest, &parts.headers);
+                self.site.metrics.response(res.status());
+                return res;
+            }
+        };
         let mut pass_cookies = Vec::new();
         if let Some((gate, cfg, live)) = self.site.waiting_room() {
             let trusted = &self.snapshot.config.server.trusted_proxies;
             let visitor = Visitor {
                 headers: &parts.headers,
-                target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                target: raw,
+                gated: self.site.gates.gate(raw, &reading),
                 ip: client_ip(self.from, &parts.headers, trusted),
                 tls: self.from.tls,
                 wants_json: pages::wants_json(&parts.headers),
@@ -200,16 +217,26 @@ impl Ctx {
                 }
             }
         }
-        let res = self.serve_admitted(parts, body).await;
+        let rule = target::rule_for(
+            &self.site.config.cache.rules,
+            &reading,
+            self.site.config.case_sensitive,
+        );
+        let res = self.serve_admitted(parts, body, rule).await;
         // Waiting-room answers are counted apart (digue_waiting_pages_total):
         // a 5xx alert must not fire on every well-handled surge.
         self.site.metrics.response(res.status());
         with_cookies(res, pass_cookies)
     }
 
-    /// The cache and the origin, for a request the gate let through.
-    async fn serve_admitted(&self, parts: request::Parts, body: Incoming) -> Response<ProxyBody> {
-        let rule = self.site.config.rule_for(parts.uri.path());
+    /// The cache and the origin, for a request the gate let through, under
+    /// the cache rule its target falls under.
+    async fn serve_admitted(
+        &self,
+        parts: request::Parts,
+        body: Incoming,
+        rule: Option<&CacheRule>,
+    ) -> Response<ProxyBody> {
         if let Err(reason) = policy::classify(&parts, &self.site.config, rule) {
             return self
                 .forward(&parts, Either::Left(body), Forward::Bypass(reason))

@@ -19,6 +19,7 @@ use crate::config::{AdmissionConfig, AdmissionSettings, LiveError, LiveSettings,
 use crate::guard::OriginGuard;
 use crate::metrics::{Metrics, SiteMetrics};
 use crate::origin::{Origin, Route};
+use crate::target::Gates;
 
 pub struct Site {
     /// What the file says; its `live` part is only the starting point.
@@ -28,6 +29,8 @@ pub struct Site {
     pub metrics: Arc<SiteMetrics>,
     /// The waiting room, when `[site.admission]` is configured.
     pub gate: Option<Arc<Gate>>,
+    /// Its entry points, compiled (none without a waiting room).
+    pub gates: Gates,
     /// The running live settings: the file's at build, then what the admin
     /// API or the cluster set. Read on every gated request (one atomic
     /// load); written only by `set_live`, under `App::changing`.
@@ -56,6 +59,7 @@ impl Site {
             )),
             metrics,
             gate,
+            gates: gates(&config),
             live: ArcSwap::from_pointee(config.live),
             config,
         };
@@ -84,6 +88,7 @@ impl Site {
             guard: self.guard.clone(),
             metrics: self.metrics.clone(),
             gate,
+            gates: gates(&config),
             live: ArcSwap::from_pointee(*self.live.load_full()),
             config,
         };
@@ -155,6 +160,12 @@ impl Site {
                 .set(i64::from(a.new_users_per_minute));
         }
     }
+}
+
+fn gates(config: &SiteConfig) -> Gates {
+    config.admission.as_ref().map_or_else(Gates::default, |a| {
+        Gates::new(&a.paths, config.case_sensitive)
+    })
 }
 
 /// A site config's waiting room and its live half, set together by the parser.

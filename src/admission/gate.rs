@@ -52,8 +52,11 @@ const NETWORK_IDLE: Duration = Duration::from_secs(600);
 /// The request, as the gate sees it.
 pub struct Visitor<'a> {
     pub headers: &'a HeaderMap,
-    /// Path and query.
+    /// Path and query, as sent.
     pub target: &'a str,
+    /// Whether the target is one of the site's entry points, in any of its
+    /// readings (see `target::Gates`).
+    pub gated: bool,
     /// The client's address (the peer, or from a trusted proxy's header).
     pub ip: IpAddr,
     pub tls: bool,
@@ -185,7 +188,7 @@ impl Gate {
                 None => m.refused(Refusal::Invalid),
             }
         }
-        if !cfg.gates(visitor.target) {
+        if !visitor.gated {
             return Verdict::Proceed(Vec::new());
         }
         if live.mode == AdmissionMode::Passthrough {

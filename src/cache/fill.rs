@@ -18,6 +18,7 @@ use crate::guard::OriginPermit;
 use crate::origin::{Answer, Asker, Downstream, call_origin, no_body};
 use crate::outcome::{CacheStatus, Forward, OriginErrorKind};
 use crate::site::Site;
+use crate::target;
 use crate::{App, Snapshot};
 
 /// Request headers that make a fetch conditional or partial; removed from
@@ -185,7 +186,14 @@ impl Fill {
             });
         }
         let now = self.app.clock.now();
-        let rule = site.config.rule_for(self.head.uri.path());
+        // The target was read before the gate; it reads the same here.
+        let rule = target::read(self.head.uri.path()).ok().and_then(|reading| {
+            target::rule_for(
+                &site.config.cache.rules,
+                &reading,
+                site.config.case_sensitive,
+            )
+        });
         if let (StatusCode::NOT_MODIFIED, Some(old)) = (res.status, stale) {
             drop((body, slot));
             let merged = merge_304(old, &res);

@@ -246,6 +246,11 @@ impl Directives {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rule_for<'s>(site: &'s SiteConfig, path: &str) -> Option<&'s CacheRule> {
+        let reading = crate::target::read(path).expect("readable");
+        crate::target::rule_for(&site.cache.rules, &reading, site.case_sensitive)
+    }
     use crate::config::Config;
 
     fn site(rules: &str) -> SiteConfig {
@@ -282,7 +287,7 @@ mod tests {
             req,
             res,
             site,
-            site.rule_for(req.uri.path()),
+            rule_for(site, req.uri.path()),
             crate::clock::wall(),
         )
     }
@@ -522,11 +527,14 @@ mod tests {
         };
         let page = with_cookie("/page");
         assert_eq!(
-            classify(&page, &s, s.rule_for("/page")),
+            classify(&page, &s, rule_for(&s, "/page")),
             Err(BypassReason::SessionCookie)
         );
         let asset = with_cookie("/static/app.css");
-        assert_eq!(classify(&asset, &s, s.rule_for("/static/app.css")), Ok(()));
+        assert_eq!(
+            classify(&asset, &s, rule_for(&s, "/static/app.css")),
+            Ok(())
+        );
         let other_cookie = http::Request::get("/page")
             .header("cookie", "theme=dark")
             .body(())

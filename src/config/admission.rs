@@ -47,13 +47,6 @@ pub struct AdmissionStart {
     pub session_duration: Duration,
 }
 
-impl AdmissionConfig {
-    /// Whether a request target (path and query) is an entry point.
-    pub fn gates(&self, target: &str) -> bool {
-        self.paths.iter().any(|p| target.starts_with(p.as_str()))
-    }
-}
-
 #[derive(Deserialize)]
 pub(super) struct RawAdmission {
     #[serde(default)]

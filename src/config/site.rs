@@ -12,7 +12,7 @@ use http::{HeaderValue, Uri};
 use serde::Deserialize;
 
 use super::admission::{AdmissionConfig, RawAdmission};
-use super::cache::{CacheRule, RawSiteCache, SiteCacheConfig};
+use super::cache::{RawSiteCache, SiteCacheConfig};
 use super::errors::Errors;
 use super::live::LiveSettings;
 
@@ -35,6 +35,11 @@ pub struct SiteConfig {
     pub origin_queue_timeout: Duration,
     /// Cookie names that make a request per-user.
     pub session_cookies: Vec<String>,
+    /// Whether the origin tells `/Login` from `/login`: gates and bypass
+    /// rules then match paths in their exact case. Most portals run where
+    /// paths are case-insensitive (Pronote on Windows), so by default any
+    /// case matches them.
+    pub case_sensitive: bool,
     pub cache: SiteCacheConfig,
     /// The waiting room; its pace and mode are in `live.admission`, which
     /// is set exactly when this is.
@@ -54,17 +59,6 @@ pub struct OriginConfig {
     /// Longest wait for the origin's response headers.
     pub timeout: Duration,
     pub connect_timeout: Duration,
-}
-
-impl SiteConfig {
-    /// The rule governing `path`: the longest matching prefix.
-    pub fn rule_for(&self, path: &str) -> Option<&CacheRule> {
-        self.cache
-            .rules
-            .iter()
-            .filter(|r| path.starts_with(&r.prefix))
-            .max_by_key(|r| r.prefix.len())
-    }
 }
 
 /// A `hosts` entry: an exact name (lower-cased, no port) or `*`.
@@ -97,6 +91,8 @@ pub(super) struct RawSite {
     origin_timeout: Option<String>,
     origin_connect_timeout: Option<String>,
     session_cookies: Option<Vec<String>>,
+    #[serde(default)]
+    case_sensitive: bool,
     #[serde(default)]
     cache: RawSiteCache,
     admission: Option<RawAdmission>,
@@ -215,6 +211,7 @@ impl RawSite {
             live,
             admission,
             session_cookies,
+            case_sensitive: self.case_sensitive,
         }
     }
 }

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use super::*;
 
 const MINIMAL: &str = r#"
@@ -130,24 +128,6 @@ fn exact_host_wins_over_wildcard_whatever_the_order() {
     let c = Config::parse(&text).expect("valid");
     assert_eq!(c.site_for_host("ent.example.fr"), Some(1));
     assert_eq!(c.site_for_host("other"), Some(0));
-}
-
-#[test]
-fn longest_rule_prefix_wins() {
-    let text = format!(
-        "{MINIMAL}\n[[site.cache.rule]]\nprefix = \"/static/\"\nttl = \"1h\"\n[[site.cache.rule]]\nprefix = \"/static/private/\"\nbypass = true\n"
-    );
-    let c = Config::parse(&text).expect("valid");
-    let site = &c.sites[0];
-    assert_eq!(
-        site.rule_for("/static/private/x").map(|r| r.action),
-        Some(RuleAction::Bypass)
-    );
-    assert_eq!(
-        site.rule_for("/static/a.css").map(|r| r.action),
-        Some(RuleAction::ForceTtl(Duration::from_secs(3600)))
-    );
-    assert!(site.rule_for("/other").is_none());
 }
 
 #[test]
