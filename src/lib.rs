@@ -305,22 +305,34 @@ pub struct Running {
 impl Running {
     /// Stops accepting, lets in-flight requests finish (bounded by
     /// `server.shutdown_grace`), and returns when done.
+    ///
+    /// Panics with the panic of a server task (a listener, the admin
+    /// listener, the cluster loop, the state saver) if one panicked: a
+    /// panic swallowed here would let a broken server stop "cleanly", and
+    /// its tests pass. The lines are then not saved as cleanly stopped.
     pub async fn shutdown(self) {
         self.app
             .draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.stop.send(true);
-        let _ = self.public.await;
+        let mut ended = vec![self.public.await];
         if let Some(tls) = self.tls_task {
-            let _ = tls.await;
+            ended.push(tls.await);
         }
-        if let Some(admin) = self.admin_task {
-            admin.abort();
+        // These run until stopped: aborted, they end cancelled, unless
+        // they had already ended in a panic.
+        let stopped = [self.admin_task, self.cluster_task, Some(self.saver)];
+        for task in stopped.into_iter().flatten() {
+            task.abort();
+            ended.push(task.await);
         }
-        if let Some(cluster) = self.cluster_task {
-            cluster.abort();
+        for end in ended {
+            if let Err(e) = end
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
         }
-        self.saver.abort();
         self.app.save_lines(true);
     }
 }

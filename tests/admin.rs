@@ -19,14 +19,11 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use support::{Got, Origin, Proxy, Seen, get, reply, request, send};
+use support::{
+    ADMIN_TOKEN as TOKEN, Digue, ENTRY, Got, Origin, Proxy, Seen, TICKET, TempDir, get, new_cookie,
+    reply, request, send, site_section, wait_for,
+};
 
-const TOKEN: &str = "admin-token-for-tests-7f3a";
-/// The gated entry point of the sites with `[site.admission]`.
-const ENTRY: &str = "/pronote/eleve.html";
-const TICKET: &str = "digue_ticket";
-/// The line of [`config`] after which `[server]` keys go.
-const ADMIN_LISTEN: &str = "admin_listen = \"127.0.0.1:0\"\n";
 /// Every admin endpoint, with a body that would be valid.
 const ENDPOINTS: [(&str, &str, &str); 5] = [
     ("GET", "/admin/sites", ""),
@@ -44,66 +41,27 @@ const ENDPOINTS: [(&str, &str, &str); 5] = [
     ("POST", "/admin/reload", ""),
 ];
 
-/// A whole config: one site `portal` answering any Host, with `site` keys
-/// and tables after its origin, then `more` (further `[[site]]`s).
-fn config(origin: &str, site: &str, more: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
-         [[site]]\nname = \"portal\"\nhosts = [\"*\"]\norigin = \"{origin}\"\n{site}\n{more}\n"
-    )
-}
-
-/// `[site.admission]` gating [`ENTRY`].
-fn admission(keys: &str) -> String {
-    format!("[site.admission]\npaths = [\"{ENTRY}\"]\n{keys}\n")
-}
-
-fn options(config_path: Option<PathBuf>) -> digue::Options {
-    digue::Options {
-        config_path,
-        admin_token: Some(TOKEN.to_owned()),
-        ..digue::Options::default()
-    }
-}
-
-/// digue with an admin token, no config file.
-async fn start(text: &str) -> Proxy {
-    Proxy::from_toml_with(text, options(None)).await
-}
-
-/// An admin call with the right token.
-async fn admin(proxy: &Proxy, method: Method, path: &str, body: &str) -> Got {
-    support::admin_call(proxy, TOKEN, method, path, body).await
+/// digue in front of `origin` (one site, `portal`), its admin API open.
+fn digue(origin: &Origin) -> Digue {
+    Digue::new(&origin.url()).admin()
 }
 
 async fn patch(proxy: &Proxy, path: &str, body: &str) -> Got {
-    admin(proxy, Method::PATCH, path, body).await
+    proxy.admin_call(Method::PATCH, path, body).await
 }
 
 async fn purge(proxy: &Proxy, body: &str) -> Got {
-    admin(proxy, Method::POST, "/admin/purge", body).await
+    proxy.admin_call(Method::POST, "/admin/purge", body).await
 }
 
 async fn reload(proxy: &Proxy) -> Got {
-    admin(proxy, Method::POST, "/admin/reload", "").await
-}
-
-/// The body of a JSON answer.
-fn json(got: &Got) -> Value {
-    assert_eq!(
-        got.header("content-type"),
-        Some("application/json"),
-        "a JSON answer ({}): {}",
-        got.status,
-        got.text()
-    );
-    serde_json::from_slice(&got.body).unwrap_or_else(|e| panic!("valid JSON ({e}): {}", got.text()))
+    proxy.admin_call(Method::POST, "/admin/reload", "").await
 }
 
 /// Asserts a refusal: this status and a JSON `{"error": "..."}` saying why.
 fn assert_refused(got: &Got, status: u16, what: &str) -> String {
     assert_eq!(got.status, status, "{what}: {}", got.text());
-    let body = json(got);
+    let body = got.json();
     let message = body["error"]
         .as_str()
         .unwrap_or_else(|| panic!("{what}: an \"error\" message in {body}"));
@@ -113,9 +71,9 @@ fn assert_refused(got: &Got, status: u16, what: &str) -> String {
 
 /// `GET /admin/sites`, the entry of one site.
 async fn site_state(proxy: &Proxy, name: &str) -> Value {
-    let got = admin(proxy, Method::GET, "/admin/sites", "").await;
+    let got = proxy.admin_call(Method::GET, "/admin/sites", "").await;
     assert_eq!(got.status, 200, "GET /admin/sites: {}", got.text());
-    let body = json(&got);
+    let body = got.json();
     body["sites"]
         .as_array()
         .unwrap_or_else(|| panic!("a \"sites\" array: {body}"))
@@ -201,20 +159,6 @@ async fn assert_in_flight_at_once(
     );
 }
 
-/// The value of a cookie set by an answer.
-fn cookie(got: &Got, name: &str) -> Option<String> {
-    got.headers
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| {
-            let pair = v.split(';').next()?;
-            pair.trim().strip_prefix(name)?.strip_prefix('=')
-        })
-        .find(|v| !v.is_empty())
-        .map(str::to_owned)
-}
-
 /// A newcomer's JSON poll of [`ENTRY`].
 async fn newcomer(proxy: &Proxy) -> Got {
     get(&proxy.url(ENTRY), &[("accept", "application/json")]).await
@@ -224,9 +168,9 @@ async fn newcomer(proxy: &Proxy) -> Got {
 async fn take_ticket(proxy: &Proxy) -> (String, u64) {
     let got = newcomer(proxy).await;
     assert_eq!(got.status, 503, "a newcomer waits: {}", got.text());
-    let body = json(&got);
+    let body = got.json();
     assert_eq!(body["state"], "queued", "{body}");
-    let ticket = cookie(&got, TICKET).expect("a newcomer gets a ticket");
+    let ticket = new_cookie(&got, TICKET).expect("a newcomer gets a ticket");
     let position = body["position"].as_u64().expect("a numeric position");
     (ticket, position)
 }
@@ -245,7 +189,7 @@ async fn poll(proxy: &Proxy, ticket: &str) -> Got {
 async fn place(proxy: &Proxy, ticket: &str) -> Value {
     let got = poll(proxy, ticket).await;
     assert_eq!(got.status, 503, "the ticket still waits: {}", got.text());
-    let body = json(&got);
+    let body = got.json();
     assert_eq!(body["state"], "queued", "{body}");
     body
 }
@@ -269,30 +213,20 @@ async fn still_line(proxy: &Proxy, n: usize) -> Vec<String> {
     tickets
 }
 
-/// A config file in a fresh temp directory, beside a signing secret;
-/// the directory is removed when dropped.
+/// A config file in a temp directory of its own, beside a signing secret.
 struct ConfigFile {
-    dir: PathBuf,
     path: PathBuf,
     secret: PathBuf,
+    _dir: TempDir,
 }
 
 impl ConfigFile {
     fn new() -> ConfigFile {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "digue-admin-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir writable");
-        let secret = dir.join("secret");
-        std::fs::write(&secret, format!("admin-test-secret-{}", dir.display()))
-            .expect("temp dir writable");
+        let dir = TempDir::new("admin");
         ConfigFile {
             path: dir.join("digue.toml"),
-            secret,
-            dir,
+            secret: dir.secret(),
+            _dir: dir,
         }
     }
 
@@ -300,23 +234,9 @@ impl ConfigFile {
         std::fs::write(&self.path, text).expect("config file writable");
     }
 
-    /// `server.secret_file`, as a line of `[server]`.
-    fn secret_line(&self) -> String {
-        format!("secret_file = \"{}\"\n", self.secret.display())
-    }
-
     /// digue started from this file, the way `digue run` does.
     async fn start(&self) -> Proxy {
-        let text = std::fs::read_to_string(&self.path).expect("config file readable");
-        let loaded = digue::preflight::load(&self.path);
-        assert!(loaded.is_ok(), "the file loads: {:?}", loaded.err());
-        Proxy::from_toml_with(&text, options(Some(self.path.clone()))).await
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        Proxy::from_file(&self.path, Some(TOKEN)).await
     }
 }
 
@@ -325,11 +245,11 @@ impl Drop for ConfigFile {
 #[tokio::test]
 async fn every_admin_call_needs_the_bearer_token() {
     let origin = Origin::fixed(&[], "page").await;
-    let site = format!(
-        "origin_concurrency = 8\n{}",
-        admission("new_users_per_minute = 60")
-    );
-    let proxy = start(&config(&origin.url(), &site, "")).await;
+    let proxy = digue(&origin)
+        .site("origin_concurrency = 8")
+        .admission("new_users_per_minute = 60")
+        .start()
+        .await;
     let wrong = [
         None,
         Some("Bearer wrong-token".to_owned()),
@@ -373,7 +293,7 @@ async fn every_admin_call_needs_the_bearer_token() {
         0.0,
         "no reload was attempted"
     );
-    let ok = admin(&proxy, Method::GET, "/admin/sites", "").await;
+    let ok = proxy.admin_call(Method::GET, "/admin/sites", "").await;
     assert_eq!(ok.status, 200, "the right token opens: {}", ok.text());
     assert_eq!(
         ok.header("cache-control"),
@@ -385,17 +305,12 @@ async fn every_admin_call_needs_the_bearer_token() {
 #[tokio::test]
 async fn without_a_configured_token_every_admin_call_is_refused() {
     let origin = Origin::fixed(&[], "page").await;
-    let text = config(&origin.url(), "origin_concurrency = 8", "");
     for configured in [None, Some(String::new())] {
-        let proxy = Proxy::from_toml_with(
-            &text,
-            digue::Options {
-                config_path: None,
-                admin_token: configured.clone(),
-                ..digue::Options::default()
-            },
-        )
-        .await;
+        let proxy = Digue::new(&origin.url())
+            .site("origin_concurrency = 8")
+            .admin_token(configured.as_deref())
+            .start()
+            .await;
         for (method, path, body) in ENDPOINTS {
             for auth in ["Bearer ", "Bearer anything", "Bearer null"] {
                 let method: Method = method.parse().expect("valid method");
@@ -431,7 +346,7 @@ async fn without_a_configured_token_every_admin_call_is_refused() {
 #[tokio::test]
 async fn metrics_and_health_endpoints_need_no_token() {
     let origin = Origin::fixed(&[], "page").await;
-    let proxy = start(&config(&origin.url(), "", "")).await;
+    let proxy = digue(&origin).start().await;
     for path in ["/metrics", "/healthz", "/readyz"] {
         let got = get(&proxy.admin_url(path), &[]).await;
         assert_eq!(got.status, 200, "{path} without a token: {}", got.text());
@@ -462,7 +377,7 @@ async fn metrics_and_health_endpoints_need_no_token() {
 #[tokio::test]
 async fn metrics_show_the_process_memory_and_file_descriptors() {
     let origin = Origin::fixed(&[], "page").await;
-    let proxy = start(&config(&origin.url(), "", "")).await;
+    let proxy = digue(&origin).start().await;
     let rss = proxy.metric("digue_process_resident_memory_bytes").await;
     let open = proxy.metric("digue_process_open_fds").await;
     let max = proxy.metric("digue_process_max_fds").await;
@@ -474,7 +389,7 @@ async fn metrics_show_the_process_memory_and_file_descriptors() {
 #[tokio::test]
 async fn the_admin_api_is_not_on_the_public_port() {
     let origin = Origin::fixed(&[], "the portal's own page").await;
-    let proxy = start(&config(&origin.url(), "", "")).await;
+    let proxy = digue(&origin).start().await;
     let auth = format!("Bearer {TOKEN}");
     let got = get(
         &proxy.url("/admin/sites"),
@@ -515,18 +430,17 @@ async fn the_admin_api_is_not_on_the_public_port() {
 async fn sites_show_cache_origin_and_admission_state() {
     let version = Arc::new(AtomicUsize::new(1));
     let origin = versioned_origin(version).await;
-    let text = config(
-        &origin.url(),
-        &format!(
-            "origin_concurrency = 8\n{}",
-            admission("new_users_per_minute = 1\nburst = 1")
-        ),
-        &format!(
-            "[[site]]\nname = \"news\"\nhosts = [\"news.test\"]\norigin = \"{}\"\norigin_concurrency = 3\n",
-            origin.url()
-        ),
-    );
-    let proxy = start(&text).await;
+    let proxy = digue(&origin)
+        .site("origin_concurrency = 8")
+        .admission("new_users_per_minute = 1\nburst = 1")
+        .sites(&site_section(
+            "news",
+            "news.test",
+            &origin.url(),
+            "origin_concurrency = 3",
+        ))
+        .start()
+        .await;
 
     let fresh = site_state(&proxy, "portal").await;
     assert_eq!(fresh["cache"]["entries"], 0, "{fresh}");
@@ -586,12 +500,10 @@ async fn sites_show_cache_origin_and_admission_state() {
 async fn a_patched_origin_limit_applies_at_once() {
     let version = Arc::new(AtomicUsize::new(1));
     let origin = versioned_origin(version).await;
-    let proxy = start(&config(
-        &origin.url(),
-        "origin_concurrency = 8\norigin_queue_timeout = \"5s\"",
-        "",
-    ))
-    .await;
+    let proxy = digue(&origin)
+        .site("origin_concurrency = 8\norigin_queue_timeout = \"5s\"")
+        .start()
+        .await;
     assert_in_flight_at_once(
         &proxy,
         &origin,
@@ -610,7 +522,7 @@ async fn a_patched_origin_limit_applies_at_once() {
     .await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(
-        json(&got)["origin"]["origin_concurrency"],
+        got.json()["origin"]["origin_concurrency"],
         2,
         "the answer shows the new limit: {}",
         got.text()
@@ -671,7 +583,7 @@ async fn a_patched_origin_limit_applies_at_once() {
 #[tokio::test]
 async fn bad_origin_patches_are_refused_with_a_json_error() {
     let origin = Origin::fixed(&[], "page").await;
-    let proxy = start(&config(&origin.url(), "origin_concurrency = 8", "")).await;
+    let proxy = digue(&origin).site("origin_concurrency = 8").start().await;
     for body in [
         r#"{"origin_concurrency": 0}"#,
         r#"{"origin_concurrency": -1}"#,
@@ -694,13 +606,13 @@ async fn bad_origin_patches_are_refused_with_a_json_error() {
     .await;
     let why = assert_refused(&got, 404, "an unknown site");
     assert!(why.contains("nowhere"), "the error names the site: {why}");
-    let got = admin(
-        &proxy,
-        Method::GET,
-        "/admin/sites/portal/origin",
-        r#"{"origin_concurrency": 2}"#,
-    )
-    .await;
+    let got = proxy
+        .admin_call(
+            Method::GET,
+            "/admin/sites/portal/origin",
+            r#"{"origin_concurrency": 2}"#,
+        )
+        .await;
     assert_refused(&got, 405, "GET on a PATCH endpoint");
     assert_eq!(origin_limit(&proxy).await, 8, "the limit did not move");
 }
@@ -710,12 +622,10 @@ async fn bad_origin_patches_are_refused_with_a_json_error() {
 #[tokio::test]
 async fn a_patched_admission_mode_applies_at_once() {
     let origin = Origin::fixed(&[("cache-control", "no-store")], "portal page").await;
-    let text = config(
-        &origin.url(),
-        &admission("new_users_per_minute = 1\nburst = 1"),
-        "",
-    );
-    let proxy = start(&text).await;
+    let proxy = digue(&origin)
+        .admission("new_users_per_minute = 1\nburst = 1")
+        .start()
+        .await;
     let tickets = still_line(&proxy, 3).await;
 
     let got = patch(
@@ -725,16 +635,16 @@ async fn a_patched_admission_mode_applies_at_once() {
     )
     .await;
     assert_eq!(got.status, 200, "{}", got.text());
-    assert_eq!(json(&got)["admission"]["mode"], "closed", "{}", got.text());
+    assert_eq!(got.json()["admission"]["mode"], "closed", "{}", got.text());
     let closed = newcomer(&proxy).await;
     assert_eq!(closed.status, 503, "{}", closed.text());
     assert_eq!(
-        json(&closed)["state"],
+        closed.json()["state"],
         "closed",
         "a newcomer finds the portal closed"
     );
     assert!(
-        cookie(&closed, TICKET).is_none(),
+        new_cookie(&closed, TICKET).is_none(),
         "a closed portal hands out no ticket"
     );
 
@@ -789,13 +699,17 @@ async fn a_patched_admission_mode_applies_at_once() {
 async fn a_new_rate_keeps_a_burst_set_in_the_file_and_moves_a_default_one() {
     let origin = Origin::fixed(&[], "page").await;
     // The second site leaves its burst to the default (five seconds' worth).
-    let text = config(
-        &origin.url(),
-        &admission("new_users_per_minute = 60\nburst = 2"),
-        "[[site]]\nname = \"cas\"\nhosts = [\"cas.test\"]\norigin = \"http://127.0.0.1:1\"\n\
-         [site.admission]\npaths = [\"/cas/login\"]\nnew_users_per_minute = 60\n",
+    let cas = site_section(
+        "cas",
+        "cas.test",
+        "http://127.0.0.1:1",
+        "[site.admission]\npaths = [\"/cas/login\"]\nnew_users_per_minute = 60",
     );
-    let proxy = start(&text).await;
+    let proxy = digue(&origin)
+        .admission("new_users_per_minute = 60\nburst = 2")
+        .sites(&cas)
+        .start()
+        .await;
     for (site, want) in [("portal", 2), ("cas", 50)] {
         let got = patch(
             &proxy,
@@ -805,7 +719,7 @@ async fn a_new_rate_keeps_a_burst_set_in_the_file_and_moves_a_default_one() {
         .await;
         assert_eq!(got.status, 200, "{}", got.text());
         assert_eq!(
-            json(&got)["admission"]["burst"],
+            got.json()["admission"]["burst"],
             want,
             "{site}: {}",
             got.text()
@@ -816,12 +730,10 @@ async fn a_new_rate_keeps_a_burst_set_in_the_file_and_moves_a_default_one() {
 #[tokio::test]
 async fn a_raised_admission_rate_lets_no_burst_through() {
     let origin = Origin::fixed(&[("cache-control", "no-store")], "portal page").await;
-    let text = config(
-        &origin.url(),
-        &admission("new_users_per_minute = 1\nburst = 1"),
-        "",
-    );
-    let proxy = start(&text).await;
+    let proxy = digue(&origin)
+        .admission("new_users_per_minute = 1\nburst = 1")
+        .start()
+        .await;
     let tickets = still_line(&proxy, 40).await;
 
     let got = patch(
@@ -832,7 +744,7 @@ async fn a_raised_admission_rate_lets_no_burst_through() {
     .await;
     let patched = Instant::now();
     assert_eq!(got.status, 200, "{}", got.text());
-    let answer = json(&got);
+    let answer = got.json();
     assert_eq!(
         answer["admission"]["new_users_per_minute"], 6000,
         "{answer}"
@@ -865,12 +777,10 @@ async fn a_raised_admission_rate_lets_no_burst_through() {
 #[tokio::test]
 async fn a_raised_admission_rate_hands_out_turns_at_the_new_pace() {
     let origin = Origin::fixed(&[("cache-control", "no-store")], "portal page").await;
-    let text = config(
-        &origin.url(),
-        &admission("new_users_per_minute = 60\nburst = 1"),
-        "",
-    );
-    let proxy = start(&text).await;
+    let proxy = digue(&origin)
+        .admission("new_users_per_minute = 60\nburst = 1")
+        .start()
+        .await;
     let first = newcomer(&proxy).await;
     assert_eq!(first.status, 200, "{}", first.text());
     for _ in 0..40 {
@@ -889,7 +799,7 @@ async fn a_raised_admission_rate_hands_out_turns_at_the_new_pace() {
     .await;
     let patched = Instant::now();
     assert_eq!(got.status, 200, "{}", got.text());
-    let at_patch = json(&got)["admission"]["turns_unclaimed"]
+    let at_patch = got.json()["admission"]["turns_unclaimed"]
         .as_u64()
         .expect("turns_unclaimed");
     let after = site_state(&proxy, "portal").await;
@@ -911,12 +821,10 @@ async fn a_raised_admission_rate_hands_out_turns_at_the_new_pace() {
 #[tokio::test]
 async fn a_raised_admission_rate_moves_the_line_at_once() {
     let origin = Origin::fixed(&[("cache-control", "no-store")], "portal page").await;
-    let text = config(
-        &origin.url(),
-        &admission("new_users_per_minute = 1\nburst = 1"),
-        "",
-    );
-    let proxy = start(&text).await;
+    let proxy = digue(&origin)
+        .admission("new_users_per_minute = 1\nburst = 1")
+        .start()
+        .await;
     let tickets = still_line(&proxy, 3).await;
     let got = patch(
         &proxy,
@@ -925,32 +833,31 @@ async fn a_raised_admission_rate_moves_the_line_at_once() {
     )
     .await;
     assert_eq!(got.status, 200, "{}", got.text());
-    let patched = Instant::now();
     // 600/min is one turn every 100 ms: the first ticket's turn is due at once.
-    while patched.elapsed() < Duration::from_secs(2) {
-        let got = poll(&proxy, &tickets[0]).await;
-        if got.status == 200 {
-            assert_eq!(json(&got)["state"], "admitted", "{}", got.text());
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let state = site_state(&proxy, "portal").await;
-    panic!("2 s after raising the rate to 600/min, the first ticket still waits: {state}");
+    let admitted = wait_for(
+        "2 s after raising the rate to 600/min, the first ticket is admitted",
+        Duration::from_secs(2),
+        async || {
+            let got = poll(&proxy, &tickets[0]).await;
+            if got.status == 200 {
+                Ok(got)
+            } else {
+                Err(got.text())
+            }
+        },
+    )
+    .await;
+    assert_eq!(admitted.json()["state"], "admitted", "{}", admitted.text());
 }
 
 #[tokio::test]
 async fn bad_admission_patches_are_refused() {
     let origin = Origin::fixed(&[], "page").await;
-    let text = config(
-        &origin.url(),
-        &admission("new_users_per_minute = 60"),
-        &format!(
-            "[[site]]\nname = \"news\"\nhosts = [\"news.test\"]\norigin = \"{}\"\n",
-            origin.url()
-        ),
-    );
-    let proxy = start(&text).await;
+    let proxy = digue(&origin)
+        .admission("new_users_per_minute = 60")
+        .sites(&site_section("news", "news.test", &origin.url(), ""))
+        .start()
+        .await;
     for body in [
         r#"{"mode": "open"}"#,
         r#"{"mode": "AUTO"}"#,
@@ -998,7 +905,7 @@ async fn bad_admission_patches_are_refused() {
 async fn a_soft_purge_serves_stale_while_one_refetch_runs() {
     let version = Arc::new(AtomicUsize::new(1));
     let origin = versioned_origin(version.clone()).await;
-    let proxy = start(&config(&origin.url(), "", "")).await;
+    let proxy = digue(&origin).start().await;
     for target in ["/c/a", "/c/b/x"] {
         get(&proxy.url(target), &[]).await;
         let hit = get(&proxy.url(target), &[]).await;
@@ -1012,7 +919,7 @@ async fn a_soft_purge_serves_stale_while_one_refetch_runs() {
 
     let got = purge(&proxy, r#"{"site": "portal", "path": "/c/a"}"#).await;
     assert_eq!(got.status, 200, "{}", got.text());
-    let body = json(&got);
+    let body = got.json();
     assert_eq!(body["purged"], 1, "one entry marked stale: {body}");
     assert_eq!(body["hard"], false, "soft by default: {body}");
 
@@ -1045,14 +952,19 @@ async fn a_soft_purge_serves_stale_while_one_refetch_runs() {
     );
     origin.release();
 
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let fresh = loop {
-        let got = get(&proxy.url("/c/a"), &[]).await;
-        if !got.cache_status().contains("fwd=stale") || Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let fresh = wait_for(
+        "the refetched copy replaces the stale one",
+        Duration::from_secs(2),
+        async || {
+            let got = get(&proxy.url("/c/a"), &[]).await;
+            if got.cache_status().contains("fwd=stale") {
+                Err(got.cache_status())
+            } else {
+                Ok(got)
+            }
+        },
+    )
+    .await;
     assert_eq!(fresh.text(), "/c/a v2", "then the new version");
     assert!(
         fresh.cache_status().contains("hit"),
@@ -1072,7 +984,7 @@ async fn a_soft_purge_serves_stale_while_one_refetch_runs() {
 async fn a_prefix_purge_counts_the_entries_it_marks() {
     let version = Arc::new(AtomicUsize::new(1));
     let origin = versioned_origin(version.clone()).await;
-    let proxy = start(&config(&origin.url(), "", "")).await;
+    let proxy = digue(&origin).start().await;
     for target in ["/c/b/x", "/c/b/y?q=1", "/c/bz", "/c/a"] {
         get(&proxy.url(target), &[]).await;
     }
@@ -1080,13 +992,13 @@ async fn a_prefix_purge_counts_the_entries_it_marks() {
     let got = purge(&proxy, r#"{"site": "portal", "prefix": "/c/b/"}"#).await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(
-        json(&got)["purged"],
+        got.json()["purged"],
         2,
         "/c/b/x and /c/b/y?q=1, not /c/bz: {}",
         got.text()
     );
     let got = purge(&proxy, r#"{"site": "portal", "path": "/c/none"}"#).await;
-    assert_eq!(json(&got)["purged"], 0, "nothing stored there");
+    assert_eq!(got.json()["purged"], 0, "nothing stored there");
 
     let x = get(&proxy.url("/c/b/x"), &[]).await;
     assert!(
@@ -1115,7 +1027,7 @@ async fn a_prefix_purge_counts_the_entries_it_marks() {
 async fn a_hard_purge_drops_the_entry() {
     let version = Arc::new(AtomicUsize::new(1));
     let origin = versioned_origin(version.clone()).await;
-    let proxy = start(&config(&origin.url(), "", "")).await;
+    let proxy = digue(&origin).start().await;
     get(&proxy.url("/c/a"), &[]).await;
     get(&proxy.url("/c/b/x"), &[]).await;
     version.store(2, Ordering::SeqCst);
@@ -1126,7 +1038,7 @@ async fn a_hard_purge_drops_the_entry() {
     )
     .await;
     assert_eq!(got.status, 200, "{}", got.text());
-    let body = json(&got);
+    let body = got.json();
     assert_eq!(
         (body["purged"].as_u64(), body["hard"].as_bool()),
         (Some(1), Some(true)),
@@ -1161,7 +1073,7 @@ async fn a_hard_purge_drops_the_entry() {
         r#"{"site": "portal", "prefix": "/c/", "hard": true}"#,
     )
     .await;
-    assert_eq!(json(&got)["purged"], 2, "{}", got.text());
+    assert_eq!(got.json()["purged"], 2, "{}", got.text());
     assert_eq!(
         site_state(&proxy, "portal").await["cache"]["entries"],
         0,
@@ -1172,7 +1084,7 @@ async fn a_hard_purge_drops_the_entry() {
 #[tokio::test]
 async fn bad_purges_are_refused() {
     let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page").await;
-    let proxy = start(&config(&origin.url(), "", "")).await;
+    let proxy = digue(&origin).start().await;
     get(&proxy.url("/a"), &[]).await;
     for body in [
         r#"{"site": "portal", "path": "/a", "prefix": "/"}"#,
@@ -1200,8 +1112,19 @@ async fn bad_purges_are_refused() {
 
 // ---- POST /admin/reload ----
 
-/// The reload tests' config: signed with the file's secret; one site with
-/// limits, a cache rule for `/static/`, more `rules`, and a line at `rate`.
+/// The reload tests' config: one site with limits, a cache rule for
+/// `/static/`, more `rules`, and a line at `rate`.
+fn reloadable(origin: &str, concurrency: usize, rules: &str, rate: u32) -> Digue {
+    Digue::new(origin)
+        .admin()
+        .site(&format!(
+            "origin_concurrency = {concurrency}\norigin_queue_timeout = \"5s\"\n\
+             [[site.cache.rule]]\nprefix = \"/static/\"\nttl = \"1h\"\n{rules}"
+        ))
+        .admission(&format!("new_users_per_minute = {rate}\nburst = 1"))
+}
+
+/// [`reloadable`], signed with the file's secret, as the file's text.
 fn reload_config(
     file: &ConfigFile,
     origin: &str,
@@ -1209,20 +1132,9 @@ fn reload_config(
     rules: &str,
     rate: u32,
 ) -> String {
-    config(
-        origin,
-        &format!(
-            "origin_concurrency = {concurrency}\norigin_queue_timeout = \"5s\"\n\
-             [[site.cache.rule]]\nprefix = \"/static/\"\nttl = \"1h\"\n{rules}\n{}",
-            admission(&format!("new_users_per_minute = {rate}\nburst = 1"))
-        ),
-        "",
-    )
-    .replacen(
-        ADMIN_LISTEN,
-        &format!("{ADMIN_LISTEN}{}", file.secret_line()),
-        1,
-    )
+    reloadable(origin, concurrency, rules, rate)
+        .secret(&file.secret)
+        .toml()
 }
 
 #[tokio::test]
@@ -1248,7 +1160,7 @@ async fn a_reload_applies_the_changed_file() {
     ));
     let got = reload(&proxy).await;
     assert_eq!(got.status, 200, "{}", got.text());
-    assert_eq!(json(&got), json!({"status": "applied"}));
+    assert_eq!(got.json(), json!({"status": "applied"}));
 
     let state = site_state(&proxy, "portal").await;
     assert_eq!(state["origin"]["origin_concurrency"], 3, "{state}");
@@ -1344,7 +1256,7 @@ async fn a_broken_file_is_refused_with_every_key_path_and_the_running_config_sta
     file.write(&broken);
     let got = reload(&proxy).await;
     assert_eq!(got.status, 400, "{}", got.text());
-    let body = json(&got);
+    let body = got.json();
     assert!(
         body["error"].as_str().is_some_and(|e| e.contains("stays")),
         "the answer says the running config stays: {body}"
@@ -1389,7 +1301,7 @@ async fn a_broken_file_is_refused_with_every_key_path_and_the_running_config_sta
     let got = reload(&proxy).await;
     assert_eq!(got.status, 400, "not TOML: {}", got.text());
     assert!(
-        json(&got)["errors"]
+        got.json()["errors"]
             .as_array()
             .is_some_and(|e| !e.is_empty()),
         "{}",
@@ -1491,7 +1403,7 @@ async fn a_reload_of_a_key_read_only_at_start_is_refused_as_needing_a_restart() 
         file.write(&moved.replace("origin_concurrency = 8", "origin_concurrency = 2"));
         let got = reload(&proxy).await;
         assert_eq!(got.status, 400, "{key}: {}", got.text());
-        let body = json(&got);
+        let body = got.json();
         let errors: Vec<&str> = body["errors"]
             .as_array()
             .unwrap_or_else(|| panic!("an \"errors\" array: {body}"))
@@ -1578,13 +1490,13 @@ async fn the_cache_and_the_waiting_line_survive_a_reload() {
 async fn without_a_shared_secret_tickets_and_passes_survive_a_reload() {
     let origin = Origin::fixed(&[("cache-control", "no-store")], "portal page").await;
     let file = ConfigFile::new();
-    let text = reload_config(&file, &origin.url(), 8, "", 1).replace(&file.secret_line(), "");
+    let text = reloadable(&origin.url(), 8, "", 1).toml();
     assert!(!text.contains("secret_file"), "no shared secret: {text}");
     file.write(&text);
     let proxy = file.start().await;
     let first = newcomer(&proxy).await;
     assert_eq!(first.status, 200, "{}", first.text());
-    let pass = cookie(&first, "digue_pass").expect("the admitted newcomer gets a pass");
+    let pass = new_cookie(&first, "digue_pass").expect("the admitted newcomer gets a pass");
     let (ticket, position) = take_ticket(&proxy).await;
     assert_eq!(position, 0);
 
@@ -1598,7 +1510,7 @@ async fn without_a_shared_secret_tickets_and_passes_survive_a_reload() {
         got.text()
     );
     assert_eq!(
-        json(&got)["position"],
+        got.json()["position"],
         0,
         "the ticket kept its place: {}",
         got.text()
@@ -1616,7 +1528,7 @@ async fn without_a_shared_secret_tickets_and_passes_survive_a_reload() {
 #[tokio::test]
 async fn a_reload_without_a_config_file_is_refused() {
     let origin = Origin::fixed(&[], "page").await;
-    let proxy = start(&config(&origin.url(), "", "")).await;
+    let proxy = digue(&origin).start().await;
     let got = reload(&proxy).await;
     assert_eq!(got.status, 400, "{}", got.text());
     assert!(
@@ -1664,7 +1576,7 @@ async fn live_changes_last_until_the_next_reload() {
         (Some(2), Some("closed"), Some(30)),
         "the live changes hold: {state}"
     );
-    assert_eq!(json(&newcomer(&proxy).await)["state"], "closed");
+    assert_eq!(newcomer(&proxy).await.json()["state"], "closed");
 
     let got = reload(&proxy).await;
     assert_eq!(got.status, 200, "{}", got.text());

@@ -20,15 +20,13 @@
 
 mod support;
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use support::{Origin, Proxy, Reply, Seen, get, reply};
+use support::{Origin, Process, Proxy, Reply, Seen, TempDir, get, reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -79,7 +77,7 @@ const UNTIL_ADMITTED_LIMIT: Duration = Duration::from_secs(40);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_browser_waits_in_line_and_lands_on_the_portal() {
-    let browser = Browser::new();
+    let browser = Chromium::new();
     let origin = Origin::start(portal).await;
     let proxy = Proxy::start(&origin.url(), "", ADMISSION).await;
     let relay = Relay::start(proxy.addr).await;
@@ -217,7 +215,7 @@ async fn a_real_browser_waits_in_line_and_lands_on_the_portal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes docs/waiting-room-*.png; run by hand when the page changes"]
 async fn screenshots_of_the_waiting_page_for_the_readme() {
-    let browser = Browser::new();
+    let browser = Chromium::new();
     let origin = Origin::start(portal).await;
     let site = "[site.admission]\npaths = [\"/login\"]\nnew_users_per_minute = 4\nburst = 1\n\
         portal_name = \"Pronote\"\n\
@@ -274,15 +272,14 @@ fn text_of(html: &str, id: &str) -> Option<String> {
 
 /// Headless Chromium with its own profile, kept across runs like a
 /// person's browser between two visits.
-#[derive(Clone)]
-struct Browser {
+struct Chromium {
     exe: PathBuf,
-    dir: Arc<TempDir>,
+    profile: TempDir,
 }
 
-impl Browser {
+impl Chromium {
     /// Finds `chromium` on `PATH`; fails, with how to install it, if absent.
-    fn new() -> Browser {
+    fn new() -> Chromium {
         let exe = std::env::var_os("PATH")
             .into_iter()
             .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
@@ -294,11 +291,9 @@ impl Browser {
                      Install it with `apt-get install chromium` (Debian; `.ci/run` does it)."
                 )
             });
-        let dir = TempDir::new();
-        std::fs::create_dir_all(dir.0.join("profile")).expect("profile directory");
-        Browser {
+        Chromium {
             exe,
-            dir: Arc::new(dir),
+            profile: TempDir::new("chromium"),
         }
     }
 
@@ -315,49 +310,24 @@ impl Browser {
     /// Runs Chromium to the end (killing it after `limit`) and returns its
     /// standard output.
     async fn run(&self, args: &[String], limit: Duration) -> String {
-        let browser = self.clone();
-        let args = args.to_vec();
-        tokio::task::spawn_blocking(move || browser.run_blocking(&args, limit))
-            .await
-            .expect("the Chromium run does not panic")
-    }
-
-    fn run_blocking(&self, args: &[String], limit: Duration) -> String {
-        static RUNS: AtomicUsize = AtomicUsize::new(0);
-        let n = RUNS.fetch_add(1, Ordering::SeqCst);
-        let out = self.dir.0.join(format!("stdout-{n}"));
-        let err = self.dir.0.join(format!("stderr-{n}"));
-        let started = Instant::now();
-        let child = Command::new(&self.exe)
-            .args(CHROMIUM_FLAGS)
-            .arg(format!(
-                "--user-data-dir={}",
-                self.dir.0.join("profile").display()
-            ))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(File::create(&out).expect("stdout file"))
-            .stderr(File::create(&err).expect("stderr file"))
-            .spawn()
-            .expect("chromium starts");
-        let mut child = KillOnDrop(child);
-        let status = loop {
-            if let Some(status) = child.0.try_wait().expect("chromium is waitable") {
-                break status;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "chromium did not finish within {limit:?}\n{}",
-                tail(&err)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(
-            status.success(),
-            "chromium failed: {status}\n{}",
-            tail(&err)
+        let chromium = Process::spawn(
+            "chromium",
+            Command::new(&self.exe)
+                .args(CHROMIUM_FLAGS)
+                .arg(format!("--user-data-dir={}", self.profile.path().display()))
+                .args(args),
         );
-        std::fs::read_to_string(&out).expect("chromium's output is UTF-8")
+        let out = chromium.exit_within(limit).await.unwrap_or_else(|running| {
+            panic!("chromium did not finish within {limit:?}: {running:?}")
+        });
+        let stdout = String::from_utf8(out.stdout).expect("chromium's output is UTF-8");
+        assert!(
+            out.status.success(),
+            "chromium failed: {}\nchromium's stderr (end):\n{}",
+            out.status,
+            support::process::tail(&out.stderr)
+        );
+        stdout
     }
 }
 
@@ -528,45 +498,4 @@ fn note_answers(pending: &mut Vec<u8>, log: &mut Vec<Event>) {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The last lines Chromium wrote on stderr, for failure messages.
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let from = lines.len().saturating_sub(20);
-    format!("chromium's stderr (end):\n{}", lines[from..].join("\n"))
-}
-
-/// A Chromium process that cannot outlive a failed assertion.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// A fresh directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir =
-            std::env::temp_dir().join(format!("digue-browser-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temporary directory");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

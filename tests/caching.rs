@@ -3,19 +3,14 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Method;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use support::{Got, Origin, Proxy, admin_call, get, reply};
+use support::tls::{TestCert, get_https};
+use support::{Digue, Origin, Proxy, TempDir, get, reply, wait_for};
 
-/// The admin token of the proxies started by [`start_with_admin`].
-const TOKEN: &str = "caching-tests-admin-token";
 /// A `u64` of seconds no cache could ever honour.
 const HUGE_SECONDS: &str = "18446744073709551615";
 
@@ -240,52 +235,6 @@ async fn a_client_no_store_does_not_make_a_page_uncacheable_for_everyone() {
     );
 }
 
-/// A self-signed certificate for `localhost`, written as `a.crt`/`a.key` in `dir`.
-fn localhost_cert(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
-    std::fs::write(dir.join("a.crt"), generated.cert.pem()).expect("write cert");
-    std::fs::write(dir.join("a.key"), generated.signing_key.serialize_pem()).expect("write key");
-    generated.cert.der().clone()
-}
-
-/// `GET target` with `Host: localhost` over HTTPS (HTTP/1.1), trusting `root`.
-async fn get_https(
-    addr: std::net::SocketAddr,
-    root: &rustls::pki_types::CertificateDer<'static>,
-    target: &str,
-) -> Got {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root.clone()).expect("valid root");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .expect("h1 handshake");
-    tokio::spawn(conn);
-    let req = http::Request::get(target)
-        .header("host", "localhost")
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let res = sender.send_request(req).await.expect("response");
-    let (parts, body) = res.into_parts();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.expect("body").to_bytes(),
-    }
-}
-
 #[tokio::test]
 async fn an_http_redirect_to_https_is_never_served_to_https_clients() {
     let origin = Origin::start(|seen| {
@@ -297,23 +246,14 @@ async fn an_http_redirect_to_https_is_never_served_to_https_clients() {
         }
     })
     .await;
-    let dir = std::env::temp_dir().join(format!("digue-caching-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let root = localhost_cert(&dir);
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n\
-         tls_cert = \"{}\"\ntls_key = \"{}\"\n\
-         [[site]]\nname = \"portal\"\nhosts = [\"*\"]\norigin = \"{}\"\n",
-        dir.join("a.crt").display(),
-        dir.join("a.key").display(),
-        origin.url()
-    );
-    let config = digue::config::Config::parse(&text).unwrap_or_else(|e| panic!("valid: {e}"));
-    let running = digue::start_with(config, digue::Options::default())
-        .await
-        .expect("starts");
-    let plain = format!("http://{}/", running.listen);
-    let tls = running.tls.expect("TLS listener");
+    let dir = TempDir::new("caching-tls");
+    let cert = TestCert::new(dir.path(), "a", &["localhost"]);
+    let proxy = Digue::new(&origin.url())
+        .server(&cert.server_keys())
+        .start()
+        .await;
+    let plain = proxy.url("/");
+    let tls = proxy.tls.expect("TLS listener");
 
     let redirect = get(&plain, &[("host", "localhost")]).await;
     assert_eq!(redirect.status, 301, "plain HTTP is redirected");
@@ -323,36 +263,30 @@ async fn an_http_redirect_to_https_is_never_served_to_https_clients() {
         "and the redirect is cached: {}",
         again.cache_status()
     );
-    let secure = get_https(tls, &root, "/").await;
+    let secure = get_https(tls, &cert.der, "localhost", "/").await;
     assert_eq!(
         (secure.status.as_u16(), secure.text().as_str()),
         (200, "secure"),
         "an HTTPS client never gets the HTTP redirect: {}",
         secure.cache_status()
     );
-    running.shutdown().await;
+    proxy.shutdown().await;
 }
 
 /// digue with an admin token and a one-second hit-for-miss memory; `site`
 /// as for [`Proxy::start`].
 async fn start_with_admin(origin: &Origin, site: &str) -> Proxy {
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         [cache]\nhit_for_miss = \"1s\"\n\
-         [[site]]\nname = \"portal\"\nhosts = [\"*\"]\norigin = \"{}\"\n{site}\n",
-        origin.url()
-    );
-    let options = digue::Options {
-        config_path: None,
-        admin_token: Some(TOKEN.to_owned()),
-        ..digue::Options::default()
-    };
-    Proxy::from_toml_with(&text, options).await
+    Digue::new(&origin.url())
+        .admin()
+        .table("[cache]\nhit_for_miss = \"1s\"")
+        .site(site)
+        .start()
+        .await
 }
 
 async fn soft_purge(proxy: &Proxy, path: &str) {
     let body = format!(r#"{{"site": "portal", "path": "{path}"}}"#);
-    let got = admin_call(proxy, TOKEN, Method::POST, "/admin/purge", &body).await;
+    let got = proxy.admin_call(Method::POST, "/admin/purge", &body).await;
     assert_eq!(got.status, 200, "purge: {}", got.text());
 }
 
@@ -404,14 +338,19 @@ async fn a_purged_page_is_not_served_stale_for_ever_while_the_origin_fails() {
     assert_eq!(during.text(), "v1", "stale while the one refetch runs");
     origin.wait_for_total(2).await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    let after = loop {
-        let got = get(&proxy.url("/news"), &[]).await;
-        if got.status != 200 || tokio::time::Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let after = wait_for(
+        "the purged copy stops being served once the refetch failed",
+        Duration::from_secs(2),
+        async || {
+            let got = get(&proxy.url("/news"), &[]).await;
+            if got.status == 200 {
+                Err(got.cache_status())
+            } else {
+                Ok(got)
+            }
+        },
+    )
+    .await;
     assert_eq!(
         after.status,
         503,

@@ -2,94 +2,65 @@
 //! ports and real signals.
 #![allow(clippy::disallowed_methods)] // deadlines and timings of the test itself run on real time
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use support::{Origin, Process, TempDir, raw, wait_for, wait_until};
 
 const DIGUE: &str = env!("CARGO_BIN_EXE_digue");
 
-/// A config file under the temp dir, removed when dropped.
-struct TempConfig(PathBuf);
-
-impl TempConfig {
-    fn new(text: &str) -> TempConfig {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let path =
-            std::env::temp_dir().join(format!("digue-cli-test-{}-{n}.toml", std::process::id()));
-        std::fs::write(&path, text).expect("write temp config");
-        TempConfig(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A digue process, killed when dropped if still running.
-struct Process(Option<Child>);
-
-impl Process {
-    fn spawn(args: &[&str]) -> Process {
-        Process::spawn_with(args, &[])
-    }
-
-    fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Process {
-        let child = Command::new(DIGUE)
+/// The `digue` binary with these arguments (and `RUST_LOG=info`).
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Process {
+    Process::spawn(
+        "digue",
+        Command::new(DIGUE)
             .args(args)
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the digue binary starts");
-        Process(Some(child))
-    }
-
-    fn id(&self) -> u32 {
-        self.0.as_ref().expect("running").id()
-    }
-
-    /// Waits at most `limit` for the process to exit, then collects its output.
-    fn exit_within(mut self, limit: Duration) -> Option<Output> {
-        let deadline = Instant::now() + limit;
-        let child = self.0.as_mut().expect("running");
-        loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                let child = self.0.take().expect("running");
-                return Some(child.wait_with_output().expect("collect output"));
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+            .envs(env.iter().copied()),
+    )
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn digue(args: &[&str]) -> Output {
-    Process::spawn(args)
+/// Runs `digue args…` to its end (10 s at most).
+async fn digue(args: &[&str]) -> Output {
+    spawn(args, &[])
         .exit_within(Duration::from_secs(10))
+        .await
         .expect("digue exits within 10 s")
+}
+
+/// `digue run --config file`, once it serves: the process, and the public
+/// and admin addresses it bound. The file asks for port 0: digue binds
+/// the ports and logs them, so no port changes hands between the test and
+/// digue.
+async fn run(file: &Path, env: &[(&str, &str)]) -> (Process, SocketAddr, SocketAddr) {
+    let mut digue = spawn(&["run", "--config", &file.to_string_lossy()], env);
+    let (listen, admin) = wait_for(
+        "digue run logs \"digue is serving\" with its addresses",
+        Duration::from_secs(10),
+        async || {
+            if let Some(status) = digue.exited() {
+                panic!(
+                    "digue run exited ({status}) before serving:\n{}",
+                    digue.tail()
+                );
+            }
+            serving(&digue.stderr()).ok_or("not yet")
+        },
+    )
+    .await;
+    (digue, listen, admin)
+}
+
+/// The addresses of the "digue is serving listen=… admin=Some(…)" log line.
+fn serving(logs: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let line = logs.lines().find(|l| l.contains("digue is serving"))?;
+    let listen = line.split("listen=").nth(1)?.split_whitespace().next()?;
+    let admin = line.split("admin=Some(").nth(1)?.split(')').next()?;
+    Some((listen.parse().ok()?, admin.parse().ok()?))
 }
 
 fn stderr(out: &Output) -> String {
@@ -151,10 +122,17 @@ fn assert_every_problem_is_listed(out: &Output) {
     );
 }
 
-#[test]
-fn check_lists_every_problem_with_its_key_path_and_fails() {
-    let file = TempConfig::new(BAD);
-    let out = digue(&["check", "--config", &file.path().to_string_lossy()]);
+/// A config file in a temp directory of its own.
+fn config_file(text: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new("cli");
+    let file = dir.write("digue.toml", text);
+    (dir, file)
+}
+
+#[tokio::test]
+async fn check_lists_every_problem_with_its_key_path_and_fails() {
+    let (_dir, file) = config_file(BAD);
+    let out = digue(&["check", "--config", &file.to_string_lossy()]).await;
     assert!(
         !out.status.success(),
         "a bad config fails the check: {:?}",
@@ -163,10 +141,10 @@ fn check_lists_every_problem_with_its_key_path_and_fails() {
     assert_every_problem_is_listed(&out);
 }
 
-#[test]
-fn check_accepts_a_valid_file() {
-    let file = TempConfig::new(&VALID.replace("LISTEN", "8080").replace("ADMIN", "9090"));
-    let out = digue(&["check", "--config", &file.path().to_string_lossy()]);
+#[tokio::test]
+async fn check_accepts_a_valid_file() {
+    let (_dir, file) = config_file(&VALID.replace("LISTEN", "8080").replace("ADMIN", "9090"));
+    let out = digue(&["check", "--config", &file.to_string_lossy()]).await;
     assert!(
         out.status.success(),
         "a valid config passes: {:?}\n{}",
@@ -180,10 +158,10 @@ fn check_accepts_a_valid_file() {
     );
 }
 
-#[test]
-fn check_accepts_the_shipped_example_config() {
+#[tokio::test]
+async fn check_accepts_the_shipped_example_config() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let out = digue(&["check", "--config", &example.to_string_lossy()]);
+    let out = digue(&["check", "--config", &example.to_string_lossy()]).await;
     assert!(
         out.status.success(),
         "the shipped config.toml is valid: {:?}\n{}",
@@ -193,13 +171,11 @@ fn check_accepts_the_shipped_example_config() {
     assert!(stdout(&out).contains("ok"), "{}", stdout(&out));
 }
 
-#[test]
-fn check_on_a_missing_file_says_so_and_fails() {
-    let missing = std::env::temp_dir().join(format!(
-        "digue-cli-test-{}-does-not-exist.toml",
-        std::process::id()
-    ));
-    let out = digue(&["check", "--config", &missing.to_string_lossy()]);
+#[tokio::test]
+async fn check_on_a_missing_file_says_so_and_fails() {
+    let dir = TempDir::new("cli");
+    let missing = dir.join("does-not-exist.toml");
+    let out = digue(&["check", "--config", &missing.to_string_lossy()]).await;
     assert!(
         !out.status.success(),
         "a missing file fails: {:?}",
@@ -213,11 +189,12 @@ fn check_on_a_missing_file_says_so_and_fails() {
     assert!(err.contains("No such file"), "the error says why:\n{err}");
 }
 
-#[test]
-fn run_refuses_to_start_on_a_bad_config() {
-    let file = TempConfig::new(BAD);
-    let out = Process::spawn(&["run", "--config", &file.path().to_string_lossy()])
+#[tokio::test]
+async fn run_refuses_to_start_on_a_bad_config() {
+    let (_dir, file) = config_file(BAD);
+    let out = spawn(&["run", "--config", &file.to_string_lossy()], &[])
         .exit_within(Duration::from_secs(5))
+        .await
         .expect("digue run gives up on a bad config within 5 s");
     assert!(
         !out.status.success(),
@@ -227,61 +204,29 @@ fn run_refuses_to_start_on_a_bad_config() {
     assert_every_problem_is_listed(&out);
 }
 
-/// Two distinct ports that were free a moment ago (bound together, then
-/// released for digue to take).
-fn free_ports() -> (u16, u16) {
-    let bind = || TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let (a, b) = (bind(), bind());
-    let port = |l: &TcpListener| l.local_addr().expect("local addr").port();
-    (port(&a), port(&b))
+/// `GET target` on the admin listener over a fresh connection, as raw text.
+async fn admin_get(admin: SocketAddr, target: &str, headers: &str) -> String {
+    let request =
+        format!("GET {target} HTTP/1.1\r\nHost: admin\r\n{headers}Connection: close\r\n\r\n");
+    raw(admin, request.as_bytes()).await
 }
 
-/// `GET path` over a fresh connection; the status line, or None when
-/// nothing answers yet.
-fn status_of(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    stream.read_to_string(&mut out).ok()?;
-    out.lines().next().map(str::to_owned)
-}
+#[tokio::test]
+async fn run_serves_healthz_on_the_admin_port_and_exits_cleanly_on_sigterm() {
+    let (_dir, file) = config_file(&VALID.replace("LISTEN", "0").replace("ADMIN", "0"));
+    let (digue, _, admin) = run(&file, &[]).await;
 
-#[test]
-fn run_serves_healthz_on_the_admin_port_and_exits_cleanly_on_sigterm() {
-    let (listen, admin) = free_ports();
-    let file = TempConfig::new(
-        &VALID
-            .replace("LISTEN", &listen.to_string())
-            .replace("ADMIN", &admin.to_string()),
-    );
-    let proc = Process::spawn(&["run", "--config", &file.path().to_string_lossy()]);
-    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
-
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(line) = status_of(admin_addr, "/healthz") {
-            break line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/healthz did not answer within 10 s on {admin_addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let healthz = admin_get(admin, "/healthz", "").await;
+    let status = healthz.lines().next().unwrap_or_default();
     assert!(
         status.starts_with("HTTP/1.1 200"),
         "/healthz answers 200: {status}"
     );
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &proc.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success(), "SIGTERM delivered");
-    let out = proc
+    digue.signal("TERM");
+    let out = digue
         .exit_within(Duration::from_secs(5))
+        .await
         .expect("digue exits within 5 s of SIGTERM");
     assert_eq!(
         out.status.code(),
@@ -292,138 +237,84 @@ fn run_serves_healthz_on_the_admin_port_and_exits_cleanly_on_sigterm() {
     );
 }
 
-/// A one-thread origin answering every request with a small page.
-fn std_origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut buf = [0_u8; 65536];
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = stream.read(&mut buf);
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npage",
-                );
-            });
-        }
-    });
-    addr
-}
-
-/// Sends raw request bytes and returns the whole response ("" when
-/// nothing listens yet).
-fn exchange(addr: SocketAddr, request: &str) -> String {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return String::new();
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream.write_all(request.as_bytes()).expect("write");
-    let mut out = String::new();
-    let _ = stream.read_to_string(&mut out);
-    out
-}
-
-/// Polls until `check` holds on an admin answer, 10 s at most.
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-#[test]
-fn sighup_reloads_the_file_refuses_a_broken_one_and_logs_keep_private_values_out() {
-    let origin = std_origin();
-    let (listen, admin) = free_ports();
+#[tokio::test]
+async fn sighup_reloads_the_file_refuses_a_broken_one_and_logs_keep_private_values_out() {
+    let origin = Origin::fixed(&[], "page").await;
     let config = |concurrency: &str| {
         format!(
-            "[server]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
              access_log = true\n[[site]]\nname = \"portal\"\nhosts = [\"*\"]\n\
-             origin = \"http://{origin}\"\norigin_concurrency = {concurrency}\n"
+             origin = \"{}\"\norigin_concurrency = {concurrency}\n",
+            origin.url()
         )
     };
-    let file = TempConfig::new(&config("8"));
+    let (_dir, file) = config_file(&config("8"));
     let token = "admin-token-for-the-test";
-    let proc = Process::spawn_with(
-        &["run", "--config", &file.path().to_string_lossy()],
-        &[("DIGUE_ADMIN_TOKEN", token)],
-    );
-    let public = SocketAddr::from(([127, 0, 0, 1], listen));
-    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
-    let sites = || {
-        exchange(
-            admin_addr,
-            &format!(
-                "GET /admin/sites HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
-                 Connection: close\r\n\r\n"
-            ),
-        )
-    };
-    wait_for("the admin API", || {
-        sites().contains("\"origin_concurrency\":8")
-    });
+    let (digue, public, admin) = run(&file, &[("DIGUE_ADMIN_TOKEN", token)]).await;
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let limit = Duration::from_secs(10);
+    let sites = async || admin_get(admin, "/admin/sites", &auth).await;
+    wait_until("the admin API shows the limit", limit, async || {
+        sites().await.contains("\"origin_concurrency\":8")
+    })
+    .await;
 
     // Requests full of things that must never reach a log line.
     let secret_request = "GET /page?eleve=query-secret-4711 HTTP/1.1\r\nHost: ent.example.fr\r\n\
          Cookie: JSESSIONID=cookie-secret-4711\r\nAuthorization: Bearer token-secret-4711\r\n\
          Connection: close\r\n\r\n";
-    assert!(exchange(public, secret_request).starts_with("HTTP/1.1 200"));
+    assert!(
+        raw(public, secret_request.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
     let body = "body-secret-4711";
     let post = format!(
         "POST /pronote/appelfonction/1 HTTP/1.1\r\nHost: ent.example.fr\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    assert!(exchange(public, &post).starts_with("HTTP/1.1 200"));
+    assert!(
+        raw(public, post.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
 
     // SIGHUP applies a changed file.
-    std::fs::write(file.path(), config("3")).expect("rewrite config");
-    let hup = |pid: u32| {
-        let sent = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success(), "SIGHUP delivered");
-    };
-    hup(proc.id());
-    wait_for("the reloaded limit", || {
-        sites().contains("\"origin_concurrency\":3")
-    });
+    std::fs::write(&file, config("3")).expect("rewrite config");
+    digue.signal("HUP");
+    wait_until("the reloaded limit", limit, async || {
+        sites().await.contains("\"origin_concurrency\":3")
+    })
+    .await;
 
     // A broken file is refused; the running config keeps serving.
     std::fs::write(
-        file.path(),
+        &file,
         config("3").replace("origin_concurrency = 3", "origin_timeout = \"soon\""),
     )
     .expect("rewrite config");
-    hup(proc.id());
-    let metrics = || {
-        exchange(
-            admin_addr,
-            "GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        )
-    };
-    wait_for("a refused reload", || {
-        metrics().contains("digue_config_reloads_total{outcome=\"refused\"} 1")
-    });
+    digue.signal("HUP");
+    wait_until("a refused reload", limit, async || {
+        admin_get(admin, "/metrics", "")
+            .await
+            .contains("digue_config_reloads_total{outcome=\"refused\"} 1")
+    })
+    .await;
     assert!(
-        sites().contains("\"origin_concurrency\":3"),
+        sites().await.contains("\"origin_concurrency\":3"),
         "the old config stays"
     );
-    assert!(exchange(public, secret_request).starts_with("HTTP/1.1 200"));
+    assert!(
+        raw(public, secret_request.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &proc.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
-    let out = proc
+    digue.signal("TERM");
+    let out = digue
         .exit_within(Duration::from_secs(10))
+        .await
         .expect("digue exits after SIGTERM");
     let logs = format!("{}{}", stdout(&out), stderr(&out));
     assert!(

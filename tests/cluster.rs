@@ -7,239 +7,82 @@
 //! ([`Browser`]) that polls as the waiting page does (JSON). Every wait is
 //! bounded; rates are chosen so that a line either stands still for the
 //! whole test or moves fast enough to watch.
-#![allow(clippy::disallowed_methods)] // deadlines and timings of the test itself run on real time
 
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Method;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep};
 
-use support::{Got, Origin, Proxy, Seen, get, reply, set_cookie};
+use support::redis::{Redis, ShardedRedis};
+use support::{
+    Browser, Digue, ENTRY, Got, Origin, Proxy, TempDir, admission_table, get, page, signed_ticket,
+    site_section, unix_now, unused_ports, wait_for, wait_until,
+};
 
-/// The gated entry point.
-const ENTRY: &str = "/pronote/eleve.html";
-const TICKET: &str = "digue_ticket";
-const PASS: &str = "digue_pass";
-const TOKEN: &str = "cluster-admin-token-for-tests-5c1e";
 const REACHABLE: &str = "shared store reachable";
 const UNREACHABLE: &str = "shared store UNREACHABLE";
 const CALLS: &str = "digue_cluster_redis_calls_total";
 /// Long enough for a node to connect, refresh and hear the others.
 const SETTLE: Duration = Duration::from_secs(5);
-
-// ---- Redis ----
-
-/// A `redis-server` of this test's own on a free loopback port, killed on drop.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        Redis::start_on(port).await
-    }
-
-    /// An empty Redis (no persistence) on `port`.
-    async fn start_on(port: u16) -> Redis {
-        let mut redis = Redis {
-            port,
-            child: Some(spawn_redis(port)),
-        };
-        redis.wait_for_pong().await;
-        redis
-    }
-
-    async fn wait_for_pong(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(child) = &mut self.child
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "redis-server exited at start ({status}); port {} taken?",
-                    self.port
-                );
-            }
-            if self.pong().await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} answers PING within 5 s",
-                self.port
-            );
-            sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn pong(&self) -> bool {
-        pong(self.port).await
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL: no goodbye to the clients, like a crashed or unplugged server.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again, empty, on the same port.
-    async fn restart_empty(&mut self) {
-        self.kill();
-        self.child = Some(spawn_redis(self.port));
-        self.wait_for_pong().await;
-    }
-}
-
-/// Whether a Redis answers PING on `port` (within 200 ms).
-async fn pong(port: u16) -> bool {
-    let Ok(Ok(mut stream)) = tokio::time::timeout(
-        Duration::from_millis(200),
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    else {
-        return false;
-    };
-    if stream.write_all(b"PING\r\n").await.is_err() {
-        return false;
-    }
-    let mut buf = [0_u8; 7];
-    matches!(
-        tokio::time::timeout(Duration::from_millis(200), stream.read_exact(&mut buf)).await,
-        Ok(Ok(_)) if &buf == b"+PONG\r\n"
-    )
-}
-
-fn spawn_redis(port: u16) -> Child {
-    Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .args(["--dir", &std::env::temp_dir().display().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run redis-server ({e}): the cluster tests need a real Redis. \
-                 Install it with `apt-get install redis-server` (.ci/run does)"
-            )
-        })
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+/// Every client here comes from 127.0.0.1: one network may take many tickets.
+const ONE_NETWORK: &str = "tickets_per_network_per_minute = 100000";
 
 // ---- nodes ----
-
-/// A file in the temp directory, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    /// A secret (at least 16 bytes) shared by the nodes of one test.
-    fn secret() -> TempFile {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let file = TempFile(
-            std::env::temp_dir().join(format!("digue-cluster-{}-{n}-secret", std::process::id())),
-        );
-        std::fs::write(&file.0, format!("cluster-test-secret-{n}-0123456789abcdef"))
-            .expect("temp dir writable");
-        file
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// What the nodes of one test share: Redis, the portal, the secret.
 struct Cluster {
     redis: Redis,
     origin: Origin,
-    secret: TempFile,
+    secret: PathBuf,
+    _dir: TempDir,
 }
 
 impl Cluster {
     async fn start(origin: Origin) -> Cluster {
+        let dir = TempDir::new("cluster");
         Cluster {
             redis: Redis::start().await,
             origin,
-            secret: TempFile::secret(),
+            secret: dir.secret(),
+            _dir: dir,
         }
     }
 
-    /// A node named `id`; `cluster` is added to `[cluster]`, `site` after
-    /// the site's origin.
-    async fn node(&self, id: &str, cluster: &str, site: &str) -> Proxy {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             secret_file = \"{secret}\"\n\n\
-             [cluster]\nredis_url = \"{redis}\"\nrefresh_interval = \"100ms\"\n\
-             node_id = \"{id}\"\n{cluster}\n\n\
-             [[site]]\nname = \"portal\"\nhosts = [\"*\"]\norigin = \"{origin}\"\n{site}\n",
-            secret = self.secret.0.display(),
-            redis = self.redis.url(),
-            origin = self.origin.url(),
-        );
-        Proxy::from_toml_with(
-            &text,
-            digue::Options {
-                config_path: None,
-                admin_token: Some(TOKEN.to_owned()),
-                ..digue::Options::default()
-            },
-        )
-        .await
+    /// A node named `id`, admin API open; more `[cluster]` keys and site
+    /// keys may follow.
+    fn node(&self, id: &str) -> Digue {
+        Digue::new(&self.origin.url())
+            .admin()
+            .secret(&self.secret)
+            .cluster(&format!(
+                "redis_url = \"{}\"\nrefresh_interval = \"100ms\"\nnode_id = \"{id}\"",
+                self.redis.url()
+            ))
+    }
+
+    /// Nodes A and B with these waiting-room keys, each reaching Redis and
+    /// seeing the other.
+    async fn pair(&self, keys: &str) -> (Proxy, Proxy) {
+        let a = self.gated("a", keys).await;
+        let b = self.gated("b", keys).await;
+        all_ready(&[&a, &b]).await;
+        (a, b)
+    }
+
+    /// A node named `id` whose waiting room has these keys.
+    async fn gated(&self, id: &str, keys: &str) -> Proxy {
+        self.node(id).admission(&gate(keys)).start().await
     }
 }
 
-/// `[site.admission]` gating [`ENTRY`]; one network may take many tickets
-/// (every client here comes from 127.0.0.1).
-fn admission(keys: &str) -> String {
-    format!(
-        "[site.admission]\npaths = [\"{ENTRY}\"]\ntickets_per_network_per_minute = 100000\n{keys}\n"
-    )
-}
-
-/// An origin answering `page {target}`, never storable.
-async fn portal() -> Origin {
-    Origin::start(|seen: &Seen| {
-        reply(
-            200,
-            &[
-                ("cache-control", "no-store"),
-                ("content-type", "text/html; charset=utf-8"),
-            ],
-            &format!("page {}", seen.target),
-        )
-    })
-    .await
+/// The keys of a waiting room where one network may take many tickets.
+fn gate(keys: &str) -> String {
+    format!("{ONE_NETWORK}\n{keys}")
 }
 
 async fn readyz(node: &Proxy) -> String {
@@ -248,18 +91,16 @@ async fn readyz(node: &Proxy) -> String {
 
 /// Waits until `/readyz` contains `needle`.
 async fn wait_readyz(node: &Proxy, needle: &str, limit: Duration) {
-    let start = Instant::now();
-    loop {
+    let what = format!("/readyz says {needle:?}");
+    wait_for(&what, limit, async || {
         let text = readyz(node).await;
         if text.contains(needle) {
-            return;
+            Ok(())
+        } else {
+            Err(text)
         }
-        assert!(
-            start.elapsed() < limit,
-            "within {limit:?} /readyz says {needle:?}; it still says {text:?}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 /// Waits until every node reaches Redis and sees all the gated nodes.
@@ -272,8 +113,14 @@ async fn all_ready(nodes: &[&Proxy]) {
     }
 }
 
-async fn admin(node: &Proxy, method: Method, path: &str, body: &str) -> Got {
-    support::admin_call(node, TOKEN, method, path, body).await
+/// Waits until `node` has refreshed its view of the lines since this call.
+/// An idle node calls Redis only from its refresh loop, one call a tick,
+/// counted as the call starts, one tick after the other: two more calls
+/// mean that a whole refresh began and ended after this point.
+async fn wait_for_a_refresh(node: &Proxy) {
+    let before = node.metric(CALLS).await;
+    node.wait_metric(CALLS, |now| now >= before + 2.0, Duration::from_secs(2))
+        .await;
 }
 
 /// The Redis round-trips counted by all these nodes.
@@ -286,63 +133,6 @@ async fn calls(nodes: &[&Proxy]) -> f64 {
 }
 
 // ---- clients ----
-
-/// One visitor: a jar for digue's two cookies, polling as the waiting page does.
-#[derive(Debug, Default, Clone)]
-struct Browser {
-    ticket: Option<String>,
-    pass: Option<String>,
-    /// The `Host` it asks for, when the nodes serve several sites.
-    host: Option<String>,
-}
-
-impl Browser {
-    /// A visitor of the site served at `host`.
-    fn on(host: &str) -> Browser {
-        Browser {
-            host: Some(host.to_owned()),
-            ..Browser::default()
-        }
-    }
-
-    /// `GET ENTRY` as JSON with the jar's cookies; keeps what comes back.
-    async fn visit(&mut self, node: &Proxy) -> Got {
-        let cookie: Vec<String> = [
-            self.ticket.as_ref().map(|t| format!("{TICKET}={t}")),
-            self.pass.as_ref().map(|p| format!("{PASS}={p}")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let cookie = cookie.join("; ");
-        let mut headers = vec![("accept", "application/json")];
-        if !cookie.is_empty() {
-            headers.push(("cookie", cookie.as_str()));
-        }
-        if let Some(host) = &self.host {
-            headers.push(("host", host.as_str()));
-        }
-        let got = get(&node.url(ENTRY), &headers).await;
-        if let Some(t) = set_cookie(&got, TICKET) {
-            self.ticket = t;
-        }
-        if let Some(p) = set_cookie(&got, PASS) {
-            self.pass = p;
-        }
-        got
-    }
-}
-
-fn json(got: &Got) -> Value {
-    assert_eq!(
-        got.header("content-type"),
-        Some("application/json"),
-        "a JSON answer ({}): {}",
-        got.status,
-        got.text()
-    );
-    serde_json::from_slice(&got.body).unwrap_or_else(|e| panic!("valid JSON ({e}): {}", got.text()))
-}
 
 /// What a JSON client may get at the gate: nothing else is acceptable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,15 +151,15 @@ enum Answer {
 fn answer(got: &Got) -> Answer {
     match got.status.as_u16() {
         200 if got.header("content-type") == Some("application/json") => {
-            assert_eq!(json(got)["state"], "admitted", "{}", got.text());
+            assert_eq!(got.json()["state"], "admitted", "{}", got.text());
             Answer::Admitted
         }
         200 => {
-            assert_eq!(got.text(), format!("page {ENTRY}"), "the portal's page");
+            assert_eq!(got.text(), page(ENTRY), "the portal's page");
             Answer::Admitted
         }
         503 => {
-            let j = json(got);
+            let j = got.json();
             assert!(
                 got.header("retry-after").is_some(),
                 "the waiting room says when to poll again: {j}"
@@ -390,6 +180,28 @@ fn answer(got: &Got) -> Answer {
     }
 }
 
+/// Polls `node` with `browser` until it is admitted (`admitted`, within
+/// `limit`), failing if it is handed a new ticket meanwhile (`keeps`).
+async fn admitted_keeping_its_ticket(
+    browser: &mut Browser,
+    node: &Proxy,
+    limit: Duration,
+    admitted: &str,
+    keeps: &str,
+) {
+    let ticket = browser.ticket.clone();
+    wait_for(admitted, limit, async || {
+        let got = browser.poll(node).await;
+        let seen = answer(&got);
+        if seen == Answer::Admitted {
+            return Ok(());
+        }
+        assert_eq!(browser.ticket, ticket, "{keeps}: {seen:?}");
+        Err(got.text())
+    })
+    .await;
+}
+
 fn queued_position(got: &Got) -> u64 {
     match answer(got) {
         Answer::Queued { position, .. } => position,
@@ -402,24 +214,22 @@ fn queued_position(got: &Got) -> u64 {
 #[tokio::test]
 async fn arrivals_alternating_between_nodes_stand_in_one_line_and_a_ticket_is_honoured_by_any_node()
 {
-    let cluster = Cluster::start(portal().await).await;
+    let cluster = Cluster::start(Origin::portal().await).await;
     // One admission at once, then one a second: the arrivals below take
     // milliseconds, so nobody's turn comes while they arrive.
-    let site = admission("new_users_per_minute = 60\nburst = 1");
-    let a = cluster.node("a", "", &site).await;
-    let b = cluster.node("b", "", &site).await;
-    all_ready(&[&a, &b]).await;
+    let keys = "new_users_per_minute = 60\nburst = 1";
+    let (a, b) = cluster.pair(keys).await;
 
     // Arrival i reaches B when i is even, A when odd.
     let nodes = [&b, &a];
     let mut first = Browser::default();
-    let got = first.visit(&b).await;
+    let got = first.poll(&b).await;
     assert_eq!(answer(&got), Answer::Admitted, "the burst lets one in");
     let mut arrivals = Vec::new();
     let mut positions = Vec::new();
     for i in 1..10 {
         let mut browser = Browser::default();
-        let got = browser.visit(nodes[i % 2]).await;
+        let got = browser.poll(nodes[i % 2]).await;
         positions.push(queued_position(&got));
         assert!(browser.ticket.is_some(), "arrival {i} holds a ticket");
         arrivals.push(browser);
@@ -437,7 +247,7 @@ async fn arrivals_alternating_between_nodes_stand_in_one_line_and_a_ticket_is_ho
     // Arrival 3 got its ticket from A; B reads it, keeps its place.
     let mut from_a = arrivals[2].clone();
     let issued = from_a.ticket.clone();
-    let got = from_a.visit(&b).await;
+    let got = from_a.poll(&b).await;
     assert_eq!(
         queued_position(&got),
         positions[2],
@@ -445,33 +255,33 @@ async fn arrivals_alternating_between_nodes_stand_in_one_line_and_a_ticket_is_ho
     );
     assert_eq!(from_a.ticket, issued, "B issues no new ticket for it");
 
-    let start = Instant::now();
-    loop {
-        let got = from_a.visit(&b).await;
-        if answer(&got) == Answer::Admitted {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(8),
-            "the ticket from A is admitted on B when its turn comes (at about 3 s): {}",
-            got.text()
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the ticket from A is admitted on B when its turn comes (at about 3 s)",
+        Duration::from_secs(8),
+        async || {
+            let got = from_a.poll(&b).await;
+            if answer(&got) == Answer::Admitted {
+                Ok(())
+            } else {
+                Err(got.text())
+            }
+        },
+    )
+    .await;
     assert!(from_a.pass.is_some(), "B hands out a pass for A's ticket");
     assert!(from_a.ticket.is_none(), "and clears the ticket");
-    let got = from_a.visit(&a).await;
+    let got = from_a.poll(&a).await;
     assert_eq!(got.status, 200, "the pass from B lets it through on A");
-    assert_eq!(got.text(), format!("page {ENTRY}"), "the portal's page");
+    assert_eq!(got.text(), page(ENTRY), "the portal's page");
 }
 
 #[tokio::test]
 async fn the_admission_budget_holds_across_three_nodes_instead_of_tripling() {
-    let cluster = Cluster::start(portal().await).await;
-    let site = admission("new_users_per_minute = 600\nburst = 1");
-    let a = cluster.node("a", "", &site).await;
-    let b = cluster.node("b", "", &site).await;
-    let c = cluster.node("c", "", &site).await;
+    let cluster = Cluster::start(Origin::portal().await).await;
+    let keys = "new_users_per_minute = 600\nburst = 1";
+    let a = cluster.gated("a", keys).await;
+    let b = cluster.gated("b", keys).await;
+    let c = cluster.gated("c", keys).await;
     all_ready(&[&a, &b, &c]).await;
     let nodes = [&a, &b, &c];
 
@@ -480,7 +290,7 @@ async fn the_admission_budget_holds_across_three_nodes_instead_of_tripling() {
     let mut waiting = Vec::new();
     for i in 0..60 {
         let mut browser = Browser::default();
-        match answer(&browser.visit(nodes[i % 3]).await) {
+        match answer(&browser.poll(nodes[i % 3]).await) {
             Answer::Admitted => admitted_by[i % 3] += 1,
             Answer::Queued { .. } => waiting.push(browser),
             Answer::Closed => panic!("the site is open"),
@@ -491,7 +301,7 @@ async fn the_admission_budget_holds_across_three_nodes_instead_of_tripling() {
         let mut still = Vec::new();
         for (j, mut browser) in waiting.into_iter().enumerate() {
             let n = (j + round) % 3;
-            match answer(&browser.visit(nodes[n]).await) {
+            match answer(&browser.poll(nodes[n]).await) {
                 Answer::Admitted => admitted_by[n] += 1,
                 Answer::Queued { .. } => still.push(browser),
                 Answer::Closed => panic!("the site is open"),
@@ -534,20 +344,15 @@ async fn the_admission_budget_holds_across_three_nodes_instead_of_tripling() {
 
 #[tokio::test]
 async fn resuming_admissions_live_lets_no_burst_through_the_shared_budget() {
-    let cluster = Cluster::start(portal().await).await;
+    let cluster = Cluster::start(Origin::portal().await).await;
     // A burst of 10 is one second of the budget at 600 a minute.
-    let site = admission("new_users_per_minute = 600\nburst = 10");
-    let a = cluster.node("a", "", &site).await;
-    let b = cluster.node("b", "", &site).await;
-    all_ready(&[&a, &b]).await;
-    let path = "/admin/sites/portal/admission";
+    let keys = "new_users_per_minute = 600\nburst = 10";
+    let (a, b) = cluster.pair(keys).await;
 
-    let got = admin(&a, Method::PATCH, path, r#"{"new_users_per_minute":0}"#).await;
-    assert_eq!(got.status, 200, "paused: {}", got.text());
+    a.patch_admission(r#"{"new_users_per_minute":0}"#).await;
     // Paused for longer than it takes a bucket to fill up again.
     sleep(Duration::from_millis(1500)).await;
-    let got = admin(&a, Method::PATCH, path, r#"{"new_users_per_minute":600}"#).await;
-    assert_eq!(got.status, 200, "resumed: {}", got.text());
+    a.patch_admission(r#"{"new_users_per_minute":600}"#).await;
     b.wait_metric(
         "digue_admission_rate_per_minute{site=\"portal\"}",
         |rate| rate == 600.0,
@@ -559,7 +364,7 @@ async fn resuming_admissions_live_lets_no_burst_through_the_shared_budget() {
     let mut admitted = 0;
     for i in 0..20 {
         let node = if i % 2 == 0 { &a } else { &b };
-        if answer(&Browser::default().visit(node).await) == Answer::Admitted {
+        if answer(&Browser::default().poll(node).await) == Answer::Admitted {
             admitted += 1;
         }
     }
@@ -577,8 +382,8 @@ async fn resuming_admissions_live_lets_no_burst_through_the_shared_budget() {
 async fn a_hard_purge_on_one_node_invalidates_the_copy_on_another_within_a_second() {
     let origin = Origin::fixed(&[("cache-control", "max-age=60")], "bonjour").await;
     let cluster = Cluster::start(origin).await;
-    let a = cluster.node("a", "", "").await;
-    let b = cluster.node("b", "", "").await;
+    let a = cluster.node("a").start().await;
+    let b = cluster.node("b").start().await;
     for node in [&a, &b] {
         wait_readyz(node, REACHABLE, SETTLE).await;
         get(&node.url("/page"), &[]).await;
@@ -609,29 +414,32 @@ async fn hard_purge_reaches(
     headers: &[(&str, &str)],
 ) -> Duration {
     let body = format!(r#"{{"site":"{site}","path":"/page","hard":true}}"#);
-    let got = admin(a, Method::POST, "/admin/purge", &body).await;
+    let got = a.admin_call(Method::POST, "/admin/purge", &body).await;
     assert_eq!(got.status, 200, "the purge is accepted: {}", got.text());
     let purged = Instant::now();
-    loop {
-        let got = get(&b.url("/page"), headers).await;
-        assert_eq!(got.status, 200, "{}", got.text());
-        if !got.cache_status().starts_with("digue; hit") {
-            return purged.elapsed();
-        }
-        assert!(
-            purged.elapsed() < Duration::from_secs(1),
-            "within 1 s of the purge on A, B stops serving its copy: {}",
-            got.cache_status()
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "within 1 s of the purge on A, B stops serving its copy",
+        Duration::from_secs(1),
+        async || {
+            let got = get(&b.url("/page"), headers).await;
+            assert_eq!(got.status, 200, "{}", got.text());
+            let status = got.cache_status();
+            if status.starts_with("digue; hit") {
+                Err(status)
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    purged.elapsed()
 }
 
 /// Asserts that `node`'s `GET /admin/sites` shows the change made on A.
 async fn shows_the_change(node: &Proxy, name: &str) {
-    let got = admin(node, Method::GET, "/admin/sites", "").await;
+    let got = node.admin_call(Method::GET, "/admin/sites", "").await;
     assert_eq!(got.status, 200, "{name}: {}", got.text());
-    let admission = json(&got)["sites"][0]["admission"].clone();
+    let admission = got.json()["sites"][0]["admission"].clone();
     assert_eq!(
         admission["mode"], "closed",
         "{name}'s /admin/sites shows the change: {admission}"
@@ -646,68 +454,63 @@ const CHANGE: &str = r#"{"mode":"closed","new_users_per_minute":120}"#;
 
 #[tokio::test]
 async fn an_admin_change_on_one_node_applies_on_the_others_within_a_second() {
-    let cluster = Cluster::start(portal().await).await;
-    let site = admission("new_users_per_minute = 600\nburst = 50");
-    let a = cluster.node("a", "", &site).await;
-    let b = cluster.node("b", "", &site).await;
-    all_ready(&[&a, &b]).await;
+    let cluster = Cluster::start(Origin::portal().await).await;
+    let keys = "new_users_per_minute = 600\nburst = 50";
+    let (a, b) = cluster.pair(keys).await;
     assert_eq!(
-        answer(&Browser::default().visit(&b).await),
+        answer(&Browser::default().poll(&b).await),
         Answer::Admitted,
         "before the change B lets newcomers in"
     );
 
-    let got = admin(&a, Method::PATCH, "/admin/sites/portal/admission", CHANGE).await;
-    assert_eq!(got.status, 200, "the change is accepted: {}", got.text());
+    a.patch_admission(CHANGE).await;
     let changed = Instant::now();
-    loop {
-        let got = Browser::default().visit(&b).await;
-        if answer(&got) == Answer::Closed {
-            break;
-        }
-        assert!(
-            changed.elapsed() < Duration::from_secs(1),
-            "within 1 s of the change on A, a newcomer on B finds the site closed: {}",
-            got.text()
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "within 1 s of the change on A, a newcomer on B finds the site closed",
+        Duration::from_secs(1),
+        async || {
+            let got = Browser::default().poll(&b).await;
+            if answer(&got) == Answer::Closed {
+                Ok(())
+            } else {
+                Err(got.text())
+            }
+        },
+    )
+    .await;
     println!("admin change on A reached B in {:?}", changed.elapsed());
     shows_the_change(&b, "B").await;
 }
 
 #[tokio::test]
 async fn nodes_started_after_an_admin_change_pick_it_up_from_redis() {
-    let cluster = Cluster::start(portal().await).await;
-    let site = admission("new_users_per_minute = 600\nburst = 50");
-    let a = cluster.node("a", "", &site).await;
+    let cluster = Cluster::start(Origin::portal().await).await;
+    let keys = "new_users_per_minute = 600\nburst = 50";
+    let a = cluster.gated("a", keys).await;
     all_ready(&[&a]).await;
-    let got = admin(&a, Method::PATCH, "/admin/sites/portal/admission", CHANGE).await;
-    assert_eq!(got.status, 200, "the change is accepted: {}", got.text());
+    a.patch_admission(CHANGE).await;
 
     // Each start is a new race between the node's two connections to
     // Redis; five starts make a lost race all but certain to show.
     for i in 0..5 {
         let name = format!("late node {i}");
-        let late = cluster.node(&format!("late{i}"), "", &site).await;
+        let late = cluster.gated(&format!("late{i}"), keys).await;
         wait_readyz(&late, REACHABLE, SETTLE).await;
-        let started = Instant::now();
-        loop {
-            let got = admin(&late, Method::GET, "/admin/sites", "").await;
-            if json(&got)["sites"][0]["admission"]["mode"] == "closed" {
-                break;
+        let what = format!(
+            "{name}, started after the change and reaching Redis, picks the change up from Redis"
+        );
+        wait_for(&what, Duration::from_secs(2), async || {
+            let got = late.admin_call(Method::GET, "/admin/sites", "").await;
+            if got.json()["sites"][0]["admission"]["mode"] == "closed" {
+                Ok(())
+            } else {
+                Err(got.text())
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(2),
-                "{name}, started after the change and reaching Redis, picks the change up \
-                 from Redis within 2 s: {}",
-                got.text()
-            );
-            sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
         shows_the_change(&late, &name).await;
         assert_eq!(
-            answer(&Browser::default().visit(&late).await),
+            answer(&Browser::default().poll(&late).await),
             Answer::Closed,
             "newcomers on {name} find the site closed too"
         );
@@ -718,11 +521,9 @@ async fn nodes_started_after_an_admin_change_pick_it_up_from_redis() {
 
 #[tokio::test]
 async fn killing_redis_mid_surge_keeps_sessions_and_places_and_admits_newcomers_at_a_local_share() {
-    let mut cluster = Cluster::start(portal().await).await;
-    let site = admission("new_users_per_minute = 600\nburst = 2");
-    let a = cluster.node("a", "", &site).await;
-    let b = cluster.node("b", "", &site).await;
-    all_ready(&[&a, &b]).await;
+    let mut cluster = Cluster::start(Origin::portal().await).await;
+    let keys = "new_users_per_minute = 600\nburst = 2";
+    let (a, b) = cluster.pair(keys).await;
     let nodes = [&a, &b];
 
     // The surge: the burst enters (one on each node), the rest queue.
@@ -730,7 +531,7 @@ async fn killing_redis_mid_surge_keeps_sessions_and_places_and_admits_newcomers_
     let mut queued = Vec::new();
     for i in 0..40 {
         let mut browser = Browser::default();
-        match answer(&browser.visit(nodes[i % 2]).await) {
+        match answer(&browser.poll(nodes[i % 2]).await) {
             Answer::Admitted => admitted.push(browser),
             Answer::Queued { .. } => queued.push(browser),
             Answer::Closed => panic!("the site is open"),
@@ -781,7 +582,7 @@ async fn killing_redis_mid_surge_keeps_sessions_and_places_and_admits_newcomers_
         let local = Instant::now();
         for browser in &mut admitted {
             for node in nodes {
-                let got = browser.visit(node).await;
+                let got = browser.poll(node).await;
                 assert_eq!(
                     got.status,
                     200,
@@ -792,7 +593,7 @@ async fn killing_redis_mid_surge_keeps_sessions_and_places_and_admits_newcomers_
             }
         }
         for (j, browser) in far_back.iter_mut().enumerate() {
-            let got = browser.visit(nodes[(j + round) % 2]).await;
+            let got = browser.poll(nodes[(j + round) % 2]).await;
             match answer(&got) {
                 Answer::Queued { approximate, .. } => assert!(
                     approximate,
@@ -808,7 +609,7 @@ async fn killing_redis_mid_surge_keeps_sessions_and_places_and_admits_newcomers_
         for n in [0, 1] {
             let front = round % queued.len().max(1);
             if let Some(browser) = queued.get_mut(front) {
-                match answer(&browser.visit(nodes[n]).await) {
+                match answer(&browser.poll(nodes[n]).await) {
                     Answer::Admitted => {
                         entered_on[n] += 1;
                         queued.remove(front);
@@ -862,19 +663,17 @@ async fn killing_redis_mid_surge_keeps_sessions_and_places_and_admits_newcomers_
 
 #[tokio::test]
 async fn restarting_redis_empty_keeps_one_global_order_without_reissuing_tickets() {
-    let mut cluster = Cluster::start(portal().await).await;
+    let mut cluster = Cluster::start(Origin::portal().await).await;
     // One a second: the last of 30 tickets waits far longer than the test.
-    let site = admission("new_users_per_minute = 60\nburst = 1");
-    let a = cluster.node("a", "", &site).await;
-    let b = cluster.node("b", "", &site).await;
-    all_ready(&[&a, &b]).await;
+    let keys = "new_users_per_minute = 60\nburst = 1";
+    let (a, b) = cluster.pair(keys).await;
     let nodes = [&a, &b];
     let mut last = Browser::default();
     for i in 0..30 {
         last = Browser::default();
-        answer(&last.visit(nodes[i % 2]).await);
+        answer(&last.poll(nodes[i % 2]).await);
     }
-    let before = queued_position(&last.visit(&a).await);
+    let before = queued_position(&last.poll(&a).await);
     let epoch = a.metric("digue_cluster_epoch").await;
     assert!(epoch >= 1.0, "an epoch is known: {epoch}");
 
@@ -893,8 +692,8 @@ async fn restarting_redis_empty_keeps_one_global_order_without_reissuing_tickets
     for i in 0..6 {
         let node = nodes[i % 2];
         let mut newcomer = Browser::default();
-        let position = queued_position(&newcomer.visit(node).await);
-        let old = queued_position(&last.visit(node).await);
+        let position = queued_position(&newcomer.poll(node).await);
+        let old = queued_position(&last.poll(node).await);
         assert!(
             position > old,
             "a ticket taken after the restart (position {position} on node {i}) stands \
@@ -914,48 +713,44 @@ async fn restarting_redis_empty_keeps_one_global_order_without_reissuing_tickets
 
 #[tokio::test]
 async fn a_node_whose_view_is_a_moment_old_never_reissues_a_ticket_after_redis_restarts_empty() {
-    let mut cluster = Cluster::start(portal().await).await;
-    let site = admission("new_users_per_minute = 60\nburst = 1");
-    let a = cluster.node("a", "", &site).await;
-    let b = cluster.node("b", "", &site).await;
-    all_ready(&[&a, &b]).await;
+    let mut cluster = Cluster::start(Origin::portal().await).await;
+    let keys = "new_users_per_minute = 60\nburst = 1";
+    let (a, b) = cluster.pair(keys).await;
     for (i, node) in [&a, &b, &a, &b, &a].into_iter().enumerate() {
-        let got = Browser::default().visit(node).await;
+        let got = Browser::default().poll(node).await;
         assert!(
             matches!(answer(&got), Answer::Admitted | Answer::Queued { .. }),
             "arrival {i}: {}",
             got.text()
         );
     }
-    sleep(Duration::from_millis(300)).await;
+    wait_for_a_refresh(&b).await;
     // A surge on A, then Redis dies before B's next refresh (100 ms) has
     // seen all of it: B's view is a moment old, as in any real surge.
     let mut last = Browser::default();
     for _ in 0..10 {
         last = Browser::default();
-        queued_position(&last.visit(&a).await);
+        queued_position(&last.poll(&a).await);
     }
     cluster.redis.restart_empty().await;
 
-    let start = Instant::now();
-    let position = loop {
-        // While B reconnects it fails static (admits at its share or
-        // answers without a ticket); the first ticket it hands out counts.
-        let got = Browser::default().visit(&b).await;
-        if let Answer::Queued {
-            position,
-            approximate: false,
-        } = answer(&got)
-        {
-            break position;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "B hands out tickets again within 10 s of Redis's return"
-        );
-        sleep(Duration::from_millis(10)).await;
-    };
-    let old = queued_position(&last.visit(&b).await);
+    let position = wait_for(
+        "B hands out tickets again within 10 s of Redis's return",
+        Duration::from_secs(10),
+        async || {
+            // While B reconnects it fails static (admits at its share or
+            // answers without a ticket); the first ticket it hands out counts.
+            match answer(&Browser::default().poll(&b).await) {
+                Answer::Queued {
+                    position,
+                    approximate: false,
+                } => Ok(position),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+    let old = queued_position(&last.poll(&b).await);
     assert!(
         position > old,
         "the first ticket B hands out after the restart (position {position}) stands behind \
@@ -966,16 +761,14 @@ async fn a_node_whose_view_is_a_moment_old_never_reissues_a_ticket_after_redis_r
 
 #[tokio::test]
 async fn a_ticket_whose_turn_came_just_before_redis_restarted_empty_keeps_its_turn() {
-    let mut cluster = Cluster::start(portal().await).await;
-    let site = admission("new_users_per_minute = 600\nburst = 1");
-    let a = cluster.node("a", "", &site).await;
-    let b = cluster.node("b", "", &site).await;
-    all_ready(&[&a, &b]).await;
+    let mut cluster = Cluster::start(Origin::portal().await).await;
+    let keys = "new_users_per_minute = 600\nburst = 1";
+    let (a, b) = cluster.pair(keys).await;
     let nodes = [&a, &b];
     let mut queued = Vec::new();
     for i in 0..30 {
         let mut browser = Browser::default();
-        if let Answer::Queued { .. } = answer(&browser.visit(nodes[i % 2]).await) {
+        if let Answer::Queued { .. } = answer(&browser.poll(nodes[i % 2]).await) {
             queued.push(browser);
         }
     }
@@ -983,7 +776,6 @@ async fn a_ticket_whose_turn_came_just_before_redis_restarted_empty_keeps_its_tu
     // come, and they may be claimed for the next 60 s (claim_window).
     sleep(Duration::from_secs(1)).await;
     let mut front = queued[2].clone();
-    let ticket = front.ticket.clone();
     cluster.redis.kill();
     for node in nodes {
         wait_readyz(node, UNREACHABLE, Duration::from_secs(3)).await;
@@ -993,42 +785,34 @@ async fn a_ticket_whose_turn_came_just_before_redis_restarted_empty_keeps_its_tu
         wait_readyz(node, REACHABLE, Duration::from_secs(10)).await;
     }
 
-    let start = Instant::now();
-    loop {
-        let got = front.visit(&a).await;
-        let seen = answer(&got);
-        if seen == Answer::Admitted {
-            break;
-        }
-        assert_eq!(
-            front.ticket, ticket,
-            "the third in line, whose turn came a second before Redis restarted, keeps its \
-             ticket; it was given a new one: {seen:?}"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "the third in line is admitted after the restart: {}",
-            got.text()
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
+    admitted_keeping_its_ticket(
+        &mut front,
+        &a,
+        Duration::from_secs(2),
+        "the third in line is admitted after the restart",
+        "the third in line, whose turn came a second before Redis restarted, keeps its \
+         ticket; it was given a new one",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn with_on_store_failure_closed_newcomers_find_the_site_closed_while_redis_is_down() {
-    let mut cluster = Cluster::start(portal().await).await;
-    let site = admission("new_users_per_minute = 600\nburst = 5");
+    let mut cluster = Cluster::start(Origin::portal().await).await;
     let node = cluster
-        .node("a", "on_store_failure = \"closed\"", &site)
+        .node("a")
+        .cluster("on_store_failure = \"closed\"")
+        .admission(&gate("new_users_per_minute = 600\nburst = 5"))
+        .start()
         .await;
     all_ready(&[&node]).await;
     let mut inside = Browser::default();
-    assert_eq!(answer(&inside.visit(&node).await), Answer::Admitted);
+    assert_eq!(answer(&inside.poll(&node).await), Answer::Admitted);
 
     cluster.redis.kill();
     wait_readyz(&node, "UNREACHABLE: failing closed", Duration::from_secs(3)).await;
     for _ in 0..5 {
-        let got = Browser::default().visit(&node).await;
+        let got = Browser::default().poll(&node).await;
         assert_eq!(
             answer(&got),
             Answer::Closed,
@@ -1037,7 +821,7 @@ async fn with_on_store_failure_closed_newcomers_find_the_site_closed_while_redis
         );
     }
     assert_eq!(
-        inside.visit(&node).await.status,
+        inside.poll(&node).await.status,
         200,
         "a session admitted before keeps going"
     );
@@ -1045,19 +829,21 @@ async fn with_on_store_failure_closed_newcomers_find_the_site_closed_while_redis
 
 #[tokio::test]
 async fn with_on_store_failure_open_newcomers_go_straight_through_while_redis_is_down() {
-    let mut cluster = Cluster::start(portal().await).await;
-    let site = admission("new_users_per_minute = 60\nburst = 1");
+    let mut cluster = Cluster::start(Origin::portal().await).await;
     let node = cluster
-        .node("a", "on_store_failure = \"open\"", &site)
+        .node("a")
+        .cluster("on_store_failure = \"open\"")
+        .admission(&gate("new_users_per_minute = 60\nburst = 1"))
+        .start()
         .await;
     all_ready(&[&node]).await;
     assert_eq!(
-        answer(&Browser::default().visit(&node).await),
+        answer(&Browser::default().poll(&node).await),
         Answer::Admitted
     );
     assert!(
         matches!(
-            answer(&Browser::default().visit(&node).await),
+            answer(&Browser::default().poll(&node).await),
             Answer::Queued { .. }
         ),
         "with Redis up the budget of 1 is spent"
@@ -1066,9 +852,9 @@ async fn with_on_store_failure_open_newcomers_go_straight_through_while_redis_is
     cluster.redis.kill();
     wait_readyz(&node, "UNREACHABLE: failing open", Duration::from_secs(3)).await;
     for _ in 0..10 {
-        let got = Browser::default().visit(&node).await;
+        let got = Browser::default().poll(&node).await;
         assert_eq!(got.status, 200, "a newcomer goes through: {}", got.text());
-        assert_eq!(got.text(), format!("page {ENTRY}"), "the portal's page");
+        assert_eq!(got.text(), page(ENTRY), "the portal's page");
     }
 }
 
@@ -1083,11 +869,9 @@ async fn idle_rate(nodes: &[&Proxy], over: Duration) -> f64 {
 
 #[tokio::test]
 async fn each_admitted_user_costs_at_most_three_redis_calls_beyond_the_view_refreshes() {
-    let cluster = Cluster::start(portal().await).await;
-    let site = admission("new_users_per_minute = 1200\nburst = 1");
-    let a = cluster.node("a", "", &site).await;
-    let b = cluster.node("b", "", &site).await;
-    all_ready(&[&a, &b]).await;
+    let cluster = Cluster::start(Origin::portal().await).await;
+    let keys = "new_users_per_minute = 1200\nburst = 1";
+    let (a, b) = cluster.pair(keys).await;
     let nodes = [&a, &b];
     let idle = idle_rate(&nodes, Duration::from_secs(2)).await;
 
@@ -1097,7 +881,7 @@ async fn each_admitted_user_costs_at_most_three_redis_calls_beyond_the_view_refr
     let mut admitted = 0;
     for i in 0..N {
         let mut browser = Browser::default();
-        match answer(&browser.visit(nodes[i % 2]).await) {
+        match answer(&browser.poll(nodes[i % 2]).await) {
             Answer::Admitted => admitted += 1,
             Answer::Queued { .. } => waiting.push(browser),
             Answer::Closed => panic!("the site is open"),
@@ -1115,7 +899,7 @@ async fn each_admitted_user_costs_at_most_three_redis_calls_beyond_the_view_refr
         let mut still = Vec::new();
         for (j, mut browser) in waiting.into_iter().enumerate() {
             polls += 1;
-            match answer(&browser.visit(nodes[(j + round) % 2]).await) {
+            match answer(&browser.poll(nodes[(j + round) % 2]).await) {
                 Answer::Admitted => admitted += 1,
                 Answer::Queued { .. } => still.push(browser),
                 Answer::Closed => panic!("the site is open"),
@@ -1150,17 +934,15 @@ async fn each_admitted_user_costs_at_most_three_redis_calls_beyond_the_view_refr
 
 #[tokio::test]
 async fn polling_waiting_tickets_is_answered_from_the_view_without_redis_calls() {
-    let cluster = Cluster::start(portal().await).await;
+    let cluster = Cluster::start(Origin::portal().await).await;
     // One a minute: after the first, nobody's turn comes during the test.
-    let site = admission("new_users_per_minute = 1\nburst = 1");
-    let a = cluster.node("a", "", &site).await;
-    let b = cluster.node("b", "", &site).await;
-    all_ready(&[&a, &b]).await;
+    let keys = "new_users_per_minute = 1\nburst = 1";
+    let (a, b) = cluster.pair(keys).await;
     let nodes = [&a, &b];
     let mut waiting = Vec::new();
     for i in 0..21 {
         let mut browser = Browser::default();
-        if let Answer::Queued { .. } = answer(&browser.visit(nodes[i % 2]).await) {
+        if let Answer::Queued { .. } = answer(&browser.poll(nodes[i % 2]).await) {
             waiting.push(browser);
         }
     }
@@ -1171,7 +953,7 @@ async fn polling_waiting_tickets_is_answered_from_the_view_without_redis_calls()
     let mut polls = 0_usize;
     while t0.elapsed() < Duration::from_secs(2) {
         for (j, browser) in waiting.iter_mut().enumerate() {
-            queued_position(&browser.visit(nodes[(j + polls) % 2]).await);
+            queued_position(&browser.poll(nodes[(j + polls) % 2]).await);
             polls += 1;
         }
     }
@@ -1196,59 +978,31 @@ async fn polling_waiting_tickets_is_answered_from_the_view_without_redis_calls()
 
 #[tokio::test]
 async fn a_site_closed_for_longer_than_the_claim_window_reopens_with_its_line_in_order() {
-    let cluster = Cluster::start(portal().await).await;
+    let cluster = Cluster::start(Origin::portal().await).await;
     // Two a second, everybody queued: the first ticket's turn comes at
     // once; if the line moved while closed, the second's would come half a
     // second later, and both would expire 10 s later.
-    let site = admission(
-        "new_users_per_minute = 120\nburst = 1\nclaim_window = \"10s\"\nmode = \"queue_all\"",
-    );
-    let a = cluster.node("a", "", &site).await;
-    let b = cluster.node("b", "", &site).await;
-    all_ready(&[&a, &b]).await;
+    let keys =
+        "new_users_per_minute = 120\nburst = 1\nclaim_window = \"10s\"\nmode = \"queue_all\"";
+    let (a, b) = cluster.pair(keys).await;
     let mut first = Browser::default();
     let mut second = Browser::default();
-    queued_position(&first.visit(&a).await);
-    queued_position(&second.visit(&b).await);
-    let closing = admin(
-        &a,
-        Method::PATCH,
-        "/admin/sites/portal/admission",
-        r#"{"mode": "closed"}"#,
-    )
-    .await;
-    assert_eq!(closing.status, 200, "{}", closing.text());
+    queued_position(&first.poll(&a).await);
+    queued_position(&second.poll(&b).await);
+    a.patch_admission(r#"{"mode": "closed"}"#).await;
     // Both nodes keep refreshing their view (every 100 ms) meanwhile.
     sleep(Duration::from_secs(12)).await;
-    assert_eq!(answer(&first.visit(&b).await), Answer::Closed);
-    let reopening = admin(
-        &a,
-        Method::PATCH,
-        "/admin/sites/portal/admission",
-        r#"{"mode": "queue_all"}"#,
+    assert_eq!(answer(&first.poll(&b).await), Answer::Closed);
+    a.patch_admission(r#"{"mode": "queue_all"}"#).await;
+
+    admitted_keeping_its_ticket(
+        &mut first,
+        &b,
+        Duration::from_secs(3),
+        "the first in line is admitted soon after the reopening",
+        "the first in line keeps its ticket across the closure, not sent to the back",
     )
     .await;
-    assert_eq!(reopening.status, 200, "{}", reopening.text());
-
-    let ticket = first.ticket.clone();
-    let start = Instant::now();
-    loop {
-        let got = first.visit(&b).await;
-        let seen = answer(&got);
-        if seen == Answer::Admitted {
-            break;
-        }
-        assert_eq!(
-            first.ticket, ticket,
-            "the first in line keeps its ticket across the closure, not sent to the back: {seen:?}"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "the first in line is admitted soon after the reopening: {}",
-            got.text()
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
     assert_eq!(
         a.metric("digue_turns_missed_total{site=\"portal\"}").await,
         0.0,
@@ -1258,29 +1012,15 @@ async fn a_site_closed_for_longer_than_the_claim_window_reopens_with_its_line_in
 
 #[tokio::test]
 async fn a_ticket_from_before_redis_lost_the_line_gets_a_new_place_at_the_end() {
-    let cluster = Cluster::start(portal().await).await;
-    let site = admission("new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\"");
-    let a = cluster.node("a", "", &site).await;
+    let cluster = Cluster::start(Origin::portal().await).await;
+    let keys = "new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\"";
+    let a = cluster.gated("a", keys).await;
     all_ready(&[&a]).await;
     // Yesterday evening's ticket, signed with the cluster's key, from a
     // line that Redis no longer holds.
-    let keys = digue::admission::keys_from_file(&cluster.secret.0).expect("a readable secret");
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
-    let old = digue::admission::token::Ticket {
-        site: "portal".to_owned(),
-        number: 40_000,
-        issued: unix - 3600,
-        eta: 0,
-    }
-    .encode(&keys);
-    let mut holder = Browser {
-        ticket: Some(old.clone()),
-        ..Browser::default()
-    };
-    let got = holder.visit(&a).await;
+    let old = signed_ticket(&cluster.secret, "portal", 40_000, unix_now() - 3600);
+    let mut holder = Browser::with_ticket(&old);
+    let got = holder.poll(&a).await;
     assert_eq!(
         queued_position(&got),
         0,
@@ -1291,297 +1031,47 @@ async fn a_ticket_from_before_redis_lost_the_line_gets_a_new_place_at_the_end() 
         "with a new ticket"
     );
     let mut newcomer = Browser::default();
-    answer(&newcomer.visit(&a).await);
-    let start = Instant::now();
-    while answer(&newcomer.visit(&a).await) != Answer::Admitted {
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "at 10/s a newcomer behind one ticket gets in within 2 s"
-        );
-        sleep(Duration::from_millis(50)).await;
-    }
+    answer(&newcomer.poll(&a).await);
+    wait_until(
+        "at 10/s a newcomer behind one ticket gets in within 2 s",
+        Duration::from_secs(2),
+        async || answer(&newcomer.poll(&a).await) == Answer::Admitted,
+    )
+    .await;
 }
 
 // ---- Redis Cluster (sharded) ----
 
-/// A free loopback port (the listener is closed again at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-/// Runs `redis-cli -p port args…` and returns what it printed.
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run redis-cli ({e}): the Redis Cluster tests need it. Install it with \
-                 `apt-get install redis-server` (it brings redis-tools, hence redis-cli)"
-            )
-        });
-    assert!(
-        out.status.success(),
-        "redis-cli -p {port} {args:?} works: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A Redis Cluster of this test's own: three masters, no replicas, on free
-/// loopback ports (each with its own cluster bus port), in a temp
-/// directory of their own; killed and removed on drop.
-struct ShardedRedis {
-    /// Client port of each master, in creation order.
-    ports: Vec<u16>,
-    /// Cluster bus port of each master.
-    bus: Vec<u16>,
-    children: Vec<Option<Child>>,
-    dir: PathBuf,
-    /// The slot ranges each master serves, as the cluster reports them.
-    slots: Vec<Vec<(u16, u16)>>,
-}
-
-impl ShardedRedis {
-    async fn start() -> ShardedRedis {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "digue-redis-cluster-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir writable");
-        // Six distinct ports: held open together, then released.
-        let held: Vec<_> = (0..6)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-            .collect();
-        let all: Vec<u16> = held
-            .iter()
-            .map(|l| l.local_addr().expect("bound").port())
-            .collect();
-        drop(held);
-        let mut redis = ShardedRedis {
-            ports: all[..3].to_vec(),
-            bus: all[3..].to_vec(),
-            children: Vec::new(),
-            dir,
-            slots: Vec::new(),
-        };
-        for i in 0..3 {
-            let child = redis.spawn(i);
-            redis.children.push(Some(child));
-        }
-        for i in 0..3 {
-            redis.wait_for_pong(i).await;
-        }
-        let seeds: Vec<String> = redis
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        let mut create = vec!["--cluster", "create"];
-        create.extend(seeds.iter().map(String::as_str));
-        create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-        redis_cli(redis.ports[0], &create);
-        for i in 0..3 {
-            redis.wait_for_state_ok(i).await;
-        }
-        redis.slots = redis.read_slots();
-        redis
-    }
-
-    /// Master `i`, in cluster mode. `cluster-require-full-coverage no`: the
-    /// other shards keep serving while one is down.
-    fn spawn(&self, i: usize) -> Child {
-        let port = self.ports[i].to_string();
-        let conf = self.dir.join(format!("nodes-{port}.conf"));
-        Command::new("redis-server")
-            .args(["--port", &port, "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-port", &self.bus[i].to_string()])
-            .args(["--cluster-config-file", &conf.display().to_string()])
-            .args(["--cluster-require-full-coverage", "no"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--dir", &self.dir.display().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}): the cluster tests need a real Redis (7.0 or \
-                     newer for a Redis Cluster test). Install it with \
-                     `apt-get install redis-server` (.ci/run does)"
-                )
-            })
-    }
-
-    async fn wait_for_pong(&mut self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !pong(self.ports[i]).await {
-            if let Some(Some(child)) = self.children.get_mut(i)
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "redis-server exited at start ({status}); port {} or {} taken, or a \
-                     redis-server older than 7.0 (no --cluster-port)?",
-                    self.ports[i], self.bus[i]
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} answers PING within 5 s",
-                self.ports[i]
-            );
-            sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_for_state_ok(&self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(8);
-        loop {
-            let info = redis_cli(self.ports[i], &["cluster", "info"]);
-            if info.contains("cluster_state:ok") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "master {i} says cluster_state:ok within 8 s: {info}"
-            );
-            sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The slot ranges of each master, from `CLUSTER NODES`.
-    fn read_slots(&self) -> Vec<Vec<(u16, u16)>> {
-        let nodes = redis_cli(self.ports[0], &["cluster", "nodes"]);
-        self.ports
-            .iter()
-            .map(|port| {
-                let me = format!("127.0.0.1:{port}@");
-                let line = nodes
-                    .lines()
-                    .find(|l| l.split(' ').nth(1).is_some_and(|a| a.starts_with(&me)))
-                    .unwrap_or_else(|| panic!("master {port} in CLUSTER NODES: {nodes}"));
-                line.split(' ')
-                    .skip(8)
-                    .filter_map(|range| {
-                        let (a, b) = range.split_once('-').unwrap_or((range, range));
-                        Some((a.parse().ok()?, b.parse().ok()?))
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
-    fn keyslot(&self, key: &str) -> u16 {
-        redis_cli(self.ports[0], &["cluster", "keyslot", key])
-            .trim()
-            .parse()
-            .expect("a slot number")
-    }
-
-    /// The master serving `key`.
-    fn owner(&self, key: &str) -> usize {
-        let slot = self.keyslot(key);
-        self.slots
-            .iter()
-            .position(|ranges| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
-            .unwrap_or_else(|| panic!("slot {slot} is served: {:?}", self.slots))
-    }
-
-    /// A site name, `prefix-N`, whose keys (hash tag `{digue:<name>}`)
-    /// live on master `i`.
-    fn site_on(&self, i: usize, prefix: &str) -> String {
-        (0..200)
-            .map(|n| format!("{prefix}-{n}"))
-            .find(|name| self.owner(&format!("{{digue:{name}}}:issued")) == i)
-            .unwrap_or_else(|| panic!("a {prefix} site on master {i}"))
-    }
-
-    /// The keys held by master `i` (KEYS answers for its own slots only).
-    fn keys_on(&self, i: usize) -> Vec<String> {
-        redis_cli(self.ports[i], &["keys", "*"])
-            .lines()
-            .map(str::to_owned)
-            .filter(|k| !k.is_empty())
-            .collect()
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("redis://127.0.0.1:{}", self.ports[i])
-    }
-
-    /// SIGKILL master `i`: its shard is gone, the others stay.
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.children[i].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts master `i` again: empty, but with its cluster config, so it
-    /// takes its slots back.
-    async fn restart(&mut self, i: usize) {
-        self.kill(i);
-        self.children[i] = Some(self.spawn(i));
-        self.wait_for_pong(i).await;
-        self.wait_for_state_ok(i).await;
-    }
-}
-
-impl Drop for ShardedRedis {
-    fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill(i);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// `[[site]]` sections: each named site (served at `<name>.test`) gated by
-/// `admission`, then `extra`.
-fn sites(names: &[&String], origin: &str, admission_keys: &str, extra: &str) -> String {
-    let mut text = String::new();
-    for name in names {
-        text.push_str(&format!(
-            "[[site]]\nname = \"{name}\"\nhosts = [\"{name}.test\"]\norigin = \"{origin}\"\n{}\n",
-            admission(admission_keys)
-        ));
-    }
-    text + extra
+/// a waiting room with `keys`.
+fn sites(names: &[String], origin: &str, keys: &str) -> String {
+    names
+        .iter()
+        .map(|name| {
+            let host = format!("{name}.test");
+            site_section(name, &host, origin, &admission_table(&gate(keys)))
+        })
+        .collect()
 }
 
 /// A node on a Redis Cluster: `redis` names the seed nodes.
-async fn sharded_node(id: &str, redis: &str, secret: &TempFile, sites: &str) -> Proxy {
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         secret_file = \"{secret}\"\n\n\
-         [cluster]\n{redis}\nredis_cluster = true\nrefresh_interval = \"100ms\"\n\
-         node_id = \"{id}\"\n\n{sites}",
-        secret = secret.0.display(),
-    );
-    Proxy::from_toml_with(
-        &text,
-        digue::Options {
-            config_path: None,
-            admin_token: Some(TOKEN.to_owned()),
-            ..digue::Options::default()
-        },
-    )
-    .await
+async fn sharded_node(id: &str, redis: &str, secret: &Path, sites: &str) -> Proxy {
+    Digue::without_site()
+        .admin()
+        .secret(secret)
+        .cluster(redis)
+        .cluster(&format!(
+            "redis_cluster = true\nrefresh_interval = \"100ms\"\nnode_id = \"{id}\""
+        ))
+        .sites(sites)
+        .start()
+        .await
 }
 
 /// The admission settings `node` reports for `site`.
 async fn admission_of(node: &Proxy, site: &str) -> Value {
-    let got = admin(node, Method::GET, "/admin/sites", "").await;
-    json(&got)["sites"]
+    let got = node.admin_call(Method::GET, "/admin/sites", "").await;
+    got.json()["sites"]
         .as_array()
         .and_then(|all| all.iter().find(|s| s["name"] == site))
         .map(|s| s["admission"].clone())
@@ -1609,26 +1099,19 @@ async fn on_a_sharded_redis_cluster_nodes_share_each_sites_line_and_budget_and_h
         .collect();
     let b_redis = format!("redis_urls = [{}]", b_seeds.join(", "));
 
-    let origin = portal().await;
+    let origin = Origin::portal().await;
     let pages = Origin::fixed(&[("cache-control", "max-age=60")], "bonjour").await;
-    let pages_site = format!(
-        "[[site]]\nname = \"pages\"\nhosts = [\"pages.test\"]\norigin = \"{}\"\n",
-        pages.url()
-    );
-    let still_refs: Vec<&String> = still.iter().collect();
-    let moving_refs: Vec<&String> = moving.iter().collect();
     let config = sites(
-        &still_refs,
+        &still,
         &origin.url(),
         "new_users_per_minute = 60\nburst = 1",
-        "",
     ) + &sites(
-        &moving_refs,
+        &moving,
         &origin.url(),
         "new_users_per_minute = 600\nburst = 1",
-        &pages_site,
-    );
-    let secret = TempFile::secret();
+    ) + &site_section("pages", "pages.test", &pages.url(), "");
+    let dir = TempDir::new("sharded");
+    let secret = dir.secret();
     let a = sharded_node("a", &a_redis, &secret, &config).await;
     let b = sharded_node("b", &b_redis, &secret, &config).await;
     all_ready(&[&a, &b]).await;
@@ -1637,7 +1120,7 @@ async fn on_a_sharded_redis_cluster_nodes_share_each_sites_line_and_budget_and_h
     let nodes = [&b, &a];
     for site in &still {
         let host = format!("{site}.test");
-        let got = Browser::on(&host).visit(&b).await;
+        let got = Browser::on(&host).poll(&b).await;
         assert_eq!(
             answer(&got),
             Answer::Admitted,
@@ -1647,7 +1130,7 @@ async fn on_a_sharded_redis_cluster_nodes_share_each_sites_line_and_budget_and_h
         let mut arrivals = Vec::new();
         for i in 1..7 {
             let mut browser = Browser::on(&host);
-            positions.push(queued_position(&browser.visit(nodes[i % 2]).await));
+            positions.push(queued_position(&browser.poll(nodes[i % 2]).await));
             arrivals.push(browser);
         }
         assert!(
@@ -1661,7 +1144,7 @@ async fn on_a_sharded_redis_cluster_nodes_share_each_sites_line_and_budget_and_h
             let mut browser = arrivals[k].clone();
             let ticket = browser.ticket.clone();
             assert_eq!(
-                queued_position(&browser.visit(other).await),
+                queued_position(&browser.poll(other).await),
                 positions[k],
                 "{site}: the other node gives ticket {k} the place it got"
             );
@@ -1676,7 +1159,7 @@ async fn on_a_sharded_redis_cluster_nodes_share_each_sites_line_and_budget_and_h
     for i in 0..40 {
         for (s, site) in moving.iter().enumerate() {
             let mut browser = Browser::on(&format!("{site}.test"));
-            match answer(&browser.visit(nodes[i % 2]).await) {
+            match answer(&browser.poll(nodes[i % 2]).await) {
                 Answer::Admitted => admitted[s][i % 2] += 1,
                 Answer::Queued { approximate, .. } => {
                     assert!(!approximate, "{site}: Redis answers: {approximate}");
@@ -1691,7 +1174,7 @@ async fn on_a_sharded_redis_cluster_nodes_share_each_sites_line_and_budget_and_h
         let mut still_waiting = Vec::new();
         for (j, (s, mut browser)) in waiting.into_iter().enumerate() {
             let n = (j + round) % 2;
-            match answer(&browser.visit(nodes[n]).await) {
+            match answer(&browser.poll(nodes[n]).await) {
                 Answer::Admitted => admitted[s][n] += 1,
                 Answer::Queued { .. } => still_waiting.push((s, browser)),
                 Answer::Closed => panic!("{} is open", moving[s]),
@@ -1750,34 +1233,29 @@ async fn on_a_sharded_redis_cluster_nodes_share_each_sites_line_and_budget_and_h
     let closed_site = &still[2];
     let host = format!("{closed_site}.test");
     let path = format!("/admin/sites/{closed_site}/admission");
-    let got = admin(&a, Method::PATCH, &path, CHANGE).await;
+    let got = a.admin_call(Method::PATCH, &path, CHANGE).await;
     assert_eq!(got.status, 200, "the change is accepted: {}", got.text());
     let changed = Instant::now();
-    while answer(&Browser::on(&host).visit(&b).await) != Answer::Closed {
-        assert!(
-            changed.elapsed() < Duration::from_secs(1),
-            "within 1 s of the change on A, a newcomer to {closed_site} on B finds it closed"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    let what =
+        format!("within 1 s of the change on A, a newcomer to {closed_site} on B finds it closed");
+    wait_until(&what, Duration::from_secs(1), async || {
+        answer(&Browser::on(&host).poll(&b).await) == Answer::Closed
+    })
+    .await;
     let change_took = changed.elapsed();
-    let dead_seed = format!("redis://127.0.0.1:{}", free_port());
-    let late_redis = format!(
-        "redis_urls = [\"{dead_seed}\", \"{}\", \"{}\", \"{}\"]",
-        redis.url(0),
-        redis.url(1),
-        redis.url(2)
-    );
+    // A port where nothing listens: connections to it are refused.
+    let dead_seed = format!("redis://127.0.0.1:{}", unused_ports(1)[0]);
+    let late_redis = redis
+        .seeds()
+        .replacen('[', &format!("[\"{dead_seed}\", "), 1);
     let late = sharded_node("late", &late_redis, &secret, &config).await;
     wait_readyz(&late, REACHABLE, SETTLE).await;
-    let started = Instant::now();
-    while admission_of(&late, closed_site).await["mode"] != "closed" {
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "a node started after the change picks it up from Redis within 2 s"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "a node started after the change picks it up from Redis within 2 s",
+        Duration::from_secs(2),
+        async || admission_of(&late, closed_site).await["mode"] == "closed",
+    )
+    .await;
     assert_eq!(
         admission_of(&late, closed_site).await["new_users_per_minute"],
         120,
@@ -1821,33 +1299,25 @@ async fn on_a_sharded_redis_cluster_nodes_share_each_sites_line_and_budget_and_h
 async fn when_one_shard_of_a_redis_cluster_dies_only_its_sites_fail_static_until_it_returns() {
     let mut redis = ShardedRedis::start().await;
     let lines: Vec<String> = (0..3).map(|i| redis.site_on(i, "line")).collect();
-    let origin = portal().await;
-    let refs: Vec<&String> = lines.iter().collect();
+    let origin = Origin::portal().await;
     let config = sites(
-        &refs,
+        &lines,
         &origin.url(),
         "new_users_per_minute = 60\nburst = 1",
-        "",
     );
-    let seeds = format!(
-        "redis_urls = [\"{}\", \"{}\", \"{}\"]",
-        redis.url(0),
-        redis.url(1),
-        redis.url(2)
-    );
-    let secret = TempFile::secret();
-    let a = sharded_node("a", &seeds, &secret, &config).await;
+    let dir = TempDir::new("sharded");
+    let a = sharded_node("a", &redis.seeds(), &dir.secret(), &config).await;
     all_ready(&[&a]).await;
     for site in &lines {
         let host = format!("{site}.test");
         assert_eq!(
-            answer(&Browser::on(&host).visit(&a).await),
+            answer(&Browser::on(&host).poll(&a).await),
             Answer::Admitted,
             "{site}: the burst lets one in"
         );
         assert!(
             matches!(
-                answer(&Browser::on(&host).visit(&a).await),
+                answer(&Browser::on(&host).poll(&a).await),
                 Answer::Queued {
                     approximate: false,
                     ..
@@ -1865,7 +1335,7 @@ async fn when_one_shard_of_a_redis_cluster_dies_only_its_sites_fail_static_until
     let mut dead_answers = Vec::new();
     while died.elapsed() < Duration::from_secs(1) {
         for (i, site) in lines.iter().enumerate() {
-            let got = Browser::on(&format!("{site}.test")).visit(&a).await;
+            let got = Browser::on(&format!("{site}.test")).poll(&a).await;
             match (i == dead, answer(&got)) {
                 (false, Answer::Queued { approximate, .. }) => assert!(
                     !approximate,
@@ -1895,20 +1365,20 @@ async fn when_one_shard_of_a_redis_cluster_dies_only_its_sites_fail_static_until
     wait_readyz(&a, REACHABLE, Duration::from_secs(10)).await;
     let reconnected = back.elapsed();
     let host = format!("{}.test", lines[dead]);
-    loop {
-        let got = Browser::on(&host).visit(&a).await;
-        match answer(&got) {
+    let what = format!(
+        "{}, back on its shard, gets tickets from Redis again",
+        lines[dead]
+    );
+    let left = Duration::from_secs(10).saturating_sub(back.elapsed());
+    wait_for(&what, left, async || {
+        match answer(&Browser::on(&host).poll(&a).await) {
             Answer::Queued {
                 approximate: false, ..
-            } => break,
-            other => assert!(
-                back.elapsed() < Duration::from_secs(10),
-                "{}, back on its shard, gets tickets from Redis again: {other:?}",
-                lines[dead]
-            ),
+            } => Ok(()),
+            other => Err(other),
         }
-        sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     println!(
         "one shard of 3 killed: its site failed static ({} answers), the others kept their \
          tickets from Redis; restarted, the node was back in {reconnected:?}",

@@ -14,14 +14,10 @@ use support::{Got, Origin, Proxy, Reply, get, reply, request, send, tally};
 
 const COALESCED: &str = "digue_cache_coalesced_total{site=\"portal\"}";
 const STORES: &str = "digue_cache_stores_total{site=\"portal\"}";
+const CONNECTIONS_OPEN: &str = "digue_connections_open";
 
-/// Waits (at most 10 s) until a `/metrics` sample reaches `want`.
-async fn wait_for_metric(proxy: &Proxy, sample: &str, want: f64) {
-    let equal = |value: f64| (value - want).abs() < f64::EPSILON;
-    proxy
-        .wait_metric(sample, equal, Duration::from_secs(10))
-        .await;
-}
+/// How long a metric may take to reach its value.
+const METRIC_LIMIT: Duration = Duration::from_secs(10);
 
 /// `GET` on a spawned task, so many can be in flight at once.
 fn spawn_get(
@@ -79,7 +75,9 @@ async fn a_hundred_clients_asking_for_one_cold_key_reach_the_origin_once() {
         .map(|_| spawn_get(proxy.url("/edt"), Vec::new()))
         .collect();
     origin.wait_for_total(1).await;
-    wait_for_metric(&proxy, COALESCED, 99.0).await;
+    proxy
+        .wait_metric(COALESCED, |v| v == 99.0, METRIC_LIMIT)
+        .await;
     assert_eq!(origin.total(), 1, "followers do not reach the origin");
     origin.release();
     let answers = join_all(tasks).await;
@@ -137,7 +135,9 @@ async fn followers_of_a_private_answer_are_forwarded_on_their_own() {
         })
         .collect();
     origin.wait_for_total(1).await;
-    wait_for_metric(&proxy, COALESCED, (CLIENTS - 1) as f64).await;
+    proxy
+        .wait_metric(COALESCED, |v| v == (CLIENTS - 1) as f64, METRIC_LIMIT)
+        .await;
     origin.release();
     let answers = join_all(tasks).await;
 
@@ -421,7 +421,7 @@ async fn within_stale_while_revalidate_everyone_gets_the_stale_copy_while_one_re
     );
 
     origin.release();
-    wait_for_metric(&proxy, STORES, 2.0).await;
+    proxy.wait_metric(STORES, |v| v == 2.0, METRIC_LIMIT).await;
     let r = get(&proxy.url("/actu"), &[]).await;
     assert_eq!(r.text(), "v2", "the refreshed body is served");
     assert!(
@@ -513,11 +513,17 @@ async fn a_leader_whose_client_goes_away_does_not_strand_its_followers() {
     let leader = spawn_get(proxy.url("/cantine"), Vec::new());
     origin.wait_for_total(1).await;
     let follower = spawn_get(proxy.url("/cantine"), Vec::new());
-    wait_for_metric(&proxy, COALESCED, 1.0).await;
+    proxy
+        .wait_metric(COALESCED, |v| v == 1.0, METRIC_LIMIT)
+        .await;
     // The leader's client reloads the page (closes its connection): the
     // fetch it started goes on for the follower.
+    let open = proxy.metric(CONNECTIONS_OPEN).await;
     leader.abort();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // digue saw the connection close: the leader's request is gone.
+    proxy
+        .wait_metric(CONNECTIONS_OPEN, |now| now < open, METRIC_LIMIT)
+        .await;
     origin.release();
 
     let (r, _) = follower.await.expect("no panic");

@@ -9,9 +9,7 @@ use std::path::Path;
 
 use http::Method;
 use serde_json::Value;
-use support::{Origin, Proxy, get, request, send};
-
-const TOKEN: &str = "contrib-test-token";
+use support::{Digue, Origin, get};
 
 fn read(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
@@ -324,42 +322,27 @@ fn dashboard_is_importable_and_every_panel_says_how_to_read_it() {
 /// first event: a reload, an admin change), and reads `/metrics`.
 async fn live_metrics() -> Exposition {
     let origin = Origin::fixed(&[("cache-control", "max-age=60")], "x").await;
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         [[site]]\nname = \"portal\"\nhosts = [\"*\"]\norigin = \"{}\"\n\
-         [site.admission]\npaths = [\"/login\"]\nnew_users_per_minute = 60\n",
-        origin.url()
-    );
-    let options = digue::Options {
-        config_path: None,
-        admin_token: Some(TOKEN.to_owned()),
-        ..digue::Options::default()
-    };
-    let proxy = Proxy::from_toml_with(&text, options).await;
+    let proxy = Digue::new(&origin.url())
+        .admin()
+        .site("[site.admission]\npaths = [\"/login\"]\nnew_users_per_minute = 60")
+        .start()
+        .await;
     for target in ["/", "/", "/login"] {
         let res = get(&proxy.url(target), &[]).await;
         assert!(res.status.is_success(), "{target}: {}", res.status);
     }
-    let auth = format!("Bearer {TOKEN}");
-    let headers = [("authorization", auth.as_str())];
     // Started without a file: refused, which counts a reload.
-    let reload = send(request(
-        Method::POST,
-        &proxy.admin_url("/admin/reload"),
-        &headers,
-        "",
-    ))
-    .await;
+    let reload = proxy.admin_call(Method::POST, "/admin/reload", "").await;
     assert_eq!(reload.status, 400, "{}", reload.text());
-    let purge = send(request(
-        Method::POST,
-        &proxy.admin_url("/admin/purge"),
-        &headers,
-        r#"{"site": "portal", "path": "/"}"#,
-    ))
-    .await;
+    let purge = proxy
+        .admin_call(
+            Method::POST,
+            "/admin/purge",
+            r#"{"site": "portal", "path": "/"}"#,
+        )
+        .await;
     assert_eq!(purge.status, 200, "{}", purge.text());
-    let metrics = get(&format!("http://{}/metrics", proxy.admin), &[]).await;
+    let metrics = get(&proxy.admin_url("/metrics"), &[]).await;
     assert_eq!(metrics.status, 200);
     proxy.shutdown().await;
     Exposition::parse(&metrics.text())

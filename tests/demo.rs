@@ -4,46 +4,40 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
-use support::get;
+use support::process::on_free_ports;
+use support::{Process, get, wait_for};
 
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `digue demo --listen addr`.
+fn command(listen: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_digue"));
+    command.args(["demo", "--listen", listen]);
+    command
 }
 
-/// Starts `digue demo` on a free port and returns the URL it printed.
-fn start_demo() -> (Demo, String) {
-    let (demo, url, _) = start_demo_with_banner();
-    (demo, url)
-}
-
-/// Starts `digue demo` on a free port; returns the URL it printed and the
-/// whole banner (up to its last line, "… Ctrl-C to stop.").
-fn start_demo_with_banner() -> (Demo, String, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_digue"))
-        .args(["demo", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("digue demo starts");
-    let stdout = child.stdout.take().expect("piped");
-    let demo = Demo(child);
-    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
-    let mut banner = Vec::new();
-    for line in lines.by_ref() {
-        let last = line.contains("Ctrl-C to stop");
-        banner.push(line);
-        if last {
-            break;
-        }
-    }
+/// Starts `digue demo` on port 0 (it binds, then prints where); returns
+/// it, the URL it printed, and the whole banner (up to its last line,
+/// "… Ctrl-C to stop."). Its output keeps being read, like a terminal's.
+async fn start_demo() -> (Process, String, Vec<String>) {
+    let mut demo = Process::spawn("digue demo", &mut command("127.0.0.1:0"));
+    let banner = wait_for(
+        "digue demo prints its banner",
+        Duration::from_secs(10),
+        async || {
+            if let Some(status) = demo.exited() {
+                panic!("digue demo exited ({status}):\n{}", demo.tail());
+            }
+            let out = demo.stdout();
+            let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+            match lines.iter().position(|l| l.contains("Ctrl-C to stop")) {
+                Some(last) => Ok(lines[..=last].to_vec()),
+                None => Err(out),
+            }
+        },
+    )
+    .await;
     let url = banner
         .iter()
         .find_map(|line| {
@@ -51,22 +45,12 @@ fn start_demo_with_banner() -> (Demo, String, Vec<String>) {
             Some(rest.trim().trim_end_matches('/').to_owned())
         })
         .expect("demo prints the URL to open");
-    // Keep reading, like a terminal would, until the demo exits.
-    std::thread::spawn(move || lines.for_each(drop));
     (demo, url, banner)
-}
-
-/// A free loopback port, for a demo whose output nobody reads.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
 }
 
 #[tokio::test]
 async fn demo_serves_the_portal_through_the_cache() {
-    let (_demo, url) = tokio::task::spawn_blocking(start_demo)
-        .await
-        .expect("no panic");
+    let (_demo, url, _) = start_demo().await;
 
     let home = get(&format!("{url}/"), &[]).await;
     assert_eq!(home.status, 200, "home page through digue");
@@ -114,9 +98,7 @@ struct SurgeCli {
 /// must name the demo's real addresses, and pass the surge's own checks.
 #[tokio::test]
 async fn demo_prints_a_ready_to_run_surge_command() {
-    let (_demo, url, banner) = tokio::task::spawn_blocking(start_demo_with_banner)
-        .await
-        .expect("no panic");
+    let (_demo, url, banner) = start_demo().await;
     let command = banner
         .iter()
         .find(|line| line.contains(" surge --target "))
@@ -153,36 +135,34 @@ async fn demo_prints_a_ready_to_run_surge_command() {
 /// be written, and the demo must go on serving instead of dying with it.
 #[tokio::test]
 async fn demo_keeps_serving_when_nobody_reads_its_output() {
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_digue"))
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("digue demo starts");
-    drop(child.stdout.take());
-    let mut demo = Demo(child);
-
-    let url = format!("http://127.0.0.1:{port}/");
-    let mut answered = None;
-    for _ in 0..100 {
-        if let Ok(res) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            drop(res);
-            answered = Some(get(&url, &[]).await.status);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        answered.map(|s| s.as_u16()),
-        Some(200),
-        "the demo answers on {url}"
-    );
+    // Its stdout is closed, so it cannot print where it listens: it is
+    // given a port that was free, and started again on another when it
+    // lost the race for it.
+    let (mut demo, url) = on_free_ports(1, "digue demo", async |ports: &[u16]| {
+        let listen = format!("127.0.0.1:{}", ports[0]);
+        let mut demo = Process::spawn_unread("digue demo", &mut command(&listen));
+        let up = wait_for("digue demo listens", Duration::from_secs(5), async || {
+            if let Some(status) = demo.exited() {
+                let why = demo.stderr();
+                assert!(
+                    why.contains("cannot listen on"),
+                    "digue demo exited ({status}) for another reason than its port:\n{why}"
+                );
+                return Ok(Err(why));
+            }
+            match tokio::net::TcpStream::connect(&listen).await {
+                Ok(_) => Ok(Ok(())),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+        up.map(|()| (demo, format!("http://{listen}/")))
+    })
+    .await;
+    let answered = get(&url, &[]).await.status;
+    assert_eq!(answered, 200, "the demo answers on {url}");
     // Past the banner: still alive and serving.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(get(&url, &[]).await.status, 200, "still serving");
-    assert!(
-        demo.0.try_wait().expect("try_wait").is_none(),
-        "the demo is still running"
-    );
+    assert!(demo.exited().is_none(), "the demo is still running");
 }

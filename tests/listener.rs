@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use support::{Origin, Proxy, get, raw, reply, request, send};
+use support::{Digue, Origin, Proxy, get, raw, reply, request, send, site_section, wait_until};
 
 /// Writes `bytes` while reading the answer, so that a server which answers
 /// and closes before reading everything cannot block the writer; returns
@@ -221,20 +221,13 @@ async fn a_third_client_waits_until_one_of_two_allowed_connections_closes() {
     drop(second);
 }
 
-const ENT_ONLY: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[[site]]
-name = "ent"
-hosts = ["ent.example.fr"]
-origin = "ORIGIN"
-"#;
-
 #[tokio::test]
 async fn an_unknown_host_gets_a_french_421_and_never_reaches_the_origin() {
     let origin = Origin::fixed(&[], "ent").await;
-    let proxy = Proxy::from_toml(&ENT_ONLY.replace("ORIGIN", &origin.url())).await;
+    let proxy = Digue::without_site()
+        .sites(&site_section("ent", "ent.example.fr", &origin.url(), ""))
+        .start()
+        .await;
 
     let res = get(&proxy.url("/"), &[("host", "other.example")]).await;
     assert_eq!(res.status, 421, "no site answers other.example");
@@ -269,14 +262,11 @@ async fn an_unknown_host_gets_a_french_421_and_never_reaches_the_origin() {
 async fn an_exact_host_site_and_a_wildcard_site_reach_different_origins() {
     let ent = Origin::fixed(&[], "ent").await;
     let other = Origin::fixed(&[], "other").await;
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         [[site]]\nname = \"any\"\nhosts = [\"*\"]\norigin = \"{}\"\n\
-         [[site]]\nname = \"ent\"\nhosts = [\"ent.example.fr\"]\norigin = \"{}\"\n",
-        other.url(),
-        ent.url()
-    );
-    let proxy = Proxy::from_toml(&text).await;
+    let proxy = Digue::new(&other.url())
+        .name("any")
+        .sites(&site_section("ent", "ent.example.fr", &ent.url(), ""))
+        .start()
+        .await;
 
     let a = get(&proxy.url("/p"), &[("host", "ent.example.fr")]).await;
     assert_eq!(a.text(), "ent", "the exact host wins over the wildcard");
@@ -560,20 +550,20 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     origin.wait_for_total(1).await;
 
     let shutdown = tokio::spawn(proxy.shutdown());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match TcpStream::connect(addr).await {
+    wait_until(
+        "new connections are refused once shutdown began",
+        Duration::from_secs(5),
+        async || match TcpStream::connect(addr).await {
             // Accepted before the listener closed: hang up at once so this
             // probe is not one more connection to drain.
-            Ok(probe) => drop(probe),
-            Err(_) => break,
-        }
-        assert!(
-            Instant::now() < deadline,
-            "new connections are still accepted 5 s after shutdown began"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            Ok(probe) => {
+                drop(probe);
+                false
+            }
+            Err(_) => true,
+        },
+    )
+    .await;
     assert!(
         !shutdown.is_finished(),
         "shutdown waits for the request in flight"

@@ -4,13 +4,12 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use digue::demo::{Portal, PortalOptions};
 use digue::surge::{SurgeArgs, SurgeError, execute};
-use support::{Origin, Proxy, reply};
+use support::{Origin, Proxy, TempDir, reply, unused_ports};
 use tokio::net::TcpListener;
 
 /// The shipped config's cache rules, a login gated at 10 a second, and an
@@ -69,11 +68,9 @@ fn args(flags: &[&str]) -> SurgeArgs {
         .surge
 }
 
-/// A fresh directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("digue-surge-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A fresh directory for one test's files, removed when the test ends.
+fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("surge-{name}"))
 }
 
 /// The input errors of a run against `target` with this scenario file.
@@ -82,9 +79,7 @@ async fn scenario_errors(label: &str, target: &str, scenario: &str) -> Vec<Strin
     let file = dir.join("scenario.toml");
     std::fs::write(&file, scenario).expect("write");
     let path = file.to_str().expect("utf-8 path");
-    let problems = input_errors(execute(&args(&["--target", target, "--scenario", path])).await);
-    let _ = std::fs::remove_dir_all(dir);
-    problems
+    input_errors(execute(&args(&["--target", target, "--scenario", path])).await)
 }
 
 fn input_errors(result: Result<digue::surge::Report, SurgeError>) -> Vec<String> {
@@ -252,15 +247,11 @@ async fn a_surge_through_digue_queues_admits_and_never_mixes_sessions() {
         svg.contains("Admissions per second"),
         "the panels are labelled"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
 async fn an_unreachable_target_is_a_quick_clear_error() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
-    let target = format!("http://{addr}");
+    let target = format!("http://127.0.0.1:{}", unused_ports(1)[0]);
     let started = std::time::Instant::now();
     let result = execute(&args(&["--target", &target, "--quiet"])).await;
     assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
@@ -284,9 +275,7 @@ async fn an_unreachable_admin_url_is_refused_before_any_load() {
         TcpListener::bind("127.0.0.1:0").await.expect("bind"),
         PortalOptions::default(),
     );
-    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let admin = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
+    let admin = format!("http://127.0.0.1:{}", unused_ports(1)[0]);
     let target = format!("http://{}", portal.addr);
     let result = execute(&args(&["--target", &target, "--admin", &admin, "--quiet"])).await;
     assert!(
@@ -337,7 +326,6 @@ async fn a_bad_scenario_file_is_refused_with_the_key_named() {
         .await,
     );
     assert!(problems[0].contains("cannot read"), "{problems:?}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
@@ -429,11 +417,9 @@ async fn run_with(
         "--quiet",
     ];
     all.extend_from_slice(flags);
-    let report = execute(&args(&all))
+    execute(&args(&all))
         .await
-        .unwrap_or_else(|e| panic!("the surge runs: {e}"));
-    let _ = std::fs::remove_dir_all(dir);
-    report
+        .unwrap_or_else(|e| panic!("the surge runs: {e}"))
 }
 
 /// Nothing but patient pupils who get in, look around briefly and leave.
@@ -695,7 +681,7 @@ async fn time_to_get_in_counts_the_wait_for_a_slot() {
 #[tokio::test]
 async fn output_paths_are_checked_before_any_load() {
     let dir = scratch("outputs");
-    let as_dir = dir.to_str().expect("utf-8 path");
+    let as_dir = dir.path().to_str().expect("utf-8 path");
     for flag in ["--report", "--chart"] {
         let problems =
             input_errors(execute(&args(&["--target", "http://127.0.0.1:9", flag, as_dir])).await);
@@ -704,5 +690,4 @@ async fn output_paths_are_checked_before_any_load() {
             "{problems:?}"
         );
     }
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -10,70 +10,24 @@
 mod support;
 
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
-use http::Method;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
-use support::{Got, Origin, Proxy, Seen, admin_call, get, reply, request, set_cookie};
+use support::{
+    Accept, Browser, Digue, ENTRY, Got, Origin, PASS, Proxy, TICKET, TempDir, get, get_from,
+    new_cookie, page, set_cookie, signed_ticket, unix_now,
+};
 
-/// The gated entry point of every test.
-const ENTRY: &str = "/pronote/eleve.html";
-const TICKET: &str = "digue_ticket";
-const PASS: &str = "digue_pass";
-/// The admin token of the proxies whose settings a test changes live.
-const TOKEN: &str = "waiting-room-admin-token-3b9d";
-/// What a browser sends when it loads a page.
-const BROWSER_ACCEPT: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
-
-/// An origin that answers every request with `page {target}`, never
-/// storable, so that every request let through is seen by the origin.
-async fn portal() -> Origin {
-    Origin::start(|seen: &Seen| {
-        reply(
-            200,
-            &[
-                ("cache-control", "no-store"),
-                ("content-type", "text/html; charset=utf-8"),
-            ],
-            &format!("page {}", seen.target),
-        )
-    })
-    .await
-}
-
-fn page(target: &str) -> String {
-    format!("page {target}")
-}
-
-/// `[site.admission]` gating [`ENTRY`], with more keys.
-fn admission(keys: &str) -> String {
-    format!("[site.admission]\npaths = [\"{ENTRY}\"]\n{keys}\n")
-}
-
-/// A whole config with one site of that name (Proxy::start names it "portal").
-fn config(name: &str, origin: &str, server: &str, site: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server}\n\
-         [[site]]\nname = \"{name}\"\nhosts = [\"*\"]\norigin = \"{origin}\"\n{site}\n"
-    )
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Accept {
-    /// A page load.
-    Html,
-    /// The waiting page's status poll.
-    Json,
+/// A digue in front of a fresh portal, whose line is gated by
+/// `[site.admission]` with these keys.
+async fn gated(keys: &str) -> (Origin, Proxy) {
+    let origin = Origin::portal().await;
+    let proxy = Digue::new(&origin.url()).admission(keys).start().await;
+    (origin, proxy)
 }
 
 /// The whole `Set-Cookie` line of one of digue's cookies.
@@ -85,93 +39,6 @@ fn set_cookie_line<'a>(got: &'a Got, name: &str) -> Option<&'a str> {
         .find(|v| v.starts_with(&format!("{name}=")))
 }
 
-/// A new value of one of digue's cookies in this answer.
-fn new_cookie(got: &Got, name: &str) -> Option<String> {
-    set_cookie(got, name).flatten()
-}
-
-/// One visitor's browser: a cookie jar for digue's two cookies, plus any
-/// cookie of the portal's own.
-#[derive(Debug, Default, Clone)]
-struct Browser {
-    ticket: Option<String>,
-    pass: Option<String>,
-    other: Option<&'static str>,
-}
-
-impl Browser {
-    fn with_ticket(ticket: &str) -> Browser {
-        Browser {
-            ticket: Some(ticket.to_owned()),
-            ..Browser::default()
-        }
-    }
-
-    fn with_pass(pass: &str) -> Browser {
-        Browser {
-            pass: Some(pass.to_owned()),
-            ..Browser::default()
-        }
-    }
-
-    fn cookie_header(&self) -> Option<String> {
-        let pairs: Vec<String> = [
-            self.other.map(str::to_owned),
-            self.ticket.as_ref().map(|t| format!("{TICKET}={t}")),
-            self.pass.as_ref().map(|p| format!("{PASS}={p}")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        (!pairs.is_empty()).then(|| pairs.join("; "))
-    }
-
-    /// `GET target` with the jar's cookies; keeps what comes back.
-    async fn visit(&mut self, proxy: &Proxy, target: &str, accept: Accept) -> Got {
-        let cookie = self.cookie_header();
-        let mut headers = vec![(
-            "accept",
-            match accept {
-                Accept::Html => BROWSER_ACCEPT,
-                Accept::Json => "application/json",
-            },
-        )];
-        if let Some(c) = &cookie {
-            headers.push(("cookie", c.as_str()));
-        }
-        let got = get(&proxy.url(target), &headers).await;
-        self.keep(&got);
-        got
-    }
-
-    fn keep(&mut self, got: &Got) {
-        if let Some(t) = set_cookie(got, TICKET) {
-            self.ticket = t;
-        }
-        if let Some(p) = set_cookie(got, PASS) {
-            self.pass = p;
-        }
-    }
-
-    fn ticket(&self) -> &str {
-        self.ticket.as_deref().expect("this browser holds a ticket")
-    }
-
-    fn pass(&self) -> &str {
-        self.pass.as_deref().expect("this browser holds a pass")
-    }
-}
-
-fn json(got: &Got) -> serde_json::Value {
-    assert_eq!(
-        got.header("content-type"),
-        Some("application/json"),
-        "a JSON answer: {}",
-        got.text()
-    );
-    serde_json::from_slice(&got.body).unwrap_or_else(|e| panic!("valid JSON ({e}): {}", got.text()))
-}
-
 /// The `position` of a queued JSON answer, checking the waiting-room contract.
 fn position(got: &Got) -> u64 {
     assert_eq!(
@@ -180,7 +47,7 @@ fn position(got: &Got) -> u64 {
         "the waiting room answers 503: {}",
         got.text()
     );
-    let j = json(got);
+    let j = got.json();
     assert_eq!(j["state"], "queued", "{j}");
     assert!(j["eta_seconds"].is_u64(), "an ETA in seconds: {j}");
     assert_eq!(
@@ -226,10 +93,6 @@ fn html_position(html: &str) -> u64 {
         .unwrap_or_else(|_| panic!("a number of people ahead: {text}"))
 }
 
-fn unix_now() -> u64 {
-    digue::clock::unix_secs(digue::clock::wall())
-}
-
 /// Asserts the common shape of a waiting-room answer.
 fn assert_waiting_room(got: &Got) {
     assert_eq!(got.status, 503, "the waiting room: {}", got.text());
@@ -241,95 +104,26 @@ fn assert_waiting_room(got: &Got) {
     retry_after(got);
 }
 
-/// A file in the temp directory, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(tag: &str) -> TempFile {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        TempFile(std::env::temp_dir().join(format!(
-            "digue-waiting-room-{}-{n}-{tag}",
-            std::process::id()
-        )))
-    }
-
-    /// A secret file (at least 16 bytes) shared by the proxies of one test.
-    fn secret() -> TempFile {
-        let file = TempFile::new("secret");
-        let secret = format!("waiting-room-test-secret-{}", file.0.display());
-        std::fs::write(&file.0, secret).expect("temp dir writable");
-        file
-    }
-
-    fn path(&self) -> String {
-        self.0.display().to_string()
-    }
+/// A digue in front of `origin` signing with `secret`, gated with these keys.
+async fn signed(origin: &Origin, secret: &Path, keys: &str) -> Proxy {
+    Digue::new(&origin.url())
+        .secret(secret)
+        .admission(keys)
+        .start()
+        .await
 }
 
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-        let _ = std::fs::remove_file(self.0.with_extension("tmp"));
-    }
-}
-
-/// `GET url` from a chosen local address (any of 127.0.0.0/8 on Linux).
-async fn get_from(local: IpAddr, url: &str, headers: &[(&str, &str)]) -> Got {
-    let mut connector = HttpConnector::new();
-    connector.set_local_address(Some(local));
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    let req = request(Method::GET, url, headers, "");
-    tokio::time::timeout(Duration::from_secs(10), async {
-        let res = client.request(req).await.expect("request sent");
-        let (parts, body) = res.into_parts();
-        Got {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.expect("body read").to_bytes(),
-        }
-    })
-    .await
-    .expect("response within 10 s")
-}
-
-/// digue with one site `portal` and the admin API open to [`TOKEN`].
-async fn with_admin(origin: &str, server: &str, site: &str) -> Proxy {
-    let options = digue::Options {
-        config_path: None,
-        admin_token: Some(TOKEN.to_owned()),
-        ..digue::Options::default()
-    };
-    Proxy::from_toml_with(&config("portal", origin, server, site), options).await
-}
-
-/// `PATCH /admin/sites/portal/admission` with this JSON body; must apply.
-async fn patch_admission(proxy: &Proxy, body: &str) {
-    let got = admin_call(
-        proxy,
-        TOKEN,
-        Method::PATCH,
-        "/admin/sites/portal/admission",
-        body,
-    )
-    .await;
-    assert_eq!(got.status, 200, "{body} applies: {}", got.text());
-}
-
-/// A ticket for site `portal` as digue signs them with the key in `secret`,
-/// e.g. one handed out by an earlier run of the proxy.
-fn signed_ticket(secret: &TempFile, number: u64, issued: u64) -> String {
-    let keys = digue::admission::keys_from_file(&secret.0).expect("a readable secret");
-    digue::admission::token::Ticket {
-        site: "portal".to_owned(),
-        number,
-        issued,
-        eta: 0,
-    }
-    .encode(&keys)
+/// digue signing with a secret of its own and keeping its lines in a
+/// state file across restarts, gated with these keys.
+fn restartable(origin: &Origin, dir: &TempDir, keys: &str) -> Digue {
+    Digue::new(&origin.url())
+        .secret(&dir.secret())
+        .state_file(&dir.join("state.json"))
+        .admission(keys)
 }
 
 /// Polls `ENTRY` as JSON every `every` until admitted; the time it took.
+/// (Measures when the turn comes, at the poll's own pace.)
 async fn poll_until_admitted(
     proxy: &Proxy,
     browser: &mut Browser,
@@ -338,9 +132,9 @@ async fn poll_until_admitted(
 ) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < limit {
-        let got = browser.visit(proxy, ENTRY, Accept::Json).await;
+        let got = browser.poll(proxy).await;
         if got.status == 200 {
-            assert_eq!(json(&got)["state"], "admitted", "{}", got.text());
+            assert_eq!(got.json()["state"], "admitted", "{}", got.text());
             return Some(start.elapsed());
         }
         position(&got);
@@ -371,13 +165,7 @@ async fn use_up_the_budget(proxy: &Proxy) -> Browser {
 
 #[tokio::test]
 async fn a_burst_of_newcomers_is_mostly_queued_and_later_arrivals_stand_further_back() {
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 60\nburst = 3"),
-    )
-    .await;
+    let (origin, proxy) = gated("new_users_per_minute = 60\nburst = 3").await;
     let arrivals = newcomers(&proxy, 20, Accept::Json).await;
     let statuses: Vec<u16> = arrivals.iter().map(|(_, g)| g.status.as_u16()).collect();
     assert_eq!(
@@ -456,17 +244,11 @@ async fn a_burst_of_newcomers_is_mostly_queued_and_later_arrivals_stand_further_
 async fn everyone_polling_is_admitted_in_ticket_order_at_the_configured_pace() {
     const RATE_PER_SEC: f64 = 10.0;
     const BURST: f64 = 1.0;
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 600\nburst = 1"),
-    )
-    .await;
+    let (origin, proxy) = gated("new_users_per_minute = 600\nburst = 1").await;
     let t0 = Instant::now();
     let mut first = Browser::default();
     assert_eq!(
-        first.visit(&proxy, ENTRY, Accept::Json).await.status,
+        first.poll(&proxy).await.status,
         200,
         "the first newcomer enters at once"
     );
@@ -482,11 +264,11 @@ async fn everyone_polling_is_admitted_in_ticket_order_at_the_configured_pace() {
     while !pending.is_empty() && t0.elapsed() < Duration::from_secs(6) {
         let mut still = Vec::new();
         for i in pending {
-            let got = line[i].visit(&proxy, ENTRY, Accept::Json).await;
+            let got = line[i].poll(&proxy).await;
             if got.status == 200 {
                 admitted.push((i, t0.elapsed()));
                 assert_eq!(
-                    json(&got),
+                    got.json(),
                     serde_json::json!({"state": "admitted", "retry_after": 0})
                 );
                 assert_eq!(got.header("cache-control"), Some("no-store"));
@@ -551,37 +333,29 @@ async fn everyone_polling_is_admitted_in_ticket_order_at_the_configured_pace() {
 
 #[tokio::test]
 async fn tampered_tickets_and_forged_passes_gain_nothing() {
-    let secret = TempFile::secret();
-    let server = format!("secret_file = \"{}\"", secret.path());
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        &server,
-        &admission("new_users_per_minute = 1\nburst = 1"),
-    )
-    .await;
+    let dir = TempDir::new("waiting-room");
+    let secret = dir.secret();
+    let origin = Origin::portal().await;
+    let proxy = signed(&origin, &secret, "new_users_per_minute = 1\nburst = 1").await;
     // Another site signed with the same key, and another deployment of a
     // site with the same name but its own key.
-    let other_origin = portal().await;
-    let ent = Proxy::from_toml(&config(
-        "ent",
-        &other_origin.url(),
-        &server,
-        &admission("new_users_per_minute = 600\nburst = 10"),
-    ))
-    .await;
-    let stranger = Proxy::start(
-        &other_origin.url(),
-        "",
-        &admission("new_users_per_minute = 600\nburst = 10"),
-    )
-    .await;
+    let other_origin = Origin::portal().await;
+    let ent = Digue::new(&other_origin.url())
+        .name("ent")
+        .secret(&secret)
+        .admission("new_users_per_minute = 600\nburst = 10")
+        .start()
+        .await;
+    let stranger = Digue::new(&other_origin.url())
+        .admission("new_users_per_minute = 600\nburst = 10")
+        .start()
+        .await;
 
     use_up_the_budget(&proxy).await;
     let mut alice = Browser::default();
     let mut bob = Browser::default();
-    let alice_at = position(&alice.visit(&proxy, ENTRY, Accept::Json).await);
-    let bob_at = position(&bob.visit(&proxy, ENTRY, Accept::Json).await);
+    let alice_at = position(&alice.poll(&proxy).await);
+    let bob_at = position(&bob.poll(&proxy).await);
     assert!(bob_at > alice_at);
     let mut back = bob_at;
 
@@ -599,7 +373,7 @@ async fn tampered_tickets_and_forged_passes_gain_nothing() {
     ];
     for (what, token) in &tampered {
         let mut cheat = Browser::with_ticket(token);
-        let got = cheat.visit(&proxy, ENTRY, Accept::Json).await;
+        let got = cheat.poll(&proxy).await;
         let at = position(&got);
         assert!(
             at > back,
@@ -646,7 +420,7 @@ async fn tampered_tickets_and_forged_passes_gain_nothing() {
     }
 
     assert_eq!(
-        position(&alice.visit(&proxy, ENTRY, Accept::Json).await),
+        position(&alice.poll(&proxy).await),
         alice_at,
         "Alice keeps her place"
     );
@@ -662,13 +436,8 @@ async fn tampered_tickets_and_forged_passes_gain_nothing() {
 
 #[tokio::test]
 async fn an_admitted_visitor_stays_in_for_the_session_duration() {
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 1\nburst = 1\nsession_duration = \"3s\""),
-    )
-    .await;
+    let (origin, proxy) =
+        gated("new_users_per_minute = 1\nburst = 1\nsession_duration = \"3s\"").await;
     let mut visitor = use_up_the_budget(&proxy).await;
     let started = Instant::now();
     let mut uses = 0;
@@ -697,13 +466,8 @@ async fn an_admitted_visitor_stays_in_for_the_session_duration() {
 
 #[tokio::test]
 async fn an_idle_pass_expires_and_its_holder_goes_back_to_the_line() {
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 1\nburst = 1\nsession_duration = \"1s\""),
-    )
-    .await;
+    let (origin, proxy) =
+        gated("new_users_per_minute = 1\nburst = 1\nsession_duration = \"1s\"").await;
     let mut visitor = use_up_the_budget(&proxy).await;
     // Whole seconds: 2.5 s idle is more than 1 s whatever the rounding.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -728,13 +492,8 @@ async fn an_idle_pass_expires_and_its_holder_goes_back_to_the_line() {
 
 #[tokio::test]
 async fn a_pass_in_use_slides_past_the_session_duration() {
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 1\nburst = 1\nsession_duration = \"2s\""),
-    )
-    .await;
+    let (_origin, proxy) =
+        gated("new_users_per_minute = 1\nburst = 1\nsession_duration = \"2s\"").await;
     let mut visitor = use_up_the_budget(&proxy).await;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
@@ -751,19 +510,14 @@ async fn a_pass_in_use_slides_past_the_session_duration() {
 
 #[tokio::test]
 async fn abandoned_tickets_do_not_stall_the_line() {
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 600\nburst = 1\nclaim_window = \"10s\""),
-    )
-    .await;
+    let (_origin, proxy) =
+        gated("new_users_per_minute = 600\nburst = 1\nclaim_window = \"10s\"").await;
     let t0 = Instant::now();
     use_up_the_budget(&proxy).await;
     let gone = newcomers(&proxy, 5, Accept::Json).await;
     assert!(gone.iter().all(|(_, g)| g.status == 503));
     let mut last = Browser::default();
-    position(&last.visit(&proxy, ENTRY, Accept::Json).await);
+    position(&last.poll(&proxy).await);
     let took = poll_until_admitted(
         &proxy,
         &mut last,
@@ -784,23 +538,18 @@ async fn abandoned_tickets_do_not_stall_the_line() {
 
 #[tokio::test]
 async fn under_a_session_cap_abandoned_turns_hold_their_slots_for_one_claim_window_only() {
-    let origin = portal().await;
     // Everybody takes a ticket; five turns fill the cap of five, and their
     // holders never come back.
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission(
-            "new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\"\n\
-             max_active_users = 5\nclaim_window = \"10s\"",
-        ),
+    let (_origin, proxy) = gated(
+        "new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\"\n\
+         max_active_users = 5\nclaim_window = \"10s\"",
     )
     .await;
     let t0 = Instant::now();
     let gone = newcomers(&proxy, 5, Accept::Json).await;
     assert!(gone.iter().all(|(_, g)| g.status == 503));
     let mut sixth = Browser::default();
-    position(&sixth.visit(&proxy, ENTRY, Accept::Json).await);
+    position(&sixth.poll(&proxy).await);
     poll_until_admitted(
         &proxy,
         &mut sixth,
@@ -829,13 +578,8 @@ async fn under_a_session_cap_abandoned_turns_hold_their_slots_for_one_claim_wind
 
 #[tokio::test]
 async fn queue_all_gives_even_the_first_newcomer_a_ticket_then_admits_it_on_its_next_poll() {
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\""),
-    )
-    .await;
+    let (origin, proxy) =
+        gated("new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\"").await;
     let mut first = Browser::default();
     let got = first.visit(&proxy, ENTRY, Accept::Html).await;
     assert_waiting_room(&got);
@@ -850,13 +594,8 @@ async fn queue_all_gives_even_the_first_newcomer_a_ticket_then_admits_it_on_its_
 
 #[tokio::test]
 async fn passthrough_never_queues_and_counts_who_came_in() {
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 60\nburst = 1\nmode = \"passthrough\""),
-    )
-    .await;
+    let (origin, proxy) =
+        gated("new_users_per_minute = 60\nburst = 1\nmode = \"passthrough\"").await;
     for (i, (browser, got)) in newcomers(&proxy, 20, Accept::Html).await.iter().enumerate() {
         assert_eq!(got.status, 200, "newcomer {i} does not wait");
         assert!(browser.ticket.is_none(), "no ticket for newcomer {i}");
@@ -872,31 +611,26 @@ async fn passthrough_never_queues_and_counts_who_came_in() {
 
 #[tokio::test]
 async fn closed_turns_newcomers_away_but_lets_pass_holders_in() {
-    let secret = TempFile::secret();
-    let server = format!("secret_file = \"{}\"", secret.path());
-    let open_origin = portal().await;
-    let open = Proxy::start(
-        &open_origin.url(),
-        &server,
-        &admission("new_users_per_minute = 600"),
-    )
-    .await;
+    let dir = TempDir::new("waiting-room");
+    let secret = dir.secret();
+    let open_origin = Origin::portal().await;
+    let open = signed(&open_origin, &secret, "new_users_per_minute = 600").await;
     let mut regular = Browser::default();
     assert_eq!(regular.visit(&open, ENTRY, Accept::Html).await.status, 200);
     open.shutdown().await;
 
     // The mode is config-only: the same site, restarted closed, same key.
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        &server,
-        &admission("new_users_per_minute = 600\nmode = \"closed\""),
+    let origin = Origin::portal().await;
+    let proxy = signed(
+        &origin,
+        &secret,
+        "new_users_per_minute = 600\nmode = \"closed\"",
     )
     .await;
     let mut newcomer = Browser::default();
-    let got = newcomer.visit(&proxy, ENTRY, Accept::Json).await;
+    let got = newcomer.poll(&proxy).await;
     assert_waiting_room(&got);
-    assert_eq!(json(&got)["state"], "closed", "{}", got.text());
+    assert_eq!(got.json()["state"], "closed", "{}", got.text());
     assert!(newcomer.ticket.is_none(), "no ticket while closed");
     let html = newcomer.visit(&proxy, ENTRY, Accept::Html).await;
     assert_waiting_room(&html);
@@ -919,19 +653,13 @@ async fn closed_turns_newcomers_away_but_lets_pass_holders_in() {
 
 #[tokio::test]
 async fn json_and_html_agree_on_the_position() {
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 1\nburst = 1"),
-    )
-    .await;
+    let (_origin, proxy) = gated("new_users_per_minute = 1\nburst = 1").await;
     use_up_the_budget(&proxy).await;
     let mut seen = Vec::new();
     for (mut browser, got) in newcomers(&proxy, 4, Accept::Html).await {
         assert_waiting_room(&got);
         let from_html = html_position(&got.text());
-        let status = browser.visit(&proxy, ENTRY, Accept::Json).await;
+        let status = browser.poll(&proxy).await;
         let from_json = position(&status);
         assert_eq!(from_html, from_json, "HTML and JSON differ");
         let english = get(
@@ -948,7 +676,7 @@ async fn json_and_html_agree_on_the_position() {
             from_json,
             "the English page too"
         );
-        let text = json(&status)["position_text"].clone();
+        let text = status.json()["position_text"].clone();
         assert!(
             got.text().contains(text.as_str().expect("a string")),
             "the same words in both: {text}"
@@ -960,7 +688,7 @@ async fn json_and_html_agree_on_the_position() {
 
 #[tokio::test]
 async fn paths_outside_the_gate_are_never_queued() {
-    let origin = portal().await;
+    let origin = Origin::portal().await;
     let proxy = Proxy::start(
         &origin.url(),
         "",
@@ -986,13 +714,8 @@ async fn paths_outside_the_gate_are_never_queued() {
 
 #[tokio::test]
 async fn a_network_gets_a_few_tickets_a_minute_then_the_same_answer() {
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 60\nburst = 1\ntickets_per_network_per_minute = 5"),
-    )
-    .await;
+    let (_origin, proxy) =
+        gated("new_users_per_minute = 60\nburst = 1\ntickets_per_network_per_minute = 5").await;
     let arrivals = newcomers(&proxy, 10, Accept::Json).await;
     let entered = arrivals.iter().filter(|(_, g)| g.status == 200).count();
     let ticketed: Vec<&Got> = arrivals
@@ -1039,13 +762,8 @@ async fn a_network_gets_a_few_tickets_a_minute_then_the_same_answer() {
 
 #[tokio::test]
 async fn staff_networks_in_bypass_cidrs_never_wait() {
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 1\nburst = 1\nbypass_cidrs = [\"127.0.0.2/32\"]"),
-    )
-    .await;
+    let (_origin, proxy) =
+        gated("new_users_per_minute = 1\nburst = 1\nbypass_cidrs = [\"127.0.0.2/32\"]").await;
     use_up_the_budget(&proxy).await;
     for (_, got) in newcomers(&proxy, 5, Accept::Html).await {
         assert_waiting_room(&got);
@@ -1076,16 +794,10 @@ async fn staff_networks_in_bypass_cidrs_never_wait() {
 #[tokio::test]
 async fn a_ticket_keeps_its_place_across_a_restart() {
     const BURST: u64 = 1;
-    let secret = TempFile::secret();
-    let state = TempFile::new("state.json");
-    let server = format!(
-        "secret_file = \"{}\"\nstate_file = \"{}\"",
-        secret.path(),
-        state.path()
-    );
-    let site = admission("new_users_per_minute = 1\nburst = 1");
-    let origin = portal().await;
-    let proxy = Proxy::start(&origin.url(), &server, &site).await;
+    let dir = TempDir::new("waiting-room");
+    let origin = Origin::portal().await;
+    let digue = restartable(&origin, &dir, "new_users_per_minute = 1\nburst = 1");
+    let proxy = digue.clone().start().await;
     use_up_the_budget(&proxy).await;
     let mut before = Vec::new();
     let mut line = Vec::new();
@@ -1095,12 +807,12 @@ async fn a_ticket_keeps_its_place_across_a_restart() {
     }
     proxy.shutdown().await;
 
-    let proxy = Proxy::start(&origin.url(), &server, &site).await;
+    let proxy = digue.start().await;
     // From the back of the line, so that nobody ahead leaves it first.
     let mut waiting = Vec::new();
     for (i, browser) in line.iter_mut().enumerate().rev() {
         let was = before[i];
-        let got = browser.visit(&proxy, ENTRY, Accept::Json).await;
+        let got = browser.poll(&proxy).await;
         assert!(
             set_cookie(&got, TICKET).is_none_or(|t| t.is_none()),
             "ticket #{i} is honoured, not replaced by a new one"
@@ -1123,7 +835,7 @@ async fn a_ticket_keeps_its_place_across_a_restart() {
     }
     assert!(!waiting.is_empty(), "at 1/min most of the line still waits");
     let mut late = Browser::default();
-    let late_at = position(&late.visit(&proxy, ENTRY, Accept::Json).await);
+    let late_at = position(&late.poll(&proxy).await);
     assert!(
         waiting.iter().all(|p| *p < late_at),
         "a new arrival stands behind the tickets of before the restart: {late_at} vs {waiting:?}"
@@ -1132,24 +844,22 @@ async fn a_ticket_keeps_its_place_across_a_restart() {
 
 #[tokio::test]
 async fn a_ticket_whose_turn_came_just_before_a_restart_still_gets_in() {
-    let secret = TempFile::secret();
-    let state = TempFile::new("state.json");
-    let server = format!(
-        "secret_file = \"{}\"\nstate_file = \"{}\"",
-        secret.path(),
-        state.path()
+    let dir = TempDir::new("waiting-room");
+    let origin = Origin::portal().await;
+    let digue = restartable(
+        &origin,
+        &dir,
+        "new_users_per_minute = 1\nburst = 1\nmode = \"queue_all\"",
     );
-    let site = admission("new_users_per_minute = 1\nburst = 1\nmode = \"queue_all\"");
-    let origin = portal().await;
-    let proxy = Proxy::start(&origin.url(), &server, &site).await;
+    let proxy = digue.clone().start().await;
     // The second arrival moves the line: the first ticket's turn comes.
     let mut line = newcomers(&proxy, 3, Accept::Json).await;
     assert!(line.iter().all(|(_, g)| g.status == 503));
     proxy.shutdown().await;
 
-    let proxy = Proxy::start(&origin.url(), &server, &site).await;
+    let proxy = digue.start().await;
     let (first, _) = &mut line[0];
-    let got = first.visit(&proxy, ENTRY, Accept::Json).await;
+    let got = first.poll(&proxy).await;
     assert_eq!(
         got.status,
         200,
@@ -1161,21 +871,15 @@ async fn a_ticket_whose_turn_came_just_before_a_restart_still_gets_in() {
 
 #[tokio::test]
 async fn a_restart_does_not_refill_the_admission_budget() {
-    let secret = TempFile::secret();
-    let state = TempFile::new("state.json");
-    let server = format!(
-        "secret_file = \"{}\"\nstate_file = \"{}\"",
-        secret.path(),
-        state.path()
-    );
-    let site = admission("new_users_per_minute = 1\nburst = 1");
-    let origin = portal().await;
-    let proxy = Proxy::start(&origin.url(), &server, &site).await;
+    let dir = TempDir::new("waiting-room");
+    let origin = Origin::portal().await;
+    let digue = restartable(&origin, &dir, "new_users_per_minute = 1\nburst = 1");
+    let proxy = digue.clone().start().await;
     use_up_the_budget(&proxy).await;
     proxy.shutdown().await;
-    let proxy = Proxy::start(&origin.url(), &server, &site).await;
+    let proxy = digue.start().await;
     let mut second = Browser::default();
-    let got = second.visit(&proxy, ENTRY, Accept::Json).await;
+    let got = second.poll(&proxy).await;
     assert_eq!(
         got.status, 503,
         "at 1/min with a burst of 1, a second newcomer a moment later waits, restart or not"
@@ -1184,13 +888,8 @@ async fn a_restart_does_not_refill_the_admission_budget() {
 
 #[tokio::test]
 async fn the_origin_never_sees_digues_cookies() {
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\""),
-    )
-    .await;
+    let (origin, proxy) =
+        gated("new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\"").await;
     let mut pupil = Browser {
         other: Some("theme=dark; JSESSIONID=abc"),
         ..Browser::default()
@@ -1247,13 +946,8 @@ async fn the_origin_never_sees_digues_cookies() {
 
 #[tokio::test]
 async fn max_active_users_keeps_the_third_waiting_even_when_the_rate_allows() {
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        "",
-        &admission("new_users_per_minute = 600\nburst = 10\nmax_active_users = 2"),
-    )
-    .await;
+    let (origin, proxy) =
+        gated("new_users_per_minute = 600\nburst = 10\nmax_active_users = 2").await;
     let mut arrivals = newcomers(&proxy, 3, Accept::Html).await;
     let statuses: Vec<u16> = arrivals.iter().map(|(_, g)| g.status.as_u16()).collect();
     assert_eq!(
@@ -1264,23 +958,22 @@ async fn max_active_users_keeps_the_third_waiting_even_when_the_rate_allows() {
     // Half a second is five admissions' worth of budget: the cap still holds.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (third, _) = &mut arrivals[2];
-    let got = third.visit(&proxy, ENTRY, Accept::Json).await;
+    let got = third.poll(&proxy).await;
     position(&got);
     assert_eq!(origin.count(ENTRY), 2);
 }
 
 #[tokio::test]
 async fn a_closed_site_keeps_its_line_still_and_reopens_in_ticket_order() {
-    let origin = portal().await;
-    let proxy = with_admin(
-        &origin.url(),
-        "",
-        &admission(
+    let origin = Origin::portal().await;
+    let proxy = Digue::new(&origin.url())
+        .admin()
+        .admission(
             "new_users_per_minute = 120\nburst = 1\nclaim_window = \"10s\"\n\
              mode = \"queue_all\"",
-        ),
-    )
-    .await;
+        )
+        .start()
+        .await;
     // The first ticket's turn comes at once; the site closes before its
     // holder's next poll.
     let mut line = Vec::new();
@@ -1288,7 +981,7 @@ async fn a_closed_site_keeps_its_line_still_and_reopens_in_ticket_order() {
         position(&got);
         line.push(browser);
     }
-    patch_admission(&proxy, r#"{"mode": "closed"}"#).await;
+    proxy.patch_admission(r#"{"mode": "closed"}"#).await;
     // Closed for longer than the claim window, scraped as Prometheus would:
     // at 2/s both turns would be out within a second and expire 10 s later
     // if the line moved.
@@ -1297,18 +990,18 @@ async fn a_closed_site_keeps_its_line_still_and_reopens_in_ticket_order() {
         proxy
             .metric("digue_turns_missed_total{site=\"portal\"}")
             .await;
-        let got = line[0].visit(&proxy, ENTRY, Accept::Json).await;
-        assert_eq!(json(&got)["state"], "closed", "{}", got.text());
+        let got = line[0].poll(&proxy).await;
+        assert_eq!(got.json()["state"], "closed", "{}", got.text());
         assert!(
             3 * retry_after(&got) <= 10,
             "a ticket holder polls several times per claim window, even while closed"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    patch_admission(&proxy, r#"{"mode": "queue_all"}"#).await;
+    proxy.patch_admission(r#"{"mode": "queue_all"}"#).await;
 
     let ticket = line[0].ticket().to_owned();
-    let got = line[0].visit(&proxy, ENTRY, Accept::Json).await;
+    let got = line[0].poll(&proxy).await;
     assert_eq!(
         got.status,
         200,
@@ -1317,7 +1010,7 @@ async fn a_closed_site_keeps_its_line_still_and_reopens_in_ticket_order() {
         got.text()
     );
     let second = line[1].ticket().to_owned();
-    let got = line[1].visit(&proxy, ENTRY, Accept::Json).await;
+    let got = line[1].poll(&proxy).await;
     assert!(
         got.status == 200 || position(&got) == 0 && line[1].ticket() == second,
         "the second is next, not sent to the back: {}",
@@ -1334,23 +1027,18 @@ async fn a_closed_site_keeps_its_line_still_and_reopens_in_ticket_order() {
 
 #[tokio::test]
 async fn a_ticket_older_than_its_cookie_is_refused_and_its_holder_queues_anew() {
-    let secret = TempFile::secret();
-    let server = format!("secret_file = \"{}\"", secret.path());
-    let origin = portal().await;
-    let proxy = Proxy::start(
-        &origin.url(),
-        &server,
-        &admission("new_users_per_minute = 1\nburst = 1"),
-    )
-    .await;
+    let dir = TempDir::new("waiting-room");
+    let secret = dir.secret();
+    let origin = Origin::portal().await;
+    let proxy = signed(&origin, &secret, "new_users_per_minute = 1\nburst = 1").await;
     use_up_the_budget(&proxy).await;
     let mut today = Browser::default();
-    assert_eq!(position(&today.visit(&proxy, ENTRY, Accept::Json).await), 0);
+    assert_eq!(position(&today.poll(&proxy).await), 0);
 
     // Yesterday's first ticket: its number is today's first ticket's too.
-    let stale = signed_ticket(&secret, 1, unix_now() - 13 * 3600);
+    let stale = signed_ticket(&secret, "portal", 1, unix_now() - 13 * 3600);
     let mut yesterday = Browser::with_ticket(&stale);
-    let got = yesterday.visit(&proxy, ENTRY, Accept::Json).await;
+    let got = yesterday.poll(&proxy).await;
     assert_eq!(
         position(&got),
         1,
@@ -1371,19 +1059,19 @@ async fn a_ticket_older_than_its_cookie_is_refused_and_its_holder_queues_anew() 
 
 #[tokio::test]
 async fn after_a_restart_without_state_an_old_far_ticket_does_not_hold_up_the_line() {
-    let secret = TempFile::secret();
-    let server = format!("secret_file = \"{}\"", secret.path());
-    let origin = portal().await;
+    let dir = TempDir::new("waiting-room");
+    let secret = dir.secret();
+    let origin = Origin::portal().await;
     // Restarted without a state file: the line's count starts again at 0.
-    let proxy = Proxy::start(
-        &origin.url(),
-        &server,
-        &admission("new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\""),
+    let proxy = signed(
+        &origin,
+        &secret,
+        "new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\"",
     )
     .await;
-    let old = signed_ticket(&secret, 40_000, unix_now() - 3600);
+    let old = signed_ticket(&secret, "portal", 40_000, unix_now() - 3600);
     let mut holder = Browser::with_ticket(&old);
-    let got = holder.visit(&proxy, ENTRY, Accept::Json).await;
+    let got = holder.poll(&proxy).await;
     assert_eq!(
         position(&got),
         0,
@@ -1396,7 +1084,7 @@ async fn after_a_restart_without_state_an_old_far_ticket_does_not_hold_up_the_li
     );
 
     let mut newcomer = Browser::default();
-    newcomer.visit(&proxy, ENTRY, Accept::Json).await;
+    newcomer.poll(&proxy).await;
     let took = poll_until_admitted(
         &proxy,
         &mut newcomer,
@@ -1413,17 +1101,16 @@ async fn after_a_restart_without_state_an_old_far_ticket_does_not_hold_up_the_li
 
 #[tokio::test]
 async fn a_max_active_users_raised_live_is_enforced_at_its_new_value() {
-    let origin = portal().await;
-    let proxy = with_admin(
-        &origin.url(),
-        "",
-        &admission(
+    let origin = Origin::portal().await;
+    let proxy = Digue::new(&origin.url())
+        .admin()
+        .admission(
             "new_users_per_minute = 6000\nburst = 100\nmax_active_users = 2\n\
              tickets_per_network_per_minute = 1000",
-        ),
-    )
-    .await;
-    patch_admission(&proxy, r#"{"max_active_users": 20}"#).await;
+        )
+        .start()
+        .await;
+    proxy.patch_admission(r#"{"max_active_users": 20}"#).await;
     let arrivals = newcomers(&proxy, 30, Accept::Html).await;
     let statuses: Vec<u16> = arrivals.iter().map(|(_, g)| g.status.as_u16()).collect();
     assert_eq!(

@@ -1,0 +1,293 @@
+//! The test origin: a real HTTP/1.1 server on `127.0.0.1:0` that records
+//! what it gets, can hold its answers until released, and re-raises a
+//! panic of the test's handler instead of swallowing it.
+
+use std::any::Any;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::wait::wait_until;
+
+/// What the test origin saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    /// Path and query.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the test origin does with a request.
+pub enum Reply {
+    Respond(Response<Full<Bytes>>),
+    /// Closes the connection without answering.
+    Close,
+}
+
+/// A response with these headers and body.
+pub fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut res = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *res.status_mut() = StatusCode::from_u16(status).expect("valid status");
+    for (k, v) in headers {
+        res.headers_mut().append(
+            HeaderName::from_bytes(k.as_bytes()).expect("valid name"),
+            HeaderValue::from_str(v).expect("valid value"),
+        );
+    }
+    Reply::Respond(res)
+}
+
+type Handler = dyn Fn(&Seen) -> Reply + Send + Sync;
+
+/// A panic, as `catch_unwind` hands it over.
+type Panic = Box<dyn Any + Send>;
+
+struct State {
+    seen: Mutex<Vec<Seen>>,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    /// While set, requests wait for `release` before answering.
+    held: AtomicBool,
+    release: Notify,
+    /// Artificial latency before each answer, in milliseconds.
+    delay_ms: AtomicUsize,
+    handler: Box<Handler>,
+    /// The first panic of `handler`: the connection it served is closed
+    /// (as a panicking task would), and the test fails with it at
+    /// [`Origin::join`] or when the origin is dropped.
+    panicked: Mutex<Option<Panic>>,
+}
+
+/// A real HTTP/1.1 origin on a free loopback port that records what it gets.
+pub struct Origin {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: Option<JoinHandle<()>>,
+}
+
+struct InFlight<'a>(&'a State);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Origin {
+    pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(State {
+            seen: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            held: AtomicBool::new(false),
+            release: Notify::new(),
+            delay_ms: AtomicUsize::new(0),
+            handler: Box::new(handler),
+            panicked: Mutex::new(None),
+        });
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move { answer(&state, req).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Origin {
+            addr,
+            state,
+            task: Some(task),
+        }
+    }
+
+    /// An origin answering every request with the same 200 and headers.
+    pub async fn fixed(
+        headers: &'static [(&'static str, &'static str)],
+        body: &'static str,
+    ) -> Origin {
+        Origin::start(move |_| reply(200, headers, body)).await
+    }
+
+    /// A portal whose pages are never storable: every request digue lets
+    /// through reaches it, and answers `page {target}` (see [`page`]).
+    pub async fn portal() -> Origin {
+        Origin::start(|seen: &Seen| {
+            reply(
+                200,
+                &[
+                    ("cache-control", "no-store"),
+                    ("content-type", "text/html; charset=utf-8"),
+                ],
+                &page(&seen.target),
+            )
+        })
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests received for a target (path and query).
+    pub fn count(&self, target: &str) -> usize {
+        self.seen().iter().filter(|s| s.target == target).count()
+    }
+
+    pub fn total(&self) -> usize {
+        self.seen().len()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().expect("not poisoned").clone()
+    }
+
+    pub fn last(&self, target: &str) -> Option<Seen> {
+        self.seen().into_iter().rev().find(|s| s.target == target)
+    }
+
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.peak.load(Ordering::SeqCst)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Requests arriving from now on wait until [`Origin::release`].
+    pub fn hold(&self) {
+        self.state.held.store(true, Ordering::SeqCst);
+    }
+
+    pub fn release(&self) {
+        self.state.held.store(false, Ordering::SeqCst);
+        self.state.release.notify_waiters();
+    }
+
+    /// Every answer is delayed by this much.
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = usize::try_from(delay.as_millis()).unwrap_or(usize::MAX);
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Waits (at most 10 s) until the origin has received `n` requests in all.
+    pub async fn wait_for_total(&self, n: usize) {
+        let what = format!("the origin receives {n} requests in all");
+        wait_until(&what, Duration::from_secs(10), async || self.total() >= n).await;
+    }
+
+    /// Stops accepting, and fails the test with the panic of its accept
+    /// loop or of the test's handler, if one panicked.
+    pub async fn join(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        if let Some(panic) = self.take_panic() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    fn take_panic(&self) -> Option<Panic> {
+        self.state
+            .panicked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+impl Drop for Origin {
+    /// A test that never joins its origin still fails with a handler's
+    /// panic (unless it is failing already).
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if !std::thread::panicking()
+            && let Some(panic) = self.take_panic()
+        {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// The page [`Origin::portal`] serves for a target.
+pub fn page(target: &str) -> String {
+    format!("page {target}")
+}
+
+async fn answer(
+    state: &State,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let seen = Seen {
+        method: parts.method,
+        target: parts
+            .uri
+            .path_and_query()
+            .map_or("/".to_owned(), |pq| pq.as_str().to_owned()),
+        headers: parts.headers,
+        body,
+    };
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.peak.fetch_max(now, Ordering::SeqCst);
+    let _guard = InFlight(state);
+    state.seen.lock().expect("not poisoned").push(seen.clone());
+    while state.held.load(Ordering::SeqCst) {
+        let released = state.release.notified();
+        if !state.held.load(Ordering::SeqCst) {
+            break;
+        }
+        released.await;
+    }
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+    }
+    let replied = std::panic::catch_unwind(AssertUnwindSafe(|| (state.handler)(&seen)));
+    match replied {
+        Ok(Reply::Respond(res)) => Ok(res),
+        // hyper closes the connection without a response when a service fails.
+        Ok(Reply::Close) => Err(std::io::Error::other("closed by the test origin")),
+        Err(panic) => {
+            let mut first = state.panicked.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert(panic);
+            Err(std::io::Error::other("the test origin's handler panicked"))
+        }
+    }
+}
