@@ -98,14 +98,14 @@ impl Spellings {
         }
         out.push('/');
         for c in "login".chars() {
-            let c = if self.next() % 2 == 0 {
+            let c = if self.next().is_multiple_of(2) {
                 c.to_ascii_uppercase()
             } else {
                 c
             };
-            if self.next() % 3 == 0 {
+            if self.next().is_multiple_of(3) {
                 let hex = format!("%{:02x}", c as u32);
-                out.push_str(&if self.next() % 2 == 0 {
+                out.push_str(&if self.next().is_multiple_of(2) {
                     hex.to_ascii_uppercase()
                 } else {
                     hex
@@ -114,7 +114,7 @@ impl Spellings {
                 out.push(c);
             }
         }
-        if self.next() % 4 == 0 {
+        if self.next().is_multiple_of(4) {
             out.push_str(";jsessionid=x");
         }
         out
