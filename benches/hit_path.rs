@@ -1,5 +1,7 @@
 //! The hit path: key computation, store lookup and response build, against a
-//! naive baseline (a mutex-guarded map whose hits copy the body).
+//! naive baseline (a mutex-guarded map whose hits copy the body); and the
+//! same hit with the target read first (`target::read`, the gate and the
+//! cache rule), as the request path does, to price the URL reader.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,13 +14,16 @@ use digue::cache::serve;
 use digue::cache::store::{Entry, Lookup, Store};
 use digue::config::Config;
 use digue::outcome::CacheStatus;
+use digue::target::{self, Gates};
 use http::{HeaderMap, Request, Response};
 
 const OBJECT_BYTES: usize = 2048;
 
 fn site() -> digue::config::SiteConfig {
     let text = "[server]\nlisten = \"127.0.0.1:0\"\n[[site]]\nname = \"bench\"\nhosts = [\"*\"]\n\
-                origin = \"http://127.0.0.1:1\"\n";
+                origin = \"http://127.0.0.1:1\"\n[[site.cache.rule]]\nprefix = \"/static/\"\n\
+                ttl = \"1h\"\nshared = true\n[[site.cache.rule]]\nprefix = \"/api/\"\nbypass = true\n\
+                [site.admission]\npaths = [\"/pronote/eleve.html\"]\nnew_users_per_minute = 600\n";
     Config::parse(text).expect("valid").sites.remove(0)
 }
 
@@ -66,6 +71,30 @@ fn hit_path(c: &mut Criterion) {
                 panic!("stored above")
             };
             serve::respond(&entry, &req, CacheStatus::Hit { ttl: 60 }, clock.instant())
+        });
+    });
+
+    let gates = Gates::new(
+        &site.admission.as_ref().expect("a waiting room").paths,
+        site.case_sensitive,
+    );
+    group.bench_function("digue_with_url_reading", |b| {
+        b.iter(|| {
+            let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let reading = target::read(target).expect("readable");
+            assert!(!gates.gate(target, &reading), "not an entry point");
+            let rule = target::rule_for(&site.cache.rules, &reading, site.case_sensitive);
+            assert!(rule.is_some(), "under /static/");
+            let key = CacheKey::primary("bench", "https", "ent.example.fr", target);
+            let Lookup::Found(entry) = store.lookup(&key, &req.headers) else {
+                panic!("stored above")
+            };
+            serve::respond(
+                &entry,
+                &req,
+                CacheStatus::Hit { ttl: 60 },
+                clock.instant(),
+            )
         });
     });
 
