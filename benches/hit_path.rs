@@ -89,12 +89,7 @@ fn hit_path(c: &mut Criterion) {
             let Lookup::Found(entry) = store.lookup(&key, &req.headers) else {
                 panic!("stored above")
             };
-            serve::respond(
-                &entry,
-                &req,
-                CacheStatus::Hit { ttl: 60 },
-                clock.instant(),
-            )
+            serve::respond(&entry, &req, CacheStatus::Hit { ttl: 60 }, clock.instant())
         });
     });
 

@@ -46,14 +46,42 @@ impl<'a> Reading<'a> {
 
 /// Reads a request target (`/path?query`, origin-form).
 pub fn read(target: &str) -> Result<Reading<'_>, Unreadable> {
-    if target.bytes().any(is_control) {
-        return Err(Unreadable::Control);
+    // One pass on the hit path: controls anywhere, and whether the path
+    // reads as itself (nothing to decode, drop, merge or resolve).
+    let bytes = target.as_bytes();
+    let mut query_at = None;
+    let mut plain = bytes.first() == Some(&b'/');
+    let mut segment_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !NOTABLE[usize::from(b)] {
+            continue;
+        }
+        if is_control(b) {
+            return Err(Unreadable::Control);
+        }
+        if query_at.is_some() {
+            continue;
+        }
+        match b {
+            b'/' => {
+                plain &= i == 0 || !matches!(&bytes[segment_start..i], b"" | b"." | b"..");
+                segment_start = i + 1;
+            }
+            b'?' => {
+                plain &= !matches!(&bytes[segment_start..i], b"." | b"..");
+                query_at = Some(i);
+            }
+            b'%' | b';' | b'\\' => plain = false,
+            _ => {}
+        }
     }
-    let (raw_path, raw_query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
-    };
-    let path = if is_plain(raw_path) {
+    let path_end = query_at.unwrap_or(bytes.len());
+    if query_at.is_none() {
+        plain &= !matches!(&bytes[segment_start..], b"." | b"..");
+    }
+    let raw_path = &target[..path_end];
+    let raw_query = query_at.map(|i| &target[i + 1..]);
+    let path = if plain {
         Cow::Borrowed(raw_path.as_bytes())
     } else {
         Cow::Owned(normalise(raw_path)?)
@@ -65,19 +93,26 @@ pub fn read(target: &str) -> Result<Reading<'_>, Unreadable> {
     })
 }
 
+/// The bytes `read` looks at: controls, and what makes a path other than
+/// itself once read. Everything else is skipped with one lookup.
+const NOTABLE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[0x7f] = true;
+    table[b'/' as usize] = true;
+    table[b'?' as usize] = true;
+    table[b'%' as usize] = true;
+    table[b';' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 fn is_control(b: u8) -> bool {
     b < 0x20 || b == 0x7f
-}
-
-/// Whether a path reads as itself: nothing to decode, drop or resolve.
-fn is_plain(path: &str) -> bool {
-    let bytes = path.as_bytes();
-    bytes.first() == Some(&b'/')
-        && !bytes.iter().any(|b| matches!(b, b'%' | b';' | b'\\'))
-        && !bytes.windows(2).any(|w| w == b"//")
-        && !path
-            .split('/')
-            .any(|segment| segment == "." || segment == "..")
 }
 
 fn normalise(raw: &str) -> Result<Vec<u8>, Unreadable> {
@@ -215,10 +250,11 @@ pub fn rule_for<'r>(
             .filter(|r| matches(r))
             .max_by_key(|r| r.prefix.len())
     };
-    let raw = longest(&|r| reading.raw_path.starts_with(&r.prefix));
-    if reading.path.as_ref() == reading.raw_path.as_bytes() && case_sensitive {
-        return raw;
+    if matches!(reading.path, Cow::Borrowed(_)) {
+        // The hit path: one reading, so one pass.
+        return plain_rule(rules, reading.raw_path.as_bytes(), case_sensitive);
     }
+    let raw = longest(&|r| reading.raw_path.starts_with(&r.prefix));
     let read = longest(&|r| reading.path.starts_with(r.prefix.as_bytes()));
     let bypass = longest(&|r| {
         r.action == RuleAction::Bypass
@@ -232,6 +268,32 @@ pub fn rule_for<'r>(
         (Some(a), Some(b)) if std::ptr::eq(a, b) => Some(a),
         _ => None,
     }
+}
+
+/// [`rule_for`] when the path as sent is the path as read: the longest rule
+/// it falls under, unless a bypass rule matches (in any case, unless the
+/// site is case-sensitive), which wins.
+fn plain_rule<'r>(
+    rules: &'r [CacheRule],
+    path: &[u8],
+    case_sensitive: bool,
+) -> Option<&'r CacheRule> {
+    let mut best: Option<&CacheRule> = None;
+    let mut bypass: Option<&CacheRule> = None;
+    for rule in rules {
+        let prefix = rule.prefix.as_bytes();
+        let longer = |than: Option<&CacheRule>| than.is_none_or(|t| prefix.len() > t.prefix.len());
+        if path.starts_with(prefix) && longer(best) {
+            best = Some(rule);
+        }
+        if rule.action == RuleAction::Bypass
+            && longer(bypass)
+            && has_prefix(path, prefix, case_sensitive)
+        {
+            bypass = Some(rule);
+        }
+    }
+    bypass.or(best)
 }
 
 /// Whether `path` starts with `prefix`, in any ASCII case unless told not to.

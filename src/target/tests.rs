@@ -10,6 +10,20 @@ fn a_plain_path_is_read_as_itself_without_copying() {
     assert!(matches!(r.path, Cow::Borrowed(_)), "no allocation");
     assert_eq!(r.path.as_ref(), b"/static/app.css");
     assert_eq!(r.raw_query, Some("v=3"));
+    for plain in ["/", "/?q", "/a/", "/a/b?x=/./", "/a.b/..c"] {
+        assert!(
+            matches!(read(plain).expect("readable").path, Cow::Borrowed(_)),
+            "{plain} reads as itself"
+        );
+    }
+    for not_plain in [
+        "//a", "/a/./b", "/a/..", "/a/.?q", "/a%41", "/a;b", "\\a", "a",
+    ] {
+        assert!(
+            matches!(read(not_plain).expect("readable").path, Cow::Owned(_)),
+            "{not_plain} is normalised"
+        );
+    }
 }
 
 #[test]
