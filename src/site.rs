@@ -89,7 +89,7 @@ impl Site {
             metrics: self.metrics.clone(),
             gate,
             gates: gates(&config),
-            live: ArcSwap::from_pointee(*self.live.load_full()),
+            live: ArcSwap::from_pointee(config.live),
             config,
         };
         site.apply(site.config.live);
