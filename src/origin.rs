@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version, request, response};
+use http_body::Body;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -182,6 +183,16 @@ impl Origin {
             self.host_override.clone().unwrap_or_else(|| host.clone()),
         );
         set_forwarded(&mut headers, host, from, trusted);
+        // A body of unknown length (chunked, or an HTTP/2 stream without
+        // Content-Length) must be sent chunked: hyper's client would send a
+        // GET or HEAD without it, and the origin would not see the request
+        // that digue read and classified.
+        if !body.is_end_stream() && !headers.contains_key(header::CONTENT_LENGTH) {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
 
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
