@@ -512,11 +512,14 @@ impl Ctx {
         failure: Failure,
         fwd: Forward,
     ) -> Response<ProxyBody> {
-        if let Some(entry) = stale.filter(|e| e.usable_if_error(self.app.clock.instant())) {
-            let reason = match failure {
-                Failure::Busy(_) => StaleReason::OriginBusy,
-                Failure::Origin(_) => StaleReason::OriginError,
-            };
+        let reason = match failure {
+            Failure::Busy(_) => Some(StaleReason::OriginBusy),
+            Failure::Origin(_) => Some(StaleReason::OriginError),
+            Failure::RequestBody => None,
+        };
+        if let Some(reason) = reason
+            && let Some(entry) = stale.filter(|e| e.usable_if_error(self.app.clock.instant()))
+        {
             return self.stale(parts, &entry, reason);
         }
         let m = &self.site.metrics;
@@ -534,6 +537,10 @@ impl Ctx {
                     | OriginErrorKind::Protocol
                     | OriginErrorKind::Status5xx => (Page::OriginDown, "origin-unreachable"),
                 }
+            }
+            Failure::RequestBody => {
+                m.request(Outcome::Error);
+                (Page::BadRequest, "bad-request-body")
             }
         };
         let mut res = self.app.pages.load().render(page, &parts.headers);
