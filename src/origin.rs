@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version, request, response};
+use http_body::Body;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -100,9 +101,11 @@ pub async fn call_origin(
     m.origin_seconds.observe(started.elapsed().as_secs_f64());
     let (head, body) = match sent {
         Ok(res) => res.into_parts(),
-        Err(kind) => {
-            m.origin_error(kind);
-            return Err(Failure::Origin(kind));
+        Err(failure) => {
+            if let Failure::Origin(kind) = failure {
+                m.origin_error(kind);
+            }
+            return Err(failure);
         }
     };
     if head.status.is_server_error() {
@@ -182,6 +185,16 @@ impl Origin {
             self.host_override.clone().unwrap_or_else(|| host.clone()),
         );
         set_forwarded(&mut headers, host, from, trusted);
+        // A body of unknown length (chunked, or an HTTP/2 stream without
+        // Content-Length) must be sent chunked: hyper's client would send a
+        // GET or HEAD without it, and the origin would not see the request
+        // that digue read and classified.
+        if !body.is_end_stream() && !headers.contains_key(header::CONTENT_LENGTH) {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
 
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
@@ -192,20 +205,36 @@ impl Origin {
     }
 
     /// Sends a request and waits at most `origin_timeout` for the response head.
-    async fn send(
-        &self,
-        req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, OriginErrorKind> {
+    async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, Failure> {
+        let origin = |kind| Err(Failure::Origin(kind));
         match tokio::time::timeout(self.timeout, self.upstream.send(req)).await {
-            Err(_) => Err(OriginErrorKind::Timeout),
-            Ok(Err(e)) if e.is_connect() => Err(OriginErrorKind::Connect),
-            Ok(Err(_)) => Err(OriginErrorKind::Protocol),
+            Err(_) => origin(OriginErrorKind::Timeout),
+            Ok(Err(e)) if e.is_connect() => origin(OriginErrorKind::Connect),
+            Ok(Err(e)) if request_body_failed(&e) => Err(Failure::RequestBody),
+            Ok(Err(_)) => origin(OriginErrorKind::Protocol),
             Ok(Ok(mut res)) => {
                 strip_hop_by_hop(res.headers_mut());
                 Ok(res)
             }
         }
     }
+}
+
+/// Whether the client's request body, as hyper's client relayed it, is what
+/// failed: hyper reports a failing request body as a user error caused by
+/// the body's own error, and the only body digue sends that can fail is the
+/// client's (a [`hyper::Error`] from the downstream connection).
+fn request_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(hyper) = err.downcast_ref::<hyper::Error>() {
+            return hyper.is_user()
+                && std::error::Error::source(hyper)
+                    .is_some_and(|cause| cause.is::<hyper::Error>());
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// HTTP/2 clients may send each cookie as a field of its own; toward an

@@ -101,12 +101,29 @@ fn log_access(ctx: &Ctx, method: &Method, path: &str, res: &Response<ProxyBody>,
 
 /// The Host a client asked for (`Host`, or the authority of an HTTP/2
 /// request), and its lower-cased name without port for site matching.
+/// `None` when the request names no host, or two: two `Host` fields (RFC
+/// 9112 §3.2), or a target authority (absolute form, HTTP/2 `:authority`)
+/// naming another host than `Host` (RFC 9113 §8.3.1). A proxy or filter in
+/// front that routes by the other one would check one site and let digue
+/// serve another: which of the two is meant is not for digue to guess.
 fn downstream_host<B>(req: &Request<B>) -> Option<(HeaderValue, String)> {
-    let value = match req.headers().get(header::HOST) {
-        Some(h) => h.clone(),
-        None => HeaderValue::from_str(req.uri().authority()?.as_str()).ok()?,
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let authority = req.uri().authority();
+    let value = match (hosts.next(), hosts.next()) {
+        (Some(host), None) => host.clone(),
+        (None, _) => HeaderValue::from_str(authority?.as_str()).ok()?,
+        (Some(_), Some(_)) => return None,
     };
-    let raw = value.to_str().ok()?;
+    let name = host_name(value.to_str().ok()?)?;
+    match authority {
+        Some(authority) if host_name(authority.as_str())? != name => None,
+        _ => Some((value, name)),
+    }
+}
+
+/// The lower-cased name of a `Host` value, without port or trailing dot;
+/// `None` unless it is a plain name or IP literal (no user info, no list).
+fn host_name(raw: &str) -> Option<String> {
     let name = match raw.rsplit_once(':') {
         Some((name, port)) if !name.ends_with(']') || port.bytes().all(|b| b.is_ascii_digit()) => {
             name
@@ -118,7 +135,7 @@ fn downstream_host<B>(req: &Request<B>) -> Option<(HeaderValue, String)> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
-    valid.then_some((value, name))
+    valid.then_some(name)
 }
 
 fn with_cookies(mut res: Response<ProxyBody>, cookies: Vec<HeaderValue>) -> Response<ProxyBody> {
@@ -495,11 +512,14 @@ impl Ctx {
         failure: Failure,
         fwd: Forward,
     ) -> Response<ProxyBody> {
-        if let Some(entry) = stale.filter(|e| e.usable_if_error(self.app.clock.instant())) {
-            let reason = match failure {
-                Failure::Busy(_) => StaleReason::OriginBusy,
-                Failure::Origin(_) => StaleReason::OriginError,
-            };
+        let reason = match failure {
+            Failure::Busy(_) => Some(StaleReason::OriginBusy),
+            Failure::Origin(_) => Some(StaleReason::OriginError),
+            Failure::RequestBody => None,
+        };
+        if let Some(reason) = reason
+            && let Some(entry) = stale.filter(|e| e.usable_if_error(self.app.clock.instant()))
+        {
             return self.stale(parts, &entry, reason);
         }
         let m = &self.site.metrics;
@@ -517,6 +537,10 @@ impl Ctx {
                     | OriginErrorKind::Protocol
                     | OriginErrorKind::Status5xx => (Page::OriginDown, "origin-unreachable"),
                 }
+            }
+            Failure::RequestBody => {
+                m.request(Outcome::Error);
+                (Page::BadRequest, "bad-request-body")
             }
         };
         let mut res = self.app.pages.load().render(page, &parts.headers);
@@ -549,6 +573,30 @@ mod tests {
         assert_eq!(
             downstream_host(&h2).map(|h| h.1),
             Some("portal.example".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_request_naming_two_hosts_names_none() {
+        let two = Request::get("/")
+            .header("host", "a.example")
+            .header("host", "a.example")
+            .body(())
+            .expect("valid");
+        assert!(downstream_host(&two).is_none(), "two Host fields");
+        let other = Request::get("http://b.example/x")
+            .header("host", "a.example")
+            .body(())
+            .expect("valid");
+        assert!(downstream_host(&other).is_none(), "authority b, Host a");
+        let same = Request::get("http://A.example:8080/x")
+            .header("host", "a.example.")
+            .body(())
+            .expect("valid");
+        assert_eq!(
+            downstream_host(&same).map(|h| h.1),
+            Some("a.example".to_owned()),
+            "the same name, whatever its case, port or trailing dot"
         );
     }
 }

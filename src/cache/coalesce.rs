@@ -37,6 +37,10 @@ pub enum Landing {
 pub enum Failure {
     Busy(BusyReason),
     Origin(OriginErrorKind),
+    /// The client's request body failed while it was relayed (malformed
+    /// chunks, the client gone): the client's fault, not the origin's.
+    /// Only a forwarded request has a body, so no fetch lands this.
+    RequestBody,
 }
 
 struct Flight {

@@ -6,6 +6,8 @@
 //! # Layout
 //!
 //! - [`origin`]: the controllable test origin ([`Origin`]).
+//! - [`raw_origin`]: an origin that keeps every byte it receives
+//!   ([`RawOrigin`]), and a raw client that frames what comes back.
 //! - [`proxy`]: digue under test: the config builder [`Digue`] and the
 //!   running [`Proxy`] (metrics, admin calls, shutdown).
 //! - [`http`]: the client side: requests, answers read whole, cookies.
@@ -27,6 +29,7 @@ pub mod http;
 pub mod origin;
 pub mod process;
 pub mod proxy;
+pub mod raw_origin;
 pub mod redis;
 pub mod tls;
 pub mod wait;
@@ -37,4 +40,5 @@ pub use http::{Got, get, get_from, new_cookie, raw, request, send, set_cookie, t
 pub use origin::{Origin, Reply, Seen, page, reply};
 pub use process::{Process, unused_ports};
 pub use proxy::{ADMIN_TOKEN, Digue, Proxy, admission_table, site_section};
+pub use raw_origin::{Exchange, Message, RawOrigin, exchange};
 pub use wait::{wait_for, wait_until};
