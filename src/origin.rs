@@ -178,6 +178,7 @@ impl Origin {
 
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
+        drop_underscored(&mut headers);
         crate::admission::cookies::strip(&mut headers);
         join_cookies(&mut headers);
         headers.insert(
@@ -252,6 +253,21 @@ fn join_cookies(headers: &mut HeaderMap) {
         .join(&b"; "[..]);
     if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Drops request headers whose name holds an `_`: some origins and gateways
+/// (CGI, PHP's `$_SERVER`, some WAFs) read `_` as `-`, so
+/// `Transfer_Encoding` or `X_Forwarded_For` would mean to them what digue
+/// did not check. The stricter reading wins, as nginx's default does.
+fn drop_underscored(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
 }
 
@@ -386,6 +402,16 @@ mod tests {
             "198.51.100.9",
             "the nearest untrusted hop, not the client-written start of the chain"
         );
+    }
+
+    #[test]
+    fn headers_named_with_an_underscore_never_reach_the_origin() {
+        let mut h = HeaderMap::new();
+        h.insert("transfer_encoding", HeaderValue::from_static("chunked"));
+        h.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        drop_underscored(&mut h);
+        assert_eq!(h.len(), 1, "only x-kept survives: {h:?}");
     }
 
     #[test]

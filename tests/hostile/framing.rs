@@ -655,3 +655,27 @@ async fn an_http2_request_whose_authority_and_host_disagree_is_refused() {
     }
     bench.proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn header_names_an_origin_could_read_with_a_dash_never_reach_it() {
+    let origin = RawOrigin::start("page").await;
+    let proxy = Digue::new(&origin.url()).start().await;
+    let got = exchange(
+        proxy.addr,
+        b"POST /form HTTP/1.1\r\nHost: portal\r\nContent-Length: 5\r\n\
+          Transfer_Encoding: chunked\r\nX_Forwarded_For: 6.6.6.6\r\n\r\nhello",
+        1,
+    )
+    .await;
+    assert_eq!(got.status(), 200, "served: {}", got.raw);
+    origin.wait_for_target("/form").await;
+    let seen = &origin.requests()[0];
+    for name in ["transfer_encoding", "x_forwarded_for"] {
+        assert!(
+            seen.headers(name).is_empty(),
+            "{name} was dropped: {}",
+            seen.text()
+        );
+    }
+    assert_eq!(seen.text(), "hello", "the body as digue read it");
+}
