@@ -311,7 +311,7 @@ fn site_state(app: &App, name: &str) -> Option<Value> {
     let lookups = served + count(Outcome::Miss);
     let admission = match site.waiting_room() {
         Some((gate, cfg, live)) => {
-            let status = gate.status(cfg, &live, tokio::time::Instant::now());
+            let status = gate.status(cfg, &live, app.clock.instant());
             json!({
                 "mode": live.mode.as_str(),
                 "new_users_per_minute": live.new_users_per_minute,

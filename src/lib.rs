@@ -245,7 +245,7 @@ impl App {
         self.metrics
             .cache_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        let now = tokio::time::Instant::now();
+        let now = self.clock.instant();
         for site in &self.snapshot().sites {
             let Some((gate, cfg, live)) = site.waiting_room() else {
                 continue;

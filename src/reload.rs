@@ -115,7 +115,7 @@ impl App {
             .find(|s| s.config.name == name)
             .ok_or(LiveRefused::NoSuchSite)?;
         let new = change(site.live()).map_err(LiveRefused::Conflict)?;
-        site.set_live(new)
+        site.set_live(new, self.clock.instant())
             .map_err(|e| LiveRefused::Invalid(e.to_string()))
     }
 
@@ -127,7 +127,7 @@ impl App {
             .iter()
             .map(|s| {
                 let site = match old.sites.iter().find(|o| o.config.name == s.name) {
-                    Some(previous) => previous.rebuild(s.clone(), cluster),
+                    Some(previous) => previous.rebuild(s.clone(), cluster, self.clock.instant()),
                     None => Site::new(s.clone(), &self.metrics, None, cluster),
                 };
                 Arc::new(site)

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::time::Instant;
 
 use crate::admission::gate::Gate;
 use crate::admission::line::Saved;
@@ -70,7 +71,12 @@ impl Site {
     /// The same site under a new config, keeping its live state. The file's
     /// live settings replace the running ones (a reload is an operator
     /// saying what they want now).
-    pub fn rebuild(&self, config: SiteConfig, cluster: Option<&Arc<Cluster>>) -> Site {
+    pub fn rebuild(
+        &self,
+        config: SiteConfig,
+        cluster: Option<&Arc<Cluster>>,
+        now: Instant,
+    ) -> Site {
         let origin = if self.config.origin == config.origin {
             self.origin.clone()
         } else {
@@ -92,7 +98,7 @@ impl Site {
             live: ArcSwap::from_pointee(config.live),
             config,
         };
-        site.apply(site.config.live);
+        site.apply(site.config.live, now);
         site
     }
 
@@ -124,7 +130,7 @@ impl Site {
     /// changed, when a value is out of range. A waiting-room part for a
     /// site without one is ignored, and a missing one keeps the current one
     /// (settings from a node whose file differs).
-    pub fn set_live(&self, new: LiveSettings) -> Result<LiveSettings, LiveError> {
+    pub fn set_live(&self, new: LiveSettings, now: Instant) -> Result<LiveSettings, LiveError> {
         let current = self.live();
         let new = LiveSettings {
             origin_concurrency: new.origin_concurrency,
@@ -132,18 +138,19 @@ impl Site {
         }
         .checked()?;
         if new != current {
-            self.apply(new);
+            self.apply(new, now);
         }
         Ok(new)
     }
 
-    fn apply(&self, new: LiveSettings) {
+    /// `now`: the app's clock, from which a closing is timed.
+    fn apply(&self, new: LiveSettings, now: Instant) {
         self.live.store(Arc::new(new));
         self.guard.set_limit(new.origin_concurrency);
         if let Some((gate, config, live)) = self.waiting_room() {
             // The line takes the change now, not at the next request: a
             // closing is timed from here.
-            gate.status(config, &live, tokio::time::Instant::now());
+            gate.status(config, &live, now);
         }
         self.publish_settings();
     }

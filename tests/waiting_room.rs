@@ -439,17 +439,16 @@ async fn an_admitted_visitor_stays_in_for_the_session_duration() {
     let (origin, proxy) =
         gated("new_users_per_minute = 1\nburst = 1\nsession_duration = \"3s\"").await;
     let mut visitor = use_up_the_budget(&proxy).await;
-    let started = Instant::now();
     let mut uses = 0;
     // Passes are checked in whole seconds: a 3 s session lasts at least 3 s.
-    while started.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    for step in 1..=5 {
+        proxy.advance(Duration::from_millis(400));
         let got = visitor.visit(&proxy, ENTRY, Accept::Html).await;
         assert_eq!(
             got.status,
             200,
-            "still in {:?} after admission: {}",
-            started.elapsed(),
+            "still in {} ms after admission: {}",
+            step * 400,
             got.text()
         );
         assert_eq!(got.text(), page(ENTRY));
@@ -470,7 +469,7 @@ async fn an_idle_pass_expires_and_its_holder_goes_back_to_the_line() {
         gated("new_users_per_minute = 1\nburst = 1\nsession_duration = \"1s\"").await;
     let mut visitor = use_up_the_budget(&proxy).await;
     // Whole seconds: 2.5 s idle is more than 1 s whatever the rounding.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    proxy.advance(Duration::from_millis(2500));
     let got = visitor.visit(&proxy, ENTRY, Accept::Html).await;
     assert_waiting_room(&got);
     assert!(
@@ -495,15 +494,14 @@ async fn a_pass_in_use_slides_past_the_session_duration() {
     let (_origin, proxy) =
         gated("new_users_per_minute = 1\nburst = 1\nsession_duration = \"2s\"").await;
     let mut visitor = use_up_the_budget(&proxy).await;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    for step in 1..=17 {
+        proxy.advance(Duration::from_millis(300));
         let got = visitor.visit(&proxy, ENTRY, Accept::Html).await;
         assert_eq!(
             got.status,
             200,
-            "a pass used every 300 ms is never idle for 2 s, yet refused {:?} after admission",
-            started.elapsed()
+            "a pass used every 300 ms is never idle for 2 s, yet refused {} ms after admission",
+            step * 300
         );
     }
 }
@@ -985,8 +983,7 @@ async fn a_closed_site_keeps_its_line_still_and_reopens_in_ticket_order() {
     // Closed for longer than the claim window, scraped as Prometheus would:
     // at 2/s both turns would be out within a second and expire 10 s later
     // if the line moved.
-    let closed_at = Instant::now();
-    while closed_at.elapsed() < Duration::from_secs(12) {
+    for _ in 0..24 {
         proxy
             .metric("digue_turns_missed_total{site=\"portal\"}")
             .await;
@@ -996,7 +993,7 @@ async fn a_closed_site_keeps_its_line_still_and_reopens_in_ticket_order() {
             3 * retry_after(&got) <= 10,
             "a ticket holder polls several times per claim window, even while closed"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.advance(Duration::from_millis(500));
     }
     proxy.patch_admission(r#"{"mode": "queue_all"}"#).await;
 

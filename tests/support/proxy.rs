@@ -200,6 +200,8 @@ pub struct Proxy {
     pub tls: Option<SocketAddr>,
     admin_token: Option<String>,
     running: Option<digue::Running>,
+    /// digue's clock, which the test moves forward.
+    clock: digue::clock::Clock,
 }
 
 impl Proxy {
@@ -223,13 +225,11 @@ impl Proxy {
         file: Option<&Path>,
         admin_token: Option<String>,
     ) -> Proxy {
-        // Options is growing (a clock for tests is coming): fields added
-        // to it keep their defaults here.
-        #[allow(clippy::needless_update)]
+        let clock = digue::clock::Clock::system();
         let options = digue::Options {
             config_path: file.map(Path::to_owned),
             admin_token: admin_token.clone(),
-            ..digue::Options::default()
+            clock: clock.clone(),
         };
         let running = digue::start_with(config, options)
             .await
@@ -240,7 +240,15 @@ impl Proxy {
             tls: running.tls,
             admin_token,
             running: Some(running),
+            clock,
         }
+    }
+
+    /// Lets `by` pass for what digue decides by its clock (cache
+    /// freshness, passes, turns and claim windows, the admission budget)
+    /// without waiting; timers (timeouts) keep real time.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
     }
 
     pub fn url(&self, target: &str) -> String {
