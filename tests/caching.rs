@@ -156,7 +156,7 @@ async fn stale_copy_is_served_while_origin_returns_503() {
     .await;
     assert_eq!(get(&proxy.url("/x"), &[]).await.text(), "v1");
     failing.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.advance(Duration::from_millis(1100));
     let r = get(&proxy.url("/x"), &[]).await;
     assert_eq!(r.status, 200, "a stale copy beats an error");
     assert_eq!(r.text(), "v1");
@@ -196,7 +196,7 @@ async fn huge_stale_windows_and_ages_from_the_origin_never_drop_a_connection() {
         assert_eq!(first.status, 200, "{target}: {}", first.cache_status());
     }
     failing.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.advance(Duration::from_millis(1100));
     for target in ["/swr", "/sie", "/age"] {
         let expired = get(&proxy.url(target), &[]).await;
         assert_eq!(

@@ -297,7 +297,7 @@ async fn stale_after(failure: u8, what: &str) -> Origin {
     .await;
     assert_eq!(get(&proxy.url("/menu"), &[]).await.text(), "v1");
     mode.store(failure, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.advance(Duration::from_millis(1100));
 
     let r = get(&proxy.url("/menu"), &[]).await;
     assert_eq!(r.status, 200, "a stale copy beats {what}");
@@ -391,7 +391,7 @@ async fn within_stale_while_revalidate_everyone_gets_the_stale_copy_while_one_re
     )
     .await;
     assert_eq!(get(&proxy.url("/actu"), &[]).await.text(), "v1");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.advance(Duration::from_millis(1100));
     version.store(2, Ordering::SeqCst);
     origin.hold();
 
@@ -468,7 +468,7 @@ async fn an_expired_entry_with_an_etag_is_revalidated_and_the_304_merged() {
     .await;
     let first = get(&proxy.url("/circ"), &[]).await;
     assert_eq!(first.header("x-version"), Some("1"));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy.advance(Duration::from_millis(1100));
 
     let r = get(&proxy.url("/circ"), &[]).await;
     let conditional = origin.last("/circ").expect("the origin was asked again");
