@@ -345,7 +345,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
 /// [`start`], with the config file's path and the admin token.
 pub async fn start_with(config: Config, options: Options) -> io::Result<Running> {
     let start = &config.restart.server;
-    let public = TcpListener::bind(start.listen).await?;
+    let public = server::bind(start.listen)?;
     let admin = match start.admin_listen {
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
@@ -353,7 +353,7 @@ pub async fn start_with(config: Config, options: Options) -> io::Result<Running>
     let tls = match (start.tls_listen, &config.server.tls) {
         (Some(listen), Some(settings)) => {
             let (acceptor, resolver) = tls::acceptor(settings).map_err(io::Error::other)?;
-            Some((TcpListener::bind(listen).await?, acceptor, resolver))
+            Some((server::bind(listen)?, acceptor, resolver))
         }
         _ => None,
     };

@@ -1,20 +1,27 @@
 //! The public listener: HTTP/1.1 and h2c on one port, with the limits that
-//! keep one client from hurting the others (connection cap, header size and
-//! header-read timeout), and a graceful drain on shutdown.
+//! keep one client from hurting the others (connection cap, header size,
+//! header-read timeout, idle connections closed), and a graceful drain on
+//! shutdown.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::App;
+use crate::body::{BodyError, ProxyBody};
 use crate::origin::Downstream;
 use crate::proxy;
 
@@ -23,6 +30,23 @@ use crate::proxy;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Streams one HTTP/2 connection may have open at once.
 const H2_MAX_STREAMS: u32 = 256;
+/// Connections the kernel queues for the accept loop. The default of std
+/// and tokio (128) drops the SYNs of a larger burst, and each client
+/// dropped waits a whole second before trying again: the first minute of
+/// a surge is such a burst. Linux caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a public listener, with room for a burst of new connections.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As TcpListener::bind does: a restart can rebind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Serves until `stop` turns true, then drains in-flight requests. With
 /// `tls`, every connection starts with a TLS handshake (HTTP/2 or HTTP/1.1
@@ -35,7 +59,9 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let server = app.snapshot().config.restart.server.clone();
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a clone: the channel closes when the last
+    // one ends, which is what the drain waits for.
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -45,7 +71,8 @@ pub async fn serve(
         .keep_alive(true);
     // HTTP/2 has no header timer once a connection is up: a phone that went
     // off the network would hold its connection slot for ever. Ping it, and
-    // close it when the ping goes unanswered for header_read_timeout.
+    // close it when the ping goes unanswered for header_read_timeout. (A
+    // live one with nothing to ask is closed as idle: see `drive`.)
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -75,7 +102,8 @@ pub async fn serve(
         metrics.connections_open.inc();
         let app = app.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let alive = alive.clone();
+        let stopping = stop.clone();
         let first_byte = server.header_read_timeout;
         let metrics = metrics.clone();
         let tls = tls.clone();
@@ -84,10 +112,24 @@ pub async fn serve(
                 peer,
                 tls: tls.is_some(),
             };
-            let service = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(proxy::handle(app, from, req).await) }
-            });
+            let activity = Activity::new();
+            let service = {
+                let activity = activity.clone();
+                service_fn(move |req| {
+                    let app = app.clone();
+                    let in_flight = activity.begin();
+                    async move {
+                        let res = proxy::handle(app, from, req).await;
+                        Ok::<_, Infallible>(res.map(|body| Counted {
+                            body,
+                            _in_flight: in_flight,
+                        }))
+                    }
+                })
+            };
+            // Idle as long as a client may take to send a head: what hyper
+            // allows an idle HTTP/1.1 connection.
+            let idle = first_byte;
             // hyper's header timer starts only once it knows the protocol; a
             // client that never sends a byte (or never finishes a handshake)
             // would otherwise hold its connection slot forever.
@@ -97,29 +139,136 @@ pub async fn serve(
                     let peeked = tokio::time::timeout(first_byte, stream.peek(&mut probe)).await;
                     if matches!(peeked, Ok(Ok(n)) if n > 0) {
                         let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        // Errors are one client's broken connection; hyper has
-                        // already answered what could be answered (400, 431).
-                        let _ = watcher.watch(conn.into_owned()).await;
+                        drive(conn.into_owned(), &activity, idle, stopping).await;
                     }
                 }
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(first_byte, acceptor.accept(stream)).await;
                     if let Ok(Ok(stream)) = handshake {
                         let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        let _ = watcher.watch(conn.into_owned()).await;
+                        drive(conn.into_owned(), &activity, idle, stopping).await;
                     }
                 }
             }
+            drop(alive);
             metrics.connections_open.dec();
             drop(slot);
         });
     }
     drop(listener);
+    drop(alive);
     tracing::info!("stopped accepting; draining in-flight requests");
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = all_closed.recv() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(server.shutdown_grace) => {
             tracing::warn!(grace = ?server.shutdown_grace, "shutdown grace elapsed; closing the rest");
         }
+    }
+}
+
+/// Drives one connection to its end. Once it has had no request in flight
+/// for `idle`, or once digue stops, it is asked to finish gracefully:
+/// HTTP/2 sends GOAWAY, HTTP/1.1 closes after the response in flight.
+/// hyper closes an idle HTTP/1.1 connection at its header timer, but keeps
+/// an HTTP/2 one that answers its pings for ever: without this, connections
+/// that never ask anything would hold every slot.
+async fn drive<C: GracefulConnection>(
+    conn: C,
+    activity: &Activity,
+    idle: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::pin!(conn);
+    tokio::select! {
+        // Errors are one client's broken connection; hyper has already
+        // answered what could be answered (400, 431).
+        _ = conn.as_mut() => return,
+        () = activity.idle_for(idle) => {}
+        // Stopping, or the sender gone with the server.
+        _ = stop.wait_for(|stopping| *stopping) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// The requests in flight on one connection, and how many ever started:
+/// what tells a quiet connection from a busy one.
+#[derive(Clone)]
+struct Activity(Arc<watch::Sender<Load>>);
+
+#[derive(Clone, Copy, Default)]
+struct Load {
+    in_flight: usize,
+    /// Counts every request, so one that came and went between two looks
+    /// still counts as activity.
+    started: u64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity(Arc::new(watch::Sender::new(Load::default())))
+    }
+
+    /// Counts a request in flight until the mark is dropped (with its
+    /// response body, once sent).
+    fn begin(&self) -> InFlight {
+        self.0.send_modify(|load| {
+            load.in_flight += 1;
+            load.started += 1;
+        });
+        InFlight(self.0.clone())
+    }
+
+    /// Resolves once no request has been in flight for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        let mut load = self.0.subscribe();
+        loop {
+            // The sender lives in `self`: these waits do not fail (and a
+            // failure would only close the connection early).
+            let Ok(quiet) = load.wait_for(|l| l.in_flight == 0).await.map(|l| *l) else {
+                return;
+            };
+            let busy = load.wait_for(|l| l.started != quiet.started);
+            if tokio::time::timeout(limit, busy).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One request counted in flight.
+#[must_use]
+struct InFlight(Arc<watch::Sender<Load>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|load| load.in_flight -= 1);
+    }
+}
+
+/// A response body that keeps its request counted in flight until it is
+/// sent or dropped.
+struct Counted {
+    body: ProxyBody,
+    _in_flight: InFlight,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -21,6 +21,12 @@ use crate::cache::policy::StorePlan;
 
 /// Bytes counted for an entry beyond its headers and body (maps, policy).
 const ENTRY_OVERHEAD: usize = 512;
+/// Bytes of keys the hit-for-miss memory holds: about 100,000 keys of a
+/// typical length. Bounded in bytes, not keys, since `max_size` does not
+/// cover it: 100,000 distinct 16 KiB targets would pin 1.6 GB.
+const HIT_FOR_MISS_BYTES: u64 = 16 * 1024 * 1024;
+/// Bytes counted for a hit-for-miss mark beyond its key.
+const MARK_OVERHEAD: usize = 64;
 
 /// A stored response. Immutable once stored except for the purge marks; a
 /// refresh replaces the whole entry.
@@ -211,7 +217,10 @@ impl Store {
             })
             .build();
         let uncacheable = moka::sync::Cache::builder()
-            .max_capacity(100_000)
+            .max_capacity(HIT_FOR_MISS_BYTES)
+            .weigher(|key: &CacheKey, ()| {
+                u32::try_from(key.weight() + MARK_OVERHEAD).unwrap_or(u32::MAX)
+            })
             .time_to_live(hit_for_miss)
             .build();
         Store {
