@@ -14,6 +14,9 @@ use support::{Digue, Origin, Proxy, TempDir, get, reply, wait_for};
 /// A `u64` of seconds no cache could ever honour.
 const HUGE_SECONDS: &str = "18446744073709551615";
 
+/// Moved on digue's clock to expire a one-second TTL.
+const PAST_ONE_SECOND: Duration = Duration::from_millis(1100);
+
 /// An origin answering "v1" with `cache_control` until the flag turns it
 /// into a 503 "en panne".
 async fn failing_origin(cache_control: &'static str) -> (Origin, Arc<AtomicBool>) {
@@ -156,7 +159,7 @@ async fn stale_copy_is_served_while_origin_returns_503() {
     .await;
     assert_eq!(get(&proxy.url("/x"), &[]).await.text(), "v1");
     failing.store(true, Ordering::SeqCst);
-    proxy.advance(Duration::from_millis(1100));
+    proxy.advance(PAST_ONE_SECOND);
     let r = get(&proxy.url("/x"), &[]).await;
     assert_eq!(r.status, 200, "a stale copy beats an error");
     assert_eq!(r.text(), "v1");
@@ -196,7 +199,7 @@ async fn huge_stale_windows_and_ages_from_the_origin_never_drop_a_connection() {
         assert_eq!(first.status, 200, "{target}: {}", first.cache_status());
     }
     failing.store(true, Ordering::SeqCst);
-    proxy.advance(Duration::from_millis(1100));
+    proxy.advance(PAST_ONE_SECOND);
     for target in ["/swr", "/sie", "/age"] {
         let expired = get(&proxy.url(target), &[]).await;
         assert_eq!(
@@ -310,7 +313,8 @@ async fn a_purged_page_that_turned_private_never_comes_back() {
     assert_eq!(during.text(), "v1", "stale while the one refetch runs");
     origin.wait_for_total(2).await;
 
-    // Past the hit-for-miss memory, the origin still says private.
+    // Past the hit-for-miss memory, the origin still says private. That
+    // memory is moka's own time-to-live, on real time: slept, not advanced.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for _ in 0..3 {
         let after = get(&proxy.url("/notes"), &[]).await;

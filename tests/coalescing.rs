@@ -19,6 +19,9 @@ const CONNECTIONS_OPEN: &str = "digue_connections_open";
 /// How long a metric may take to reach its value.
 const METRIC_LIMIT: Duration = Duration::from_secs(10);
 
+/// Moved on digue's clock to expire a one-second TTL (`max-age=1`).
+const PAST_ONE_SECOND: Duration = Duration::from_millis(1100);
+
 /// `GET` on a spawned task, so many can be in flight at once.
 fn spawn_get(
     url: String,
@@ -285,8 +288,8 @@ async fn the_origin_never_gets_more_than_its_concurrency_and_the_excess_get_the_
     );
 }
 
-/// Caches "/menu" for 1 s, switches the origin to `failure`, lets the copy
-/// expire, and asks again: a stale copy must beat the failure.
+/// Caches "/menu" for 1 s, switches the origin to `failure`, moves digue's
+/// clock past the copy's expiry, and asks again: a stale copy must beat the failure.
 async fn stale_after(failure: u8, what: &str) -> Origin {
     let (origin, mode) = switchable_origin().await;
     let proxy = Proxy::start(
@@ -297,7 +300,7 @@ async fn stale_after(failure: u8, what: &str) -> Origin {
     .await;
     assert_eq!(get(&proxy.url("/menu"), &[]).await.text(), "v1");
     mode.store(failure, Ordering::SeqCst);
-    proxy.advance(Duration::from_millis(1100));
+    proxy.advance(PAST_ONE_SECOND);
 
     let r = get(&proxy.url("/menu"), &[]).await;
     assert_eq!(r.status, 200, "a stale copy beats {what}");
@@ -391,7 +394,7 @@ async fn within_stale_while_revalidate_everyone_gets_the_stale_copy_while_one_re
     )
     .await;
     assert_eq!(get(&proxy.url("/actu"), &[]).await.text(), "v1");
-    proxy.advance(Duration::from_millis(1100));
+    proxy.advance(PAST_ONE_SECOND);
     version.store(2, Ordering::SeqCst);
     origin.hold();
 
@@ -468,7 +471,7 @@ async fn an_expired_entry_with_an_etag_is_revalidated_and_the_304_merged() {
     .await;
     let first = get(&proxy.url("/circ"), &[]).await;
     assert_eq!(first.header("x-version"), Some("1"));
-    proxy.advance(Duration::from_millis(1100));
+    proxy.advance(PAST_ONE_SECOND);
 
     let r = get(&proxy.url("/circ"), &[]).await;
     let conditional = origin.last("/circ").expect("the origin was asked again");

@@ -1,7 +1,7 @@
 //! The harness's own promises, which the other tests lean on: a metric
 //! that is not there fails its test instead of reading 0, a panic in the
-//! test origin fails its test, and a child that loses the race for its
-//! port is seen losing it.
+//! test origin fails its test, a child that loses the race for its port is
+//! seen losing it, and moving a proxy's clock moves the time digue reads.
 
 mod support;
 
@@ -17,6 +17,30 @@ async fn a_metric_missing_from_metrics_fails_the_test_instead_of_reading_zero() 
     let proxy = Proxy::start(&origin.url(), "", "").await;
     let renamed = "digue_requests_totl{outcome=\"hit\",site=\"portal\"}";
     assert_eq!(proxy.metric(renamed).await, 0.0, "unreachable");
+}
+
+#[tokio::test]
+async fn advancing_a_proxys_clock_ages_what_digue_has_stored() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page").await;
+    let proxy = Proxy::start(&origin.url(), "", "").await;
+    get(&proxy.url("/"), &[]).await;
+    let before = proxy.now();
+    proxy.advance(Duration::from_secs(30));
+    assert!(
+        proxy.now() - before >= Duration::from_secs(30),
+        "Proxy::now reads the moved clock"
+    );
+    let hit = get(&proxy.url("/"), &[]).await;
+    let age: u64 = hit
+        .header("age")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("a hit carries Age: {:?}", hit.headers));
+    assert!(
+        (30..60).contains(&age),
+        "the stored copy is 30 s older, and still fresh: Age {age}, {}",
+        hit.cache_status()
+    );
+    assert_eq!(origin.count("/"), 1, "served from the cache");
 }
 
 #[tokio::test]

@@ -804,6 +804,7 @@ async fn a_set_cookie_arriving_with_a_304_revalidation_is_never_replayed() {
     let url = proxy.url("/profil");
 
     assert_eq!(get(&url, &[]).await.text(), "profil");
+    // Past the one-second TTL, on digue's clock.
     proxy.advance(Duration::from_millis(1100));
     let mut answers = Vec::new();
     for _ in 0..4 {

@@ -1,12 +1,19 @@
 //! digue under test: [`Digue`], the builder of its config, and [`Proxy`],
 //! a running digue in this process with its listeners on `127.0.0.1:0`.
+//!
+//! Each [`Proxy`] reads the time from a clock of its own, which the test
+//! moves forward ([`Proxy::advance`]) to let a TTL, a claim window or a
+//! session expire without sleeping (see `digue::clock`: timers and Redis
+//! keep real time).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use digue::clock::Clock;
 use http::Method;
+use tokio::time::Instant;
 
 use super::browser::ENTRY;
 use super::http::{Got, get, request, send};
@@ -199,9 +206,9 @@ pub struct Proxy {
     /// The TLS listener, when configured.
     pub tls: Option<SocketAddr>,
     admin_token: Option<String>,
+    /// The clock digue reads; the test moves it.
+    clock: Clock,
     running: Option<digue::Running>,
-    /// digue's clock, which the test moves forward.
-    clock: digue::clock::Clock,
 }
 
 impl Proxy {
@@ -225,7 +232,7 @@ impl Proxy {
         file: Option<&Path>,
         admin_token: Option<String>,
     ) -> Proxy {
-        let clock = digue::clock::Clock::system();
+        let clock = Clock::system();
         let options = digue::Options {
             config_path: file.map(Path::to_owned),
             admin_token: admin_token.clone(),
@@ -239,16 +246,22 @@ impl Proxy {
             admin: running.admin.expect("admin listener configured"),
             tls: running.tls,
             admin_token,
-            running: Some(running),
             clock,
+            running: Some(running),
         }
     }
 
-    /// Lets `by` pass for what digue decides by its clock (cache
-    /// freshness, passes, turns and claim windows, the admission budget)
-    /// without waiting; timers (timeouts) keep real time.
+    /// Moves digue's clock forward by `by` at once: what digue decides on
+    /// it (cache freshness, passes, the line's turns, claim windows and
+    /// budget) sees that much time pass; its timers do not.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
+    }
+
+    /// The instant on digue's clock: real time plus every [`Proxy::advance`]
+    /// so far, to measure how long something took as digue saw it.
+    pub fn now(&self) -> Instant {
+        self.clock.instant()
     }
 
     pub fn url(&self, target: &str) -> String {

@@ -1,6 +1,7 @@
 //! Waiting for something to happen: polling a condition against a
-//! deadline instead of sleeping for a guess. (Waiting for time to pass —
-//! a TTL, a claim window — is another matter: see the tests' own sleeps.)
+//! deadline instead of sleeping for a guess. (Letting time pass — a TTL,
+//! a claim window — is another matter: [`super::Proxy::advance`] moves
+//! digue's clock.)
 
 use std::fmt::Debug;
 use std::time::Duration;
