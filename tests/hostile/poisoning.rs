@@ -12,7 +12,9 @@ use crate::support::{Got, Origin, Proxy, Seen, get, reply};
 
 /// The headers the naive origin builds its pages from, each obeyed by
 /// some framework or server: host and scheme for absolute links and
-/// redirects, the URL and method for routing.
+/// redirects, the URL and method for routing. Written out here, not taken
+/// from digue's `ROUTING_HEADERS`: a name missing there must show up here
+/// as a poisoned page.
 const REFLECTED: &[&str] = &[
     "x-forwarded-host",
     "x-forwarded-proto",
