@@ -1,7 +1,8 @@
 //! The upstream client and the one way to call it ([`call_origin`]): a slot
 //! from the origin guard, pooled keep-alive connections, timeouts, and header
 //! hygiene in both directions (hop-by-hop removal, `X-Forwarded-*` set by
-//! digue from the real connection, never taken from the client).
+//! digue from the real connection, never taken from the client, and the
+//! [`ROUTING_HEADERS`] of untrusted clients dropped).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -39,7 +40,40 @@ const POOL_IDLE: Duration = Duration::from_secs(10);
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Headers some origins obey as the request's own URL, host, scheme, port,
+/// path prefix or method: IIS URL Rewrite and Symfony read `X-Original-URL`
+/// and `X-Rewrite-URL`, Rails, Django and Spring build links from
+/// `X-Forwarded-Port/-Prefix/-Scheme/-Ssl/-Server` or `X-Host`, Express,
+/// Symfony and ASP.NET take `X-HTTP-Method-Override` and its kin. None is in
+/// the cache key, so one client's value would shape a page stored for
+/// everyone (and would let it reach URLs the gates and rules never saw):
+/// they are dropped from clients that are not `trusted_proxies`
+/// ([`drop_unbelieved`]).
+pub const ROUTING_HEADERS: [&str; 11] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-server",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Headers that say who the client is and what it asked for, which digue
+/// sets itself from the real connection (or, for `Forwarded`, drops): a
+/// client's own are believed only from `trusted_proxies`.
+const FORWARDING_HEADERS: [&str; 5] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+];
+
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -299,11 +333,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the downstream peer is one of the proxies whose headers about
+/// the client are believed.
+fn is_trusted(from: Downstream, trusted: &[Cidr]) -> bool {
+    let peer = from.peer.ip().to_canonical();
+    trusted.iter().any(|c| c.contains(peer))
+}
+
 /// The client's address: the peer, or — when the peer is a trusted proxy —
 /// the nearest untrusted address in its `X-Forwarded-For` chain.
 pub fn client_ip(from: Downstream, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
     let peer = from.peer.ip().to_canonical();
-    if !trusted.iter().any(|c| c.contains(peer)) {
+    if !is_trusted(from, trusted) {
         return peer;
     }
     let chain = headers
@@ -327,10 +368,9 @@ pub fn client_ip(from: Downstream, headers: &HeaderMap, trusted: &[Cidr]) -> IpA
 /// proxy in front said, else the downstream connection's own. Origins build
 /// redirects and absolute links from it, so the cache key includes it.
 pub fn forwarded_proto(from: Downstream, headers: &HeaderMap, trusted: &[Cidr]) -> &'static str {
-    let peer = from.peer.ip().to_canonical();
     let claimed = headers
         .get(&X_FORWARDED_PROTO)
-        .filter(|_| trusted.iter().any(|c| c.contains(peer)));
+        .filter(|_| is_trusted(from, trusted));
     match claimed {
         Some(proto) if proto.as_bytes().eq_ignore_ascii_case(b"https") => "https",
         Some(_) => "http",
@@ -339,22 +379,18 @@ pub fn forwarded_proto(from: Downstream, headers: &HeaderMap, trusted: &[Cidr]) 
     }
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host` from the real connection. A client's
-/// own values are dropped unless it is a trusted proxy: a forged
-/// `X-Forwarded-Host` must never reach a portal that builds cacheable
-/// redirects from it.
+/// Sets `X-Forwarded-For/-Proto/-Host` from the real connection, after
+/// [`drop_unbelieved`]. A trusted proxy's `X-Forwarded-For` chain is kept
+/// and the peer appended. `X-Forwarded-Proto` and `X-Forwarded-Host` are
+/// always the scheme and Host the cache keys on, even behind a trusted
+/// proxy (which relays whatever its own client wrote): a value the key
+/// ignores must never reach a portal that builds cacheable redirects and
+/// links from it.
 fn set_forwarded(headers: &mut HeaderMap, host: &HeaderValue, from: Downstream, trusted: &[Cidr]) {
-    let peer_ip = from.peer.ip().to_canonical();
-    let is_trusted = trusted.iter().any(|c| c.contains(peer_ip));
-    let peer = HeaderValue::from_str(&peer_ip.to_string())
+    let proto = forwarded_proto(from, headers, trusted);
+    drop_unbelieved(headers, is_trusted(from, trusted));
+    let peer = HeaderValue::from_str(&from.peer.ip().to_canonical().to_string())
         .expect("invariant: an IP address is a valid header value");
-    if !is_trusted {
-        headers.remove(&X_FORWARDED_FOR);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
-        headers.remove(&X_REAL_IP);
-        headers.remove(header::FORWARDED);
-    }
     let chain = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
         Some(prior) => {
             let mut v = prior.to_vec();
@@ -365,12 +401,21 @@ fn set_forwarded(headers: &mut HeaderMap, host: &HeaderValue, from: Downstream, 
         None => peer,
     };
     headers.insert(&X_FORWARDED_FOR, chain);
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        let proto = forwarded_proto(from, headers, trusted);
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        headers.insert(&X_FORWARDED_HOST, host.clone());
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    headers.insert(&X_FORWARDED_HOST, host.clone());
+}
+
+/// Drops the client's headers the origin must not believe: `Forwarded`
+/// from anyone (it carries a host and a scheme the cache key ignores; digue
+/// speaks `X-Forwarded-*`), and from an untrusted client the
+/// [`FORWARDING_HEADERS`] and the [`ROUTING_HEADERS`]. Their spellings with
+/// `_` never get this far ([`drop_underscored`]).
+fn drop_unbelieved(headers: &mut HeaderMap, trusted_peer: bool) {
+    headers.remove(header::FORWARDED);
+    if !trusted_peer {
+        for name in FORWARDING_HEADERS.iter().chain(&ROUTING_HEADERS) {
+            headers.remove(*name);
+        }
     }
 }
 
@@ -452,6 +497,51 @@ mod tests {
         assert_eq!(
             h[&X_FORWARDED_PROTO], "https",
             "a trusted proxy's scheme is kept"
+        );
+    }
+
+    #[test]
+    fn routing_headers_are_dropped_unless_trusted_and_forwarded_always() {
+        let host = HeaderValue::from_static("ent.example.fr");
+        let lb: Cidr = "10.0.0.0/8".parse().expect("cidr");
+        let sent = || {
+            let mut h = HeaderMap::new();
+            for name in ROUTING_HEADERS {
+                h.insert(name, HeaderValue::from_static("/admin"));
+            }
+            h.insert(header::FORWARDED, HeaderValue::from_static("host=evil"));
+            h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
+            h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            h
+        };
+
+        let mut h = sent();
+        set_forwarded(&mut h, &host, downstream("192.0.2.7"), &[lb]);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ],
+            "an untrusted client's routing headers are gone"
+        );
+
+        let mut h = sent();
+        set_forwarded(&mut h, &host, downstream("10.0.0.2"), &[lb]);
+        for name in ROUTING_HEADERS {
+            assert!(h.contains_key(name), "a trusted proxy's {name} is kept");
+        }
+        assert!(
+            !h.contains_key(header::FORWARDED),
+            "Forwarded is dropped even when trusted"
+        );
+        assert_eq!(
+            h[&X_FORWARDED_HOST], "ent.example.fr",
+            "a trusted proxy's X-Forwarded-Host is the Host digue keys on"
         );
     }
 

@@ -245,4 +245,102 @@ mod tests {
         .encode(&Keys::ephemeral());
         assert_eq!(Ticket::decode(&Keys::ephemeral(), "s", &a), None);
     }
+
+    /// Generated tokens: decoding never panics, nothing but the key makes a
+    /// valid token, and what is signed comes back.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEY: &str = "the key of this node, 16+ bytes";
+
+        /// A site name as the config accepts it.
+        const SITE: &str = "[a-z0-9_-]{1,64}";
+
+        /// Strings shaped like tokens (base64url, a dot), or anything.
+        fn token_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[A-Za-z0-9_-]{0,48}\\.[A-Za-z0-9_-]{0,24}",
+                "[A-Za-z0-9_.|=+/-]{0,80}",
+                any::<String>(),
+            ]
+        }
+
+        fn ticket() -> impl Strategy<Value = Ticket> {
+            (SITE, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(site, number, issued, eta)| Ticket {
+                    site,
+                    number,
+                    issued,
+                    eta,
+                },
+            )
+        }
+
+        fn pass() -> impl Strategy<Value = Pass> {
+            (SITE, any::<u64>(), any::<u64>()).prop_map(|(site, id, seen)| Pass { site, id, seen })
+        }
+
+        proptest! {
+            #[test]
+            fn decoding_any_string_never_panics_nor_yields_a_token(
+                token in token_like(),
+                site in SITE,
+            ) {
+                let k = keys(KEY);
+                prop_assert_eq!(Ticket::decode(&k, &site, &token), None);
+                prop_assert_eq!(Pass::decode(&k, &site, &token), None);
+            }
+
+            #[test]
+            fn a_well_formed_payload_with_a_guessed_tag_is_worthless(
+                t in ticket(),
+                tag in prop::collection::vec(any::<u8>(), TAG_BYTES),
+            ) {
+                let payload = format!("t|{}|{}|{}|{}", t.site, t.number, t.issued, t.eta);
+                let forged = format!(
+                    "{}.{}",
+                    URL_SAFE_NO_PAD.encode(payload),
+                    URL_SAFE_NO_PAD.encode(tag)
+                );
+                prop_assert_eq!(Ticket::decode(&keys(KEY), &t.site, &forged), None);
+            }
+
+            #[test]
+            fn tickets_and_passes_round_trip_under_their_key_only(
+                t in ticket(),
+                p in pass(),
+                other in SITE,
+            ) {
+                let k = keys(KEY);
+                let stranger = keys("another node's key, 16+ bytes");
+                let token = t.encode(&k);
+                prop_assert_eq!(Ticket::decode(&k, &t.site, &token), Some(t.clone()));
+                prop_assert_eq!(Ticket::decode(&stranger, &t.site, &token), None);
+                prop_assert_eq!(Pass::decode(&k, &t.site, &token), None, "a ticket is no pass");
+                if other != t.site {
+                    prop_assert_eq!(Ticket::decode(&k, &other, &token), None);
+                }
+                let token = p.encode(&k);
+                prop_assert_eq!(Pass::decode(&k, &p.site, &token), Some(p.clone()));
+                prop_assert_eq!(Pass::decode(&stranger, &p.site, &token), None);
+                prop_assert_eq!(Ticket::decode(&k, &p.site, &token), None, "a pass is no ticket");
+            }
+
+            #[test]
+            fn changing_any_one_character_of_a_token_makes_it_worthless(
+                t in ticket(),
+                at in any::<prop::sample::Index>(),
+                with in "[A-Za-z0-9_.-]",
+            ) {
+                let k = keys(KEY);
+                let token = t.encode(&k);
+                let i = at.index(token.len());
+                prop_assume!(token[i..=i] != with);
+                let mut tampered = token.clone();
+                tampered.replace_range(i..=i, &with);
+                prop_assert_eq!(Ticket::decode(&k, &t.site, &tampered), None, "{}", tampered);
+            }
+        }
+    }
 }

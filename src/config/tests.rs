@@ -233,3 +233,108 @@ fn cidr_ranges_match_v4_and_mapped_v6() {
     assert!(all.contains("1.2.3.4".parse().expect("ip")));
     assert!("10.0.0.0/33".parse::<Cidr>().is_err());
 }
+
+/// Generated config text: parsing never panics, whatever the file holds
+/// (errors are the expected answer to most of it).
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SHIPPED: &str = include_str!("../../config.toml");
+
+    /// Values that have broken parsers: zero, negatives, the edges of the
+    /// integer types, huge durations and sizes, wrong types, odd strings.
+    const ODD_VALUES: &[&str] = &[
+        "0",
+        "-1",
+        "1",
+        "18446744073709551615",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "1e309",
+        "nan",
+        "-inf",
+        "0.5",
+        "true",
+        "\"\"",
+        "\" \"",
+        "\"0s\"",
+        "\"-5s\"",
+        "\"1ns\"",
+        "\"1h\"",
+        "\"584542046091y\"",
+        "\"99999999999999999999h\"",
+        "\"0B\"",
+        "\"1\"",
+        "\"1KiB\"",
+        "\"16EiB\"",
+        "\"99999999999999999999TiB\"",
+        "\"1.5e300 GiB\"",
+        "\"*\"",
+        "\"http://\"",
+        "\"http://[::1]:0\"",
+        "\"::\"",
+        "\"0.0.0.0/33\"",
+        "\"::/129\"",
+        "\"é\"",
+        "[]",
+        "[\"\"]",
+        "[\"*\", \"*\"]",
+        "{}",
+        "{ a = 1 }",
+    ];
+
+    /// A change to one line of the shipped config (not a comment).
+    #[derive(Debug, Clone)]
+    enum Edit {
+        /// A key or a table header gone.
+        Drop,
+        /// Its value replaced (a `key = value` line; a header is kept).
+        Value(String),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            1 => Just(Edit::Drop),
+            4 => prop::sample::select(ODD_VALUES).prop_map(|v| Edit::Value(v.to_owned())),
+            1 => any::<i64>().prop_map(|n| Edit::Value(n.to_string())),
+            1 => "[ -~]{0,16}".prop_map(|s| Edit::Value(format!("{s:?}"))),
+        ]
+    }
+
+    /// The shipped config with a few lines dropped or given odd values:
+    /// text that mostly gets past the TOML reader into validation.
+    fn edited_config() -> impl Strategy<Value = String> {
+        let meaningful: Vec<usize> = SHIPPED
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .map(|(i, _)| i)
+            .collect();
+        let edits = prop::collection::vec((prop::sample::select(meaningful), edit()), 1..4);
+        edits.prop_map(|edits| {
+            let mut lines: Vec<String> = SHIPPED.lines().map(str::to_owned).collect();
+            for (at, edit) in edits {
+                let line = &mut lines[at];
+                match edit {
+                    Edit::Drop => line.clear(),
+                    Edit::Value(v) => {
+                        if let Some((key, _)) = line.split_once('=') {
+                            *line = format!("{key}= {v}");
+                        }
+                    }
+                }
+            }
+            lines.join("\n")
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_parsed_or_refused_without_panicking(
+            text in prop_oneof![edited_config(), any::<String>(), "[\\[\\]a-z=\" .\n0-9]{0,200}"],
+        ) {
+            let _ = Config::parse(&text);
+        }
+    }
+}

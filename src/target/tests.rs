@@ -175,3 +175,165 @@ fn the_longest_rule_prefix_wins() {
     assert_eq!(rule(&r, "/static/a.css"), Some("/static/"));
     assert_eq!(rule(&r, "/other"), None);
 }
+
+/// Generated inputs: the reader never panics, its reading is stable, and no
+/// spelling of a gated path or query slips past its gate.
+mod properties {
+    use super::*;
+    use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
+    use proptest::prelude::*;
+
+    /// Pieces of a path that make it interesting to the reader: separators,
+    /// dot-segments, escapes, parameters.
+    const PIECES: &[&str] = &[
+        "/", "//", ".", "..", "./", "../", "%2f", "%2F", "%2e", "%2E%2e", "%25", "%41", "%ff",
+        "%C3%A9", ";", ";p=v", "\\", "a", "B", "login", "é", " ", "+", "=", "&", "#",
+    ];
+    /// Pieces that end the path or make it unreadable: kept rarer, or few
+    /// targets would be read at all.
+    const BREAKERS: &[&str] = &["?", "?a=%zz&b", "%", "%2", "%00", "%0a", "\u{7f}", "\r"];
+
+    /// A target: pieces after a `/`, a small alphabet where dot-segments
+    /// come often, or any string at all.
+    fn target() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            9 => prop::sample::select(PIECES),
+            1 => prop::sample::select(BREAKERS),
+        ];
+        prop_oneof![
+            prop::collection::vec(piece, 0..12).prop_map(|p| format!("/{}", p.concat())),
+            "/[/.a;\\\\]{0,12}",
+            any::<String>(),
+        ]
+    }
+
+    /// The reader is cheap: more cases find the rare shapes.
+    const READER_CASES: u32 = 1024;
+
+    /// What must be escaped to write a read path back as a target: the
+    /// bytes that mean something else in a target (`%`, `?`); controls and
+    /// non-ASCII bytes are escaped by `percent_encode` anyway.
+    const RESPELL: &AsciiSet = &CONTROLS.add(b'%').add(b'?');
+
+    /// One character of a word as a link builder might write it: either
+    /// case, and maybe percent-encoded in either hex case.
+    fn spelled(word: &'static str) -> impl Strategy<Value = String> {
+        prop::collection::vec((any::<bool>(), 0..3_u8), word.len()).prop_map(move |choices| {
+            word.bytes()
+                .zip(choices)
+                .map(|(b, (upper, how))| {
+                    let b = if upper { b.to_ascii_uppercase() } else { b };
+                    match how {
+                        0 => char::from(b).to_string(),
+                        1 => format!("%{b:02X}"),
+                        _ => format!("%{b:02x}"),
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// Ways to get back to where one was before a segment.
+    const DETOURS: &[&str] = &[
+        "./",
+        "x/../",
+        "/",
+        "%2f",
+        "%2F",
+        ";p=v/",
+        "x;p=v/../",
+        "%2e/",
+        "x/%2E%2e/",
+    ];
+    /// What may follow a gated path and still be under it.
+    const TAILS: &[&str] = &["", ";jsessionid=abc", ";p=v", "?next=/", "/", "/x", ".php"];
+
+    /// The gate `/index.php?title=Special:UserLogin` as a request may write
+    /// its parameter.
+    fn login_param() -> impl Strategy<Value = String> {
+        (spelled("title"), spelled("Special:UserLogin")).prop_map(|(n, v)| format!("{n}={v}"))
+    }
+
+    /// Other parameters: never named `title` (no `t` in their names).
+    fn other_params() -> impl Strategy<Value = Vec<String>> {
+        let param = ("[a-s]{1,6}", "[a-zA-Z0-9_]{0,6}").prop_map(|(n, v)| format!("{n}={v}"));
+        (prop::collection::vec(param, 0..5), any::<bool>()).prop_map(|(mut params, decoy)| {
+            if decoy {
+                params.push("title=Main_Page".to_owned());
+            }
+            params
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(READER_CASES))]
+
+        #[test]
+        fn any_target_is_read_or_refused_without_panicking(target in target()) {
+            let g = gates(&["/login", "/index.php?title=Special:UserLogin"], false);
+            if let Ok(reading) = read(&target) {
+                g.gate(&target, &reading);
+                rule_for(&[], &reading, false);
+                reading.query_pairs().count();
+            }
+        }
+
+        #[test]
+        fn a_read_path_reads_as_itself(target in target()) {
+            let Ok(reading) = read(&target) else { return Ok(()) };
+            let respelled = percent_encode(&reading.path, RESPELL).to_string();
+            let again = read(&respelled);
+            prop_assert!(again.is_ok(), "{respelled:?} from {target:?}: {again:?}");
+            let again = again.expect("checked just above");
+            prop_assert_eq!(
+                &again.path, &reading.path, "{:?} read from {:?}", respelled, target
+            );
+            if respelled.as_bytes() == reading.path.as_ref() {
+                prop_assert!(
+                    matches!(again.path, Cow::Borrowed(_)),
+                    "{:?} reads as itself without copying", respelled
+                );
+            }
+        }
+
+        #[test]
+        fn the_one_pass_reading_agrees_with_the_full_normalisation(target in target()) {
+            let Ok(reading) = read(&target) else { return Ok(()) };
+            let full = normalise(reading.raw_path);
+            prop_assert_eq!(
+                full.as_deref(), Ok(reading.path.as_ref()), "{:?}", target
+            );
+        }
+
+        #[test]
+        fn every_spelling_of_a_gated_path_is_gated(
+            detours in prop::collection::vec(prop::sample::select(DETOURS), 0..4),
+            word in spelled("login"),
+            tail in prop::sample::select(TAILS),
+        ) {
+            let target = format!("/{}{word}{tail}", detours.concat());
+            let g = gates(&["/login"], false);
+            prop_assert!(gated(&g, &target), "{} walks past the gate /login", target);
+        }
+
+        #[test]
+        fn a_gate_s_parameter_is_found_wherever_and_however_it_is_written(
+            params in (other_params(), login_param())
+                .prop_map(|(mut others, login)| { others.push(login); others })
+                .prop_shuffle(),
+        ) {
+            let target = format!("/index.php?{}", params.join("&"));
+            let g = gates(&["/index.php?title=Special:UserLogin"], false);
+            prop_assert!(gated(&g, &target), "{} walks past the gate", target);
+        }
+
+        #[test]
+        fn a_query_without_the_gate_s_parameter_is_not_gated(
+            params in other_params().prop_shuffle(),
+        ) {
+            let target = format!("/index.php?{}", params.join("&"));
+            let g = gates(&["/index.php?title=Special:UserLogin"], false);
+            prop_assert!(!gated(&g, &target), "{} is gated", target);
+        }
+    }
+}
