@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -192,44 +193,49 @@ async fn drive<C: GracefulConnection>(
 }
 
 /// The requests in flight on one connection, and how many ever started:
-/// what tells a quiet connection from a busy one.
-#[derive(Clone)]
-struct Activity(Arc<watch::Sender<Load>>);
+/// what tells a quiet connection from a busy one. Plain counters: a request
+/// costs two atomic increments and wakes nothing; the idle check looks at
+/// them a few times per `limit` instead.
+#[derive(Clone, Default)]
+struct Activity(Arc<Counters>);
 
-#[derive(Clone, Copy, Default)]
-struct Load {
-    in_flight: usize,
+#[derive(Default)]
+struct Counters {
+    in_flight: AtomicUsize,
     /// Counts every request, so one that came and went between two looks
     /// still counts as activity.
-    started: u64,
+    started: AtomicU64,
 }
+
+/// Looks per idle limit: a quiet connection is closed between `limit` and
+/// `limit + limit / IDLE_LOOKS` after its last request ended.
+const IDLE_LOOKS: u32 = 4;
 
 impl Activity {
     fn new() -> Activity {
-        Activity(Arc::new(watch::Sender::new(Load::default())))
+        Activity::default()
     }
 
     /// Counts a request in flight until the mark is dropped (with its
     /// response body, once sent).
     fn begin(&self) -> InFlight {
-        self.0.send_modify(|load| {
-            load.in_flight += 1;
-            load.started += 1;
-        });
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.0.started.fetch_add(1, Ordering::Relaxed);
         InFlight(self.0.clone())
     }
 
     /// Resolves once no request has been in flight for `limit`.
     async fn idle_for(&self, limit: Duration) {
-        let mut load = self.0.subscribe();
+        let look = (limit / IDLE_LOOKS).max(Duration::from_millis(1));
+        let mut seen = self.0.started.load(Ordering::Relaxed);
+        let mut quiet_since = tokio::time::Instant::now();
         loop {
-            // The sender lives in `self`: these waits do not fail (and a
-            // failure would only close the connection early).
-            let Ok(quiet) = load.wait_for(|l| l.in_flight == 0).await.map(|l| *l) else {
-                return;
-            };
-            let busy = load.wait_for(|l| l.started != quiet.started);
-            if tokio::time::timeout(limit, busy).await.is_err() {
+            tokio::time::sleep(look).await;
+            let started = self.0.started.load(Ordering::Relaxed);
+            if started != seen || self.0.in_flight.load(Ordering::Relaxed) > 0 {
+                seen = started;
+                quiet_since = tokio::time::Instant::now();
+            } else if quiet_since.elapsed() >= limit {
                 return;
             }
         }
@@ -238,11 +244,11 @@ impl Activity {
 
 /// One request counted in flight.
 #[must_use]
-struct InFlight(Arc<watch::Sender<Load>>);
+struct InFlight(Arc<Counters>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|load| load.in_flight -= 1);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
