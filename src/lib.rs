@@ -345,7 +345,8 @@ pub async fn start(config: Config) -> io::Result<Running> {
 /// [`start`], with the config file's path and the admin token.
 pub async fn start_with(config: Config, options: Options) -> io::Result<Running> {
     let start = &config.restart.server;
-    let public = server::bind(start.listen)?;
+    // The public listener last: a client must never connect to a listener
+    // that is dropped a moment later because another one failed to bind.
     let admin = match start.admin_listen {
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
@@ -357,12 +358,14 @@ pub async fn start_with(config: Config, options: Options) -> io::Result<Running>
         }
         _ => None,
     };
-    let listen = public.local_addr()?;
     let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
     let tls_addr = tls.as_ref().map(|t| t.0.local_addr()).transpose()?;
     // One cap for both public listeners: it bounds memory, whatever the port.
     let slots = Arc::new(tokio::sync::Semaphore::new(start.max_connections));
+    let listen = start.listen;
     let app = App::new(config, options).map_err(io::Error::other)?;
+    let public = server::bind(listen)?;
+    let listen = public.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let saver = tokio::spawn(save_lines_every_second(app.clone()));
     let public = tokio::spawn(server::serve(
