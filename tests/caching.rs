@@ -172,6 +172,73 @@ async fn stale_copy_is_served_while_origin_returns_503() {
     assert_eq!(origin.count("/x"), 2, "the origin was asked, and failed");
 }
 
+/// `s-maxage` makes a shared cache revalidate (RFC 9111 §5.2.2.10): once
+/// stale, the copy is not served, whatever the site's windows.
+#[tokio::test]
+async fn a_page_with_s_maxage_is_never_served_stale_unless_it_says_so() {
+    for (cache_control, stale_allowed) in [
+        ("max-age=3600, s-maxage=1", false),
+        ("s-maxage=1", false),
+        ("s-maxage=1, stale-if-error=60", true),
+    ] {
+        let (origin, failing) = failing_origin(cache_control).await;
+        let proxy = Proxy::start(
+            &origin.url(),
+            "",
+            "[site.cache]\nstale_while_revalidate = \"30s\"\nstale_if_error = \"1h\"\n",
+        )
+        .await;
+        assert_eq!(get(&proxy.url("/x"), &[]).await.text(), "v1");
+        proxy.advance(PAST_ONE_SECOND);
+        let revalidated = get(&proxy.url("/x"), &[]).await;
+        assert!(
+            !revalidated
+                .cache_status()
+                .contains("stale-while-revalidate"),
+            "{cache_control}: not served stale while revalidating: {}",
+            revalidated.cache_status()
+        );
+        assert_eq!(
+            origin.count("/x"),
+            2,
+            "{cache_control}: asked again at once"
+        );
+        failing.store(true, Ordering::SeqCst);
+        proxy.advance(PAST_ONE_SECOND);
+        let failed = get(&proxy.url("/x"), &[]).await;
+        assert_eq!(
+            failed.status == 200,
+            stale_allowed,
+            "{cache_control}: a stale copy stands in for the 503 only with the page's own \
+             stale-if-error: {} {}",
+            failed.status,
+            failed.cache_status()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_purged_page_under_s_maxage_is_fetched_again_before_it_is_served() {
+    let (origin, _failing) = failing_origin("s-maxage=60").await;
+    let proxy = Digue::new(&origin.url()).admin().start().await;
+    assert_eq!(get(&proxy.url("/x"), &[]).await.text(), "v1");
+    let purged = proxy
+        .admin_call(
+            http::Method::POST,
+            "/admin/purge",
+            r#"{"site":"portal","path":"/x"}"#,
+        )
+        .await;
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    let next = get(&proxy.url("/x"), &[]).await;
+    assert!(
+        !next.cache_status().contains("fwd=stale; detail"),
+        "the purged copy is not served while it is fetched again: {}",
+        next.cache_status()
+    );
+    assert_eq!(origin.count("/x"), 2, "fetched again in the foreground");
+}
+
 #[tokio::test]
 async fn huge_stale_windows_and_ages_from_the_origin_never_drop_a_connection() {
     let failing = Arc::new(AtomicBool::new(false));

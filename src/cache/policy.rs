@@ -145,6 +145,12 @@ pub fn plan(
         if !may_serve_stale {
             return Duration::ZERO;
         }
+        if directives.s_maxage && forced.is_none() {
+            // `s-maxage` carries `proxy-revalidate` for a shared cache
+            // (RFC 9111 §5.2.2.10): no stale copy, whatever the site's or a
+            // rule's windows, unless the response grants one itself.
+            return own.unwrap_or(Duration::ZERO).min(MAX_DELTA);
+        }
         let window =
             rule_value.unwrap_or_else(|| own.map_or(site_value, |own| own.max(site_value)));
         window.min(MAX_DELTA)
@@ -211,6 +217,8 @@ fn lower_case_directives(res: &response::Parts) -> Option<response::Parts> {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Directives {
     must_revalidate: bool,
+    /// `s-maxage` was given: stale only with the response's own permission.
+    s_maxage: bool,
     stale_while_revalidate: Option<Duration>,
     stale_if_error: Option<Duration>,
 }
@@ -234,6 +242,7 @@ impl Directives {
                 .map(|s| Duration::from_secs(s).min(MAX_DELTA));
             match name.to_ascii_lowercase().as_str() {
                 "must-revalidate" | "proxy-revalidate" | "no-cache" => d.must_revalidate = true,
+                "s-maxage" => d.s_maxage = true,
                 "stale-while-revalidate" => d.stale_while_revalidate = secs,
                 "stale-if-error" => d.stale_if_error = secs,
                 _ => {}
@@ -497,6 +506,28 @@ mod tests {
         .unwrap_or_else(|e| panic!("storable: {e:?}"));
         assert_eq!(p.stale_while_revalidate, Duration::ZERO);
         assert_eq!(p.stale_if_error, Duration::ZERO);
+    }
+
+    #[test]
+    fn s_maxage_forbids_stale_serving_unless_the_response_grants_it() {
+        let s = site("[[site.cache.rule]]\nprefix = \"/\"\nstale_if_error = \"1d\"\n");
+        for (headers, swr, sie) in [
+            (vec!["max-age=3600, s-maxage=1"], 0, 0),
+            (vec!["s-maxage=2"], 0, 0),
+            (vec!["max-age=2", "S-MAXAGE=2"], 0, 0),
+            (vec!["s-maxage=2, stale-if-error=30"], 0, 30),
+            (vec!["s-maxage=2", "stale-while-revalidate=5"], 5, 0),
+        ] {
+            let cache_control: Vec<(&str, &str)> =
+                headers.iter().map(|h| ("cache-control", *h)).collect();
+            let p = decide(&s, &req(&[]), &res(200, &cache_control))
+                .unwrap_or_else(|e| panic!("storable: {e:?}"));
+            assert_eq!(
+                (p.stale_while_revalidate, p.stale_if_error),
+                (Duration::from_secs(swr), Duration::from_secs(sie)),
+                "{headers:?}"
+            );
+        }
     }
 
     #[test]
