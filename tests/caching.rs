@@ -218,28 +218,6 @@ async fn a_page_with_s_maxage_is_never_served_stale_unless_it_says_so() {
 }
 
 #[tokio::test]
-async fn a_purged_page_under_s_maxage_is_fetched_again_before_it_is_served() {
-    let (origin, _failing) = failing_origin("s-maxage=60").await;
-    let proxy = Digue::new(&origin.url()).admin().start().await;
-    assert_eq!(get(&proxy.url("/x"), &[]).await.text(), "v1");
-    let purged = proxy
-        .admin_call(
-            http::Method::POST,
-            "/admin/purge",
-            r#"{"site":"portal","path":"/x"}"#,
-        )
-        .await;
-    assert_eq!(purged.status, 200, "{}", purged.text());
-    let next = get(&proxy.url("/x"), &[]).await;
-    assert!(
-        !next.cache_status().contains("fwd=stale; detail"),
-        "the purged copy is not served while it is fetched again: {}",
-        next.cache_status()
-    );
-    assert_eq!(origin.count("/x"), 2, "fetched again in the foreground");
-}
-
-#[tokio::test]
 async fn huge_stale_windows_and_ages_from_the_origin_never_drop_a_connection() {
     let failing = Arc::new(AtomicBool::new(false));
     let flag = failing.clone();

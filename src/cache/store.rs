@@ -108,13 +108,9 @@ impl Entry {
         let age = now.saturating_duration_since(self.stored_at);
         if self.purged_at.get().is_some() {
             // A purge must not cause a stampede: serve stale while one
-            // refetch runs — when this copy may be served stale at all (not
-            // under must-revalidate or s-maxage). Otherwise, or once that
-            // refetch failed, fetch in the foreground (still coalesced) and
-            // let usable_if_error decide.
-            return if self.refetch_failed.load(Ordering::Relaxed)
-                || self.stale_while_revalidate.is_zero()
-            {
+            // refetch runs. Once that failed, fetch in the foreground (still
+            // coalesced) and let usable_if_error decide.
+            return if self.refetch_failed.load(Ordering::Relaxed) {
                 Freshness::Stale
             } else {
                 Freshness::StaleWhileRevalidate
