@@ -29,6 +29,7 @@ pub struct Metrics {
     origin_limit: IntGaugeVec,
     origin_seconds: HistogramVec,
     origin_errors: IntCounterVec,
+    origin_retries: IntCounterVec,
     busy: IntCounterVec,
     line_waiting: IntGaugeVec,
     tickets: IntCounterVec,
@@ -219,6 +220,13 @@ impl Metrics {
                 "Failed origin requests, by kind: connect, timeout, protocol, status_5xx.",
                 &["site", "kind"],
             ),
+            origin_retries: counter(
+                &r,
+                "digue_origin_retries_total",
+                "Requests sent to the origin a second time, on a fresh connection, after the \
+                 first try failed before any answer (a GET or HEAD, or a request never sent).",
+                &["site"],
+            ),
             busy: counter(
                 &r,
                 "digue_busy_pages_total",
@@ -388,6 +396,7 @@ impl Metrics {
             origin_in_flight: self.origin_in_flight.with_label_values(&[site]),
             origin_limit: self.origin_limit.with_label_values(&[site]),
             origin_seconds: self.origin_seconds.with_label_values(&[site]),
+            origin_retries: self.origin_retries.with_label_values(&[site]),
         }
     }
 
@@ -433,6 +442,7 @@ pub struct SiteMetrics {
     pub origin_in_flight: IntGauge,
     pub origin_limit: IntGauge,
     pub origin_seconds: Histogram,
+    pub origin_retries: IntCounter,
 }
 
 impl SiteMetrics {

@@ -19,14 +19,20 @@ const PAST_ONE_SECOND: Duration = Duration::from_millis(1100);
 
 /// An origin answering "v1" with `cache_control` until the flag turns it
 /// into a 503 "en panne".
+/// An origin answering `v1` with one `Cache-Control` line per `;;`-separated
+/// part of `cache_control`, or `503` once the flag is set.
 async fn failing_origin(cache_control: &'static str) -> (Origin, Arc<AtomicBool>) {
     let failing = Arc::new(AtomicBool::new(false));
     let flag = failing.clone();
+    let lines: Vec<(&str, &str)> = cache_control
+        .split(";;")
+        .map(|line| ("cache-control", line.trim()))
+        .collect();
     let origin = Origin::start(move |_| {
         if flag.load(Ordering::SeqCst) {
             reply(503, &[], "en panne")
         } else {
-            reply(200, &[("cache-control", cache_control)], "v1")
+            reply(200, &lines, "v1")
         }
     })
     .await;
@@ -179,6 +185,7 @@ async fn a_page_with_s_maxage_is_never_served_stale_unless_it_says_so() {
     for (cache_control, stale_allowed) in [
         ("max-age=3600, s-maxage=1", false),
         ("s-maxage=1", false),
+        ("max-age=3600;; s-maxage=1", false),
         ("s-maxage=1, stale-if-error=60", true),
     ] {
         let (origin, failing) = failing_origin(cache_control).await;
@@ -214,6 +221,39 @@ async fn a_page_with_s_maxage_is_never_served_stale_unless_it_says_so() {
             failed.status,
             failed.cache_status()
         );
+    }
+}
+
+#[tokio::test]
+async fn a_purged_page_under_s_maxage_is_fetched_again_before_it_is_served() {
+    for (cache_control, served_stale) in [
+        ("s-maxage=60", false),
+        ("max-age=60;; s-maxage=60", false),
+        ("s-maxage=60, stale-if-error=60", false),
+        ("s-maxage=60, stale-while-revalidate=60", true),
+        ("max-age=60", true),
+    ] {
+        let (origin, _failing) = failing_origin(cache_control).await;
+        let proxy = Digue::new(&origin.url()).admin().start().await;
+        assert_eq!(get(&proxy.url("/x"), &[]).await.text(), "v1");
+        let purged = proxy
+            .admin_call(
+                Method::POST,
+                "/admin/purge",
+                r#"{"site":"portal","path":"/x"}"#,
+            )
+            .await;
+        assert_eq!(purged.status, 200, "{}", purged.text());
+        let next = get(&proxy.url("/x"), &[]).await;
+        assert_eq!(
+            next.cache_status()
+                .contains("fwd=stale; detail=stale-while-revalidate"),
+            served_stale,
+            "{cache_control}: the purged copy is served during its refetch only when the \
+             page allows it: {}",
+            next.cache_status()
+        );
+        origin.wait_for_total(2).await;
     }
 }
 

@@ -5,6 +5,8 @@
 
 mod support;
 
+#[path = "hostile/broken_origin.rs"]
+mod broken_origin;
 #[path = "hostile/floods.rs"]
 mod floods;
 #[path = "hostile/framing.rs"]

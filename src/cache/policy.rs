@@ -82,6 +82,11 @@ pub struct StorePlan {
     pub stale_while_revalidate: Duration,
     /// After that, served stale only when the origin fails.
     pub stale_if_error: Duration,
+    /// The response itself forbids serving it stale while it is refreshed
+    /// (`must-revalidate`, `proxy-revalidate`, `no-cache`, or `s-maxage`
+    /// without its own `stale-while-revalidate`), whatever the windows: a
+    /// purged copy is fetched again before anyone is served.
+    pub must_revalidate: bool,
 }
 
 /// Why a response was not stored.
@@ -141,11 +146,12 @@ pub fn plan(
     if ttl.is_zero() {
         return Err(NotStorable::NoFreshness);
     }
+    let s_maxage_binds = directives.s_maxage && forced.is_none();
     let window = |rule_value: Option<Duration>, site_value: Duration, own: Option<Duration>| {
         if !may_serve_stale {
             return Duration::ZERO;
         }
-        if directives.s_maxage && forced.is_none() {
+        if s_maxage_binds {
             // `s-maxage` carries `proxy-revalidate` for a shared cache
             // (RFC 9111 §5.2.2.10): no stale copy, whatever the site's or a
             // rule's windows, unless the response grants one itself.
@@ -156,6 +162,8 @@ pub fn plan(
         window.min(MAX_DELTA)
     };
     Ok(StorePlan {
+        must_revalidate: !may_serve_stale
+            || (s_maxage_binds && directives.stale_while_revalidate.is_none()),
         stale_while_revalidate: window(
             rule.and_then(|r| r.stale_while_revalidate),
             site.cache.stale_while_revalidate,
@@ -506,25 +514,35 @@ mod tests {
         .unwrap_or_else(|e| panic!("storable: {e:?}"));
         assert_eq!(p.stale_while_revalidate, Duration::ZERO);
         assert_eq!(p.stale_if_error, Duration::ZERO);
+        assert!(p.must_revalidate);
     }
 
     #[test]
     fn s_maxage_forbids_stale_serving_unless_the_response_grants_it() {
         let s = site("[[site.cache.rule]]\nprefix = \"/\"\nstale_if_error = \"1d\"\n");
-        for (headers, swr, sie) in [
-            (vec!["max-age=3600, s-maxage=1"], 0, 0),
-            (vec!["s-maxage=2"], 0, 0),
-            (vec!["max-age=2", "S-MAXAGE=2"], 0, 0),
-            (vec!["s-maxage=2, stale-if-error=30"], 0, 30),
-            (vec!["s-maxage=2", "stale-while-revalidate=5"], 5, 0),
+        for (headers, swr, sie, must_revalidate) in [
+            (vec!["max-age=3600, s-maxage=1"], 0, 0, true),
+            (vec!["s-maxage=2"], 0, 0, true),
+            (vec!["max-age=2", "S-MAXAGE=2"], 0, 0, true),
+            (vec!["s-maxage=2, stale-if-error=30"], 0, 30, true),
+            (vec!["s-maxage=2", "stale-while-revalidate=5"], 5, 0, false),
+            (vec!["max-age=2"], 10, 86_400, false),
         ] {
             let cache_control: Vec<(&str, &str)> =
                 headers.iter().map(|h| ("cache-control", *h)).collect();
             let p = decide(&s, &req(&[]), &res(200, &cache_control))
                 .unwrap_or_else(|e| panic!("storable: {e:?}"));
             assert_eq!(
-                (p.stale_while_revalidate, p.stale_if_error),
-                (Duration::from_secs(swr), Duration::from_secs(sie)),
+                (
+                    p.stale_while_revalidate,
+                    p.stale_if_error,
+                    p.must_revalidate
+                ),
+                (
+                    Duration::from_secs(swr),
+                    Duration::from_secs(sie),
+                    must_revalidate
+                ),
                 "{headers:?}"
             );
         }

@@ -49,6 +49,9 @@ pub struct Entry {
     ttl: Duration,
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
+    /// Never served stale while refreshed, not even after a purge
+    /// ([`StorePlan::must_revalidate`]).
+    must_revalidate: bool,
     /// Set by a soft purge: the entry counts as expired from then on.
     purged_at: OnceLock<Instant>,
     /// Set when a refetch of the purged entry failed: its one refetch served
@@ -99,6 +102,7 @@ impl Entry {
             ttl: plan.ttl,
             stale_while_revalidate: plan.stale_while_revalidate,
             stale_if_error: plan.stale_if_error,
+            must_revalidate: plan.must_revalidate,
             purged_at: OnceLock::new(),
             refetch_failed: AtomicBool::new(false),
         }
@@ -108,9 +112,10 @@ impl Entry {
         let age = now.saturating_duration_since(self.stored_at);
         if self.purged_at.get().is_some() {
             // A purge must not cause a stampede: serve stale while one
-            // refetch runs. Once that failed, fetch in the foreground (still
+            // refetch runs — unless the response forbids it. Once that
+            // failed, or when forbidden, fetch in the foreground (still
             // coalesced) and let usable_if_error decide.
-            return if self.refetch_failed.load(Ordering::Relaxed) {
+            return if self.must_revalidate || self.refetch_failed.load(Ordering::Relaxed) {
                 Freshness::Stale
             } else {
                 Freshness::StaleWhileRevalidate

@@ -187,6 +187,10 @@ pub struct Misframed {
 }
 
 /// A raw origin on a free loopback port; see the module doc.
+/// What a raw origin answers: the bytes to write for a request, given how
+/// many requests came before it on the same connection.
+pub type Answer = Arc<dyn Fn(&Message, usize) -> Vec<u8> + Send + Sync>;
+
 pub struct RawOrigin {
     pub addr: SocketAddr,
     connections: Arc<Mutex<Vec<Connection>>>,
@@ -197,6 +201,26 @@ impl RawOrigin {
     /// Answers every request `200` with `body` (`no-store`, so that each
     /// request digue lets through reaches it).
     pub async fn start(body: &'static str) -> RawOrigin {
+        RawOrigin::answering(move |request, _| {
+            let head_only = request.start_line().starts_with("HEAD ");
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncache-control: no-store\r\n\
+                 content-length: {}\r\n\r\n{}",
+                body.len(),
+                if head_only { "" } else { body }
+            )
+            .into_bytes()
+        })
+        .await
+    }
+
+    /// Answers each request with what `answer` makes of it: the bytes are
+    /// written as they are, however wrong (for the tests of a misbehaving
+    /// origin). An empty answer closes the connection without a byte.
+    pub async fn answering(
+        answer: impl Fn(&Message, usize) -> Vec<u8> + Send + Sync + 'static,
+    ) -> RawOrigin {
+        let answer: Answer = Arc::new(answer);
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind raw origin");
@@ -213,7 +237,7 @@ impl RawOrigin {
                     all.push(Connection::default());
                     all.len() - 1
                 };
-                tokio::spawn(record(stream, shared.clone(), index, body));
+                tokio::spawn(record(stream, shared.clone(), index, answer.clone()));
             }
         });
         RawOrigin {
@@ -301,26 +325,22 @@ async fn record(
     mut stream: TcpStream,
     connections: Arc<Mutex<Vec<Connection>>>,
     index: usize,
-    body: &'static str,
+    answer: Answer,
 ) {
     let update = |f: &mut dyn FnMut(&mut Connection)| {
         f(&mut connections.lock().expect("not poisoned")[index]);
     };
     let mut buf = Vec::new();
     let mut chunk = [0_u8; 16 * 1024];
+    let mut answered = 0;
     loop {
         match frame(&buf, true) {
             Framed::Whole(request, len) => {
                 buf.drain(..len);
-                let head_only = request.start_line().starts_with("HEAD ");
                 update(&mut |c| c.requests.push(request.clone()));
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncache-control: no-store\r\n\
-                     content-length: {}\r\n\r\n{}",
-                    body.len(),
-                    if head_only { "" } else { body }
-                );
-                if stream.write_all(answer.as_bytes()).await.is_err() {
+                let bytes = answer(&request, answered);
+                answered += 1;
+                if bytes.is_empty() || stream.write_all(&bytes).await.is_err() {
                     return;
                 }
             }

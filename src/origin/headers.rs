@@ -1,41 +1,15 @@
-//! The upstream client and the one way to call it ([`call_origin`]): a slot
-//! from the origin guard, pooled keep-alive connections, timeouts, and header
-//! hygiene in both directions (hop-by-hop removal, `X-Forwarded-*` set by
-//! digue from the real connection, never taken from the client, and the
-//! [`ROUTING_HEADERS`] of untrusted clients dropped).
+//! Header hygiene toward the origin and back: hop-by-hop headers removed
+//! both ways, `X-Forwarded-*` set by digue from the real connection (never
+//! taken from an untrusted client), `Forwarded` and the [`ROUTING_HEADERS`]
+//! of untrusted clients dropped.
 
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::net::IpAddr;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri, Version, request, response};
-use http_body::Body;
-use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::time::Instant;
+use http::request;
 
-use crate::cache::coalesce::Failure;
-use crate::config::{Cidr, SiteConfig};
-use crate::guard::{OriginGuard, OriginPermit};
-use crate::metrics::SiteMetrics;
-use crate::outcome::{BusyReason, OriginErrorKind};
-
-/// A request body toward the origin: the client's stream, or nothing.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
-
-/// No body toward the origin.
-pub fn no_body() -> UpstreamBody {
-    Either::Right(Empty::new())
-}
-
-/// How long an idle pooled connection is kept. Below the 15-20 s keep-alive
-/// of common portal stacks (Tomcat, Apache), so digue closes first and rarely
-/// races an origin that is closing the same connection.
-const POOL_IDLE: Duration = Duration::from_secs(10);
+use super::{Asker, Downstream};
+use crate::config::Cidr;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -77,199 +51,23 @@ const FORWARDING_HEADERS: [&str; 5] = [
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The downstream connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
-pub struct Downstream {
-    pub peer: SocketAddr,
-    pub tls: bool,
-}
-
-/// Whom a request to the origin is made for, as the origin is told it
-/// (`Host`, `X-Forwarded-*`).
-#[derive(Clone, Copy)]
-pub struct Asker<'a> {
-    /// The Host the client asked for.
-    pub host: &'a HeaderValue,
-    pub from: Downstream,
-    /// Proxies whose `X-Forwarded-*` are believed.
-    pub trusted: &'a [Cidr],
-}
-
-/// A site's way to its origin, borrowed for one call.
-#[derive(Clone, Copy)]
-pub struct Route<'a> {
-    pub origin: &'a Origin,
-    /// The site's slots; a call waits at most `queue_timeout` for one.
-    pub guard: &'a OriginGuard,
-    pub queue_timeout: Duration,
-    /// Where the origin's latency and errors are counted.
-    pub metrics: &'a SiteMetrics,
-}
-
-/// The origin's answer: its head, and its body still streaming with the
-/// slot it holds until it ends (the slot rides inside the relayed body).
-pub struct Answer {
-    pub head: response::Parts,
-    pub body: Incoming,
-    pub slot: OriginPermit,
-}
-
-/// Calls the origin: a slot within the queue deadline, the request built
-/// from `head`, the response head within `origin_timeout`. The origin's
-/// health as the metrics show it (latency, errors by kind, 5xx) is counted
-/// here, for every caller. A 5xx is an answer, not a failure: the cache
-/// fill prefers a stale copy to it, a forwarded request relays it.
-pub async fn call_origin(
-    route: Route<'_>,
-    head: &request::Parts,
-    body: UpstreamBody,
+/// The headers the origin gets for a request with `parts`' headers:
+/// hop-by-hop headers, `_` names and digue's own cookies gone, cookies on
+/// one line, `Host` set to `host`, and `X-Forwarded-*` from the real
+/// connection.
+pub(super) fn toward_origin(
+    parts: &request::Parts,
     asker: Asker<'_>,
-) -> Result<Answer, Failure> {
-    let Ok(slot) = route.guard.acquire(route.queue_timeout).await else {
-        return Err(Failure::Busy(BusyReason::QueueTimeout));
-    };
-    let req = route.origin.request(head, asker, body);
-    let started = Instant::now();
-    let sent = route.origin.send(req).await;
-    let m = route.metrics;
-    m.origin_seconds.observe(started.elapsed().as_secs_f64());
-    let (head, body) = match sent {
-        Ok(res) => res.into_parts(),
-        Err(failure) => {
-            if let Failure::Origin(kind) = failure {
-                m.origin_error(kind);
-            }
-            return Err(failure);
-        }
-    };
-    if head.status.is_server_error() {
-        m.origin_error(OriginErrorKind::Status5xx);
-    }
-    Ok(Answer { head, body, slot })
-}
-
-/// The connection pool toward an origin, one variant per kind of
-/// connection: an HTTPS origin is one more variant, behind the same
-/// [`call_origin`].
-enum Upstream {
-    Http(Client<HttpConnector, UpstreamBody>),
-}
-
-impl Upstream {
-    async fn send(
-        &self,
-        req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        match self {
-            Upstream::Http(client) => client.request(req).await,
-        }
-    }
-}
-
-/// The client toward one site's origin.
-pub struct Origin {
-    upstream: Upstream,
-    /// `http://host:port` of the origin.
-    base: Uri,
-    host_override: Option<HeaderValue>,
-    timeout: Duration,
-}
-
-impl Origin {
-    pub fn new(site: &SiteConfig) -> Origin {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(site.origin.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(site.live.origin_concurrency)
-            .build(connector);
-        Origin {
-            upstream: Upstream::Http(client),
-            base: site.origin.url.clone(),
-            host_override: site.origin.host.clone(),
-            timeout: site.origin.timeout,
-        }
-    }
-
-    /// Builds the request to send upstream from a downstream request's head.
-    fn request(
-        &self,
-        parts: &request::Parts,
-        asker: Asker<'_>,
-        body: UpstreamBody,
-    ) -> Request<UpstreamBody> {
-        let Asker {
-            host,
-            from,
-            trusted,
-        } = asker;
-        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut uri = self.base.clone().into_parts();
-        uri.path_and_query = path.parse().ok();
-        let uri = Uri::from_parts(uri).unwrap_or_else(|_| self.base.clone());
-
-        let mut headers = parts.headers.clone();
-        strip_hop_by_hop(&mut headers);
-        drop_underscored(&mut headers);
-        crate::admission::cookies::strip(&mut headers);
-        join_cookies(&mut headers);
-        headers.insert(
-            header::HOST,
-            self.host_override.clone().unwrap_or_else(|| host.clone()),
-        );
-        set_forwarded(&mut headers, host, from, trusted);
-        // A body of unknown length (chunked, or an HTTP/2 stream without
-        // Content-Length) must be sent chunked: hyper's client would send a
-        // GET or HEAD without it, and the origin would not see the request
-        // that digue read and classified.
-        if !body.is_end_stream() && !headers.contains_key(header::CONTENT_LENGTH) {
-            headers.insert(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
-        }
-
-        let mut req = Request::new(body);
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = headers;
-        req
-    }
-
-    /// Sends a request and waits at most `origin_timeout` for the response head.
-    async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, Failure> {
-        let origin = |kind| Err(Failure::Origin(kind));
-        match tokio::time::timeout(self.timeout, self.upstream.send(req)).await {
-            Err(_) => origin(OriginErrorKind::Timeout),
-            Ok(Err(e)) if e.is_connect() => origin(OriginErrorKind::Connect),
-            Ok(Err(e)) if request_body_failed(&e) => Err(Failure::RequestBody),
-            Ok(Err(_)) => origin(OriginErrorKind::Protocol),
-            Ok(Ok(mut res)) => {
-                strip_hop_by_hop(res.headers_mut());
-                Ok(res)
-            }
-        }
-    }
-}
-
-/// Whether the client's request body, as hyper's client relayed it, is what
-/// failed: hyper reports a failing request body as a user error caused by
-/// the body's own error, and the only body digue sends that can fail is the
-/// client's (a [`hyper::Error`] from the downstream connection).
-fn request_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(hyper) = err.downcast_ref::<hyper::Error>() {
-            return hyper.is_user()
-                && std::error::Error::source(hyper)
-                    .is_some_and(|cause| cause.is::<hyper::Error>());
-        }
-        source = err.source();
-    }
-    false
+    host: HeaderValue,
+) -> HeaderMap {
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    drop_underscored(&mut headers);
+    crate::admission::cookies::strip(&mut headers);
+    join_cookies(&mut headers);
+    headers.insert(header::HOST, host);
+    set_forwarded(&mut headers, asker.host, asker.from, asker.trusted);
+    headers
 }
 
 /// HTTP/2 clients may send each cookie as a field of its own; toward an
@@ -421,6 +219,8 @@ fn drop_unbelieved(headers: &mut HeaderMap, trusted_peer: bool) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     fn downstream(ip: &str) -> Downstream {

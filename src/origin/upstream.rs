@@ -1,0 +1,161 @@
+//! The connection pools toward an origin and the sending of one request:
+//! pooled keep-alive connections, the response-head deadline, and how a
+//! failure reads (connect, timeout, protocol, or the client's own body).
+
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri, Version, request};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+
+use super::connection::{Answered, Marking};
+use super::headers::{strip_hop_by_hop, toward_origin};
+use super::{Asker, UpstreamBody};
+use crate::cache::coalesce::Failure;
+use crate::config::SiteConfig;
+use crate::outcome::OriginErrorKind;
+
+/// How long an idle pooled connection is kept. Below the 15-20 s keep-alive
+/// of common portal stacks (Tomcat, Apache), so digue closes first and rarely
+/// races an origin that is closing the same connection.
+const POOL_IDLE: Duration = Duration::from_secs(10);
+
+/// The connection pool toward an origin, one variant per kind of
+/// connection: an HTTPS origin is one more variant, behind the same
+/// [`call_origin`].
+enum Upstream {
+    Http(Client<Marking<HttpConnector>, UpstreamBody>),
+}
+
+impl Upstream {
+    pub(super) async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            Upstream::Http(client) => client.request(req).await,
+        }
+    }
+}
+
+/// The client toward one site's origin.
+pub struct Origin {
+    upstream: Upstream,
+    /// `http://host:port` of the origin.
+    base: Uri,
+    host_override: Option<HeaderValue>,
+    pub(super) timeout: Duration,
+}
+
+impl Origin {
+    pub fn new(site: &SiteConfig) -> Origin {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(site.origin.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(site.live.origin_concurrency)
+            .build(Marking(connector));
+        Origin {
+            upstream: Upstream::Http(client),
+            base: site.origin.url.clone(),
+            host_override: site.origin.host.clone(),
+            timeout: site.origin.timeout,
+        }
+    }
+
+    /// Builds the request to send upstream from a downstream request's head.
+    pub(super) fn request(
+        &self,
+        parts: &request::Parts,
+        asker: Asker<'_>,
+        body: UpstreamBody,
+    ) -> Request<UpstreamBody> {
+        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut uri = self.base.clone().into_parts();
+        uri.path_and_query = path.parse().ok();
+        let uri = Uri::from_parts(uri).unwrap_or_else(|_| self.base.clone());
+
+        let host = self
+            .host_override
+            .clone()
+            .unwrap_or_else(|| asker.host.clone());
+        let mut headers = toward_origin(parts, asker, host);
+        // A body of unknown length (chunked, or an HTTP/2 stream without
+        // Content-Length) must be sent chunked: hyper's client would send a
+        // GET or HEAD without it, and the origin would not see the request
+        // that digue read and classified.
+        if !body.is_end_stream() && !headers.contains_key(header::CONTENT_LENGTH) {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+        req
+    }
+
+    /// Sends a request and waits until `deadline` for the response head.
+    pub(super) async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+        deadline: Instant,
+    ) -> Result<Response<Incoming>, SendFailed> {
+        let failed = |kind, on_reused| {
+            Err(SendFailed {
+                failure: Failure::Origin(kind),
+                on_reused,
+            })
+        };
+        match tokio::time::timeout_at(deadline, self.upstream.send(req)).await {
+            Err(_) => failed(OriginErrorKind::Timeout, false),
+            Ok(Err(e)) if e.is_connect() => failed(OriginErrorKind::Connect, false),
+            Ok(Err(e)) if request_body_failed(&e) => Err(SendFailed {
+                failure: Failure::RequestBody,
+                on_reused: false,
+            }),
+            Ok(Err(e)) => failed(OriginErrorKind::Protocol, Answered::before(&e)),
+            Ok(Ok(mut res)) => {
+                Answered::mark(res.extensions());
+                strip_hop_by_hop(res.headers_mut());
+                Ok(res)
+            }
+        }
+    }
+}
+
+/// A request the origin did not answer.
+pub(super) struct SendFailed {
+    pub failure: Failure,
+    /// It failed on a connection that had answered before, before any
+    /// answer to it: a fresh connection may well succeed.
+    pub on_reused: bool,
+}
+
+/// Whether the client's request body, as hyper's client relayed it, is what
+/// failed: hyper reports a failing request body as a user error caused by
+/// the body's own error, and the only body digue sends that can fail is the
+/// client's (a [`hyper::Error`] from the downstream connection).
+fn request_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(hyper) = err.downcast_ref::<hyper::Error>() {
+            return hyper.is_user()
+                && std::error::Error::source(hyper)
+                    .is_some_and(|cause| cause.is::<hyper::Error>());
+        }
+        source = err.source();
+    }
+    false
+}
