@@ -17,7 +17,7 @@ use super::connection::{Answered, Marking};
 use super::headers::{strip_hop_by_hop, toward_origin};
 use super::{Asker, UpstreamBody};
 use crate::cache::coalesce::Failure;
-use crate::config::SiteConfig;
+use crate::config::{OriginConfig, SiteConfig};
 use crate::outcome::OriginErrorKind;
 
 /// How long an idle pooled connection is kept. Below the 15-20 s keep-alive
@@ -33,6 +33,21 @@ enum Upstream {
 }
 
 impl Upstream {
+    /// The pool toward `url`, one of the origin's addresses, keeping at
+    /// most `idle` idle connections.
+    fn new(origin: &OriginConfig, url: &Uri, idle: usize) -> Upstream {
+        let _ = url;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(origin.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(idle)
+            .build(Marking(connector));
+        Upstream::Http(client)
+    }
+
     pub(super) async fn send(
         &self,
         req: Request<UpstreamBody>,
@@ -54,16 +69,8 @@ pub struct Origin {
 
 impl Origin {
     pub fn new(site: &SiteConfig) -> Origin {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(site.origin.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(site.live.origin_concurrency)
-            .build(Marking(connector));
         Origin {
-            upstream: Upstream::Http(client),
+            upstream: Upstream::new(&site.origin, &site.origin.url, site.live.origin_concurrency),
             base: site.origin.url.clone(),
             host_override: site.origin.host.clone(),
             timeout: site.origin.timeout,
