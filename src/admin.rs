@@ -334,7 +334,7 @@ fn site_state(app: &App, name: &str) -> Option<Value> {
         },
         "origin": {
             "in_flight": site.metrics.origin_in_flight.get(),
-            "origin_concurrency": site.guard.limit(),
+            "origin_concurrency": site.live().origin_concurrency,
         },
         "admission": admission,
     }))

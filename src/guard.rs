@@ -1,6 +1,6 @@
 //! The origin guard: never more than `origin_concurrency` requests in flight
-//! to a site's origin, and nobody waits for a slot longer than
-//! `origin_queue_timeout`.
+//! to one backend of a site's origin, and nobody waits for a slot longer
+//! than `origin_queue_timeout`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +15,9 @@ pub struct OriginGuard {
     /// FIFO: tokio's semaphore wakes waiters in arrival order, so the
     /// first request to queue is the first to get a freed slot.
     slots: Arc<Semaphore>,
-    in_flight: IntGauge,
+    /// Requests in flight, counted in each gauge (the site's and the
+    /// backend's); the last one is this guard's own, read by the balancer.
+    in_flight: Arc<[IntGauge]>,
     /// The current limit; changed live by the admin API or a reload.
     limit: AtomicUsize,
     /// Slots to retire as permits come back, after the limit was lowered
@@ -31,13 +33,15 @@ pub struct Saturated;
 #[must_use = "the slot is released as soon as the permit is dropped"]
 pub struct OriginPermit {
     slot: Option<OwnedSemaphorePermit>,
-    in_flight: IntGauge,
+    in_flight: Arc<[IntGauge]>,
     debt: Arc<AtomicUsize>,
 }
 
 impl Drop for OriginPermit {
     fn drop(&mut self) {
-        self.in_flight.dec();
+        for gauge in self.in_flight.iter() {
+            gauge.dec();
+        }
         let repaid = self
             .debt
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
@@ -49,11 +53,16 @@ impl Drop for OriginPermit {
 }
 
 impl OriginGuard {
-    pub fn new(limit: usize, in_flight: IntGauge, limit_gauge: &IntGauge) -> OriginGuard {
+    /// `in_flight`: the gauges that count this guard's requests, its own last.
+    pub fn new(limit: usize, in_flight: Vec<IntGauge>, limit_gauge: &IntGauge) -> OriginGuard {
+        assert!(
+            !in_flight.is_empty(),
+            "invariant: a guard counts its requests"
+        );
         limit_gauge.set(i64::try_from(limit).unwrap_or(i64::MAX));
         OriginGuard {
             slots: Arc::new(Semaphore::new(limit)),
-            in_flight,
+            in_flight: in_flight.into(),
             limit: AtomicUsize::new(limit),
             debt: Arc::new(AtomicUsize::new(0)),
         }
@@ -61,6 +70,11 @@ impl OriginGuard {
 
     pub fn limit(&self) -> usize {
         self.limit.load(Ordering::Acquire)
+    }
+
+    /// Requests holding a slot now.
+    pub fn busy(&self) -> i64 {
+        self.in_flight.last().map_or(0, IntGauge::get)
     }
 
     /// Changes the limit at once. Raising adds slots; lowering retires free
@@ -96,7 +110,9 @@ impl OriginGuard {
                 .map_err(|_| Saturated)?
                 .map_err(|_| Saturated)?,
         };
-        self.in_flight.inc();
+        for gauge in self.in_flight.iter() {
+            gauge.inc();
+        }
         Ok(OriginPermit {
             slot: Some(slot),
             in_flight: self.in_flight.clone(),
@@ -111,7 +127,11 @@ mod tests {
 
     fn guard(limit: usize) -> OriginGuard {
         let g = IntGauge::new("in_flight", "test").expect("valid");
-        OriginGuard::new(limit, g, &IntGauge::new("limit", "test").expect("valid"))
+        OriginGuard::new(
+            limit,
+            vec![g],
+            &IntGauge::new("limit", "test").expect("valid"),
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -186,6 +206,6 @@ mod tests {
             waiter.await.expect("no panic"),
             "the waiter got the freed slot"
         );
-        assert_eq!(g.in_flight.get(), 0, "in-flight gauge returns to zero");
+        assert_eq!(g.busy(), 0, "in-flight gauge returns to zero");
     }
 }

@@ -237,7 +237,7 @@ fn demo(listen: SocketAddr) -> ExitCode {
         config.restart.server.admin_listen = Some(DEMO_ADMIN);
         config.sites.truncate(1);
         for site in &mut config.sites {
-            site.origin.url = origin_uri.clone();
+            site.origin.backends = vec![origin_uri.clone()];
             site.hosts = vec![HostPattern::Any];
             // What the portal holds, not config.toml's guess for a real one.
             site.live.origin_concurrency = capacity;

@@ -30,6 +30,12 @@ pub struct Metrics {
     origin_seconds: HistogramVec,
     origin_errors: IntCounterVec,
     origin_retries: IntCounterVec,
+    affinity_moved: IntCounterVec,
+    backend_requests: IntCounterVec,
+    backend_in_flight: IntGaugeVec,
+    backend_seconds: HistogramVec,
+    backend_ejections: IntCounterVec,
+    backend_healthy: IntGaugeVec,
     busy: IntCounterVec,
     line_waiting: IntGaugeVec,
     tickets: IntCounterVec,
@@ -110,20 +116,29 @@ impl Metrics {
             "digue",
         )))
         .expect("invariant: registered once");
-        let origin_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "digue_origin_response_seconds",
-                "Time from sending a request to the origin to its response headers. \
-                 A rising p99 is the first sign of a struggling portal.",
+        let latency = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+                ]),
+                labels,
             )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
-            ]),
+            .expect("invariant: valid metric");
+            r.register(Box::new(h.clone()))
+                .expect("invariant: metric names are unique");
+            h
+        };
+        let origin_seconds = latency(
+            "digue_origin_response_seconds",
+            "Time from sending a request to the origin to its response headers. \
+             A rising p99 is the first sign of a struggling portal.",
             &["site"],
-        )
-        .expect("invariant: valid metric");
-        r.register(Box::new(origin_seconds.clone()))
-            .expect("invariant: metric names are unique");
+        );
+        let backend_seconds = latency(
+            "digue_backend_response_seconds",
+            "Time from sending a request to one backend to its response headers.",
+            &["site", "backend"],
+        );
         let wait_buckets = vec![
             1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
         ];
@@ -226,6 +241,40 @@ impl Metrics {
                 "Requests sent to the origin a second time, on a fresh connection, after the \
                  first try failed before any answer (a GET or HEAD, or a request never sent).",
                 &["site"],
+            ),
+            affinity_moved: counter(
+                &r,
+                "digue_affinity_moved_total",
+                "Requests of a session sent to another backend than the one holding it \
+                 (ejected, failing its health check or set down): the user may have to \
+                 log in again.",
+                &["site"],
+            ),
+            backend_requests: counter(
+                &r,
+                "digue_backend_requests_total",
+                "Requests sent to each backend (the address as written in the config).",
+                &["site", "backend"],
+            ),
+            backend_in_flight: gauge(
+                &r,
+                "digue_backend_in_flight",
+                "Requests in flight to each backend; origin_concurrency caps each.",
+                &["site", "backend"],
+            ),
+            backend_seconds,
+            backend_ejections: counter(
+                &r,
+                "digue_backend_ejections_total",
+                "Times a backend was ejected after eject_after failures in a row.",
+                &["site", "backend"],
+            ),
+            backend_healthy: gauge(
+                &r,
+                "digue_backend_healthy",
+                "1 while a backend takes requests, 0 while it is ejected, failing its \
+                 health check or set down.",
+                &["site", "backend"],
             ),
             busy: counter(
                 &r,
@@ -397,6 +446,19 @@ impl Metrics {
             origin_limit: self.origin_limit.with_label_values(&[site]),
             origin_seconds: self.origin_seconds.with_label_values(&[site]),
             origin_retries: self.origin_retries.with_label_values(&[site]),
+            affinity_moved: self.affinity_moved.with_label_values(&[site]),
+        }
+    }
+
+    /// The handles of one backend of a site.
+    pub fn backend(&self, site: &str, backend: &str) -> BackendMetrics {
+        let labels = [site, backend];
+        BackendMetrics {
+            requests: self.backend_requests.with_label_values(&labels),
+            in_flight: self.backend_in_flight.with_label_values(&labels),
+            seconds: self.backend_seconds.with_label_values(&labels),
+            ejections: self.backend_ejections.with_label_values(&labels),
+            healthy: self.backend_healthy.with_label_values(&labels),
         }
     }
 
@@ -443,6 +505,16 @@ pub struct SiteMetrics {
     pub origin_limit: IntGauge,
     pub origin_seconds: Histogram,
     pub origin_retries: IntCounter,
+    pub affinity_moved: IntCounter,
+}
+
+/// Pre-resolved handles for one backend of a site.
+pub struct BackendMetrics {
+    pub requests: IntCounter,
+    pub in_flight: IntGauge,
+    pub seconds: Histogram,
+    pub ejections: IntCounter,
+    pub healthy: IntGauge,
 }
 
 impl SiteMetrics {

@@ -445,7 +445,14 @@ impl Ctx {
         if let Forward::Bypass(reason) = fwd {
             m.bypass(reason);
         }
-        match call_origin(site.route(), parts, body, self.asker()).await {
+        match call_origin(
+            site.route(self.app.clock.instant()),
+            parts,
+            body,
+            self.asker(),
+        )
+        .await
+        {
             Ok(Answer { head, body, slot }) => {
                 let status = CacheStatus::Forwarded {
                     fwd,

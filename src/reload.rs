@@ -127,7 +127,9 @@ impl App {
             .iter()
             .map(|s| {
                 let site = match old.sites.iter().find(|o| o.config.name == s.name) {
-                    Some(previous) => previous.rebuild(s.clone(), cluster, self.clock.instant()),
+                    Some(previous) => {
+                        previous.rebuild(s.clone(), &self.metrics, cluster, self.clock.instant())
+                    }
                     None => Site::new(s.clone(), &self.metrics, None, cluster),
                 };
                 Arc::new(site)

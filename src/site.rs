@@ -1,12 +1,12 @@
-//! The runtime of one `[[site]]`: its config, its origin client, its origin
-//! guard, its waiting room, its metric handles and its running live
-//! settings.
+//! The runtime of one `[[site]]`: its config, its origin client (with each
+//! backend's guard and health), its waiting room, its metric handles and
+//! its running live settings.
 //!
-//! A reload builds new `Site`s, but what holds live state — the guard's
-//! slots, the line, metric handles, the origin's connection pool while
-//! [`OriginConfig`](crate::config::OriginConfig) is unchanged — is carried
-//! over from the old one by name. A live change (admin API, cluster) builds
-//! nothing: it goes through [`Site::set_live`].
+//! A reload builds new `Site`s, but what holds live state — each backend's
+//! slots and health, the line, metric handles, the origin's connection
+//! pools while [`OriginConfig`](crate::config::OriginConfig) is unchanged —
+//! is carried over from the old one by name. A live change (admin API,
+//! cluster) builds nothing: it goes through [`Site::set_live`].
 
 use std::sync::Arc;
 
@@ -17,7 +17,6 @@ use crate::admission::gate::Gate;
 use crate::admission::line::Saved;
 use crate::cluster::Cluster;
 use crate::config::{AdmissionConfig, AdmissionSettings, LiveError, LiveSettings, SiteConfig};
-use crate::guard::OriginGuard;
 use crate::metrics::{Metrics, SiteMetrics};
 use crate::origin::{Origin, Route};
 use crate::target::Gates;
@@ -26,7 +25,6 @@ pub struct Site {
     /// What the file says; its `live` part is only the starting point.
     pub config: SiteConfig,
     pub origin: Arc<Origin>,
-    pub guard: Arc<OriginGuard>,
     pub metrics: Arc<SiteMetrics>,
     /// The waiting room, when `[site.admission]` is configured.
     pub gate: Option<Arc<Gate>>,
@@ -44,20 +42,15 @@ impl Site {
     /// `cluster`: the shared store, when the line is shared.
     pub fn new(
         config: SiteConfig,
-        metrics: &Metrics,
+        registry: &Metrics,
         saved: Option<(Saved, u64)>,
         cluster: Option<&Arc<Cluster>>,
     ) -> Site {
-        let metrics = Arc::new(metrics.site(&config.name));
+        let metrics = Arc::new(registry.site(&config.name));
         let gate = waiting_room(&config)
             .map(|(a, live)| Arc::new(new_gate(a, live, &config.name, saved, cluster)));
         let site = Site {
-            origin: Arc::new(Origin::new(&config)),
-            guard: Arc::new(OriginGuard::new(
-                config.live.origin_concurrency,
-                metrics.origin_in_flight.clone(),
-                &metrics.origin_limit,
-            )),
+            origin: Arc::new(Origin::new(&config, registry, &metrics, None)),
             metrics,
             gate,
             gates: gates(&config),
@@ -74,13 +67,19 @@ impl Site {
     pub fn rebuild(
         &self,
         config: SiteConfig,
+        registry: &Metrics,
         cluster: Option<&Arc<Cluster>>,
         now: Instant,
     ) -> Site {
         let origin = if self.config.origin == config.origin {
             self.origin.clone()
         } else {
-            Arc::new(Origin::new(&config))
+            Arc::new(Origin::new(
+                &config,
+                registry,
+                &self.metrics,
+                Some(&self.origin),
+            ))
         };
         let gate = match (&self.gate, waiting_room(&config)) {
             (Some(gate), Some(_)) => Some(gate.clone()),
@@ -91,7 +90,6 @@ impl Site {
         };
         let site = Site {
             origin,
-            guard: self.guard.clone(),
             metrics: self.metrics.clone(),
             gate,
             gates: gates(&config),
@@ -115,13 +113,16 @@ impl Site {
         Some((gate, config, self.live().admission?))
     }
 
-    /// The way to this site's origin, for [`call_origin`](crate::origin::call_origin).
-    pub fn route(&self) -> Route<'_> {
+    /// The way to this site's origin, for [`call_origin`](crate::origin::call_origin);
+    /// `now`: the app's clock.
+    pub fn route(&self, now: Instant) -> Route<'_> {
         Route {
             origin: &self.origin,
-            guard: &self.guard,
             queue_timeout: self.config.origin_queue_timeout,
             metrics: &self.metrics,
+            balance: &self.config.balance,
+            session_cookies: &self.config.session_cookies,
+            now,
         }
     }
 
@@ -146,7 +147,7 @@ impl Site {
     /// `now`: the app's clock, from which a closing is timed.
     fn apply(&self, new: LiveSettings, now: Instant) {
         self.live.store(Arc::new(new));
-        self.guard.set_limit(new.origin_concurrency);
+        self.origin.set_limit(new.origin_concurrency);
         if let Some((gate, config, live)) = self.waiting_room() {
             // The line takes the change now, not at the next request: a
             // closing is timed from here.

@@ -8,6 +8,8 @@ use http::header::{self, HeaderMap, HeaderValue};
 pub const TICKET: &str = "digue_ticket";
 /// The right to enter.
 pub const PASS: &str = "digue_pass";
+/// The backend that holds the visitor's session (several backends only).
+pub const BACKEND: &str = "digue_backend";
 
 /// The value of one of digue's cookies in a request, if present.
 pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -26,7 +28,7 @@ pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// no use for them.
 pub fn strip(headers: &mut HeaderMap) {
     remove(headers, |name| {
-        name == TICKET.as_bytes() || name == PASS.as_bytes()
+        name == TICKET.as_bytes() || name == PASS.as_bytes() || name == BACKEND.as_bytes()
     });
 }
 
@@ -72,7 +74,25 @@ pub struct Attributes<'a> {
 /// A `Set-Cookie` value: `HttpOnly`, `SameSite=Lax`, `Path=/`, `Secure` on
 /// TLS, and `Domain` when the site shares passes across subdomains (SSO).
 pub fn set(name: &str, value: &str, max_age_secs: u64, attrs: &Attributes<'_>) -> HeaderValue {
-    let mut s = format!("{name}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax");
+    written(name, value, Some(max_age_secs), attrs)
+}
+
+/// Like [`set`], for a cookie that ends with the browser session.
+pub fn set_for_session(name: &str, value: &str, attrs: &Attributes<'_>) -> HeaderValue {
+    written(name, value, None, attrs)
+}
+
+fn written(
+    name: &str,
+    value: &str,
+    max_age_secs: Option<u64>,
+    attrs: &Attributes<'_>,
+) -> HeaderValue {
+    let mut s = format!("{name}={value}; Path=/");
+    if let Some(secs) = max_age_secs {
+        s.push_str(&format!("; Max-Age={secs}"));
+    }
+    s.push_str("; HttpOnly; SameSite=Lax");
     if attrs.tls {
         s.push_str("; Secure");
     }

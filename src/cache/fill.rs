@@ -161,7 +161,14 @@ impl Fill {
             from: self.from,
             trusted: &self.snapshot.config.server.trusted_proxies,
         };
-        let (res, body, slot) = match call_origin(site.route(), &asked, no_body(), asker).await {
+        let (res, body, slot) = match call_origin(
+            site.route(self.app.clock.instant()),
+            &asked,
+            no_body(),
+            asker,
+        )
+        .await
+        {
             Ok(Answer { head, body, slot }) => (head, body, slot),
             Err(failure) => {
                 leader.land(Landing::Failed(failure));

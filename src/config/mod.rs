@@ -15,11 +15,13 @@
 //! rest, which a reload applies.
 //!
 //! - `errors`: key-path errors and their collector.
-//! - `server`, `cache`, `site`, `admission`, `cluster`: one file per section.
+//! - `server`, `cache`, `site`, `admission`, `cluster`: one file per section;
+//!   `backends`: a site's balancing keys (affinity, health).
 //! - `live`: the live settings, their patches and their ranges.
 //! - `restart`: the read-once keys and how a reload finds them changed.
 
 mod admission;
+mod backends;
 mod cache;
 mod cidr;
 mod cluster;
@@ -36,6 +38,9 @@ use serde::Deserialize;
 pub use admission::{
     AdmissionConfig, AdmissionStart, DEFAULT_CLAIM_WINDOW, DEFAULT_SESSION_DURATION,
     DEFAULT_TICKETS_PER_NETWORK_PER_MINUTE, MIN_CLAIM_WINDOW,
+};
+pub use backends::{
+    Affinity, BalanceConfig, DEFAULT_EJECT_AFTER, DEFAULT_EJECT_FOR, HealthCheck, MAX_EJECT_FOR,
 };
 pub use cache::{
     CacheConfig, CacheRule, CacheStart, DEFAULT_CACHE_BYTES, DEFAULT_HIT_FOR_MISS,

@@ -12,6 +12,7 @@ use http::{HeaderValue, Uri};
 use serde::Deserialize;
 
 use super::admission::{AdmissionConfig, RawAdmission};
+use super::backends::{Affinity, BalanceConfig, RawBalance, RawHealthCheck};
 use super::cache::{RawSiteCache, SiteCacheConfig};
 use super::errors::Errors;
 use super::live::LiveSettings;
@@ -28,6 +29,8 @@ pub struct SiteConfig {
     pub name: String,
     pub hosts: Vec<HostPattern>,
     pub origin: OriginConfig,
+    /// How requests are spread over several backends.
+    pub balance: BalanceConfig,
     /// The live settings as the file sets them; the running values are the
     /// site's own (`Site::live`), which the admin API and the cluster change.
     pub live: LiveSettings,
@@ -52,8 +55,9 @@ pub struct SiteConfig {
 /// a struggling origin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OriginConfig {
-    /// `http://host:port`, no path.
-    pub url: Uri,
+    /// The origin's servers, `http://host:port`, no path, as written; at
+    /// least one, no two alike. `origin_concurrency` applies to each.
+    pub backends: Vec<Uri>,
     /// Replaces the client's `Host` toward the origin; passed through when unset.
     pub host: Option<HeaderValue>,
     /// Longest wait for the origin's response headers.
@@ -84,7 +88,7 @@ pub(super) struct RawSite {
     name: Option<String>,
     #[serde(default)]
     hosts: Vec<String>,
-    origin: Option<String>,
+    origin: Option<Origins>,
     origin_host: Option<String>,
     origin_concurrency: Option<u64>,
     origin_queue_timeout: Option<String>,
@@ -96,6 +100,18 @@ pub(super) struct RawSite {
     #[serde(default)]
     cache: RawSiteCache,
     admission: Option<RawAdmission>,
+    affinity: Option<Affinity>,
+    eject_after: Option<u32>,
+    eject_for: Option<String>,
+    health_check: Option<RawHealthCheck>,
+}
+
+/// `origin = "http://…"` or `origin = ["http://…", "http://…"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Origins {
+    One(String),
+    Many(Vec<String>),
 }
 
 impl RawSite {
@@ -126,16 +142,24 @@ impl RawSite {
             .enumerate()
             .filter_map(|(i, h)| parse_host(h, &format!("{at}.hosts[{i}]"), errors))
             .collect();
-        let origin = match self.origin.as_deref() {
-            Some(raw) => parse_origin(raw, &format!("{at}.origin"), errors),
+        let backends = match self.origin {
+            Some(Origins::One(raw)) => vec![parse_origin(&raw, &format!("{at}.origin"), errors)],
+            Some(Origins::Many(list)) => parse_backends(&list, &format!("{at}.origin"), errors),
             None => {
                 errors.push(
                     format!("{at}.origin"),
-                    "missing (e.g. \"http://10.0.0.5:8080\")",
+                    "missing (e.g. \"http://10.0.0.5:8080\", or a list of them)",
                 );
-                Uri::from_static("http://127.0.0.1")
+                vec![Uri::from_static("http://127.0.0.1")]
             }
         };
+        let balance = RawBalance {
+            affinity: self.affinity,
+            eject_after: self.eject_after,
+            eject_for: self.eject_for,
+            health_check: self.health_check,
+        }
+        .validate(at, errors);
         let origin_host = self
             .origin_host
             .and_then(|h| match HeaderValue::from_str(&h) {
@@ -185,7 +209,7 @@ impl RawSite {
             errors.push(format!("{at}.{}", problem.key), problem.message);
         }
         let origin = OriginConfig {
-            url: origin,
+            backends,
             host: origin_host,
             timeout: errors.duration(
                 &format!("{at}.origin_timeout"),
@@ -208,6 +232,7 @@ impl RawSite {
             name,
             hosts,
             origin,
+            balance,
             live,
             admission,
             session_cookies,
@@ -240,6 +265,26 @@ fn parse_host(raw: &str, at: &str, errors: &mut Errors) -> Option<HostPattern> {
         );
         None
     }
+}
+
+/// A list of backends: each parsed, at least one, none twice.
+fn parse_backends(list: &[String], at: &str, errors: &mut Errors) -> Vec<Uri> {
+    if list.is_empty() {
+        errors.push(at, "an empty list: name at least one backend");
+        return vec![Uri::from_static("http://127.0.0.1")];
+    }
+    let mut seen = BTreeSet::new();
+    list.iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let at = format!("{at}[{i}]");
+            let uri = parse_origin(raw, &at, errors);
+            if !seen.insert(uri.to_string()) {
+                errors.push(at, format!("{raw:?} is listed twice"));
+            }
+            uri
+        })
+        .collect()
 }
 
 fn parse_origin(raw: &str, at: &str, errors: &mut Errors) -> Uri {

@@ -4,30 +4,37 @@
 //! ([`headers`]), one second try where it is safe, and the origin's health
 //! counted for every caller.
 
+mod backend;
+mod backends;
+mod balance;
 mod connection;
 mod headers;
+mod health;
 mod upstream;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HeaderValue;
+use http::header::{self, HeaderValue};
 use http::{Method, request, response};
 use http_body::Body;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+pub use backend::BackendState;
+pub use backends::Origin;
 pub use headers::{ROUTING_HEADERS, client_ip, forwarded_proto, strip_hop_by_hop};
-pub use upstream::Origin;
+pub use health::Mode;
 use upstream::SendFailed;
 
+use crate::admission::cookies;
 use crate::cache::coalesce::Failure;
-use crate::config::Cidr;
-use crate::guard::{OriginGuard, OriginPermit};
+use crate::config::{Affinity, BalanceConfig, Cidr};
+use crate::guard::OriginPermit;
 use crate::metrics::SiteMetrics;
-use crate::outcome::{BusyReason, OriginErrorKind};
+use crate::outcome::OriginErrorKind;
 
 /// A request body toward the origin: the client's stream, or nothing.
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -59,11 +66,15 @@ pub struct Asker<'a> {
 #[derive(Clone, Copy)]
 pub struct Route<'a> {
     pub origin: &'a Origin,
-    /// The site's slots; a call waits at most `queue_timeout` for one.
-    pub guard: &'a OriginGuard,
+    /// A call waits at most this long for a slot on a backend.
     pub queue_timeout: Duration,
     /// Where the origin's latency and errors are counted.
     pub metrics: &'a SiteMetrics,
+    pub balance: &'a BalanceConfig,
+    /// The cookies that hold a session on one backend.
+    pub session_cookies: &'a [String],
+    /// The app's clock: ejections are timed by it.
+    pub now: Instant,
 }
 
 /// The origin's answer: its head, and its body still streaming with the
@@ -74,52 +85,63 @@ pub struct Answer {
     pub slot: OriginPermit,
 }
 
-/// Calls the origin: a slot within the queue deadline, the request built
-/// from `head`, the response head within `origin_timeout`. The origin's
-/// health as the metrics show it (latency, errors by kind, 5xx) is counted
-/// here, for every caller. A 5xx is an answer, not a failure: the cache
-/// fill prefers a stale copy to it, a forwarded request relays it.
+/// Calls the origin: a slot on a backend within the queue deadline, the
+/// request built from `head`, the response head within `origin_timeout`.
+/// The origin's health as the metrics show it (latency, errors by kind,
+/// 5xx) is counted here, for every caller, and each backend's for its
+/// ejection. A 5xx is an answer, not a failure: the cache fill prefers a
+/// stale copy to it, a forwarded request relays it.
 ///
-/// A GET or HEAD without a body that fails before any answer on a reused
-/// connection (the origin closed it as the request went out, or sent bytes
-/// that are no answer, such as the late tail of an earlier response that
-/// overran its `Content-Length`) is sent once more, on a fresh connection,
-/// within the same deadline: the failed connection is never reused, and
-/// the user gets the page. Other requests are not: the origin may have
-/// acted on them (a request hyper never wrote is re-sent by hyper itself).
-/// Nor is a failure on a fresh connection (the origin's own) or a timeout:
-/// a failing or slow origin must not get twice the load.
+/// One second try, within the same deadline, where the origin cannot have
+/// acted on the first: a request without a body whose connection could
+/// not be opened goes to another backend; a GET or HEAD without a body
+/// that fails before any answer goes to another backend, or — with one
+/// backend — once more when the failure was on a reused connection (the
+/// origin closed it as the request went out, or the late tail of an
+/// earlier answer that overran its `Content-Length` arrived as its
+/// answer); a fresh connection is then taken, the failed one never reused.
+/// Other requests are not retried (a request hyper never wrote is re-sent
+/// by hyper itself), nor is a timeout: a slow origin must not get twice
+/// the load.
 pub async fn call_origin(
     route: Route<'_>,
     head: &request::Parts,
     body: UpstreamBody,
     asker: Asker<'_>,
 ) -> Result<Answer, Failure> {
-    let Ok(slot) = route.guard.acquire(route.queue_timeout).await else {
-        return Err(Failure::Busy(BusyReason::QueueTimeout));
-    };
-    let m = route.metrics;
     let origin = route.origin;
-    let resendable = body.is_end_stream() && matches!(head.method, Method::GET | Method::HEAD);
+    let m = route.metrics;
+    let several = origin.backends.len() > 1;
+    let affinity = several && route.balance.affinity == Affinity::Session;
+    let home = affinity
+        .then(|| balance::home(&origin.backends, &head.headers, route.session_cookies))
+        .flatten();
+    let bodiless = body.is_end_stream();
+    let resendable = bodiless && matches!(head.method, Method::GET | Method::HEAD);
+    let (mut at, mut slot) = origin.slot(&route, home, None).await?;
     let started = Instant::now();
     let deadline = started + origin.timeout;
-    let mut sent = origin
-        .send(origin.request(head, asker, body), deadline)
-        .await;
+    let mut sent = send(&route, at, head, asker, body, deadline).await;
     if let Err(SendFailed {
         failure: Failure::Origin(kind),
-        on_reused: true,
+        on_reused,
     }) = sent
-        && resendable
     {
-        m.origin_error(kind);
-        m.origin_retries.inc();
-        sent = origin
-            .send(origin.request(head, asker, no_body()), deadline)
-            .await;
+        let again = match kind {
+            OriginErrorKind::Connect => bodiless && several,
+            OriginErrorKind::Protocol => resendable && (several || on_reused),
+            OriginErrorKind::Timeout | OriginErrorKind::Status5xx => false,
+        };
+        if again {
+            m.origin_error(kind);
+            m.origin_retries.inc();
+            drop(slot);
+            (at, slot) = origin.slot(&route, home, several.then_some(at)).await?;
+            sent = send(&route, at, head, asker, no_body(), deadline).await;
+        }
     }
     m.origin_seconds.observe(started.elapsed().as_secs_f64());
-    let (head, body) = match sent {
+    let (mut head_out, body) = match sent {
         Ok(res) => res.into_parts(),
         Err(SendFailed { failure, .. }) => {
             if let Failure::Origin(kind) = failure {
@@ -128,8 +150,102 @@ pub async fn call_origin(
             return Err(failure);
         }
     };
-    if head.status.is_server_error() {
+    if head_out.status.is_server_error() {
         m.origin_error(OriginErrorKind::Status5xx);
     }
-    Ok(Answer { head, body, slot })
+    if affinity {
+        pin_session(
+            &route,
+            head,
+            asker,
+            &mut head_out,
+            &origin.backends[at].state,
+        );
+    }
+    Ok(Answer {
+        head: head_out,
+        body,
+        slot,
+    })
+}
+
+/// Sends the request to backend `at`, and counts how it went in its
+/// metrics and health.
+async fn send(
+    route: &Route<'_>,
+    at: usize,
+    head: &request::Parts,
+    asker: Asker<'_>,
+    body: UpstreamBody,
+    deadline: Instant,
+) -> Result<http::Response<Incoming>, SendFailed> {
+    let origin = route.origin;
+    let backend = &origin.backends[at];
+    let state = &backend.state;
+    let host = origin
+        .host_override
+        .clone()
+        .unwrap_or_else(|| asker.host.clone());
+    let req = backend.pool.request(head, asker, host, body);
+    state.metrics.requests.inc();
+    let started = Instant::now();
+    let sent = backend.pool.send(req, deadline).await;
+    state
+        .metrics
+        .seconds
+        .observe(started.elapsed().as_secs_f64());
+    let failed = match &sent {
+        Ok(res) => res.status().is_server_error(),
+        // A reused connection's failure is the connection's past, not the
+        // backend's health; the client's own body failing is the client's.
+        Err(SendFailed {
+            failure: Failure::Origin(_),
+            on_reused,
+        }) => !on_reused,
+        Err(_) => false,
+    };
+    if failed {
+        state.failed(route.now, route.balance, origin.may_eject(route.now));
+    } else if sent.is_ok() {
+        state.succeeded();
+    }
+    sent
+}
+
+/// Names the backend that answered in digue's `digue_backend` cookie when
+/// the answer starts a session there, or when the request's session had
+/// no such cookie or named another backend (it was moved): its next
+/// requests go where its session now is. Never on a response that could be
+/// stored: one that sets a session cookie is not, and a request with a
+/// session is per-user.
+fn pin_session(
+    route: &Route<'_>,
+    req: &request::Parts,
+    asker: Asker<'_>,
+    res: &mut response::Parts,
+    answered: &BackendState,
+) {
+    let sessions = route.session_cookies;
+    let starts_session = res.headers.get_all(header::SET_COOKIE).iter().any(|v| {
+        let name = v
+            .as_bytes()
+            .split(|b| *b == b'=')
+            .next()
+            .unwrap_or_default();
+        sessions.iter().any(|s| s.as_bytes() == name.trim_ascii())
+    });
+    let named = cookies::find(&req.headers, cookies::BACKEND);
+    let has_session = sessions
+        .iter()
+        .any(|name| cookies::find(&req.headers, name).is_some());
+    if starts_session || (has_session && named != Some(answered.id.as_str())) {
+        let attrs = cookies::Attributes {
+            tls: forwarded_proto(asker.from, &req.headers, asker.trusted) == "https",
+            domain: None,
+        };
+        res.headers.append(
+            header::SET_COOKIE,
+            cookies::set_for_session(cookies::BACKEND, &answered.id, &attrs),
+        );
+    }
 }

@@ -17,7 +17,7 @@ use super::connection::{Answered, Marking};
 use super::headers::{strip_hop_by_hop, toward_origin};
 use super::{Asker, UpstreamBody};
 use crate::cache::coalesce::Failure;
-use crate::config::{OriginConfig, SiteConfig};
+use crate::config::OriginConfig;
 use crate::outcome::OriginErrorKind;
 
 /// How long an idle pooled connection is kept. Below the 15-20 s keep-alive
@@ -25,16 +25,14 @@ use crate::outcome::OriginErrorKind;
 /// races an origin that is closing the same connection.
 const POOL_IDLE: Duration = Duration::from_secs(10);
 
-/// The connection pool toward an origin, one variant per kind of
+/// The connection pool toward a backend, one variant per kind of
 /// connection: an HTTPS origin is one more variant, behind the same
-/// [`call_origin`].
+/// [`call_origin`](super::call_origin).
 enum Upstream {
     Http(Client<Marking<HttpConnector>, UpstreamBody>),
 }
 
 impl Upstream {
-    /// The pool toward `url`, one of the origin's addresses, keeping at
-    /// most `idle` idle connections.
     fn new(origin: &OriginConfig, url: &Uri, idle: usize) -> Upstream {
         let _ = url;
         let mut connector = HttpConnector::new();
@@ -58,41 +56,40 @@ impl Upstream {
     }
 }
 
-/// The client toward one site's origin.
-pub struct Origin {
+/// The connections toward one backend, and the address requests are sent to.
+pub struct Pool {
     upstream: Upstream,
-    /// `http://host:port` of the origin.
+    /// `http://host:port` of the backend.
     base: Uri,
-    host_override: Option<HeaderValue>,
-    pub(super) timeout: Duration,
 }
 
-impl Origin {
-    pub fn new(site: &SiteConfig) -> Origin {
-        Origin {
-            upstream: Upstream::new(&site.origin, &site.origin.url, site.live.origin_concurrency),
-            base: site.origin.url.clone(),
-            host_override: site.origin.host.clone(),
-            timeout: site.origin.timeout,
+impl Pool {
+    /// The pool toward `url`, one of the origin's backends, keeping at most
+    /// `idle` idle connections.
+    pub fn new(origin: &OriginConfig, url: &Uri, idle: usize) -> Pool {
+        Pool {
+            upstream: Upstream::new(origin, url, idle),
+            base: url.clone(),
         }
     }
 
+    /// The backend's URL for `path_and_query`.
+    pub(super) fn uri(&self, path_and_query: &str) -> Uri {
+        let mut uri = self.base.clone().into_parts();
+        uri.path_and_query = path_and_query.parse().ok();
+        Uri::from_parts(uri).unwrap_or_else(|_| self.base.clone())
+    }
+
     /// Builds the request to send upstream from a downstream request's head.
+    /// `host`: the `Host` the origin is told.
     pub(super) fn request(
         &self,
         parts: &request::Parts,
         asker: Asker<'_>,
+        host: HeaderValue,
         body: UpstreamBody,
     ) -> Request<UpstreamBody> {
-        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut uri = self.base.clone().into_parts();
-        uri.path_and_query = path.parse().ok();
-        let uri = Uri::from_parts(uri).unwrap_or_else(|_| self.base.clone());
-
-        let host = self
-            .host_override
-            .clone()
-            .unwrap_or_else(|| asker.host.clone());
+        let uri = self.uri(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
         let mut headers = toward_origin(parts, asker, host);
         // A body of unknown length (chunked, or an HTTP/2 stream without
         // Content-Length) must be sent chunked: hyper's client would send a
