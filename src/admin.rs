@@ -24,6 +24,7 @@ use crate::App;
 use crate::body::ProxyBody;
 use crate::cluster::Event;
 use crate::config::{AdmissionPatch, LiveSettings, OriginPatch, StoreFailure};
+use crate::origin::Mode;
 use crate::outcome::Outcome;
 use crate::reload::LiveRefused;
 
@@ -95,6 +96,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
             Ok(patch) => patch_origin(app, name, &patch),
             Err(refused) => refused.response(),
         },
+        (&Method::PATCH, ["sites", name, "backends"]) => match body::<BackendPatch>(req).await {
+            Ok(patch) => patch_backend(app, name, &patch),
+            Err(refused) => refused.response(),
+        },
         (&Method::POST, ["purge"]) => match body::<Purge>(req).await {
             Ok(purge) => do_purge(app, &purge),
             Err(refused) => refused.response(),
@@ -109,9 +114,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
                 }),
             ),
         },
-        (_, ["sites"] | ["sites", _, "admission" | "origin"] | ["purge"] | ["reload"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
-        }
+        (
+            _,
+            ["sites"] | ["sites", _, "admission" | "origin" | "backends"] | ["purge"] | ["reload"],
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
         _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     }
 }
@@ -204,6 +210,48 @@ fn patch_origin(app: &App, name: &str, patch: &OriginPatch) -> Response<ProxyBod
         })
     });
     applied(app, name, changed, "origin")
+}
+
+/// `PATCH /admin/sites/{name}/backends`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendPatch {
+    /// The backend's address as written in the config.
+    backend: String,
+    state: Mode,
+}
+
+fn patch_backend(app: &App, name: &str, patch: &BackendPatch) -> Response<ProxyBody> {
+    match app.set_backend_mode(name, &patch.backend, patch.state) {
+        Ok(()) => {}
+        Err(LiveRefused::NoSuchSite) => {
+            return error(StatusCode::NOT_FOUND, &format!("no site named {name:?}"));
+        }
+        Err(LiveRefused::Conflict(why) | LiveRefused::Invalid(why)) => {
+            return error(StatusCode::NOT_FOUND, &why);
+        }
+    }
+    app.metrics
+        .admin_changes
+        .with_label_values(&["backend"])
+        .inc();
+    tracing::info!(
+        site = name,
+        backend = patch.backend,
+        mode = ?patch.state,
+        "backend mode changed through the admin API"
+    );
+    if let Some(cluster) = &app.cluster {
+        let event = Event::Backend {
+            site: name.to_owned(),
+            backend: patch.backend.clone(),
+            mode: patch.state,
+            from: cluster.node.clone(),
+        };
+        let cluster = cluster.clone();
+        tokio::spawn(async move { cluster.publish(&event).await });
+    }
+    json_ok(site_state(app, name).unwrap_or(Value::Null))
 }
 
 /// The answer to a live change; an applied one is also told to the other
@@ -304,6 +352,7 @@ fn sites(app: &App) -> Value {
 fn site_state(app: &App, name: &str) -> Option<Value> {
     let snapshot = app.snapshot();
     let site = snapshot.sites.iter().find(|s| s.config.name == name)?;
+    let now = app.clock.instant();
     let (entries, bytes) = app.store.site_usage(name);
     let m = &site.metrics;
     let count = |o: Outcome| m.requests_of(o);
@@ -335,9 +384,28 @@ fn site_state(app: &App, name: &str) -> Option<Value> {
         "origin": {
             "in_flight": site.metrics.origin_in_flight.get(),
             "origin_concurrency": site.live().origin_concurrency,
+            "backends": site.origin.states().map(|b| {
+                let (mode, ejected, failing_check) = b.health.report(now);
+                json!({
+                    "backend": b.name,
+                    "state": mode,
+                    "ejected": ejected,
+                    "failing_health_check": failing_check,
+                    "in_flight": b.guard.busy(),
+                    "limit": b.guard.limit(),
+                    "ejections": b.metrics.ejections.get(),
+                    "requests": b.metrics.requests.get(),
+                    "mean_latency_seconds": mean(b.metrics.seconds.get_sample_sum(), b.metrics.seconds.get_sample_count()),
+                })
+            }).collect::<Vec<_>>(),
         },
         "admission": admission,
     }))
+}
+
+/// A mean from a histogram's sum and count, 0 before any sample.
+fn mean(sum: f64, count: u64) -> f64 {
+    if count == 0 { 0.0 } else { sum / count as f64 }
 }
 
 fn json_ok(value: Value) -> Response<ProxyBody> {

@@ -100,7 +100,7 @@ impl Metrics {
         for outcome in ["applied", "refused"] {
             m.reloads.with_label_values(&[outcome]);
         }
-        for kind in ["admission", "origin", "purge"] {
+        for kind in ["admission", "origin", "backend", "purge"] {
             m.admin_changes.with_label_values(&[kind]);
         }
         m

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::admission::load_keys;
 use crate::config::{Config, ConfigError, ConfigErrors, LiveSettings};
+use crate::origin::Mode;
 use crate::pages::Pages;
 use crate::site::Site;
 use crate::{App, Snapshot};
@@ -117,6 +118,35 @@ impl App {
         let new = change(site.live()).map_err(LiveRefused::Conflict)?;
         site.set_live(new, self.clock.instant())
             .map_err(|e| LiveRefused::Invalid(e.to_string()))
+    }
+
+    /// Sets one backend of a site active, draining or down (admin API,
+    /// cluster). It lasts while the backend is in the file, reloads
+    /// included.
+    pub fn set_backend_mode(
+        &self,
+        name: &str,
+        backend: &str,
+        mode: Mode,
+    ) -> Result<(), LiveRefused> {
+        let snapshot = self.snapshot();
+        let site = snapshot
+            .sites
+            .iter()
+            .find(|s| s.config.name == name)
+            .ok_or(LiveRefused::NoSuchSite)?;
+        let state = site
+            .origin
+            .state(backend.trim_end_matches('/'))
+            .ok_or_else(|| {
+                let names: Vec<&str> = site.origin.states().map(|s| s.name.as_str()).collect();
+                LiveRefused::Conflict(format!(
+                    "no backend {backend:?} in this site; its backends: {names:?}"
+                ))
+            })?;
+        state.health.set_mode(mode);
+        state.show_health(self.clock.instant());
+        Ok(())
     }
 
     /// Builds the sites of `config` from those of `old` and swaps them in.

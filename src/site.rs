@@ -18,13 +18,15 @@ use crate::admission::line::Saved;
 use crate::cluster::Cluster;
 use crate::config::{AdmissionConfig, AdmissionSettings, LiveError, LiveSettings, SiteConfig};
 use crate::metrics::{Metrics, SiteMetrics};
-use crate::origin::{Origin, Route};
+use crate::origin::{Origin, Prober, Route};
 use crate::target::Gates;
 
 pub struct Site {
     /// What the file says; its `live` part is only the starting point.
     pub config: SiteConfig,
     pub origin: Arc<Origin>,
+    /// The active health check of the origin's backends, when configured.
+    prober: Option<Arc<Prober>>,
     pub metrics: Arc<SiteMetrics>,
     /// The waiting room, when `[site.admission]` is configured.
     pub gate: Option<Arc<Gate>>,
@@ -49,8 +51,10 @@ impl Site {
         let metrics = Arc::new(registry.site(&config.name));
         let gate = waiting_room(&config)
             .map(|(a, live)| Arc::new(new_gate(a, live, &config.name, saved, cluster)));
+        let origin = Arc::new(Origin::new(&config, registry, &metrics, None));
         let site = Site {
-            origin: Arc::new(Origin::new(&config, registry, &metrics, None)),
+            prober: prober(&origin, &config),
+            origin,
             metrics,
             gate,
             gates: gates(&config),
@@ -81,6 +85,13 @@ impl Site {
                 Some(&self.origin),
             ))
         };
+        let same_checks = Arc::ptr_eq(&origin, &self.origin)
+            && self.config.balance.health_check == config.balance.health_check;
+        let prober = if same_checks {
+            self.prober.clone()
+        } else {
+            prober(&origin, &config)
+        };
         let gate = match (&self.gate, waiting_room(&config)) {
             (Some(gate), Some(_)) => Some(gate.clone()),
             (None, Some((a, live))) => {
@@ -90,6 +101,7 @@ impl Site {
         };
         let site = Site {
             origin,
+            prober,
             metrics: self.metrics.clone(),
             gate,
             gates: gates(&config),
@@ -168,6 +180,11 @@ impl Site {
                 .set(i64::from(a.new_users_per_minute));
         }
     }
+}
+
+fn prober(origin: &Arc<Origin>, config: &SiteConfig) -> Option<Arc<Prober>> {
+    let check = config.balance.health_check.clone()?;
+    Prober::start(origin.clone(), check).map(Arc::new)
 }
 
 fn gates(config: &SiteConfig) -> Gates {

@@ -13,9 +13,12 @@ use redis::cluster_async::ClusterConnection;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ClusterConfig, LiveSettings, RedisTarget};
+use crate::origin::Mode;
 
 pub(super) const EVENTS: &str = "digue:events";
 const SETTINGS: &str = "digue:settings";
+/// Backend modes set through the admin API, by `site backend`.
+const BACKENDS: &str = "digue:backends";
 const PURGES: &str = "digue:purges";
 /// Purges kept for nodes that reconnect.
 const PURGES_KEPT: isize = 1000;
@@ -39,6 +42,13 @@ pub enum Event {
     Settings {
         site: String,
         settings: LiveSettings,
+        from: String,
+    },
+    /// A backend set active, draining or down.
+    Backend {
+        site: String,
+        backend: String,
+        mode: Mode,
         from: String,
     },
 }
@@ -220,6 +230,11 @@ impl Cluster {
                     store.hset(SETTINGS, site, s).ignore();
                 }
             }
+            Event::Backend { site, backend, .. } => {
+                store
+                    .hset(BACKENDS, format!("{site} {backend}"), &json)
+                    .ignore();
+            }
             Event::Purge { .. } => {
                 store.lpush(PURGES, &json).ignore();
                 store.ltrim(PURGES, 0, PURGES_KEPT - 1).ignore();
@@ -277,6 +292,19 @@ impl Cluster {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|(site, json)| Some((site, serde_json::from_str(&json).ok()?)))
+            .collect()
+    }
+
+    /// The backend modes stored in Redis, as the events that set them.
+    pub(super) async fn stored_backend_modes(&self) -> Vec<Event> {
+        let Some(mut conn) = self.conn() else {
+            return Vec::new();
+        };
+        let stored: redis::RedisResult<Vec<(String, String)>> = conn.hgetall(BACKENDS).await;
+        stored
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(_, json)| serde_json::from_str(json).ok())
             .collect()
     }
 

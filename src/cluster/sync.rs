@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use super::{Cluster, Event};
 use crate::App;
 use crate::config::LiveSettings;
+use crate::origin::Mode;
 use crate::reload::LiveRefused;
 
 /// Pause before subscribing again after the subscription was lost.
@@ -29,10 +30,32 @@ fn apply_settings(app: &App, site: &str, settings: LiveSettings) {
     }
 }
 
+fn apply_backend_mode(app: &App, site: &str, backend: &str, mode: Mode) {
+    match app.set_backend_mode(site, backend, mode) {
+        Ok(()) => tracing::info!(
+            site,
+            backend,
+            ?mode,
+            "backend mode received from the cluster"
+        ),
+        Err(LiveRefused::NoSuchSite) => {}
+        Err(LiveRefused::Conflict(why) | LiveRefused::Invalid(why)) => {
+            tracing::warn!(site, why, "backend mode from the cluster refused");
+        }
+    }
+}
+
 fn apply(app: &App, cluster: &Cluster, event: Event) {
     match event {
-        Event::Settings { from, .. } | Event::Purge { from, .. } if from == cluster.node => {}
+        Event::Settings { from, .. } | Event::Purge { from, .. } | Event::Backend { from, .. }
+            if from == cluster.node => {}
         Event::Settings { site, settings, .. } => apply_settings(app, &site, settings),
+        Event::Backend {
+            site,
+            backend,
+            mode,
+            ..
+        } => apply_backend_mode(app, &site, &backend, mode),
         Event::Purge {
             site,
             path,
@@ -134,6 +157,17 @@ async fn listen_once(app: &App, cluster: &Cluster) -> redis::RedisResult<()> {
 async fn catch_up(app: &App, cluster: &Cluster) {
     for (site, settings) in cluster.stored_settings().await {
         apply_settings(app, &site, settings);
+    }
+    for event in cluster.stored_backend_modes().await {
+        if let Event::Backend {
+            site,
+            backend,
+            mode,
+            ..
+        } = event
+        {
+            apply_backend_mode(app, &site, &backend, mode);
+        }
     }
     let since = cluster.last_purge.load(Ordering::Relaxed);
     for event in cluster.purges_since(since).await {

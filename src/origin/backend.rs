@@ -63,7 +63,7 @@ impl BackendState {
     pub fn failed(&self, now: Instant, config: &BalanceConfig, may_eject: bool) {
         if let Verdict::Ejected(length) = self.health.failed(now, config, may_eject) {
             self.metrics.ejections.inc();
-            self.metrics.healthy.set(0);
+            self.show_health(now);
             tracing::warn!(
                 backend = %self.name,
                 seconds = length.as_secs(),
@@ -73,11 +73,15 @@ impl BackendState {
         }
     }
 
-    pub fn succeeded(&self) {
+    pub fn succeeded(&self, now: Instant) {
         self.health.succeeded();
-        if self.health.mode() != Mode::Down {
-            self.metrics.healthy.set(1);
-        }
+        self.show_health(now);
+    }
+
+    /// Sets the `digue_backend_healthy` gauge from the health now.
+    pub fn show_health(&self, now: Instant) {
+        let open = self.health.standing(now) != Standing::Closed;
+        self.metrics.healthy.set(i64::from(open));
     }
 }
 

@@ -133,16 +133,19 @@ impl Health {
         Verdict::Ejected(length)
     }
 
-    /// The health check's verdict. Passing again ends an ejection and
-    /// starts the failure count over: the backend rejoins.
-    pub fn probed(&self, passed: bool) {
+    /// The health check's verdict; whether it differs from the last one.
+    /// Passing again ends an ejection and starts the failure count over:
+    /// the backend rejoins.
+    pub fn probed(&self, passed: bool) -> bool {
         let mut s = self.state();
+        let changed = s.probe_failing == passed;
         s.probe_failing = !passed;
         if passed {
             s.ejected_until = None;
             s.failures = 0;
             s.ejections = 0;
         }
+        changed
     }
 
     /// For the admin API: the mode, whether ejected or failing its check.

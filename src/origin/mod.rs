@@ -10,6 +10,7 @@ mod balance;
 mod connection;
 mod headers;
 mod health;
+mod probe;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ pub use backend::BackendState;
 pub use backends::Origin;
 pub use headers::{ROUTING_HEADERS, client_ip, forwarded_proto, strip_hop_by_hop};
 pub use health::Mode;
+pub use probe::Prober;
 use upstream::SendFailed;
 
 use crate::admission::cookies;
@@ -207,7 +209,7 @@ async fn send(
     if failed {
         state.failed(route.now, route.balance, origin.may_eject(route.now));
     } else if sent.is_ok() {
-        state.succeeded();
+        state.succeeded(route.now);
     }
     sent
 }

@@ -66,6 +66,8 @@ struct State {
     /// Artificial latency before each answer, in milliseconds.
     delay_ms: AtomicUsize,
     handler: Box<Handler>,
+    /// Bumped by [`Origin::kill`]: every open connection closes at once.
+    killed: tokio::sync::watch::Sender<u64>,
     /// The first panic of `handler`: the connection it served is closed
     /// (as a panicking task would), and the test fails with it at
     /// [`Origin::join`] or when the origin is dropped.
@@ -98,31 +100,32 @@ impl Origin {
             release: Notify::new(),
             delay_ms: AtomicUsize::new(0),
             handler: Box::new(handler),
+            killed: tokio::sync::watch::Sender::new(0),
             panicked: Mutex::new(None),
         });
-        let shared = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let state = state.clone();
-                        async move { answer(&state, req).await }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let task = tokio::spawn(accept(listener, state.clone()));
         Origin {
             addr,
             state,
             task: Some(task),
         }
+    }
+
+    /// Dies as a crashed server does: the listener closes (connects are
+    /// refused) and so does every open connection, mid-answer or idle.
+    pub fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.state.killed.send_modify(|n| *n += 1);
+    }
+
+    /// Comes back on the same address after [`Origin::kill`].
+    pub async fn revive(&mut self) {
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("the killed origin's port is free again");
+        self.task = Some(tokio::spawn(accept(listener, self.state.clone())));
     }
 
     /// An origin answering every request with the same 200 and headers.
@@ -237,6 +240,30 @@ impl Drop for Origin {
         {
             std::panic::resume_unwind(panic);
         }
+    }
+}
+
+/// Serves every connection `listener` accepts, each until it closes or the
+/// origin is killed.
+async fn accept(listener: TcpListener, shared: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = shared.clone();
+        let mut killed = shared.killed.subscribe();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                async move { answer(&state, req).await }
+            });
+            let serving = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = serving => {}
+                _ = killed.changed() => {}
+            }
+        });
     }
 }
 
