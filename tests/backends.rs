@@ -188,7 +188,7 @@ async fn a_backend_that_dies_mid_surge_costs_no_client_an_error_and_rejoins_when
         during.iter().flatten().all(|(_, who)| who != "b"),
         "the dead backend answers nothing"
     );
-    let backend_label = format!("backend=\"{}\",site=\"portal\"", b_name);
+    let backend_label = format!("backend=\"{b_name}\",site=\"portal\"");
     assert_eq!(
         proxy
             .metric(&format!("digue_backend_healthy{{{backend_label}}}"))
