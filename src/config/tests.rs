@@ -338,3 +338,54 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_list_of_backends_is_checked_one_by_one_with_its_index() {
+    let site = |keys: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[[site]]\nname = \"portal\"\nhosts = [\"*\"]\n{keys}\n"
+        )
+    };
+    let c = Config::parse(&site(
+        "origin = [\"http://10.0.0.1:8080\", \"http://10.0.0.2:8080\"]",
+    ))
+    .expect("two backends");
+    assert_eq!(c.sites[0].origin.backends.len(), 2);
+    assert_eq!(c.sites[0].balance, BalanceConfig::default());
+    let errs = errors_of(&site(
+        "origin = [\"http://10.0.0.1:8080\", \"ftp://10.0.0.2\", \"http://10.0.0.1:8080\"]\n\
+         eject_after = 0\neject_for = \"1h\"",
+    ));
+    for key in [
+        "site[0].origin[1]",
+        "site[0].origin[2]",
+        "site[0].eject_after",
+        "site[0].eject_for",
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(key)), "{key}: {errs:?}");
+    }
+    let errs = errors_of(&site(
+        "origin = [\"http://10.0.0.1:8080\"]\n\
+         health_check = { path = \"ping\", interval = \"1s\", timeout = \"2s\", expect = 900 }",
+    ));
+    for key in [
+        "site[0].health_check.path",
+        "site[0].health_check.timeout",
+        "site[0].health_check.expect",
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(key)), "{key}: {errs:?}");
+    }
+    let errs = errors_of(&site(
+        "origin = [\"http://10.0.0.1:8080\"]\naffinity = \"sticky\"",
+    ));
+    assert!(
+        errs.len() == 1 && errs[0].contains("affinity") && errs[0].contains("session"),
+        "{errs:?}"
+    );
+    assert!(
+        errors_of(&site("origin = []"))
+            .iter()
+            .any(|e| e.starts_with("site[0].origin")),
+        "an empty list is refused"
+    );
+}
