@@ -176,7 +176,8 @@ impl App {
         let sites = config
             .sites
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let restored = saved.lines.get(&s.name).map(|line| {
                     let margin = match (&s.live.admission, saved.clean) {
                         (_, true) | (None, false) => 0,
@@ -186,9 +187,11 @@ impl App {
                     };
                     (line.clone(), margin)
                 });
-                Arc::new(Site::new(s.clone(), &metrics, restored, cluster.as_ref()))
+                Site::new(s.clone(), &metrics, restored, cluster.as_ref())
+                    .map(Arc::new)
+                    .map_err(|e| format!("site[{i}]: {e}"))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let store = Store::new(
             config.restart.cache.max_size,
             config.restart.cache.hit_for_miss,

@@ -41,18 +41,20 @@ pub struct Site {
 impl Site {
     /// `saved`: the line's counters from the state file, and how many
     /// ticket numbers past them may have been issued before a crash.
-    /// `cluster`: the shared store, when the line is shared.
+    /// `cluster`: the shared store, when the line is shared. Fails when
+    /// the origin's TLS files cannot be used.
     pub fn new(
         config: SiteConfig,
         metrics: &Metrics,
         saved: Option<(Saved, u64)>,
         cluster: Option<&Arc<Cluster>>,
-    ) -> Site {
+    ) -> Result<Site, String> {
+        let origin = Arc::new(Origin::new(&config)?);
         let metrics = Arc::new(metrics.site(&config.name));
         let gate = waiting_room(&config)
             .map(|(a, live)| Arc::new(new_gate(a, live, &config.name, saved, cluster)));
         let site = Site {
-            origin: Arc::new(Origin::new(&config)),
+            origin,
             guard: Arc::new(OriginGuard::new(
                 config.live.origin_concurrency,
                 metrics.origin_in_flight.clone(),
@@ -65,23 +67,25 @@ impl Site {
             config,
         };
         site.publish_settings();
-        site
+        Ok(site)
     }
 
     /// The same site under a new config, keeping its live state. The file's
     /// live settings replace the running ones (a reload is an operator
-    /// saying what they want now).
+    /// saying what they want now). The origin's pool is kept unless its
+    /// settings or the contents of its TLS files changed.
     pub fn rebuild(
         &self,
         config: SiteConfig,
         cluster: Option<&Arc<Cluster>>,
         now: Instant,
-    ) -> Site {
-        let origin = if self.config.origin == config.origin {
-            self.origin.clone()
-        } else {
-            Arc::new(Origin::new(&config))
-        };
+    ) -> Result<Site, String> {
+        let origin =
+            if self.config.origin == config.origin && self.origin.tls_unchanged(&config.origin) {
+                self.origin.clone()
+            } else {
+                Arc::new(Origin::new(&config)?)
+            };
         let gate = match (&self.gate, waiting_room(&config)) {
             (Some(gate), Some(_)) => Some(gate.clone()),
             (None, Some((a, live))) => {
@@ -99,7 +103,7 @@ impl Site {
             config,
         };
         site.apply(site.config.live, now);
-        site
+        Ok(site)
     }
 
     /// The running live settings.

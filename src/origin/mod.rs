@@ -6,6 +6,7 @@
 
 mod connection;
 mod headers;
+pub mod tls;
 mod upstream;
 
 use std::net::SocketAddr;

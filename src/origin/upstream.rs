@@ -13,11 +13,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
+use hyper_rustls::HttpsConnector;
+
 use super::connection::{Answered, Marking};
 use super::headers::{strip_hop_by_hop, toward_origin};
+use super::tls::{self, Material, Within};
 use super::{Asker, UpstreamBody};
 use crate::cache::coalesce::Failure;
-use crate::config::{OriginConfig, SiteConfig};
+use crate::config::{OriginConfig, OriginTls, SiteConfig};
 use crate::outcome::OriginErrorKind;
 
 /// How long an idle pooled connection is kept. Below the 15-20 s keep-alive
@@ -26,26 +29,54 @@ use crate::outcome::OriginErrorKind;
 const POOL_IDLE: Duration = Duration::from_secs(10);
 
 /// The connection pool toward an origin, one variant per kind of
-/// connection: an HTTPS origin is one more variant, behind the same
-/// [`call_origin`].
+/// connection, behind the same [`call_origin`](super::call_origin).
 enum Upstream {
     Http(Client<Marking<HttpConnector>, UpstreamBody>),
+    /// An `https://` origin, and what its TLS was built from (compared
+    /// on reload).
+    Https(Client<Marking<HttpsVia>, UpstreamBody>, Material),
 }
+
+/// TLS over TCP, the whole connection within the connect timeout.
+type HttpsVia = Within<HttpsConnector<HttpConnector>>;
 
 impl Upstream {
     /// The pool toward `url`, one of the origin's addresses, keeping at
-    /// most `idle` idle connections.
-    fn new(origin: &OriginConfig, url: &Uri, idle: usize) -> Upstream {
-        let _ = url;
+    /// most `idle` idle connections. Fails when the origin's TLS files
+    /// cannot be used (changed since the preflight read them).
+    fn new(origin: &OriginConfig, url: &Uri, idle: usize) -> Result<Upstream, String> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(origin.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(POOL_IDLE)
             .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(idle)
-            .build(Marking(connector));
-        Upstream::Http(client)
+            .pool_max_idle_per_host(idle);
+        let Some(tls) = origin
+            .tls
+            .as_ref()
+            .filter(|_| url.scheme_str() == Some("https"))
+        else {
+            return Ok(Upstream::Http(builder.build(Marking(connector))));
+        };
+        let material = Material::load(tls).map_err(|e| format!("{}: {}", e.key, e.message))?;
+        let https = tls::connector(tls, &material, url, connector, origin.connect_timeout)?;
+        // HTTP/2 when ALPN says so, HTTP/1.1 otherwise: one h2 connection
+        // carries many requests; the guard still counts each request.
+        builder.http2_only(false);
+        Ok(Upstream::Https(builder.build(Marking(https)), material))
+    }
+
+    /// Whether this pool's TLS was built from `tls` as the files read now.
+    fn same_material(&self, tls: Option<&OriginTls>) -> bool {
+        match (self, tls) {
+            (Upstream::Http(_), None) => true,
+            (Upstream::Https(_, material), Some(tls)) => {
+                Material::load(tls).is_ok_and(|now| now == *material)
+            }
+            _ => false,
+        }
     }
 
     pub(super) async fn send(
@@ -54,6 +85,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         match self {
             Upstream::Http(client) => client.request(req).await,
+            Upstream::Https(client, _) => client.request(req).await,
         }
     }
 }
@@ -68,13 +100,21 @@ pub struct Origin {
 }
 
 impl Origin {
-    pub fn new(site: &SiteConfig) -> Origin {
-        Origin {
-            upstream: Upstream::new(&site.origin, &site.origin.url, site.live.origin_concurrency),
+    /// Fails when the origin's TLS files cannot be used.
+    pub fn new(site: &SiteConfig) -> Result<Origin, String> {
+        Ok(Origin {
+            upstream: Upstream::new(&site.origin, &site.origin.url, site.live.origin_concurrency)?,
             base: site.origin.url.clone(),
             host_override: site.origin.host.clone(),
             timeout: site.origin.timeout,
-        }
+        })
+    }
+
+    /// Whether the TLS files of `config` (built from the same settings)
+    /// still hold what this client was built from: a CA renewed under the
+    /// same path must take effect on reload.
+    pub fn tls_unchanged(&self, config: &OriginConfig) -> bool {
+        self.upstream.same_material(config.tls.as_ref())
     }
 
     /// Builds the request to send upstream from a downstream request's head.
@@ -127,7 +167,13 @@ impl Origin {
         };
         match tokio::time::timeout_at(deadline, self.upstream.send(req)).await {
             Err(_) => failed(OriginErrorKind::Timeout, false),
-            Ok(Err(e)) if e.is_connect() => failed(OriginErrorKind::Connect, false),
+            Ok(Err(e)) if e.is_connect() => match tls::failure(&e) {
+                Some(tls) => {
+                    tracing::warn!(origin = %self.base, error = %tls, "TLS with the origin failed");
+                    failed(OriginErrorKind::Tls, false)
+                }
+                None => failed(OriginErrorKind::Connect, false),
+            },
             Ok(Err(e)) if request_body_failed(&e) => Err(SendFailed {
                 failure: Failure::RequestBody,
                 on_reused: false,
