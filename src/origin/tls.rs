@@ -22,7 +22,7 @@ use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tower_service::Service;
 
-use crate::config::{ConfigError, OriginTls, SiteConfig};
+use crate::config::{ClientCert, ConfigError, OriginTls, SiteConfig};
 use crate::tls::{load_certificates, load_key, provider};
 
 /// What an origin's TLS is built from, read from the files. Compared on
@@ -47,49 +47,15 @@ pub struct LoadError {
 impl Material {
     /// Reads the system's trust store (Debian's `ca-certificates`, where
     /// an académie's own CA may be installed too; `SSL_CERT_FILE` and
-    /// `SSL_CERT_DIR` override it) and the site's files.
-    pub fn load(tls: &OriginTls) -> Result<Material, LoadError> {
-        let at = |key| move |message| LoadError { key, message };
-        // Unreadable entries of the system store are skipped, as every
-        // TLS client does: one broken file must not cut every origin off.
-        let mut roots = rustls_native_certs::load_native_certs().certs;
-        if let Some(path) = &tls.ca_file {
-            let private = load_certificates(path).map_err(at("origin_ca_file"))?;
-            for (i, cert) in private.iter().enumerate() {
-                RootCertStore::empty().add(cert.clone()).map_err(|e| {
-                    at("origin_ca_file")(format!(
-                        "certificate {} of {} is not usable as a CA: {e}",
-                        i + 1,
-                        path.display()
-                    ))
-                })?;
-            }
-            roots.extend(private);
+    /// `SSL_CERT_DIR` override it) and the site's files. Every file's
+    /// problem is returned, so an operator fixes them in one pass.
+    pub fn load(tls: &OriginTls) -> Result<Material, Vec<LoadError>> {
+        let roots = roots(tls);
+        let client = tls.client.as_ref().map(client_pair).transpose();
+        match (roots, client) {
+            (Ok(roots), Ok(client)) => Ok(Material { roots, client }),
+            (roots, client) => Err(roots.err().into_iter().chain(client.err()).collect()),
         }
-        if roots.is_empty() {
-            return Err(at("origin_ca_file")(
-                "nothing to verify the origin with: the system's trust store is empty \
-                 (install ca-certificates) and no origin_ca_file is set"
-                    .to_owned(),
-            ));
-        }
-        let client = match &tls.client {
-            Some(client) => {
-                let chain = load_certificates(&client.cert).map_err(at("origin_client_cert"))?;
-                let key = load_key(&client.key).map_err(at("origin_client_key"))?;
-                rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider())
-                    .map_err(|e| {
-                    at("origin_client_key")(format!(
-                        "{} is not the key of {}: {e}",
-                        client.key.display(),
-                        client.cert.display()
-                    ))
-                })?;
-                Some((chain, key))
-            }
-            None => None,
-        };
-        Ok(Material { roots, client })
     }
 
     /// The rustls client: TLS 1.2 and 1.3, these roots, this client
@@ -110,14 +76,65 @@ impl Material {
     }
 }
 
+fn at(key: &'static str) -> impl Fn(String) -> LoadError {
+    move |message| LoadError { key, message }
+}
+
+/// What a certificate of the origin must chain to: the system's roots,
+/// then the site's private CA.
+fn roots(tls: &OriginTls) -> Result<Vec<CertificateDer<'static>>, LoadError> {
+    // Unreadable entries of the system store are skipped, as every TLS
+    // client does: one broken file must not cut every origin off.
+    let mut roots = rustls_native_certs::load_native_certs().certs;
+    if let Some(path) = &tls.ca_file {
+        let private = load_certificates(path).map_err(at("origin_ca_file"))?;
+        for (i, cert) in private.iter().enumerate() {
+            RootCertStore::empty().add(cert.clone()).map_err(|e| {
+                at("origin_ca_file")(format!(
+                    "certificate {} of {} is not usable as a CA: {e}",
+                    i + 1,
+                    path.display()
+                ))
+            })?;
+        }
+        roots.extend(private);
+    }
+    if roots.is_empty() {
+        return Err(at("origin_ca_file")(
+            "nothing to verify the origin with: the system's trust store is empty \
+             (install ca-certificates) and no origin_ca_file is set"
+                .to_owned(),
+        ));
+    }
+    Ok(roots)
+}
+
+/// The client certificate chain and its key, checked to be a pair.
+fn client_pair(
+    client: &ClientCert,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), LoadError> {
+    let chain = load_certificates(&client.cert).map_err(at("origin_client_cert"))?;
+    let key = load_key(&client.key).map_err(at("origin_client_key"))?;
+    rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()).map_err(
+        |e| {
+            at("origin_client_key")(format!(
+                "{} is not the key of {}: {e}",
+                client.key.display(),
+                client.cert.display()
+            ))
+        },
+    )?;
+    Ok((chain, key))
+}
+
 /// The problems of every site's origin TLS files, with their key paths.
 pub fn preflight(sites: &[SiteConfig]) -> Vec<ConfigError> {
     sites
         .iter()
         .enumerate()
-        .filter_map(|(i, site)| {
-            let e = Material::load(site.origin.tls.as_ref()?).err()?;
-            Some(ConfigError {
+        .filter_map(|(i, site)| Some((i, Material::load(site.origin.tls.as_ref()?).err()?)))
+        .flat_map(|(i, errors)| {
+            errors.into_iter().map(move |e| ConfigError {
                 path: format!("site[{i}].{}", e.key),
                 message: e.message,
             })

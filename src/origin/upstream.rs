@@ -60,7 +60,13 @@ impl Upstream {
         else {
             return Ok(Upstream::Http(builder.build(Marking(connector))));
         };
-        let material = Material::load(tls).map_err(|e| format!("{}: {}", e.key, e.message))?;
+        let material = Material::load(tls).map_err(|errors| {
+            let each: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.key, e.message))
+                .collect();
+            each.join("; ")
+        })?;
         let https = tls::connector(tls, &material, url, connector, origin.connect_timeout)?;
         // HTTP/2 when ALPN says so, HTTP/1.1 otherwise: one h2 connection
         // carries many requests; the guard still counts each request.
@@ -167,18 +173,24 @@ impl Origin {
         };
         match tokio::time::timeout_at(deadline, self.upstream.send(req)).await {
             Err(_) => failed(OriginErrorKind::Timeout, false),
-            Ok(Err(e)) if e.is_connect() => match tls::failure(&e) {
-                Some(tls) => {
-                    tracing::warn!(origin = %self.base, error = %tls, "TLS with the origin failed");
-                    failed(OriginErrorKind::Tls, false)
-                }
-                None => failed(OriginErrorKind::Connect, false),
-            },
             Ok(Err(e)) if request_body_failed(&e) => Err(SendFailed {
                 failure: Failure::RequestBody,
                 on_reused: false,
             }),
-            Ok(Err(e)) => failed(OriginErrorKind::Protocol, Answered::before(&e)),
+            Ok(Err(e)) => {
+                // A TLS failure shows at connect (an untrusted certificate)
+                // or at the first read (TLS 1.3 origins refuse a client
+                // certificate after the client's handshake is done).
+                let kind = match tls::failure(&e) {
+                    Some(tls) => {
+                        tracing::warn!(origin = %self.base, error = %tls, "TLS with the origin failed");
+                        OriginErrorKind::Tls
+                    }
+                    None if e.is_connect() => OriginErrorKind::Connect,
+                    None => OriginErrorKind::Protocol,
+                };
+                failed(kind, Answered::before(&e))
+            }
             Ok(Ok(mut res)) => {
                 Answered::mark(res.extensions());
                 strip_hop_by_hop(res.headers_mut());
