@@ -345,7 +345,9 @@ async fn sighup_reloads_the_file_refuses_a_broken_one_and_logs_keep_private_valu
 
 /// A site `name` in front of `origin`, with more keys.
 fn site_toml(name: &str, origin: &str, keys: &str) -> String {
-    format!("[[site]]\nname = \"{name}\"\nhosts = [\"{name}.example.fr\"]\norigin = \"{origin}\"\n{keys}\n")
+    format!(
+        "[[site]]\nname = \"{name}\"\nhosts = [\"{name}.example.fr\"]\norigin = \"{origin}\"\n{keys}\n"
+    )
 }
 
 #[tokio::test]
@@ -383,7 +385,10 @@ async fn check_reports_tls_keys_on_an_http_origin_and_a_client_certificate_witho
 #[tokio::test]
 async fn check_reports_a_bad_ca_file_and_an_unreadable_client_key_with_their_key_paths() {
     let dir = TempDir::new("cli-tls");
-    let bad_ca = dir.write("ca.pem", "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n");
+    let bad_ca = dir.write(
+        "ca.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+    );
     let client = support::tls::TestCert::new(dir.path(), "client", &["digue.example.fr"]);
     let missing_key = dir.join("nowhere.key");
     let keys = format!(

@@ -52,7 +52,11 @@ async fn assert_tls_refused(proxy: &Proxy, origin: &Origin, why: &str) {
         took < Duration::from_secs(3),
         "{why}: refused within the connect timeout (3 s), took {took:?}"
     );
-    assert_eq!(origin.total(), before, "{why}: no request reached the origin");
+    assert_eq!(
+        origin.total(),
+        before,
+        "{why}: no request reached the origin"
+    );
     assert_eq!(
         proxy
             .metric("digue_origin_errors_total{kind=\"tls\",site=\"portal\"}")
@@ -77,7 +81,11 @@ async fn an_origin_signed_by_a_private_ca_is_reached_with_origin_ca_file() {
         assert_eq!(got.text(), page("/page"), "the origin's page, over TLS");
     }
     assert_eq!(origin.total(), 3, "every request reached the origin");
-    assert_eq!(origin.connections(), 1, "one TLS connection, pooled and reused");
+    assert_eq!(
+        origin.connections(),
+        1,
+        "one TLS connection, pooled and reused"
+    );
     proxy.shutdown().await;
     origin.join().await;
 }
@@ -119,7 +127,12 @@ async fn a_certificate_for_another_name_is_refused_unless_origin_tls_name_names_
         .start()
         .await;
     let got = get(&proxy.url("/page"), &[]).await;
-    assert_eq!(got.status, 200, "origin_host is the name checked: {}", got.text());
+    assert_eq!(
+        got.status,
+        200,
+        "origin_host is the name checked: {}",
+        got.text()
+    );
     proxy.shutdown().await;
 
     // origin_tls_name alone, the client's Host passed through.
@@ -129,7 +142,12 @@ async fn a_certificate_for_another_name_is_refused_unless_origin_tls_name_names_
         .start()
         .await;
     let got = get(&proxy.url("/page"), &[("host", "ent.example.fr")]).await;
-    assert_eq!(got.status, 200, "origin_tls_name is the name checked: {}", got.text());
+    assert_eq!(
+        got.status,
+        200,
+        "origin_tls_name is the name checked: {}",
+        got.text()
+    );
     assert_eq!(
         origin.last("/page").expect("seen").headers["host"],
         "ent.example.fr",
@@ -258,7 +276,10 @@ async fn a_ca_file_rewritten_under_the_same_path_is_taken_on_reload() {
 
     // A CA file broken since: the reload is refused, the running pool stays.
     std::fs::write(&trusted, "not a certificate").expect("break CA");
-    let refused = proxy.app().reload().expect_err("a broken CA file is refused");
+    let refused = proxy
+        .app()
+        .reload()
+        .expect_err("a broken CA file is refused");
     assert!(
         refused.to_string().contains("site[0].origin_ca_file"),
         "with its key path: {refused}"
@@ -267,4 +288,40 @@ async fn a_ca_file_rewritten_under_the_same_path_is_taken_on_reload() {
     assert_eq!(got.status, 200, "the running config stays: {}", got.text());
     proxy.shutdown().await;
     origin.join().await;
+}
+
+#[tokio::test]
+async fn an_origin_silent_after_tcp_is_given_up_at_the_connect_timeout_not_the_origin_timeout() {
+    // Accepts TCP, then never answers the TLS handshake.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let proxy = Digue::new(&format!("https://{addr}"))
+        .site("origin_connect_timeout = \"1s\"\norigin_timeout = \"60s\"")
+        .start()
+        .await;
+    let started = Instant::now();
+    let got = get(&proxy.url("/page"), &[]).await;
+    let took = started.elapsed();
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert!(
+        took < Duration::from_secs(10),
+        "given up at the 1 s connect timeout, not the 60 s origin timeout: {took:?}"
+    );
+    assert_eq!(
+        proxy
+            .metric("digue_origin_errors_total{kind=\"connect\",site=\"portal\"}")
+            .await,
+        1.0,
+        "counted as a connect failure"
+    );
+    proxy.shutdown().await;
+    silent.abort();
 }
