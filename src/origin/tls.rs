@@ -188,10 +188,10 @@ pub fn failure<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a rustls::Error
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
-            if let Some(found) = failure(inner) {
-                return Some(found);
-            }
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref)
+            && let Some(found) = failure(inner)
+        {
+            return Some(found);
         }
         next = e.source();
     }
