@@ -1,6 +1,6 @@
 //! The connection pools toward an origin and the sending of one request:
-//! pooled keep-alive connections, the response-head deadline, and how a
-//! failure reads (connect, timeout, protocol, or the client's own body).
+//! pooled keep-alive connections (plain, or TLS by [`super::tls`]), the response-head deadline, and how a
+//! failure reads (connect, TLS, timeout, protocol, or the client's own body).
 
 use std::time::Duration;
 
@@ -8,12 +8,11 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version, request};
 use http_body::Body;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
-
-use hyper_rustls::HttpsConnector;
 
 use super::connection::{Answered, Marking};
 use super::headers::{strip_hop_by_hop, toward_origin};
