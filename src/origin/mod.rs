@@ -1,9 +1,8 @@
 //! The way to a site's origin, and the one way to call it
 //! ([`call_origin`]): a slot from the origin guard, the request sent on a
 //! pooled connection ([`upstream`], over TLS to an `https://` origin:
-//! [`tls`]) with its headers made safe
-//! ([`headers`]), one second try where it is safe, and the origin's health
-//! counted for every caller.
+//! [`tls`]) with its headers made safe ([`headers`]), one second try where
+//! it is safe, and the origin's health counted for every caller.
 
 mod connection;
 mod headers;

@@ -1,6 +1,7 @@
 //! The connection pools toward an origin and the sending of one request:
-//! pooled keep-alive connections (plain, or TLS by [`super::tls`]), the response-head deadline, and how a
-//! failure reads (connect, TLS, timeout, protocol, or the client's own body).
+//! pooled keep-alive connections (plain, or TLS by [`super::tls`]), the
+//! response-head deadline, and how a failure reads (connect, TLS, timeout,
+//! protocol, or the client's own body).
 
 use std::time::Duration;
 
