@@ -17,7 +17,9 @@
 //!   ([`cache::key`]), the bounded store ([`cache::store`]), one fetch per cold
 //!   key ([`cache::coalesce`]), the leader's fetch that fills it ([`cache::fill`]).
 //! - [`origin`]: the one call to the origin (guard slot, timeout, latency and
-//!   error metrics), the upstream client by kind of connection, header hygiene.
+//!   error metrics), the upstream client by kind of connection, TLS toward
+//!   an `https://` origin ([`origin::tls`]: roots, client certificate,
+//!   preflight), header hygiene.
 //! - [`guard`]: the origin concurrency cap and its queue deadline.
 //! - [`body`]: the response body type, and reading origin bodies with a limit.
 //! - [`pages`]: the waiting room, busy and error pages, French first, JSON on request.
@@ -34,7 +36,9 @@
 //! - [`outcome`]: how a request was served, as enums: `Cache-Status`, metric labels.
 //! - [`closed_enum`]: enums whose `ALL` and labels come from one list.
 //! - [`metrics`]: the Prometheus registry and typed handles.
-//! - [`tls`]: rustls setup, ALPN, certificates by SNI, reloaded on SIGHUP.
+//! - [`tls`]: the listener's rustls setup, ALPN, certificates by SNI,
+//!   reloaded on SIGHUP; the PEM reading and crypto provider the origin's TLS
+//!   shares.
 //!
 //! Around it:
 //! - [`reload`]: changes at run time: a reload of the file (validate,
@@ -176,7 +180,8 @@ impl App {
         let sites = config
             .sites
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let restored = saved.lines.get(&s.name).map(|line| {
                     let margin = match (&s.live.admission, saved.clean) {
                         (_, true) | (None, false) => 0,
@@ -186,9 +191,11 @@ impl App {
                     };
                     (line.clone(), margin)
                 });
-                Arc::new(Site::new(s.clone(), &metrics, restored, cluster.as_ref()))
+                Site::new(s.clone(), &metrics, restored, cluster.as_ref())
+                    .map(Arc::new)
+                    .map_err(|e| format!("site[{i}]: {e}"))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let store = Store::new(
             config.restart.cache.max_size,
             config.restart.cache.hit_for_miss,

@@ -232,7 +232,7 @@ impl Metrics {
             origin_errors: counter(
                 &r,
                 "digue_origin_errors_total",
-                "Failed origin requests, by kind: connect, timeout, protocol, status_5xx.",
+                "Failed origin requests, by kind: connect, tls, timeout, protocol, status_5xx.",
                 &["site", "kind"],
             ),
             origin_retries: counter(

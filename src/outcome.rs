@@ -97,6 +97,9 @@ closed_enum! {
     pub enum OriginErrorKind {
         /// Could not connect (refused, unreachable, connect timeout).
         Connect => "connect",
+        /// The TLS handshake failed: an untrusted or expired certificate,
+        /// a wrong name, a client certificate refused.
+        Tls => "tls",
         /// No response headers within origin_timeout (or body stalled).
         Timeout => "timeout",
         /// The connection broke or the origin spoke bad HTTP.

@@ -1,4 +1,5 @@
-//! The checks of a config that need more than its text: certificate files,
+//! The checks of a config that need more than its text: certificate files
+//! (the listener's, the origins'),
 //! the signing secret, the pages directory. Each belongs to the module that
 //! knows the file; this runs them all with their key paths, the same way
 //! for `digue check`, `digue run` and a reload.
@@ -14,6 +15,7 @@ pub fn check(config: &Config) -> Result<(), ConfigErrors> {
         config.server.secret_file.as_deref(),
     ));
     errors.extend(crate::pages::preflight(config.server.pages_dir.as_deref()));
+    errors.extend(crate::origin::tls::preflight(&config.sites));
     if errors.is_empty() {
         Ok(())
     } else {

@@ -541,6 +541,7 @@ impl Ctx {
                 match kind {
                     OriginErrorKind::Timeout => (Page::OriginTimeout, "origin-timeout"),
                     OriginErrorKind::Connect
+                    | OriginErrorKind::Tls
                     | OriginErrorKind::Protocol
                     | OriginErrorKind::Status5xx => (Page::OriginDown, "origin-unreachable"),
                 }

@@ -79,6 +79,9 @@ impl App {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        // Before anything is installed: an origin's TLS files changed since
+        // the preflight read them refuse the whole reload.
+        let sites = self.build_sites(&old, &new)?;
         if let (Some(resolver), Some(certificates)) = (self.tls.get(), certificates) {
             resolver.install(certificates);
         }
@@ -90,7 +93,8 @@ impl App {
         if let Some(pages) = pages {
             self.pages.store(Arc::new(pages));
         }
-        self.swap(&old, new);
+        self.snapshot
+            .store(Arc::new(Snapshot { config: new, sites }));
         // A rule added by this reload may make recently uncacheable URLs
         // cacheable: forget what hit-for-miss remembered.
         self.store.forget_uncacheable();
@@ -149,23 +153,24 @@ impl App {
         Ok(())
     }
 
-    /// Builds the sites of `config` from those of `old` and swaps them in.
-    fn swap(&self, old: &Snapshot, config: Config) {
+    /// Builds the sites of `config` from those of `old`.
+    fn build_sites(&self, old: &Snapshot, config: &Config) -> Result<Vec<Arc<Site>>, ConfigErrors> {
         let cluster = self.cluster.as_ref();
-        let sites = config
+        config
             .sites
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let site = match old.sites.iter().find(|o| o.config.name == s.name) {
                     Some(previous) => {
                         previous.rebuild(s.clone(), &self.metrics, cluster, self.clock.instant())
                     }
                     None => Site::new(s.clone(), &self.metrics, None, cluster),
                 };
-                Arc::new(site)
+                site.map(Arc::new)
+                    .map_err(|e| one(&format!("site[{i}]"), &e))
             })
-            .collect();
-        self.snapshot.store(Arc::new(Snapshot { config, sites }));
+            .collect()
     }
 }
 

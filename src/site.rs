@@ -41,17 +41,18 @@ pub struct Site {
 impl Site {
     /// `saved`: the line's counters from the state file, and how many
     /// ticket numbers past them may have been issued before a crash.
-    /// `cluster`: the shared store, when the line is shared.
+    /// `cluster`: the shared store, when the line is shared. Fails when
+    /// the origin's TLS files cannot be used.
     pub fn new(
         config: SiteConfig,
         registry: &Metrics,
         saved: Option<(Saved, u64)>,
         cluster: Option<&Arc<Cluster>>,
-    ) -> Site {
+    ) -> Result<Site, String> {
         let metrics = Arc::new(registry.site(&config.name));
+        let origin = Arc::new(Origin::new(&config, registry, &metrics, None)?);
         let gate = waiting_room(&config)
             .map(|(a, live)| Arc::new(new_gate(a, live, &config.name, saved, cluster)));
-        let origin = Arc::new(Origin::new(&config, registry, &metrics, None));
         let site = Site {
             prober: prober(&origin, &config),
             origin,
@@ -62,29 +63,31 @@ impl Site {
             config,
         };
         site.publish_settings();
-        site
+        Ok(site)
     }
 
     /// The same site under a new config, keeping its live state. The file's
     /// live settings replace the running ones (a reload is an operator
-    /// saying what they want now).
+    /// saying what they want now). The origin's pool is kept unless its
+    /// settings or the contents of its TLS files changed.
     pub fn rebuild(
         &self,
         config: SiteConfig,
         registry: &Metrics,
         cluster: Option<&Arc<Cluster>>,
         now: Instant,
-    ) -> Site {
-        let origin = if self.config.origin == config.origin {
-            self.origin.clone()
-        } else {
-            Arc::new(Origin::new(
-                &config,
-                registry,
-                &self.metrics,
-                Some(&self.origin),
-            ))
-        };
+    ) -> Result<Site, String> {
+        let origin =
+            if self.config.origin == config.origin && self.origin.tls_unchanged(&config.origin) {
+                self.origin.clone()
+            } else {
+                Arc::new(Origin::new(
+                    &config,
+                    registry,
+                    &self.metrics,
+                    Some(&self.origin),
+                )?)
+            };
         let same_checks = Arc::ptr_eq(&origin, &self.origin)
             && self.config.balance.health_check == config.balance.health_check;
         let prober = if same_checks {
@@ -109,7 +112,7 @@ impl Site {
             config,
         };
         site.apply(site.config.live, now);
-        site
+        Ok(site)
     }
 
     /// The running live settings.

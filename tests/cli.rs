@@ -342,3 +342,117 @@ async fn sighup_reloads_the_file_refuses_a_broken_one_and_logs_keep_private_valu
         );
     }
 }
+
+/// A site `name` in front of `origin`, with more keys.
+fn site_toml(name: &str, origin: &str, keys: &str) -> String {
+    format!(
+        "[[site]]\nname = \"{name}\"\nhosts = [\"{name}.example.fr\"]\norigin = \"{origin}\"\n{keys}\n"
+    )
+}
+
+#[tokio::test]
+async fn check_reports_tls_keys_on_an_http_origin_and_a_client_certificate_without_its_key() {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}{}",
+        site_toml(
+            "plain",
+            "http://10.0.0.5:8080",
+            "origin_ca_file = \"ca.pem\"\norigin_http2 = true"
+        ),
+        site_toml(
+            "secure",
+            "https://pronote.example.fr",
+            "origin_client_cert = \"client.pem\""
+        ),
+    );
+    let (_dir, file) = config_file(&text);
+    let out = digue(&["check", "--config", &file.to_string_lossy()]).await;
+    assert!(!out.status.success(), "the check fails");
+    let err = stderr(&out);
+    for path in [
+        "site[0].origin_ca_file",
+        "site[0].origin_http2",
+        "site[1].origin_client_key",
+    ] {
+        assert!(err.contains(path), "{path} is reported:\n{err}");
+    }
+    assert!(
+        err.contains("only for an https:// origin"),
+        "says why:\n{err}"
+    );
+}
+
+#[tokio::test]
+async fn check_reports_a_bad_ca_file_and_an_unreadable_client_key_with_their_key_paths() {
+    let dir = TempDir::new("cli-tls");
+    let bad_ca = dir.write(
+        "ca.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+    );
+    let client = support::tls::TestCert::new(dir.path(), "client", &["digue.example.fr"]);
+    let missing_key = dir.join("nowhere.key");
+    let keys = format!(
+        "origin_ca_file = \"{}\"\norigin_client_cert = \"{}\"\norigin_client_key = \"{}\"",
+        bad_ca.display(),
+        client.cert.display(),
+        missing_key.display()
+    );
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+        site_toml("secure", "https://pronote.example.fr", &keys)
+    );
+    let file = dir.write("digue.toml", &text);
+    let out = digue(&["check", "--config", &file.to_string_lossy()]).await;
+    assert!(!out.status.success(), "the check fails");
+    let err = stderr(&out);
+    assert!(
+        err.contains("site[0].origin_ca_file") && err.contains(&bad_ca.display().to_string()),
+        "the bad CA file, by key path and file:\n{err}"
+    );
+    assert!(
+        err.contains("site[0].origin_client_key") && err.contains("nowhere.key"),
+        "the unreadable key, by key path and file:\n{err}"
+    );
+}
+
+#[tokio::test]
+async fn run_logs_one_line_naming_the_origin_and_its_tls_error() {
+    let dir = TempDir::new("cli-tls");
+    let ca = support::tls::TestCa::new(dir.path(), "ca");
+    let cert = ca.issue(dir.path(), "origin", &["127.0.0.1"]);
+    let origin = Origin::start_tls(
+        support::tls::origin_tls(&cert, None, &[b"http/1.1"]),
+        |_| support::reply(200, &[], "secret page body"),
+    )
+    .await;
+    // No origin_ca_file: the private CA is unknown.
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{}",
+        site_toml("portal", &origin.url(), "").replace("portal.example.fr", "*")
+    );
+    let file = dir.write("digue.toml", &text);
+    let (digue, public, _) = run(&file, &[]).await;
+    let answer = raw(
+        public,
+        b"GET /page HTTP/1.1\r\nHost: ent.example.fr\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    digue.signal("TERM");
+    let out = digue
+        .exit_within(Duration::from_secs(10))
+        .await
+        .expect("digue exits after SIGTERM");
+    let logs = format!("{}{}", stdout(&out), stderr(&out));
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("TLS with the origin failed"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line for one failure:\n{logs}");
+    assert!(
+        lines[0].contains(&origin.url()) && lines[0].contains("UnknownIssuer"),
+        "it names the origin and the TLS error: {}",
+        lines[0]
+    );
+    assert!(!logs.contains("secret page body"), "never page content");
+}

@@ -62,8 +62,9 @@ pub use server::{
     DEFAULT_SHUTDOWN_GRACE, ServerConfig, ServerStart, SniCertificate, TlsSettings,
 };
 pub use site::{
-    DEFAULT_ORIGIN_CONCURRENCY, DEFAULT_ORIGIN_CONNECT_TIMEOUT, DEFAULT_ORIGIN_QUEUE_TIMEOUT,
-    DEFAULT_ORIGIN_TIMEOUT, DEFAULT_SESSION_COOKIES, HostPattern, OriginConfig, SiteConfig,
+    ClientCert, DEFAULT_ORIGIN_CONCURRENCY, DEFAULT_ORIGIN_CONNECT_TIMEOUT,
+    DEFAULT_ORIGIN_QUEUE_TIMEOUT, DEFAULT_ORIGIN_TIMEOUT, DEFAULT_SESSION_COOKIES, HostPattern,
+    OriginConfig, OriginTls, SiteConfig,
 };
 
 use errors::{Errors, single};

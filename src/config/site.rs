@@ -6,9 +6,11 @@
 //! operators turn at run time, the rest changes with the file.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderValue, Uri};
+use rustls_pki_types::ServerName;
 use serde::Deserialize;
 
 use super::admission::{AdmissionConfig, RawAdmission};
@@ -55,14 +57,42 @@ pub struct SiteConfig {
 /// a struggling origin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OriginConfig {
-    /// The origin's servers, `http://host:port`, no path, as written; at
-    /// least one, no two alike. `origin_concurrency` applies to each.
+    /// The origin's servers, `http://host:port` or `https://host:port`, no
+    /// path, as written; at least one, no two alike. `origin_concurrency`
+    /// applies to each.
     pub backends: Vec<Uri>,
     /// Replaces the client's `Host` toward the origin; passed through when unset.
     pub host: Option<HeaderValue>,
     /// Longest wait for the origin's response headers.
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// How to speak TLS to an `https://` origin; `None` for `http://`.
+    pub tls: Option<OriginTls>,
+}
+
+/// TLS toward an `https://` origin. Only file paths: what they hold is
+/// read by the origin module (its preflight, and each pool it builds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginTls {
+    /// The name the origin's certificate must carry, also sent as SNI:
+    /// `origin_tls_name`, else `origin_host`'s name; `None`: the host of
+    /// each origin address.
+    pub name: Option<ServerName<'static>>,
+    /// A private CA trusted beside the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate, for origins that require mutual TLS.
+    pub client: Option<ClientCert>,
+    /// Offer HTTP/2 by ALPN (HTTP/1.1 stays offered).
+    pub http2: bool,
+}
+
+/// `origin_client_cert` and `origin_client_key`, set together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// PEM chain, the client's certificate first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// A `hosts` entry: an exact name (lower-cased, no port) or `*`.
@@ -94,6 +124,11 @@ pub(super) struct RawSite {
     origin_queue_timeout: Option<String>,
     origin_timeout: Option<String>,
     origin_connect_timeout: Option<String>,
+    origin_tls_name: Option<String>,
+    origin_ca_file: Option<PathBuf>,
+    origin_client_cert: Option<PathBuf>,
+    origin_client_key: Option<PathBuf>,
+    origin_http2: Option<bool>,
     session_cookies: Option<Vec<String>>,
     #[serde(default)]
     case_sensitive: bool,
@@ -208,7 +243,21 @@ impl RawSite {
         for problem in live.problems() {
             errors.push(format!("{at}.{}", problem.key), problem.message);
         }
+        let tls = RawOriginTls {
+            name: self.origin_tls_name,
+            ca_file: self.origin_ca_file,
+            client_cert: self.origin_client_cert,
+            client_key: self.origin_client_key,
+            http2: self.origin_http2,
+        }
+        .validate(
+            backends.iter().any(|b| b.scheme_str() == Some("https")),
+            origin_host.as_ref(),
+            at,
+            errors,
+        );
         let origin = OriginConfig {
+            tls,
             backends,
             host: origin_host,
             timeout: errors.duration(
@@ -239,6 +288,102 @@ impl RawSite {
             case_sensitive: self.case_sensitive,
         }
     }
+}
+
+/// The `origin_tls_name`, `origin_ca_file`, `origin_client_*` and
+/// `origin_http2` keys of a site.
+struct RawOriginTls {
+    name: Option<String>,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    http2: Option<bool>,
+}
+
+impl RawOriginTls {
+    /// Checked against the origin's scheme: when no backend is `https://`
+    /// each key set is an error (it would silently do nothing).
+    fn validate(
+        self,
+        https: bool,
+        origin_host: Option<&HeaderValue>,
+        at: &str,
+        errors: &mut Errors,
+    ) -> Option<OriginTls> {
+        if !https {
+            let set = [
+                ("origin_tls_name", self.name.is_some()),
+                ("origin_ca_file", self.ca_file.is_some()),
+                ("origin_client_cert", self.client_cert.is_some()),
+                ("origin_client_key", self.client_key.is_some()),
+                ("origin_http2", self.http2.is_some()),
+            ];
+            for (key, _) in set.iter().filter(|(_, set)| *set) {
+                errors.push(
+                    format!("{at}.{key}"),
+                    "only for an https:// origin; this origin is http://",
+                );
+            }
+            return None;
+        }
+        let name = match (&self.name, origin_host) {
+            (Some(raw), _) => server_name(raw).or_else(|| {
+                errors.push(
+                    format!("{at}.origin_tls_name"),
+                    format!("{raw:?} is not a DNS name or an IP address"),
+                );
+                None
+            }),
+            (None, Some(host)) => {
+                let raw = host.to_str().unwrap_or_default();
+                let name = raw
+                    .parse::<http::uri::Authority>()
+                    .ok()
+                    .and_then(|a| server_name(a.host()));
+                if name.is_none() {
+                    errors.push(
+                        format!("{at}.origin_tls_name"),
+                        format!(
+                            "missing: origin_host {raw:?} is no certificate name; \
+                             set the name the origin's certificate carries"
+                        ),
+                    );
+                }
+                name
+            }
+            (None, None) => None,
+        };
+        let client = match (self.client_cert, self.client_key) {
+            (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                errors.push(
+                    format!("{at}.origin_client_key"),
+                    "missing: origin_client_cert needs its private key",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                errors.push(
+                    format!("{at}.origin_client_cert"),
+                    "missing: origin_client_key needs its certificate",
+                );
+                None
+            }
+        };
+        Some(OriginTls {
+            name,
+            ca_file: self.ca_file,
+            client,
+            http2: self.http2.unwrap_or(false),
+        })
+    }
+}
+
+/// A certificate name: a DNS name or an IP address (`[::1]` unbracketed).
+fn server_name(raw: &str) -> Option<ServerName<'static>> {
+    let raw = raw.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(raw.to_owned()).ok()
 }
 
 fn valid_name(n: &str) -> bool {
@@ -296,15 +441,11 @@ fn parse_origin(raw: &str, at: &str, errors: &mut Errors) -> Uri {
         );
         return fallback;
     };
-    if uri.scheme_str() == Some("https") {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
         errors.push(
             at,
-            "https origins are not supported yet; reach the origin over http on a private network",
+            format!("{raw:?} must look like \"http://host:port\" or \"https://host[:port]\""),
         );
-        return fallback;
-    }
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        errors.push(at, format!("{raw:?} must look like \"http://host:port\""));
         return fallback;
     }
     if uri.path() != "/" || uri.query().is_some() {

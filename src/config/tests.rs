@@ -84,9 +84,8 @@ fn type_errors_name_the_key() {
 
 #[test]
 fn bad_origins_and_duplicate_hosts_are_refused() {
-    let text = format!(
-        "{MINIMAL}\n[[site]]\nname = \"portal\"\nhosts = [\"*\"]\norigin = \"https://x\"\n"
-    );
+    let text =
+        format!("{MINIMAL}\n[[site]]\nname = \"portal\"\nhosts = [\"*\"]\norigin = \"ftp://x\"\n");
     let errs = errors_of(&text);
     assert!(
         errs.iter().any(|e| e.starts_with("site[1].name")),
@@ -100,6 +99,76 @@ fn bad_origins_and_duplicate_hosts_are_refused() {
         errs.iter().any(|e| e.starts_with("site[1].origin")),
         "{errs:?}"
     );
+}
+
+#[test]
+fn an_https_origin_names_its_certificate_after_origin_tls_name_then_origin_host() {
+    let https = MINIMAL.replace("http://127.0.0.1:8081", "https://10.0.0.5");
+    let config = Config::parse(&https).expect("an https origin is valid");
+    let tls = config.sites[0].origin.tls.clone().expect("TLS settings");
+    assert_eq!(tls.name, None, "each address's own host by default");
+    assert!(!tls.http2, "HTTP/1.1 by default");
+
+    let with_host = https.replace(
+        "hosts = [\"*\"]",
+        "hosts = [\"*\"]\norigin_host = \"pronote.example.fr:443\"",
+    );
+    let config = Config::parse(&with_host).expect("valid");
+    let name = config.sites[0].origin.tls.clone().and_then(|t| t.name);
+    assert_eq!(
+        name.map(|n| n.to_str().into_owned()),
+        Some("pronote.example.fr".to_owned()),
+        "origin_host's name, without its port"
+    );
+
+    let explicit = with_host.replace(
+        "hosts = [\"*\"]",
+        "hosts = [\"*\"]\norigin_tls_name = \"portal.ac-lille.fr\"\norigin_http2 = true",
+    );
+    let config = Config::parse(&explicit).expect("valid");
+    let tls = config.sites[0].origin.tls.clone().expect("TLS settings");
+    assert_eq!(
+        tls.name.map(|n| n.to_str().into_owned()),
+        Some("portal.ac-lille.fr".to_owned()),
+        "origin_tls_name wins over origin_host"
+    );
+    assert!(tls.http2);
+
+    let errs = errors_of(&https.replace(
+        "hosts = [\"*\"]",
+        "hosts = [\"*\"]\norigin_tls_name = \"not a name\"\norigin_client_key = \"k.pem\"",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("site[0].origin_tls_name")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("site[0].origin_client_cert")),
+        "a key without its certificate: {errs:?}"
+    );
+}
+
+#[test]
+fn tls_keys_on_an_http_origin_are_refused_by_name() {
+    let errs = errors_of(&MINIMAL.replace(
+        "hosts = [\"*\"]",
+        "hosts = [\"*\"]\norigin_tls_name = \"x.fr\"\norigin_client_cert = \"c.pem\"\n\
+         origin_client_key = \"k.pem\"\norigin_http2 = false",
+    ));
+    for key in [
+        "origin_tls_name",
+        "origin_client_cert",
+        "origin_client_key",
+        "origin_http2",
+    ] {
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("site[0].{key}"))),
+            "{key}: {errs:?}"
+        );
+    }
 }
 
 #[test]

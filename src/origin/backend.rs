@@ -86,11 +86,16 @@ impl BackendState {
 }
 
 impl Backend {
-    pub fn new(origin: &OriginConfig, url: &Uri, state: Arc<BackendState>) -> Backend {
-        Backend {
-            pool: Pool::new(origin, url, state.guard.limit()),
+    /// Fails when the origin's TLS files cannot be used.
+    pub fn new(
+        origin: &OriginConfig,
+        url: &Uri,
+        state: Arc<BackendState>,
+    ) -> Result<Backend, String> {
+        Ok(Backend {
+            pool: Pool::new(origin, url, state.guard.limit())?,
             state,
-        }
+        })
     }
 }
 

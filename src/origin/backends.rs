@@ -15,7 +15,7 @@ use super::backend::{Backend, BackendState};
 use super::balance::{self, Choice};
 use super::health::Standing;
 use crate::cache::coalesce::Failure;
-use crate::config::SiteConfig;
+use crate::config::{OriginConfig, SiteConfig};
 use crate::guard::OriginPermit;
 use crate::metrics::{Metrics, SiteMetrics};
 use crate::outcome::{BusyReason, OriginErrorKind};
@@ -38,7 +38,7 @@ impl Origin {
         metrics: &Metrics,
         site_metrics: &SiteMetrics,
         previous: Option<&Origin>,
-    ) -> Origin {
+    ) -> Result<Origin, String> {
         let backends = site
             .origin
             .backends
@@ -57,13 +57,20 @@ impl Origin {
                     .unwrap_or_else(|| Arc::new(fresh));
                 Backend::new(&site.origin, url, state)
             })
-            .collect();
-        Origin {
+            .collect::<Result<_, _>>()?;
+        Ok(Origin {
             backends,
             host_override: site.origin.host.clone(),
             timeout: site.origin.timeout,
             ties: AtomicU64::new(0),
-        }
+        })
+    }
+
+    /// Whether the TLS files of `config` still hold what every pool was
+    /// built from: a CA renewed under the same path must take effect on
+    /// reload.
+    pub fn tls_unchanged(&self, config: &OriginConfig) -> bool {
+        self.backends.iter().all(|b| b.pool.tls_unchanged(config))
     }
 
     /// Each backend's state, in config order.

@@ -1,8 +1,8 @@
 //! The way to a site's origin, and the one way to call it
 //! ([`call_origin`]): a slot from the origin guard, the request sent on a
-//! pooled connection ([`upstream`]) with its headers made safe
-//! ([`headers`]), one second try where it is safe, and the origin's health
-//! counted for every caller.
+//! pooled connection ([`upstream`], over TLS to an `https://` origin:
+//! [`tls`]) with its headers made safe ([`headers`]), one second try where
+//! it is safe, and the origin's health counted for every caller.
 
 mod backend;
 mod backends;
@@ -11,6 +11,7 @@ mod connection;
 mod headers;
 mod health;
 mod probe;
+pub mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -130,7 +131,7 @@ pub async fn call_origin(
     }) = sent
     {
         let again = match kind {
-            OriginErrorKind::Connect => bodiless && several,
+            OriginErrorKind::Connect | OriginErrorKind::Tls => bodiless && several,
             OriginErrorKind::Protocol => resendable && (several || on_reused),
             OriginErrorKind::Timeout | OriginErrorKind::Status5xx => false,
         };

@@ -1,6 +1,7 @@
 //! The connection pools toward an origin and the sending of one request:
-//! pooled keep-alive connections, the response-head deadline, and how a
-//! failure reads (connect, timeout, protocol, or the client's own body).
+//! pooled keep-alive connections (plain, or TLS by [`super::tls`]), the
+//! response-head deadline, and how a failure reads (connect, TLS, timeout,
+//! protocol, or the client's own body).
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version, request};
 use http_body::Body;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -15,9 +17,10 @@ use tokio::time::Instant;
 
 use super::connection::{Answered, Marking};
 use super::headers::{strip_hop_by_hop, toward_origin};
+use super::tls::{self, Material, Within};
 use super::{Asker, UpstreamBody};
 use crate::cache::coalesce::Failure;
-use crate::config::OriginConfig;
+use crate::config::{OriginConfig, OriginTls};
 use crate::outcome::OriginErrorKind;
 
 /// How long an idle pooled connection is kept. Below the 15-20 s keep-alive
@@ -26,24 +29,59 @@ use crate::outcome::OriginErrorKind;
 const POOL_IDLE: Duration = Duration::from_secs(10);
 
 /// The connection pool toward a backend, one variant per kind of
-/// connection: an HTTPS origin is one more variant, behind the same
-/// [`call_origin`](super::call_origin).
+/// connection, behind the same [`call_origin`](super::call_origin).
 enum Upstream {
     Http(Client<Marking<HttpConnector>, UpstreamBody>),
+    /// An `https://` origin, and what its TLS was built from (compared
+    /// on reload).
+    Https(Client<Marking<HttpsVia>, UpstreamBody>, Material),
 }
 
+/// TLS over TCP, the whole connection within the connect timeout.
+type HttpsVia = Within<HttpsConnector<HttpConnector>>;
+
 impl Upstream {
-    fn new(origin: &OriginConfig, url: &Uri, idle: usize) -> Upstream {
-        let _ = url;
+    /// Fails when the origin's TLS files cannot be used (changed since the
+    /// preflight read them).
+    fn new(origin: &OriginConfig, url: &Uri, idle: usize) -> Result<Upstream, String> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(origin.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(POOL_IDLE)
             .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(idle)
-            .build(Marking(connector));
-        Upstream::Http(client)
+            .pool_max_idle_per_host(idle);
+        let Some(tls) = origin
+            .tls
+            .as_ref()
+            .filter(|_| url.scheme_str() == Some("https"))
+        else {
+            return Ok(Upstream::Http(builder.build(Marking(connector))));
+        };
+        let material = Material::load(tls).map_err(|errors| {
+            let each: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.key, e.message))
+                .collect();
+            each.join("; ")
+        })?;
+        let https = tls::connector(tls, &material, url, connector, origin.connect_timeout)?;
+        // HTTP/2 when ALPN says so, HTTP/1.1 otherwise: one h2 connection
+        // carries many requests; the guard still counts each request.
+        builder.http2_only(false);
+        Ok(Upstream::Https(builder.build(Marking(https)), material))
+    }
+
+    /// Whether this pool's TLS was built from `tls` as the files read now.
+    fn same_material(&self, tls: Option<&OriginTls>) -> bool {
+        match (self, tls) {
+            (Upstream::Http(_), None) => true,
+            (Upstream::Https(_, material), Some(tls)) => {
+                Material::load(tls).is_ok_and(|now| now == *material)
+            }
+            _ => false,
+        }
     }
 
     pub(super) async fn send(
@@ -52,6 +90,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         match self {
             Upstream::Http(client) => client.request(req).await,
+            Upstream::Https(client, _) => client.request(req).await,
         }
     }
 }
@@ -65,12 +104,20 @@ pub struct Pool {
 
 impl Pool {
     /// The pool toward `url`, one of the origin's backends, keeping at most
-    /// `idle` idle connections.
-    pub fn new(origin: &OriginConfig, url: &Uri, idle: usize) -> Pool {
-        Pool {
-            upstream: Upstream::new(origin, url, idle),
+    /// `idle` idle connections. Fails when the origin's TLS files cannot be
+    /// used.
+    pub fn new(origin: &OriginConfig, url: &Uri, idle: usize) -> Result<Pool, String> {
+        Ok(Pool {
+            upstream: Upstream::new(origin, url, idle)?,
             base: url.clone(),
-        }
+        })
+    }
+
+    /// Whether the TLS files of `config` (built from the same settings)
+    /// still hold what this pool was built from: a CA renewed under the
+    /// same path must take effect on reload.
+    pub fn tls_unchanged(&self, config: &OriginConfig) -> bool {
+        self.upstream.same_material(config.tls.as_ref())
     }
 
     /// The backend's URL for `path_and_query`.
@@ -124,12 +171,24 @@ impl Pool {
         };
         match tokio::time::timeout_at(deadline, self.upstream.send(req)).await {
             Err(_) => failed(OriginErrorKind::Timeout, false),
-            Ok(Err(e)) if e.is_connect() => failed(OriginErrorKind::Connect, false),
             Ok(Err(e)) if request_body_failed(&e) => Err(SendFailed {
                 failure: Failure::RequestBody,
                 on_reused: false,
             }),
-            Ok(Err(e)) => failed(OriginErrorKind::Protocol, Answered::before(&e)),
+            Ok(Err(e)) => {
+                // A TLS failure shows at connect (an untrusted certificate)
+                // or at the first read (TLS 1.3 origins refuse a client
+                // certificate after the client's handshake is done).
+                let kind = match tls::failure(&e) {
+                    Some(tls) => {
+                        tracing::warn!(origin = %self.base, error = %tls, "TLS with the origin failed");
+                        OriginErrorKind::Tls
+                    }
+                    None if e.is_connect() => OriginErrorKind::Connect,
+                    None => OriginErrorKind::Protocol,
+                };
+                failed(kind, Answered::before(&e))
+            }
             Ok(Ok(mut res)) => {
                 Answered::mark(res.extensions());
                 strip_hop_by_hop(res.headers_mut());

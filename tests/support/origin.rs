@@ -1,5 +1,5 @@
-//! The test origin: a real HTTP/1.1 server on `127.0.0.1:0` that records
-//! what it gets, can hold its answers until released, and re-raises a
+//! The test origin: a real HTTP/1.1 server on `127.0.0.1:0` (or HTTPS,
+//! HTTP/1.1 and HTTP/2 by ALPN) that records what it gets, can hold its answers until released, and re-raises a
 //! panic of the test's handler instead of swallowing it.
 
 use std::any::Any;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -27,6 +27,7 @@ pub struct Seen {
     pub method: Method,
     /// Path and query.
     pub target: String,
+    pub version: Version,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -68,6 +69,8 @@ struct State {
     handler: Box<Handler>,
     /// Bumped by [`Origin::kill`]: every open connection closes at once.
     killed: tokio::sync::watch::Sender<u64>,
+    /// Connections accepted (over TLS: handshakes completed).
+    connections: AtomicUsize,
     /// The first panic of `handler`: the connection it served is closed
     /// (as a panicking task would), and the test fails with it at
     /// [`Origin::join`] or when the origin is dropped.
@@ -77,6 +80,10 @@ struct State {
 /// A real HTTP/1.1 origin on a free loopback port that records what it gets.
 pub struct Origin {
     pub addr: SocketAddr,
+    /// Over TLS: `https://` URLs.
+    tls: bool,
+    /// Kept to serve TLS again after [`Origin::revive`].
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<State>,
     task: Option<JoinHandle<()>>,
 }
@@ -90,6 +97,22 @@ impl Drop for InFlight<'_> {
 
 impl Origin {
     pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Origin {
+        Origin::serve(None, handler).await
+    }
+
+    /// An HTTPS origin with this TLS (see `tls::origin_tls`): HTTP/2 when
+    /// ALPN picks it, HTTP/1.1 otherwise.
+    pub async fn start_tls(
+        tls: Arc<rustls::ServerConfig>,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Origin {
+        Origin::serve(Some(tokio_rustls::TlsAcceptor::from(tls)), handler).await
+    }
+
+    async fn serve(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Origin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State {
@@ -101,11 +124,15 @@ impl Origin {
             delay_ms: AtomicUsize::new(0),
             handler: Box::new(handler),
             killed: tokio::sync::watch::Sender::new(0),
+            connections: AtomicUsize::new(0),
             panicked: Mutex::new(None),
         });
-        let task = tokio::spawn(accept(listener, state.clone()));
+        let over_tls = tls.is_some();
+        let task = tokio::spawn(accept(listener, state.clone(), tls.clone()));
         Origin {
             addr,
+            tls: over_tls,
+            acceptor: tls,
             state,
             task: Some(task),
         }
@@ -125,7 +152,11 @@ impl Origin {
         let listener = TcpListener::bind(self.addr)
             .await
             .expect("the killed origin's port is free again");
-        self.task = Some(tokio::spawn(accept(listener, self.state.clone())));
+        self.task = Some(tokio::spawn(accept(
+            listener,
+            self.state.clone(),
+            self.acceptor.clone(),
+        )));
     }
 
     /// An origin answering every request with the same 200 and headers.
@@ -153,7 +184,13 @@ impl Origin {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Connections it accepted (over TLS: handshakes that succeeded).
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// Requests received for a target (path and query).
@@ -243,24 +280,43 @@ impl Drop for Origin {
     }
 }
 
-/// Serves every connection `listener` accepts, each until it closes or the
-/// origin is killed.
-async fn accept(listener: TcpListener, shared: Arc<State>) {
+/// Serves every connection `listener` accepts (over TLS with `tls`: HTTP/2
+/// when ALPN picks it), each until it closes or the origin is killed.
+async fn accept(listener: TcpListener, shared: Arc<State>, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let state = shared.clone();
+        let tls = tls.clone();
         let mut killed = shared.killed.subscribe();
         tokio::spawn(async move {
+            let counted = state.clone();
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let state = state.clone();
                 async move { answer(&state, req).await }
             });
-            let serving = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+            let serving = async move {
+                let Some(tls) = tls else {
+                    counted.connections.fetch_add(1, Ordering::SeqCst);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    return;
+                };
+                // A refused handshake (the test's point, often) ends here.
+                let Ok(stream) = tls.accept(stream).await else {
+                    return;
+                };
+                counted.connections.fetch_add(1, Ordering::SeqCst);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            };
             tokio::select! {
-                _ = serving => {}
+                () = serving => {}
                 _ = killed.changed() => {}
             }
         });
@@ -283,6 +339,7 @@ async fn answer(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let seen = Seen {
+        version: parts.version,
         method: parts.method,
         target: parts
             .uri
