@@ -351,6 +351,24 @@ fn site_toml(name: &str, origin: &str, keys: &str) -> String {
 }
 
 #[tokio::test]
+async fn check_reports_a_backend_that_is_not_http_with_its_index() {
+    let text = "[server]\nlisten = \"127.0.0.1:0\"\n[[site]]\nname = \"portal\"\nhosts = [\"*\"]\n\
+                origin = [\"https://10.1.0.11\", \"ftp://10.1.0.12\"]\n";
+    let (_dir, file) = config_file(text);
+    let out = digue(&["check", "--config", &file.to_string_lossy()]).await;
+    assert!(!out.status.success(), "the check fails");
+    let err = stderr(&out);
+    assert!(
+        err.contains("site[0].origin[1]") && err.contains("ftp://10.1.0.12"),
+        "the second backend is named:\n{err}"
+    );
+    assert!(
+        !err.contains("site[0].origin[0]"),
+        "the first is fine:\n{err}"
+    );
+}
+
+#[tokio::test]
 async fn check_reports_tls_keys_on_an_http_origin_and_a_client_certificate_without_its_key() {
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n{}{}",
