@@ -16,11 +16,13 @@
 //!
 //! - `errors`: key-path errors and their collector.
 //! - `server`, `cache`, `site`, `admission`, `cluster`: one file per section;
-//!   `backends`: a site's balancing keys (affinity, health).
+//!   `backends`: a site's balancing keys (affinity, health); `autopilot`:
+//!   its targets and bounds.
 //! - `live`: the live settings, their patches and their ranges.
 //! - `restart`: the read-once keys and how a reload finds them changed.
 
 mod admission;
+mod autopilot;
 mod backends;
 mod cache;
 mod cidr;
@@ -38,6 +40,10 @@ use serde::Deserialize;
 pub use admission::{
     AdmissionConfig, AdmissionStart, DEFAULT_CLAIM_WINDOW, DEFAULT_SESSION_DURATION,
     DEFAULT_TICKETS_PER_NETWORK_PER_MINUTE, MIN_CLAIM_WINDOW,
+};
+pub use autopilot::{
+    AutopilotConfig, AutopilotPatch, DEFAULT_AUTOPILOT_INTERVAL, DEFAULT_AUTOPILOT_RATE_INTERVAL,
+    DEFAULT_MAX_ERROR_RATE, DEFAULT_MIN_ORIGIN_CONCURRENCY, DEFAULT_TARGET_LATENCY,
 };
 pub use backends::{
     Affinity, BalanceConfig, DEFAULT_EJECT_AFTER, DEFAULT_EJECT_FOR, HealthCheck, MAX_EJECT_FOR,

@@ -14,6 +14,7 @@ use rustls_pki_types::ServerName;
 use serde::Deserialize;
 
 use super::admission::{AdmissionConfig, RawAdmission};
+use super::autopilot::{AutopilotConfig, RawAutopilot};
 use super::backends::{Affinity, BalanceConfig, RawBalance, RawHealthCheck};
 use super::cache::{RawSiteCache, SiteCacheConfig};
 use super::errors::Errors;
@@ -33,6 +34,8 @@ pub struct SiteConfig {
     pub origin: OriginConfig,
     /// How requests are spread over several backends.
     pub balance: BalanceConfig,
+    /// Finding the pace the portal can take (off unless enabled).
+    pub autopilot: AutopilotConfig,
     /// The live settings as the file sets them; the running values are the
     /// site's own (`Site::live`), which the admin API and the cluster change.
     pub live: LiveSettings,
@@ -135,6 +138,7 @@ pub(super) struct RawSite {
     #[serde(default)]
     cache: RawSiteCache,
     admission: Option<RawAdmission>,
+    autopilot: Option<RawAutopilot>,
     affinity: Option<Affinity>,
     eject_after: Option<u32>,
     eject_for: Option<String>,
@@ -243,6 +247,12 @@ impl RawSite {
         for problem in live.problems() {
             errors.push(format!("{at}.{}", problem.key), problem.message);
         }
+        let autopilot = self.autopilot.unwrap_or_default().validate(
+            &format!("{at}.autopilot"),
+            live.admission.map(|a| a.new_users_per_minute),
+            live.origin_concurrency,
+            errors,
+        );
         let tls = RawOriginTls {
             name: self.origin_tls_name,
             ca_file: self.origin_ca_file,
@@ -282,6 +292,7 @@ impl RawSite {
             hosts,
             origin,
             balance,
+            autopilot,
             live,
             admission,
             session_cookies,

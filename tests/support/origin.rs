@@ -66,6 +66,12 @@ struct State {
     release: Notify,
     /// Artificial latency before each answer, in milliseconds.
     delay_ms: AtomicUsize,
+    /// A portal's capacity, when set: requests in flight it serves at
+    /// `base_ms`; beyond, each is slower in proportion; past twice it, it
+    /// answers 503 at once (see [`Origin::set_capacity`]).
+    capacity: AtomicUsize,
+    base_ms: AtomicUsize,
+    overloaded: AtomicUsize,
     handler: Box<Handler>,
     /// Bumped by [`Origin::kill`]: every open connection closes at once.
     killed: tokio::sync::watch::Sender<u64>,
@@ -122,6 +128,9 @@ impl Origin {
             held: AtomicBool::new(false),
             release: Notify::new(),
             delay_ms: AtomicUsize::new(0),
+            capacity: AtomicUsize::new(0),
+            base_ms: AtomicUsize::new(0),
+            overloaded: AtomicUsize::new(0),
             handler: Box::new(handler),
             killed: tokio::sync::watch::Sender::new(0),
             connections: AtomicUsize::new(0),
@@ -234,6 +243,21 @@ impl Origin {
         self.state.delay_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// Behaves like a portal of this capacity: up to `capacity` requests in
+    /// flight are answered after `base`; with more, each takes
+    /// `base × in flight / capacity`; past twice the capacity, `503` at
+    /// once. 0 turns it off.
+    pub fn set_capacity(&self, capacity: usize, base: Duration) {
+        let ms = usize::try_from(base.as_millis()).unwrap_or(usize::MAX);
+        self.state.base_ms.store(ms, Ordering::SeqCst);
+        self.state.capacity.store(capacity, Ordering::SeqCst);
+    }
+
+    /// Answers given as `503` for being past twice the capacity.
+    pub fn overloaded(&self) -> usize {
+        self.state.overloaded.load(Ordering::SeqCst)
+    }
+
     /// Waits (at most 10 s) until the origin has received `n` requests in all.
     pub async fn wait_for_total(&self, n: usize) {
         let what = format!("the origin receives {n} requests in all");
@@ -323,6 +347,13 @@ async fn accept(listener: TcpListener, shared: Arc<State>, tls: Option<tokio_rus
     }
 }
 
+/// A portal past its capacity.
+fn reply_503() -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from_static(b"surcharge")));
+    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    res
+}
+
 /// The page [`Origin::portal`] serves for a target.
 pub fn page(target: &str) -> String {
     format!("page {target}")
@@ -362,6 +393,16 @@ async fn answer(
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+    }
+    let capacity = state.capacity.load(Ordering::SeqCst);
+    if capacity > 0 {
+        if now > 2 * capacity {
+            state.overloaded.fetch_add(1, Ordering::SeqCst);
+            return Ok(reply_503());
+        }
+        let base = state.base_ms.load(Ordering::SeqCst) as u64;
+        let slowed = base * (now.max(capacity) as u64) / capacity as u64;
+        tokio::time::sleep(Duration::from_millis(slowed)).await;
     }
     let replied = std::panic::catch_unwind(AssertUnwindSafe(|| (state.handler)(&seen)));
     match replied {
