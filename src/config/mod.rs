@@ -16,7 +16,8 @@
 //!
 //! - `errors`: key-path errors and their collector.
 //! - `server`, `cache`, `site`, `admission`, `cluster`: one file per section;
-//!   `backends`: a site's balancing keys (affinity, health).
+//!   `backends`: a site's balancing keys (affinity, health); `tunnels`: its
+//!   WebSocket and `Upgrade` keys.
 //! - `live`: the live settings, their patches and their ranges.
 //! - `restart`: the read-once keys and how a reload finds them changed.
 
@@ -30,6 +31,7 @@ mod live;
 mod restart;
 mod server;
 mod site;
+mod tunnels;
 
 use std::path::Path;
 
@@ -65,6 +67,7 @@ pub use site::{
     DEFAULT_ORIGIN_CONCURRENCY, DEFAULT_ORIGIN_CONNECT_TIMEOUT, DEFAULT_ORIGIN_QUEUE_TIMEOUT,
     DEFAULT_ORIGIN_TIMEOUT, DEFAULT_SESSION_COOKIES, HostPattern, OriginConfig, SiteConfig,
 };
+pub use tunnels::{DEFAULT_MAX_WEBSOCKETS, DEFAULT_WEBSOCKET_IDLE_TIMEOUT, TunnelConfig};
 
 use errors::{Errors, single};
 
