@@ -2,7 +2,8 @@
 //! ([`call_origin`]): a slot from the origin guard, the request sent on a
 //! pooled connection ([`upstream`]) with its headers made safe
 //! ([`headers`]), one second try where it is safe, and the origin's health
-//! counted for every caller.
+//! counted for every caller. A tunnel's upgrade request goes the same way
+//! ([`tunnel`]).
 
 mod backend;
 mod backends;
@@ -11,6 +12,7 @@ mod connection;
 mod headers;
 mod health;
 mod probe;
+pub mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;
