@@ -23,6 +23,10 @@
 //! - [`guard`]: the origin concurrency cap and its queue deadline.
 //! - [`body`]: the response body type, and reading origin bodies with a limit.
 //! - [`pages`]: the waiting room, busy and error pages, French first, JSON on request.
+//! - [`tunnel`]: WebSocket and other `Upgrade` tunnels, the client's side:
+//!   what asks to switch, the `max_websockets` cap, the copy both ways
+//!   with its idle timeout and shutdown grace (the origin's side is
+//!   `origin::tunnel`).
 //!
 //! What the path stands on:
 //! - [`config`]: the TOML file, raw layer → validated [`config::Config`],
@@ -73,6 +77,7 @@ pub mod site;
 pub mod surge;
 pub mod target;
 pub mod tls;
+pub mod tunnel;
 
 use std::io;
 use std::net::SocketAddr;

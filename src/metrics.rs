@@ -31,6 +31,8 @@ pub struct Metrics {
     origin_errors: IntCounterVec,
     origin_retries: IntCounterVec,
     affinity_moved: IntCounterVec,
+    websockets_open: IntGaugeVec,
+    websockets_total: IntCounterVec,
     backend_requests: IntCounterVec,
     backend_in_flight: IntGaugeVec,
     backend_seconds: HistogramVec,
@@ -250,6 +252,19 @@ impl Metrics {
                  log in again.",
                 &["site"],
             ),
+            websockets_open: gauge(
+                &r,
+                "digue_websockets_open",
+                "WebSocket (and other upgraded) tunnels open or opening, capped by the \
+                 site's max_websockets. They hold no origin slot.",
+                &["site"],
+            ),
+            websockets_total: counter(
+                &r,
+                "digue_websockets_total",
+                "Tunnels the origin accepted (answered 101) since start.",
+                &["site"],
+            ),
             backend_requests: counter(
                 &r,
                 "digue_backend_requests_total",
@@ -447,6 +462,8 @@ impl Metrics {
             origin_seconds: self.origin_seconds.with_label_values(&[site]),
             origin_retries: self.origin_retries.with_label_values(&[site]),
             affinity_moved: self.affinity_moved.with_label_values(&[site]),
+            websockets_open: self.websockets_open.with_label_values(&[site]),
+            websockets_total: self.websockets_total.with_label_values(&[site]),
         }
     }
 
@@ -506,6 +523,8 @@ pub struct SiteMetrics {
     pub origin_seconds: Histogram,
     pub origin_retries: IntCounter,
     pub affinity_moved: IntCounter,
+    pub websockets_open: IntGauge,
+    pub websockets_total: IntCounter,
 }
 
 /// Pre-resolved handles for one backend of a site.

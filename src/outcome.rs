@@ -62,6 +62,8 @@ closed_enum! {
         Rule => "rule",
         /// The key recently answered something uncacheable (hit-for-miss).
         Uncacheable => "uncacheable",
+        /// Asks to switch protocols (WebSocket): tunnelled, never stored.
+        Upgrade => "upgrade",
     }
 }
 
@@ -74,6 +76,7 @@ impl BypassReason {
             BypassReason::Range => "range",
             BypassReason::Rule => "rule",
             BypassReason::Uncacheable => "hit-for-miss",
+            BypassReason::Upgrade => "upgrade",
         }
     }
 }
@@ -88,6 +91,8 @@ closed_enum! {
         WaitersFull => "waiters_full",
         /// The fetch this request waited on did not finish within its deadline.
         WaitTimeout => "wait_timeout",
+        /// The site has max_websockets tunnels open already.
+        TunnelsFull => "tunnels_full",
     }
 }
 

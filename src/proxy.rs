@@ -1,5 +1,6 @@
-//! The request path: site by Host, cache lookup, coalesced fetch under the
-//! origin guard, stale serving, and the one place where failures become pages.
+//! The request path: site by Host, the gate, cache lookup, coalesced fetch
+//! under the origin guard, stale serving, tunnels (WebSocket) past the
+//! gate, and the one place where failures become pages.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, request};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::admission::gate::{Verdict, Visitor};
@@ -17,6 +19,7 @@ use crate::cache::key::CacheKey;
 use crate::cache::store::{Entry, Freshness, Lookup};
 use crate::cache::{policy, serve};
 use crate::config::CacheRule;
+use crate::origin::tunnel::{Opened, open as tunnel_to_origin};
 use crate::origin::{
     Answer, Asker, Downstream, UpstreamBody, call_origin, client_ip, forwarded_proto, no_body,
 };
@@ -26,6 +29,7 @@ use crate::outcome::{
 use crate::pages::{self, Page, WaitView};
 use crate::site::Site;
 use crate::target;
+use crate::tunnel::{self, Ask, Lifeline};
 use crate::{App, Snapshot};
 
 /// Times a request re-joins a key whose leader vanished or stored another
@@ -188,6 +192,19 @@ impl Ctx {
                 return res;
             }
         };
+        // Refused before the gate: nobody queues for what cannot be served.
+        let ask = tunnel::asked(&parts);
+        if let Some(ask) = &ask
+            && !self.site.config.tunnels.allows(&ask.protocol)
+        {
+            let res = self
+                .app
+                .pages
+                .load()
+                .render(Page::UpgradeRefused, &parts.headers);
+            self.site.metrics.response(res.status());
+            return res;
+        }
         let mut pass_cookies = Vec::new();
         if let Some((gate, cfg, live)) = self.site.waiting_room() {
             let trusted = &self.snapshot.config.server.trusted_proxies;
@@ -234,12 +251,17 @@ impl Ctx {
                 }
             }
         }
-        let rule = target::rule_for(
-            &self.site.config.cache.rules,
-            &reading,
-            self.site.config.case_sensitive,
-        );
-        let res = self.serve_admitted(parts, body, rule).await;
+        let res = match ask {
+            Some(ask) => self.tunnel(parts, &ask).await,
+            None => {
+                let rule = target::rule_for(
+                    &self.site.config.cache.rules,
+                    &reading,
+                    self.site.config.case_sensitive,
+                );
+                self.serve_admitted(parts, body, rule).await
+            }
+        };
         // Waiting-room answers are counted apart (digue_waiting_pages_total):
         // a 5xx alert must not fire on every well-handled surge.
         self.site.metrics.response(res.status());
@@ -453,26 +475,88 @@ impl Ctx {
         )
         .await
         {
-            Ok(Answer { head, body, slot }) => {
-                let status = CacheStatus::Forwarded {
-                    fwd,
-                    status: head.status.as_u16(),
-                    stored: false,
-                    collapsed: false,
-                };
-                self.relay(
-                    Relay {
-                        head,
-                        prefix: None,
-                        body,
-                        slot,
-                        status,
-                    },
-                    outcome,
-                )
-            }
+            Ok(answer) => self.relay_answer(answer, fwd, outcome),
             Err(failure) => self.failed(parts, None, failure, fwd),
         }
+    }
+
+    /// Relays the origin's answer to a request that did not use the cache.
+    fn relay_answer(&self, answer: Answer, fwd: Forward, outcome: Outcome) -> Response<ProxyBody> {
+        let Answer { head, body, slot } = answer;
+        let status = CacheStatus::Forwarded {
+            fwd,
+            status: head.status.as_u16(),
+            stored: false,
+            collapsed: false,
+        };
+        self.relay(
+            Relay {
+                head,
+                prefix: None,
+                body,
+                slot,
+                status,
+            },
+            outcome,
+        )
+    }
+
+    /// Tunnels a request that asks to switch protocols (and may: see
+    /// `serve`) to the origin, under the site's `max_websockets`. Once the
+    /// origin switched, the client gets its answer (101, or 200 to an
+    /// HTTP/2 extended CONNECT) and a task copies both ways; any other
+    /// answer is relayed as it came.
+    async fn tunnel(&self, mut parts: request::Parts, ask: &Ask) -> Response<ProxyBody> {
+        let m = &self.site.metrics;
+        let fwd = Forward::Bypass(BypassReason::Upgrade);
+        m.bypass(BypassReason::Upgrade);
+        let (Some(downstream), Some(lifeline)) = (
+            parts.extensions.remove::<OnUpgrade>(),
+            parts.extensions.remove::<Lifeline>(),
+        ) else {
+            // This connection cannot switch (HTTP/1.0).
+            return self
+                .app
+                .pages
+                .load()
+                .render(Page::UpgradeRefused, &parts.headers);
+        };
+        let config = &self.site.config.tunnels;
+        let Some(permit) = self.site.tunnels.admit(config.max_websockets) else {
+            let failure = Failure::Busy(BusyReason::TunnelsFull);
+            return self.failed(&parts, None, failure, fwd);
+        };
+        let route = self.site.route(self.app.clock.instant());
+        let (head, upstream) = match tunnel_to_origin(route, &parts, &ask.protocol, self.asker())
+            .await
+        {
+            Ok(Opened::Switched { head, upstream }) => (head, upstream),
+            Ok(Opened::Answered(answer)) => return self.relay_answer(answer, fwd, Outcome::Bypass),
+            Err(failure) => return self.failed(&parts, None, failure, fwd),
+        };
+        permit.opened();
+        m.request(Outcome::Bypass);
+        tunnel::splice(downstream, upstream, config.idle_timeout, lifeline, permit);
+        let mut res = Response::from_parts(head, ProxyBody::empty());
+        if ask.connect {
+            // RFC 8441 §5: the stream is the tunnel; no handshake headers.
+            *res.status_mut() = StatusCode::OK;
+            res.headers_mut().remove("sec-websocket-accept");
+        } else {
+            let headers = res.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Ok(protocol) = HeaderValue::from_str(&ask.protocol) {
+                headers.insert(header::UPGRADE, protocol);
+            }
+        }
+        let status = CacheStatus::Forwarded {
+            fwd,
+            status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+            stored: false,
+            collapsed: false,
+        };
+        status.append_to(res.headers_mut());
+        res
     }
 
     fn relay(&self, relay: Relay, outcome: Outcome) -> Response<ProxyBody> {

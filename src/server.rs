@@ -1,8 +1,11 @@
 //! The public listener: HTTP/1.1 and h2c on one port, with the limits that
 //! keep one client from hurting the others (connection cap, header size,
 //! header-read timeout, idle connections closed), and a graceful drain on
-//! shutdown.
+//! shutdown. Connections may switch protocols (WebSocket: HTTP/1.1
+//! `Upgrade`, HTTP/2 extended CONNECT); a tunnel keeps its connection's
+//! slot and is closed at the end of the drain's grace.
 
+use std::any::Any;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,19 +15,24 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Request;
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
+use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::App;
 use crate::body::{BodyError, ProxyBody};
 use crate::origin::Downstream;
 use crate::proxy;
+use crate::tunnel::Lifeline;
 
 /// Pause after a failed accept (EMFILE and friends) so a full fd table does
 /// not become a busy loop.
@@ -80,7 +88,9 @@ pub async fn serve(
         .keep_alive_interval(server.header_read_timeout * 2)
         .keep_alive_timeout(server.header_read_timeout)
         .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(H2_MAX_STREAMS);
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        // WebSocket over HTTP/2 (RFC 8441): see `tunnel`.
+        .enable_connect_protocol();
     let metrics = app.metrics.clone();
     loop {
         let slot = tokio::select! {
@@ -101,12 +111,16 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         metrics.connections_total.inc();
         metrics.connections_open.inc();
+        let held: Arc<dyn Any + Send + Sync> = Arc::new(Held {
+            _slot: slot,
+            _alive: alive.clone(),
+            open: metrics.connections_open.clone(),
+        });
         let app = app.clone();
         let builder = builder.clone();
-        let alive = alive.clone();
         let stopping = stop.clone();
+        let grace = server.shutdown_grace;
         let first_byte = server.header_read_timeout;
-        let metrics = metrics.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let from = Downstream {
@@ -116,9 +130,17 @@ pub async fn serve(
             let activity = Activity::new();
             let service = {
                 let activity = activity.clone();
-                service_fn(move |req| {
+                let held = held.clone();
+                let stopping = stopping.clone();
+                service_fn(move |mut req: Request<Incoming>| {
                     let app = app.clone();
                     let in_flight = activity.begin();
+                    // hyper marks the requests that may switch protocols;
+                    // a tunnel keeps the connection's place until it ends.
+                    if req.extensions().get::<OnUpgrade>().is_some() {
+                        let lifeline = Lifeline::new(stopping.clone(), grace, held.clone());
+                        req.extensions_mut().insert(lifeline);
+                    }
                     async move {
                         let res = proxy::handle(app, from, req).await;
                         Ok::<_, Infallible>(res.map(|body| Counted {
@@ -139,21 +161,21 @@ pub async fn serve(
                     let mut probe = [0_u8; 1];
                     let peeked = tokio::time::timeout(first_byte, stream.peek(&mut probe)).await;
                     if matches!(peeked, Ok(Ok(n)) if n > 0) {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        let io = TokioIo::new(stream);
+                        let conn = builder.serve_connection_with_upgrades(io, service);
                         drive(conn.into_owned(), &activity, idle, stopping).await;
                     }
                 }
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(first_byte, acceptor.accept(stream)).await;
                     if let Ok(Ok(stream)) = handshake {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        let io = TokioIo::new(stream);
+                        let conn = builder.serve_connection_with_upgrades(io, service);
                         drive(conn.into_owned(), &activity, idle, stopping).await;
                     }
                 }
             }
-            drop(alive);
-            metrics.connections_open.dec();
-            drop(slot);
+            drop(held);
         });
     }
     drop(listener);
@@ -164,6 +186,21 @@ pub async fn serve(
         () = tokio::time::sleep(server.shutdown_grace) => {
             tracing::warn!(grace = ?server.shutdown_grace, "shutdown grace elapsed; closing the rest");
         }
+    }
+}
+
+/// What one downstream connection holds until it ends, and its tunnels
+/// (WebSocket) with it, which outlive hyper's connection: its
+/// `max_connections` slot, its count in the drain, the open gauge.
+struct Held {
+    _slot: OwnedSemaphorePermit,
+    _alive: mpsc::Sender<()>,
+    open: IntGauge,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.open.dec();
     }
 }
 

@@ -3,7 +3,7 @@
 //! its running live settings.
 //!
 //! A reload builds new `Site`s, but what holds live state — each backend's
-//! slots and health, the line, metric handles, the origin's connection
+//! slots and health, the line, metric handles, the count of open tunnels, the origin's connection
 //! pools while [`OriginConfig`](crate::config::OriginConfig) is unchanged —
 //! is carried over from the old one by name. A live change (admin API,
 //! cluster) builds nothing: it goes through [`Site::set_live`].
@@ -20,6 +20,7 @@ use crate::config::{AdmissionConfig, AdmissionSettings, LiveError, LiveSettings,
 use crate::metrics::{Metrics, SiteMetrics};
 use crate::origin::{Origin, Prober, Route};
 use crate::target::Gates;
+use crate::tunnel::Tunnels;
 
 pub struct Site {
     /// What the file says; its `live` part is only the starting point.
@@ -32,6 +33,8 @@ pub struct Site {
     pub gate: Option<Arc<Gate>>,
     /// Its entry points, compiled (none without a waiting room).
     pub gates: Gates,
+    /// Its open WebSocket tunnels, under `max_websockets`.
+    pub tunnels: Arc<Tunnels>,
     /// The running live settings: the file's at build, then what the admin
     /// API or the cluster set. Read on every gated request (one atomic
     /// load); written only by `set_live`, under `App::changing`.
@@ -56,6 +59,7 @@ impl Site {
         let site = Site {
             prober: prober(&origin, &config),
             origin,
+            tunnels: Tunnels::new(&metrics),
             metrics,
             gate,
             gates: gates(&config),
@@ -108,6 +112,7 @@ impl Site {
             metrics: self.metrics.clone(),
             gate,
             gates: gates(&config),
+            tunnels: self.tunnels.clone(),
             live: ArcSwap::from_pointee(config.live),
             config,
         };

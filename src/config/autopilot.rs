@@ -99,7 +99,9 @@ impl RawAutopilot {
                 DEFAULT_TARGET_LATENCY,
             ),
             max_error_rate: self.max_error_rate.unwrap_or(DEFAULT_MAX_ERROR_RATE),
-            min_new_users_per_minute: self.min_new_users_per_minute.unwrap_or((rate / 20).max(1)),
+            min_new_users_per_minute: self
+                .min_new_users_per_minute
+                .unwrap_or((rate / 20).max(1).min(rate)),
             max_new_users_per_minute: self.max_new_users_per_minute.unwrap_or(rate),
             min_origin_concurrency: self
                 .min_origin_concurrency

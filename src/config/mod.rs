@@ -17,7 +17,7 @@
 //! - `errors`: key-path errors and their collector.
 //! - `server`, `cache`, `site`, `admission`, `cluster`: one file per section;
 //!   `backends`: a site's balancing keys (affinity, health); `autopilot`:
-//!   its targets and bounds.
+//!   its targets and bounds; `tunnels`: its WebSocket and `Upgrade` keys.
 //! - `live`: the live settings, their patches and their ranges.
 //! - `restart`: the read-once keys and how a reload finds them changed.
 
@@ -32,6 +32,7 @@ mod live;
 mod restart;
 mod server;
 mod site;
+mod tunnels;
 
 use std::path::Path;
 
@@ -72,6 +73,7 @@ pub use site::{
     DEFAULT_ORIGIN_QUEUE_TIMEOUT, DEFAULT_ORIGIN_TIMEOUT, DEFAULT_SESSION_COOKIES, HostPattern,
     OriginConfig, OriginTls, SiteConfig,
 };
+pub use tunnels::{DEFAULT_MAX_WEBSOCKETS, DEFAULT_WEBSOCKET_IDLE_TIMEOUT, TunnelConfig};
 
 use errors::{Errors, single};
 

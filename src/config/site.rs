@@ -19,6 +19,7 @@ use super::backends::{Affinity, BalanceConfig, RawBalance, RawHealthCheck};
 use super::cache::{RawSiteCache, SiteCacheConfig};
 use super::errors::Errors;
 use super::live::LiveSettings;
+use super::tunnels::{RawTunnels, TunnelConfig};
 
 pub const DEFAULT_ORIGIN_CONCURRENCY: usize = 64;
 pub const DEFAULT_ORIGIN_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,6 +53,8 @@ pub struct SiteConfig {
     /// The waiting room; its pace and mode are in `live.admission`, which
     /// is set exactly when this is.
     pub admission: Option<AdmissionConfig>,
+    /// WebSocket and other upgraded connections.
+    pub tunnels: TunnelConfig,
 }
 
 /// How to reach the origin: what its client and connection pool are built
@@ -143,6 +146,9 @@ pub(super) struct RawSite {
     eject_after: Option<u32>,
     eject_for: Option<String>,
     health_check: Option<RawHealthCheck>,
+    max_websockets: Option<u64>,
+    websocket_idle_timeout: Option<String>,
+    allow_upgrades: Option<Vec<String>>,
 }
 
 /// `origin = "http://…"` or `origin = ["http://…", "http://…"]`.
@@ -197,6 +203,12 @@ impl RawSite {
             eject_after: self.eject_after,
             eject_for: self.eject_for,
             health_check: self.health_check,
+        }
+        .validate(at, errors);
+        let tunnels = RawTunnels {
+            max_websockets: self.max_websockets,
+            websocket_idle_timeout: self.websocket_idle_timeout,
+            allow_upgrades: self.allow_upgrades,
         }
         .validate(at, errors);
         let origin_host = self
@@ -295,6 +307,7 @@ impl RawSite {
             autopilot,
             live,
             admission,
+            tunnels,
             session_cookies,
             case_sensitive: self.case_sensitive,
         }

@@ -16,6 +16,16 @@ fn errors_of(text: &str) -> Vec<String> {
     }
 }
 
+/// Fails unless each of `expected` starts one of `errs`.
+fn assert_reported(errs: &[String], expected: &[&str]) {
+    for expected in expected {
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "missing {expected:?} in {errs:#?}"
+        );
+    }
+}
+
 #[test]
 fn minimal_config_gets_documented_defaults() {
     let c = Config::parse(MINIMAL).expect("minimal config is valid");
@@ -54,20 +64,17 @@ fn every_problem_is_reported_with_its_key_path() {
         ttl = "1 hour please"
         typo = 1
     "#;
-    let errs = errors_of(text);
-    for expected in [
-        "server.listen: \"nowhere\" is not an address",
-        "server.colour: unknown key",
-        "cache.max_size: \"lots\" is not a size",
-        "site[0].cache.rule[1].prefix: \"static\" must start with '/'",
-        "site[0].cache.rule[1].ttl: \"1 hour please\" is not a duration",
-        "site[0].cache.rule[1].typo: unknown key",
-    ] {
-        assert!(
-            errs.iter().any(|e| e.starts_with(expected)),
-            "missing {expected:?} in {errs:#?}"
-        );
-    }
+    assert_reported(
+        &errors_of(text),
+        &[
+            "server.listen: \"nowhere\" is not an address",
+            "server.colour: unknown key",
+            "cache.max_size: \"lots\" is not a size",
+            "site[0].cache.rule[1].prefix: \"static\" must start with '/'",
+            "site[0].cache.rule[1].ttl: \"1 hour please\" is not a duration",
+            "site[0].cache.rule[1].typo: unknown key",
+        ],
+    );
 }
 
 #[test]
@@ -456,5 +463,33 @@ fn a_list_of_backends_is_checked_one_by_one_with_its_index() {
             .iter()
             .any(|e| e.starts_with("site[0].origin")),
         "an empty list is refused"
+    );
+}
+
+#[test]
+fn tunnel_keys_have_defaults_and_their_errors_name_their_keys() {
+    let c = Config::parse(MINIMAL).expect("minimal config is valid");
+    let tunnels = &c.sites[0].tunnels;
+    assert_eq!(tunnels.max_websockets, DEFAULT_MAX_WEBSOCKETS);
+    assert_eq!(tunnels.idle_timeout, DEFAULT_WEBSOCKET_IDLE_TIMEOUT);
+    assert!(tunnels.allows("WebSocket"), "websocket is always tunnelled");
+    assert!(!tunnels.allows("mqtt"), "nothing else unless listed");
+
+    let allowed = Config::parse(&format!("{MINIMAL}allow_upgrades = [\"MQTT\"]\n"))
+        .expect("a listed protocol is valid");
+    assert!(allowed.sites[0].tunnels.allows("mqtt"));
+
+    let errs = errors_of(&format!(
+        "{MINIMAL}max_websockets = 0\nwebsocket_idle_timeout = \"1ms\"\n\
+         allow_upgrades = [\"h2c\", \"a b\"]\n"
+    ));
+    assert_reported(
+        &errs,
+        &[
+            "site[0].max_websockets: must be at least 1",
+            "site[0].websocket_idle_timeout: must be at least 100ms",
+            "site[0].allow_upgrades[0]: \"h2c\" cannot be tunnelled",
+            "site[0].allow_upgrades[1]: \"a b\" is not a protocol name",
+        ],
     );
 }

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request;
 
+use super::tunnel::UpgradeTo;
 use super::{Asker, Downstream};
 use crate::config::Cidr;
 
@@ -54,7 +55,8 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// The headers the origin gets for a request with `parts`' headers:
 /// hop-by-hop headers, `_` names and digue's own cookies gone, cookies on
 /// one line, `Host` set to `host`, and `X-Forwarded-*` from the real
-/// connection.
+/// connection. A tunnel's request ([`UpgradeTo`]) keeps its `Upgrade`,
+/// named by a `Connection` of digue's own.
 pub(super) fn toward_origin(
     parts: &request::Parts,
     asker: Asker<'_>,
@@ -62,6 +64,10 @@ pub(super) fn toward_origin(
 ) -> HeaderMap {
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
+    if let Some(UpgradeTo(protocol)) = parts.extensions.get::<UpgradeTo>() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
     drop_underscored(&mut headers);
     crate::admission::cookies::strip(&mut headers);
     join_cookies(&mut headers);

@@ -2,7 +2,8 @@
 //! ([`call_origin`]): a slot from the origin guard, the request sent on a
 //! pooled connection ([`upstream`], over TLS to an `https://` origin:
 //! [`tls`]) with its headers made safe ([`headers`]), one second try where
-//! it is safe, and the origin's health counted for every caller.
+//! it is safe, and the origin's health counted for every caller. A
+//! tunnel's upgrade request goes the same way ([`tunnel`]).
 
 mod backend;
 mod backends;
@@ -12,6 +13,7 @@ mod headers;
 mod health;
 mod probe;
 pub mod tls;
+pub mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;

@@ -43,6 +43,10 @@ pub enum Page {
     UnknownHost,
     /// The request could not be understood: 400.
     BadRequest,
+    /// An `Upgrade` to a protocol the site does not tunnel (only
+    /// `websocket` and its `allow_upgrades`): 400, the client's request
+    /// being what cannot be served, not a failure of digue's.
+    UpgradeRefused,
 }
 
 impl Page {
@@ -52,7 +56,7 @@ impl Page {
             Page::OriginDown => StatusCode::BAD_GATEWAY,
             Page::OriginTimeout => StatusCode::GATEWAY_TIMEOUT,
             Page::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
-            Page::BadRequest => StatusCode::BAD_REQUEST,
+            Page::BadRequest | Page::UpgradeRefused => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -63,6 +67,7 @@ impl Page {
             Page::OriginDown | Page::OriginTimeout => "unavailable",
             Page::UnknownHost => "unknown_host",
             Page::BadRequest => "bad_request",
+            Page::UpgradeRefused => "upgrade_refused",
         }
     }
 
@@ -71,7 +76,7 @@ impl Page {
         match self {
             Page::Busy => Some(5),
             Page::OriginDown | Page::OriginTimeout => Some(10),
-            Page::UnknownHost | Page::BadRequest => None,
+            Page::UnknownHost | Page::BadRequest | Page::UpgradeRefused => None,
         }
     }
 }
