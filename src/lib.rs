@@ -16,11 +16,15 @@
 //! - [`cache`]: RFC 9111 decisions ([`cache::policy`]), keys and `Vary`
 //!   ([`cache::key`]), the bounded store ([`cache::store`]), one fetch per cold
 //!   key ([`cache::coalesce`]), the leader's fetch that fills it ([`cache::fill`]).
-//! - [`origin`]: the one call to the origin (guard slot, timeout, latency and
-//!   error metrics), the upstream client by kind of connection, TLS toward
+//! - [`origin`]: the one call to the origin (a slot on a backend, timeout,
+//!   one safe retry, latency and error metrics); a site's backends with
+//!   their balancing, session affinity, passive and active health
+//!   (`backends`, `backend`, `balance`, `health`, `probe`); the pool per
+//!   backend by kind of connection (`upstream`, `connection`), TLS toward
 //!   an `https://` origin ([`origin::tls`]: roots, client certificate,
-//!   preflight), header hygiene.
-//! - [`guard`]: the origin concurrency cap and its queue deadline.
+//!   preflight), header hygiene (`headers`), a tunnel's upgrade request
+//!   ([`origin::tunnel`]).
+//! - [`guard`]: a backend's concurrency cap and its queue deadline.
 //! - [`body`]: the response body type, and reading origin bodies with a limit.
 //! - [`pages`]: the waiting room, busy and error pages, French first, JSON on request.
 //! - [`tunnel`]: WebSocket and other `Upgrade` tunnels, the client's side:
