@@ -1385,3 +1385,46 @@ async fn when_one_shard_of_a_redis_cluster_dies_only_its_sites_fail_static_until
         dead_answers.len()
     );
 }
+
+#[tokio::test]
+async fn a_backend_drained_on_one_node_is_drained_on_the_others_and_on_nodes_started_later() {
+    let cluster = Cluster::start(Origin::portal().await).await;
+    let a = cluster.node("a").start().await;
+    let b = cluster.node("b").start().await;
+    for node in [&a, &b] {
+        wait_readyz(node, REACHABLE, SETTLE).await;
+    }
+    let backend = cluster.origin.url();
+    let drained = a
+        .admin_call(
+            Method::PATCH,
+            "/admin/sites/portal/backends",
+            &format!(r#"{{"backend": "{backend}", "state": "drain"}}"#),
+        )
+        .await;
+    assert_eq!(drained.status, 200, "{}", drained.text());
+    let state = async |node: &Proxy| {
+        let got = node.admin_call(Method::GET, "/admin/sites", "").await;
+        got.json()["sites"][0]["origin"]["backends"][0]["state"].clone()
+    };
+    wait_for(
+        "B shows the backend draining",
+        Duration::from_secs(2),
+        async || {
+            let s = state(&b).await;
+            if s == "drain" { Ok(()) } else { Err(s) }
+        },
+    )
+    .await;
+    let late = cluster.node("late").start().await;
+    wait_readyz(&late, REACHABLE, SETTLE).await;
+    wait_for(
+        "a node started later picks the drain up from Redis",
+        Duration::from_secs(2),
+        async || {
+            let s = state(&late).await;
+            if s == "drain" { Ok(()) } else { Err(s) }
+        },
+    )
+    .await;
+}
