@@ -51,6 +51,10 @@
 //! Around it:
 //! - [`reload`]: changes at run time: a reload of the file (validate,
 //!   preflight, swap) and live settings (one site's cell).
+//! - [`autopilot`]: the pace the portal can take, found live: each backend's
+//!   origin concurrency limit (fast loop, latency gradient) and the site's
+//!   admission rate (slow loop, AIMD), with their decisions in words. Pure:
+//!   time and observations come in as arguments.
 //! - [`cluster`]: several nodes, one line: the Redis link ([`cluster`]'s
 //!   `link`), and the loops that apply what the other nodes say (`sync`).
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/*`.
@@ -61,6 +65,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod autopilot;
 pub mod body;
 pub mod cache;
 pub mod clock;

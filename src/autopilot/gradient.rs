@@ -1,0 +1,760 @@
+//! The fast loop: one backend's origin concurrency limit, in the spirit of
+//! Envoy's adaptive concurrency filter and Netflix's Gradient2.
+//!
+//! Every window (~1 s) the limit follows the ratio of the backend's latency
+//! at low load (`minRTT`, plus a buffer) to its current median latency:
+//! `limit = limit × gradient + √limit`, the gradient clamped to [0.5, 1],
+//! half of the move taken, the result within the operator's bounds. Against
+//! an origin whose latency grows with its load past a capacity C, it
+//! settles where `limit = C × (1 + buffer) + √limit` (27 for C = 20, 64 for
+//! C = 50): the √limit headroom keeps a small queue at the origin, so a
+//! rise in capacity shows up as a latency that does not rise.
+//!
+//! `minRTT` is re-measured every ~30 s (with jitter, so backends and nodes
+//! do not all dip at once) by holding the limit at its floor for one
+//! decision: a slower database moves the origin's baseline, and a stale
+//! `minRTT` would read it as overload forever.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::decisions::{Decision, Direction, Loop};
+use super::window::{LatencySnapshot, WindowStats};
+use super::words::{self, Lang};
+use crate::closed_enum::closed_enum;
+
+/// A decision is taken on at least this many samples: a median of fewer is
+/// noise. Windows are gathered until there are enough...
+pub const MIN_SAMPLES: u64 = 10;
+/// ...for at most this many windows: fewer samples by then means an idle
+/// backend, with nothing to learn from (the samples are dropped). So a
+/// backend at its floor `f` is still read if its latency is under `f` s.
+pub const MAX_GATHER_WINDOWS: u32 = 10;
+/// Latency up to 10 % above `minRTT` still reads as unloaded: the median of
+/// a window and the histogram (12.5 % buckets) are noisy by about that.
+const RTT_BUFFER: f64 = 0.1;
+/// A decision at most halves the limit, as in Envoy and Gradient2.
+const MIN_GRADIENT: f64 = 0.5;
+/// Share of the way to the new limit taken per decision: damps noisy
+/// medians; an error cut is not smoothed.
+const SMOOTHING: f64 = 0.5;
+/// More than 10 % of failures halves the limit at once, whatever the
+/// median says: an origin that fails fast (a 503 from its own limiter)
+/// barely moves the median. A stray 500 does not reach it.
+const ERROR_SHARE_CUT: f64 = 0.1;
+/// `minRTT` is re-measured this often...
+const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...give or take this share, drawn from the controller's seed.
+const PROBE_JITTER: f64 = 0.15;
+/// The window cannot tell latencies under ~1 ms apart.
+const RESOLUTION: Duration = Duration::from_millis(1);
+
+closed_enum! {
+    /// Why the limit moved, or did not (the `reason` label).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum LimitReason {
+        /// The gradient: latency against `minRTT`.
+        Latency => "latency",
+        /// Over 10 % of the window's requests failed.
+        Errors => "errors",
+        /// Held at the floor to measure `minRTT`.
+        Probe => "probe",
+        /// `minRTT` measured, the limit given back.
+        MinRtt => "min_rtt",
+        /// Not enough samples yet.
+        FewSamples => "few_samples",
+        /// It would have moved, but it is at a bound.
+        Bounds => "bounds",
+    }
+}
+
+/// The operator's bounds for one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConcurrencyConfig {
+    /// The floor (at least 1: a backend is never shut).
+    pub min_limit: usize,
+    /// The ceiling: the configured `origin_concurrency`.
+    pub max_limit: usize,
+}
+
+impl ConcurrencyConfig {
+    /// At least 1, and the floor under the ceiling.
+    fn normalized(self) -> ConcurrencyConfig {
+        let max_limit = self.max_limit.max(1);
+        ConcurrencyConfig {
+            min_limit: self.min_limit.clamp(1, max_limit),
+            max_limit,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Steady,
+    /// At the floor to measure `minRTT`; `restore` is the limit before.
+    Probing {
+        restore: f64,
+    },
+}
+
+/// One backend's limit. Not shared: the loop that owns it calls
+/// [`ConcurrencyController::on_window`] and applies the limit to the guard.
+#[derive(Debug, Clone)]
+pub struct ConcurrencyController {
+    config: ConcurrencyConfig,
+    /// Fractional, so that small moves add up.
+    limit: f64,
+    /// The median latency when last measured at the floor.
+    min_rtt: Option<Duration>,
+    phase: Phase,
+    /// When to measure `minRTT` next; `None` before the first measure.
+    next_probe: Option<Instant>,
+    /// Windows gathered until [`MIN_SAMPLES`].
+    gathered: LatencySnapshot,
+    gathered_windows: u32,
+    /// Draws the probe jitter.
+    rng: SplitMix64,
+}
+
+/// One decision of the concurrency loop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitDecision {
+    pub old: usize,
+    pub new: usize,
+    pub direction: Direction,
+    pub reason: LimitReason,
+    /// The window(s) it was decided on.
+    pub stats: WindowStats,
+    /// `minRTT` after the decision.
+    pub min_rtt: Option<Duration>,
+    /// The ceiling, to say which bound was hit.
+    pub ceiling: usize,
+}
+
+impl ConcurrencyController {
+    /// Starts at the ceiling (the configured `origin_concurrency`, today's
+    /// behaviour) and measures `minRTT` at the first window with traffic.
+    /// `seed` draws the probe jitter: give each backend and node its own.
+    pub fn new(config: ConcurrencyConfig, seed: u64) -> ConcurrencyController {
+        let config = config.normalized();
+        ConcurrencyController {
+            config,
+            limit: config.max_limit as f64,
+            min_rtt: None,
+            phase: Phase::Steady,
+            next_probe: None,
+            gathered: LatencySnapshot::default(),
+            gathered_windows: 0,
+            rng: SplitMix64(seed),
+        }
+    }
+
+    /// The limit to apply to the backend's guard.
+    pub fn limit(&self) -> usize {
+        self.limit.round() as usize
+    }
+
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
+    pub fn is_probing(&self) -> bool {
+        matches!(self.phase, Phase::Probing { .. })
+    }
+
+    /// Pinned at its floor, not for a probe (nor because the floor is the
+    /// ceiling): the admission loop's signal that the origin is collapsing.
+    pub fn at_floor(&self) -> bool {
+        let ConcurrencyConfig {
+            min_limit,
+            max_limit,
+        } = self.config;
+        !self.is_probing() && min_limit < max_limit && self.limit() <= min_limit
+    }
+
+    /// Moves the limit (a restart resuming its last value, an operator's
+    /// PATCH); it goes on from there, within the bounds.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.set_within_bounds(limit as f64);
+    }
+
+    fn set_within_bounds(&mut self, limit: f64) {
+        let ConcurrencyConfig {
+            min_limit,
+            max_limit,
+        } = self.config;
+        self.limit = limit.clamp(min_limit as f64, max_limit as f64);
+    }
+
+    /// New bounds, live: the limit is brought within them.
+    pub fn set_config(&mut self, config: ConcurrencyConfig) {
+        self.config = config.normalized();
+        self.set_limit(self.limit());
+    }
+
+    /// One window of the backend's latencies has ended (`now`): the limit
+    /// for the next one.
+    pub fn on_window(&mut self, window: &LatencySnapshot, now: Instant) -> LimitDecision {
+        let old = self.limit();
+        self.gathered.merge(window);
+        self.gathered_windows += 1;
+        if self.gathered.samples() < MIN_SAMPLES {
+            let stats = self.gathered.stats();
+            if self.gathered_windows >= MAX_GATHER_WINDOWS {
+                self.forget_gathered();
+            }
+            return self.decision(old, LimitReason::FewSamples, stats);
+        }
+        let stats = self.gathered.stats();
+        self.forget_gathered();
+        let (wanted, reason) = match self.phase {
+            Phase::Probing { restore } => {
+                self.end_probe(restore, &stats, now);
+                return self.decision(old, LimitReason::MinRtt, stats);
+            }
+            Phase::Steady if stats.error_rate() > ERROR_SHARE_CUT => {
+                (self.limit * MIN_GRADIENT, LimitReason::Errors)
+            }
+            Phase::Steady if self.probe_due(now) => {
+                self.phase = Phase::Probing {
+                    restore: self.limit,
+                };
+                self.limit = self.config.min_limit as f64;
+                return self.decision(old, LimitReason::Probe, stats);
+            }
+            Phase::Steady => (self.follow_gradient(&stats), LimitReason::Latency),
+        };
+        self.set_within_bounds(wanted);
+        let blocked = self.limit() == old && wanted.round() as usize != old;
+        let reason = if blocked { LimitReason::Bounds } else { reason };
+        self.decision(old, reason, stats)
+    }
+
+    fn forget_gathered(&mut self) {
+        self.gathered = LatencySnapshot::default();
+        self.gathered_windows = 0;
+    }
+
+    fn probe_due(&self, now: Instant) -> bool {
+        self.next_probe.is_none_or(|at| now >= at)
+    }
+
+    /// The probe window's median is the new `minRTT`, unless it failed too
+    /// often to say anything about latency (then it is measured again at
+    /// the next healthy window if there was none yet). Requests let in
+    /// before the probe may still end in its window: with latencies near a
+    /// window's length, `minRTT` reads high, and the limit settles higher
+    /// until the next probe.
+    fn end_probe(&mut self, restore: f64, stats: &WindowStats, now: Instant) {
+        if stats.error_rate() <= ERROR_SHARE_CUT {
+            self.min_rtt = Some(stats.p50.max(RESOLUTION));
+        }
+        self.phase = Phase::Steady;
+        self.set_within_bounds(restore);
+        self.next_probe = self.min_rtt.map(|_| {
+            let jitter = 1.0 + PROBE_JITTER * (2.0 * self.rng.unit() - 1.0);
+            now + PROBE_INTERVAL.mul_f64(jitter)
+        });
+    }
+
+    /// The smoothed limit the gradient asks for. The median, not the p90:
+    /// it is stable over the few dozen samples of a window, and `minRTT`
+    /// is a median too, so the ratio compares like with like. The tail and
+    /// failures are the error rule's and the admission loop's business.
+    fn follow_gradient(&self, stats: &WindowStats) -> f64 {
+        let Some(min_rtt) = self.min_rtt else {
+            return self.limit;
+        };
+        let sample = stats.p50.max(RESOLUTION).as_secs_f64();
+        let gradient =
+            (min_rtt.as_secs_f64() * (1.0 + RTT_BUFFER) / sample).clamp(MIN_GRADIENT, 1.0);
+        let target = self.limit * gradient + self.limit.sqrt();
+        self.limit + SMOOTHING * (target - self.limit)
+    }
+
+    fn decision(&self, old: usize, reason: LimitReason, stats: WindowStats) -> LimitDecision {
+        let new = self.limit();
+        // A probe gathering samples at the floor is still a probe.
+        let direction = if self.is_probing() || reason == LimitReason::MinRtt {
+            Direction::Probe
+        } else {
+            match new.cmp(&old) {
+                std::cmp::Ordering::Less => Direction::Down,
+                std::cmp::Ordering::Equal => Direction::Hold,
+                std::cmp::Ordering::Greater => Direction::Up,
+            }
+        };
+        LimitDecision {
+            old,
+            new,
+            direction,
+            reason,
+            stats,
+            min_rtt: self.min_rtt,
+            ceiling: self.config.max_limit,
+        }
+    }
+}
+
+impl Decision for LimitDecision {
+    fn loop_kind(&self) -> Loop {
+        Loop::Concurrency
+    }
+
+    fn old_new(&self) -> (u64, u64) {
+        (self.old as u64, self.new as u64)
+    }
+
+    fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    fn reason(&self) -> &'static str {
+        self.reason.as_str()
+    }
+
+    /// "latence 45 ms pour 20 ms à vide", "latency 45 ms vs 20 ms unloaded"
+    fn cause(&self, lang: Lang) -> String {
+        let fr = lang == Lang::Fr;
+        let p50 = words::duration(self.stats.p50, lang);
+        let min_rtt = match self.min_rtt {
+            Some(rtt) => words::duration(rtt, lang),
+            None if fr => "inconnue".to_owned(),
+            None => "unknown".to_owned(),
+        };
+        match (self.reason, fr) {
+            (LimitReason::Latency, true) => format!("latence {p50} pour {min_rtt} à vide"),
+            (LimitReason::Latency, false) => format!("latency {p50} vs {min_rtt} unloaded"),
+            (LimitReason::Errors, true) => {
+                format!("erreurs {}", words::percent(self.stats.error_rate(), lang))
+            }
+            (LimitReason::Errors, false) => {
+                format!("errors {}", words::percent(self.stats.error_rate(), lang))
+            }
+            (LimitReason::Probe, true) => "mesure de la latence à vide".to_owned(),
+            (LimitReason::Probe, false) => "measuring unloaded latency".to_owned(),
+            (LimitReason::MinRtt, true) => format!("latence à vide {min_rtt}"),
+            (LimitReason::MinRtt, false) => format!("unloaded latency {min_rtt}"),
+            (LimitReason::FewSamples, true) => format!("{} réponses seulement", self.stats.samples),
+            (LimitReason::FewSamples, false) => format!("only {} responses", self.stats.samples),
+            (LimitReason::Bounds, true) if self.new == self.ceiling => "plafond atteint".to_owned(),
+            (LimitReason::Bounds, true) => "plancher atteint".to_owned(),
+            (LimitReason::Bounds, false) if self.new == self.ceiling => "at the ceiling".to_owned(),
+            (LimitReason::Bounds, false) => "at the floor".to_owned(),
+        }
+    }
+}
+
+/// A tiny seeded generator (SplitMix64) for the probe jitter: deterministic
+/// in tests, no dependency.
+#[derive(Debug, Clone)]
+pub(super) struct SplitMix64(pub(super) u64);
+
+impl SplitMix64 {
+    /// Uniform in [0, 1).
+    pub(super) fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autopilot::window::LatencyWindow;
+    use proptest::prelude::*;
+
+    const WINDOW: Duration = Duration::from_secs(1);
+    const BASE: Duration = Duration::from_millis(20);
+
+    /// The brief's origin: `capacity` requests at once at `base` latency;
+    /// past that, latency grows with the load (`base × in-flight /
+    /// capacity`); past twice the capacity, the extra requests fail (after
+    /// `base`, like a portal's own 503). The guard is always full: demand
+    /// exceeds any limit.
+    struct Origin {
+        capacity: f64,
+        base: Duration,
+        /// Each latency is multiplied by 1 ± up to this.
+        noise: f64,
+        rng: SplitMix64,
+    }
+
+    impl Origin {
+        fn new(capacity: f64) -> Origin {
+            Origin {
+                capacity,
+                base: BASE,
+                noise: 0.0,
+                rng: SplitMix64(7),
+            }
+        }
+
+        /// One window at `limit` in flight, by Little's law.
+        fn window(&mut self, limit: usize) -> LatencySnapshot {
+            let recorder = LatencyWindow::new();
+            let in_flight = limit as f64;
+            let served = in_flight.min(2.0 * self.capacity);
+            let latency = self.base.mul_f64((served / self.capacity).max(1.0));
+            let answered = (served * WINDOW.as_secs_f64() / latency.as_secs_f64()).round();
+            let failed =
+                ((in_flight - served) * WINDOW.as_secs_f64() / self.base.as_secs_f64()).round();
+            for _ in 0..answered as u64 {
+                let noise = 1.0 + self.noise * (2.0 * self.rng.unit() - 1.0);
+                recorder.record(latency.mul_f64(noise));
+            }
+            for _ in 0..failed as u64 {
+                recorder.record_failure();
+            }
+            recorder.take()
+        }
+    }
+
+    /// Drives a controller against an origin, one window a second.
+    struct Run {
+        controller: ConcurrencyController,
+        now: Instant,
+        /// Every decision, in order.
+        decisions: Vec<LimitDecision>,
+    }
+
+    impl std::fmt::Debug for Run {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let limits: Vec<usize> = self.decisions.iter().map(|d| d.new).collect();
+            write!(f, "limits {limits:?}")
+        }
+    }
+
+    impl Run {
+        fn new(max_limit: usize, start: usize) -> Run {
+            let config = ConcurrencyConfig {
+                min_limit: 1,
+                max_limit,
+            };
+            let mut controller = ConcurrencyController::new(config, 42);
+            controller.set_limit(start);
+            Run {
+                controller,
+                now: Instant::now(),
+                decisions: Vec::new(),
+            }
+        }
+
+        fn windows(&mut self, origin: &mut Origin, count: usize) {
+            for _ in 0..count {
+                let window = origin.window(self.controller.limit());
+                self.now += WINDOW;
+                let decision = self.controller.on_window(&window, self.now);
+                self.decisions.push(decision);
+            }
+        }
+
+        /// The limits set over the last `count` windows, probes left out.
+        fn steady_limits(&self, count: usize) -> Vec<usize> {
+            let recent = &self.decisions[self.decisions.len() - count..];
+            recent
+                .iter()
+                .filter(|d| d.direction != Direction::Probe)
+                .map(|d| d.new)
+                .collect()
+        }
+    }
+
+    /// `limits` all within [low × C, high × C].
+    fn assert_within(limits: &[usize], capacity: f64, (low, high): (f64, f64), what: &str) {
+        for &limit in limits {
+            let share = limit as f64 / capacity;
+            assert!(
+                (low..=high).contains(&share),
+                "{what}: limit {limit} is {share:.2} × capacity {capacity}, outside [{low}, {high}]: {limits:?}"
+            );
+        }
+    }
+
+    /// Where the limit settles: at least the capacity (the origin is kept
+    /// busy), at most 1.5 × (its latency at most 1.5 × the base, and never
+    /// the 2 × past which it fails).
+    const BAND: (f64, f64) = (0.8, 1.5);
+
+    #[test]
+    fn limit_settles_near_capacity_from_a_ceiling_ten_times_too_high() {
+        let mut origin = Origin::new(20.0);
+        origin.noise = 0.2;
+        let mut run = Run::new(200, 200);
+        run.windows(&mut origin, 5);
+        let first: Vec<usize> = run.decisions.iter().map(|d| d.new).collect();
+        assert_eq!(
+            &first[..3],
+            &[100, 50, 25],
+            "failures halve the limit at once: {first:?}"
+        );
+        run.windows(&mut origin, 120);
+        assert_within(&run.steady_limits(120), 20.0, BAND, "after 5 windows");
+        let failures: u64 = run.decisions[5..].iter().map(|d| d.stats.errors).sum();
+        assert_eq!(
+            failures, 0,
+            "once settled the origin never gets 2 × its capacity"
+        );
+    }
+
+    #[test]
+    fn limit_climbs_from_the_floor_to_near_capacity_within_twenty_windows() {
+        let mut origin = Origin::new(20.0);
+        origin.noise = 0.2;
+        let mut run = Run::new(200, 1);
+        run.windows(&mut origin, 20);
+        assert!(
+            run.controller.limit() >= 16,
+            "0.8 × capacity within 20 windows: {run:?}"
+        );
+        run.windows(&mut origin, 120);
+        assert_within(&run.steady_limits(120), 20.0, BAND, "after 20 windows");
+    }
+
+    #[test]
+    fn limit_follows_a_halving_of_capacity_within_two_windows_and_climbs_back() {
+        let mut origin = Origin::new(40.0);
+        origin.noise = 0.2;
+        let mut run = Run::new(400, 400);
+        run.windows(&mut origin, 60);
+        assert_within(&run.steady_limits(40), 40.0, BAND, "settled at 40");
+        origin.capacity = 20.0;
+        run.windows(&mut origin, 2);
+        assert!(
+            run.controller.limit() <= 30,
+            "1.5 × the new capacity in two windows: {run:?}"
+        );
+        run.windows(&mut origin, 60);
+        assert_within(&run.steady_limits(60), 20.0, BAND, "settled at 20");
+        origin.capacity = 40.0;
+        run.windows(&mut origin, 20);
+        assert!(
+            run.controller.limit() >= 32,
+            "back to 0.8 × 40 within 20 windows: {run:?}"
+        );
+    }
+
+    /// Under ±20 % noise, the settled limit (probes left out) moves by at
+    /// most 0.2 × C against a fast origin (hundreds of samples a window),
+    /// 0.35 × C against a slow one (400 ms: tens of samples a window, and
+    /// a `minRTT` measured on about ten), and stays in the band.
+    #[test]
+    fn noisy_latencies_move_the_settled_limit_by_a_bounded_amplitude() {
+        for (base, bound) in [(BASE, 0.2), (Duration::from_millis(400), 0.35)] {
+            for capacity in [20.0, 50.0, 100.0] {
+                for seed in 1..=8 {
+                    let mut origin = Origin::new(capacity);
+                    (origin.base, origin.noise, origin.rng) = (base, 0.2, SplitMix64(seed));
+                    let mut run = Run::new(1000, 1000);
+                    run.windows(&mut origin, 180);
+                    let limits = run.steady_limits(150);
+                    let what = format!("{base:?}, capacity {capacity}, seed {seed}");
+                    assert_within(&limits, capacity, BAND, &what);
+                    let (low, high) = (limits.iter().min(), limits.iter().max());
+                    let amplitude = (high.unwrap_or(&0) - low.unwrap_or(&0)) as f64;
+                    assert!(
+                        amplitude <= bound * capacity,
+                        "{what}: ±20 % noise moved the limit by {amplitude}: {limits:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn min_rtt_is_measured_again_so_a_slower_baseline_is_not_read_as_overload() {
+        let mut origin = Origin::new(20.0);
+        let mut run = Run::new(200, 200);
+        run.windows(&mut origin, 40);
+        let measured = run.controller.min_rtt().unwrap_or_default();
+        assert!(
+            measured.abs_diff(BASE) <= BASE / 8,
+            "minRTT {measured:?} within 12.5 % of {BASE:?}"
+        );
+        origin.base = 2 * BASE;
+        run.windows(&mut origin, 35 + 20);
+        let measured = run.controller.min_rtt().unwrap_or_default();
+        assert!(
+            measured.abs_diff(2 * BASE) <= BASE / 4,
+            "minRTT {measured:?} follows the baseline"
+        );
+        assert_within(
+            &run.steady_limits(10),
+            20.0,
+            BAND,
+            "back near capacity after the next probe",
+        );
+    }
+
+    #[test]
+    fn min_rtt_is_probed_every_thirty_seconds_give_or_take_fifteen_percent() {
+        let mut origin = Origin::new(20.0);
+        let mut run = Run::new(200, 200);
+        run.windows(&mut origin, 400);
+        let starts: Vec<usize> = (0..run.decisions.len())
+            .filter(|&i| run.decisions[i].reason == LimitReason::Probe)
+            .collect();
+        assert!(
+            starts.len() >= 11,
+            "a probe at start, then about every 30 s: {starts:?}"
+        );
+        for pair in starts.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!((26..=36).contains(&gap), "probes {gap} s apart: {starts:?}");
+        }
+        let gaps: std::collections::BTreeSet<usize> =
+            starts.windows(2).map(|p| p[1] - p[0]).collect();
+        assert!(gaps.len() > 1, "jitter spreads the probes: {gaps:?}");
+        for &start in &starts {
+            let (probe, end) = (&run.decisions[start], &run.decisions[start + 1]);
+            assert_eq!(probe.new, 1, "a probe holds the floor");
+            assert_eq!(
+                (end.reason, end.new),
+                (LimitReason::MinRtt, probe.old),
+                "for one window, then gives the limit back"
+            );
+        }
+    }
+
+    #[test]
+    fn failures_halve_the_limit_at_once_but_never_under_the_floor() {
+        let config = ConcurrencyConfig {
+            min_limit: 4,
+            max_limit: 100,
+        };
+        let mut controller = ConcurrencyController::new(config, 1);
+        let recorder = LatencyWindow::new();
+        let now = Instant::now();
+        let mut limits = Vec::new();
+        for _ in 0..6 {
+            for _ in 0..8 {
+                recorder.record(BASE);
+            }
+            recorder.record_failure();
+            recorder.record_failure();
+            let decision = controller.on_window(&recorder.take(), now);
+            let expected = if decision.old == 4 {
+                LimitReason::Bounds
+            } else {
+                LimitReason::Errors
+            };
+            assert_eq!(decision.reason, expected, "{decision:?}");
+            limits.push(decision.new);
+        }
+        assert_eq!(
+            limits,
+            [50, 25, 13, 6, 4, 4],
+            "20 % failures halve each window"
+        );
+        assert!(controller.at_floor(), "collapsed at the floor");
+        let fixed = ConcurrencyConfig {
+            min_limit: 4,
+            max_limit: 4,
+        };
+        assert!(
+            !ConcurrencyController::new(fixed, 1).at_floor(),
+            "a fixed limit is no collapse"
+        );
+    }
+
+    #[test]
+    fn a_quiet_backend_is_judged_on_ten_samples_gathered_over_ten_windows_at_most() {
+        let mut controller = ConcurrencyController::new(
+            ConcurrencyConfig {
+                min_limit: 1,
+                max_limit: 8,
+            },
+            1,
+        );
+        let recorder = LatencyWindow::new();
+        let now = Instant::now();
+        let mut reasons = Vec::new();
+        for samples in [4, 4, 4, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1] {
+            for _ in 0..samples {
+                recorder.record(BASE);
+            }
+            reasons.push(controller.on_window(&recorder.take(), now).reason);
+        }
+        use LimitReason::{FewSamples as Few, Probe};
+        assert_eq!(
+            reasons,
+            [
+                Few, Few, Probe, Few, Few, Few, Few, Few, Few, Few, Few, Few, Few, Few
+            ],
+            "12 samples over 3 windows decide; 9 then silence are dropped after 10 windows"
+        );
+        assert!(
+            controller.is_probing(),
+            "still probing: no window had enough samples since"
+        );
+        assert!(
+            !controller.at_floor(),
+            "a probe at the floor is no collapse"
+        );
+    }
+
+    #[test]
+    fn decisions_say_why_in_french_and_english() {
+        let decision = LimitDecision {
+            old: 40,
+            new: 32,
+            direction: Direction::Down,
+            reason: LimitReason::Latency,
+            stats: WindowStats {
+                samples: 100,
+                p50: Duration::from_millis(45),
+                ..WindowStats::default()
+            },
+            min_rtt: Some(BASE),
+            ceiling: 200,
+        };
+        assert_eq!(
+            decision.describe_fr(),
+            "latence 45 ms pour 20 ms à vide : limite 40 → 32"
+        );
+        assert_eq!(
+            decision.describe_en(),
+            "latency 45 ms vs 20 ms unloaded: limit 40 → 32"
+        );
+        let record = decision.record(1_700_000_000, Some("app1"));
+        assert_eq!(
+            (record.reason, record.backend.as_deref()),
+            ("latency", Some("app1")),
+            "labels"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn the_limit_never_leaves_its_bounds(
+            min_limit in 1usize..20,
+            span in 0usize..300,
+            start in 0usize..400,
+            windows in prop::collection::vec((0u64..60, 1u64..5_000, 0u64..20), 1..80),
+        ) {
+            let config = ConcurrencyConfig { min_limit, max_limit: min_limit + span };
+            let mut controller = ConcurrencyController::new(config, start as u64);
+            controller.set_limit(start);
+            let mut now = Instant::now();
+            for (answered, millis, failed) in windows {
+                let recorder = LatencyWindow::new();
+                for i in 0..answered {
+                    recorder.record(Duration::from_millis(millis + i));
+                }
+                for _ in 0..failed {
+                    recorder.record_failure();
+                }
+                now += WINDOW;
+                let decision = controller.on_window(&recorder.take(), now);
+                let bounds = min_limit..=min_limit + span;
+                prop_assert!(bounds.contains(&decision.new), "{decision:?} outside {bounds:?}");
+                prop_assert!(bounds.contains(&controller.limit()), "limit outside {bounds:?}");
+            }
+        }
+    }
+}
