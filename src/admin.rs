@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use crate::App;
 use crate::body::ProxyBody;
 use crate::cluster::Event;
-use crate::config::{AdmissionPatch, LiveSettings, OriginPatch, StoreFailure};
+use crate::config::{AdmissionPatch, AutopilotPatch, LiveSettings, OriginPatch, StoreFailure};
 use crate::origin::Mode;
 use crate::outcome::Outcome;
 use crate::reload::LiveRefused;
@@ -96,6 +96,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
             Ok(patch) => patch_origin(app, name, &patch),
             Err(refused) => refused.response(),
         },
+        (&Method::PATCH, ["sites", name, "autopilot"]) => match body::<AutopilotPatch>(req).await {
+            Ok(patch) => patch_autopilot(app, name, &patch),
+            Err(refused) => refused.response(),
+        },
         (&Method::PATCH, ["sites", name, "backends"]) => match body::<BackendPatch>(req).await {
             Ok(patch) => patch_backend(app, name, &patch),
             Err(refused) => refused.response(),
@@ -116,7 +120,14 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
         },
         (
             _,
-            ["sites"] | ["sites", _, "admission" | "origin" | "backends"] | ["purge"] | ["reload"],
+            ["sites"]
+            | [
+                "sites",
+                _,
+                "admission" | "origin" | "backends" | "autopilot",
+            ]
+            | ["purge"]
+            | ["reload"],
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
         _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     }
@@ -212,6 +223,30 @@ fn patch_origin(app: &App, name: &str, patch: &OriginPatch) -> Response<ProxyBod
     applied(app, name, changed, "origin")
 }
 
+/// `PATCH /admin/sites/{name}/autopilot`: on, off (the values stay where
+/// they are: the operator takes over), targets and bounds. Lasts until the
+/// next reload, as other live changes do.
+fn patch_autopilot(app: &App, name: &str, patch: &AutopilotPatch) -> Response<ProxyBody> {
+    let snapshot = app.snapshot();
+    let Some(site) = snapshot.sites.iter().find(|s| s.config.name == name) else {
+        return error(StatusCode::NOT_FOUND, &format!("no site named {name:?}"));
+    };
+    let settings = match site.pilot.patch(patch, site.live().origin_concurrency) {
+        Ok(settings) => settings,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    app.metrics
+        .admin_changes
+        .with_label_values(&["autopilot"])
+        .inc();
+    tracing::info!(
+        site = name,
+        enabled = settings.enabled,
+        "autopilot changed through the admin API"
+    );
+    json_ok(site_state(app, name).unwrap_or(Value::Null))
+}
+
 /// `PATCH /admin/sites/{name}/backends`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -276,15 +311,7 @@ fn applied(
         kind,
         "live setting changed through the admin API"
     );
-    if let Some(cluster) = &app.cluster {
-        let event = Event::Settings {
-            site: name.to_owned(),
-            settings,
-            from: cluster.node.clone(),
-        };
-        let cluster = cluster.clone();
-        tokio::spawn(async move { cluster.publish(&event).await });
-    }
+    app.tell_cluster(name, settings);
     json_ok(site_state(app, name).unwrap_or(Value::Null))
 }
 
@@ -400,6 +427,7 @@ fn site_state(app: &App, name: &str) -> Option<Value> {
             }).collect::<Vec<_>>(),
         },
         "admission": admission,
+        "autopilot": site.pilot.report(),
     }))
 }
 

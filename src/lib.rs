@@ -55,6 +55,9 @@
 //!   origin concurrency limit (fast loop, latency gradient) and the site's
 //!   admission rate (slow loop, AIMD), with their decisions in words. Pure:
 //!   time and observations come in as arguments.
+//! - [`pilot`]: each site's autopilot at work (its running targets, its
+//!   controllers, its decisions, its metrics) and the loop that drives
+//!   every site's.
 //! - [`cluster`]: several nodes, one line: the Redis link ([`cluster`]'s
 //!   `link`), and the loops that apply what the other nodes say (`sync`).
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/*`.
@@ -78,6 +81,7 @@ pub mod metrics;
 pub mod origin;
 pub mod outcome;
 pub mod pages;
+pub mod pilot;
 pub mod preflight;
 pub mod proxy;
 pub mod reload;
@@ -321,6 +325,7 @@ pub struct Running {
     admin_task: Option<JoinHandle<()>>,
     cluster_task: Option<JoinHandle<()>>,
     saver: JoinHandle<()>,
+    pilot: JoinHandle<()>,
 }
 
 impl Running {
@@ -342,7 +347,12 @@ impl Running {
         }
         // These run until stopped: aborted, they end cancelled, unless
         // they had already ended in a panic.
-        let stopped = [self.admin_task, self.cluster_task, Some(self.saver)];
+        let stopped = [
+            self.admin_task,
+            self.cluster_task,
+            Some(self.saver),
+            Some(self.pilot),
+        ];
         for task in stopped.into_iter().flatten() {
             task.abort();
             ended.push(task.await);
@@ -389,6 +399,7 @@ pub async fn start_with(config: Config, options: Options) -> io::Result<Running>
     let listen = public.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let saver = tokio::spawn(save_lines_every_second(app.clone()));
+    let pilot = tokio::spawn(pilot::drive::drive(app.clone()));
     let public = tokio::spawn(server::serve(
         public,
         None,
@@ -422,6 +433,7 @@ pub async fn start_with(config: Config, options: Options) -> io::Result<Running>
         admin_task,
         cluster_task,
         saver,
+        pilot,
     })
 }
 

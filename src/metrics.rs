@@ -31,6 +31,7 @@ pub struct Metrics {
     origin_errors: IntCounterVec,
     origin_retries: IntCounterVec,
     affinity_moved: IntCounterVec,
+    autopilot: AutopilotFamilies,
     websockets_open: IntGaugeVec,
     websockets_total: IntCounterVec,
     backend_requests: IntCounterVec,
@@ -86,6 +87,16 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
     c
 }
 
+/// A per-site gauge of fractional values.
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> prometheus::GaugeVec {
+    let g = prometheus::GaugeVec::new(Opts::new(name, help), &["site"])
+        .expect("invariant: valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("invariant: metric names are unique");
+    g
+}
+
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("invariant: valid metric");
     registry
@@ -102,7 +113,7 @@ impl Metrics {
         for outcome in ["applied", "refused"] {
             m.reloads.with_label_values(&[outcome]);
         }
-        for kind in ["admission", "origin", "backend", "purge"] {
+        for kind in ["admission", "origin", "backend", "autopilot", "purge"] {
             m.admin_changes.with_label_values(&[kind]);
         }
         m
@@ -244,6 +255,50 @@ impl Metrics {
                  first try failed before any answer (a GET or HEAD, or a request never sent).",
                 &["site"],
             ),
+            autopilot: AutopilotFamilies {
+                enabled: gauge(
+                    &r,
+                    "digue_autopilot_enabled",
+                    "1 while the autopilot steers the site, 0 while pinned or off.",
+                    &["site"],
+                ),
+                rate: gauge(
+                    &r,
+                    "digue_autopilot_rate_per_minute",
+                    "The admission rate the autopilot set (new users per minute).",
+                    &["site"],
+                ),
+                origin_limit: gauge(
+                    &r,
+                    "digue_autopilot_origin_limit",
+                    "The concurrency limit the autopilot set for each backend.",
+                    &["site", "backend"],
+                ),
+                latency: float_gauge(
+                    &r,
+                    "digue_autopilot_latency_seconds",
+                    "The origin's p90 latency over the admission loop's last interval \
+                     (failures read as the worst).",
+                ),
+                target: float_gauge(
+                    &r,
+                    "digue_autopilot_target_latency_seconds",
+                    "The latency target the admission loop steers to.",
+                ),
+                error_rate: float_gauge(
+                    &r,
+                    "digue_autopilot_error_rate",
+                    "Share of origin requests that failed over the admission loop's last \
+                     interval (timeouts, connect failures, 5xx).",
+                ),
+                decisions: counter(
+                    &r,
+                    "digue_autopilot_decisions_total",
+                    "Autopilot decisions, by loop (concurrency, admission), direction (up, \
+                     down, hold, probe) and reason.",
+                    &["site", "loop", "direction", "reason"],
+                ),
+            },
             affinity_moved: counter(
                 &r,
                 "digue_affinity_moved_total",
@@ -467,6 +522,21 @@ impl Metrics {
         }
     }
 
+    /// The autopilot's handles for one site.
+    pub fn autopilot(&self, site: &str) -> AutopilotMetrics {
+        let a = &self.autopilot;
+        AutopilotMetrics {
+            site: site.to_owned(),
+            enabled: a.enabled.with_label_values(&[site]),
+            rate: a.rate.with_label_values(&[site]),
+            latency: a.latency.with_label_values(&[site]),
+            target: a.target.with_label_values(&[site]),
+            error_rate: a.error_rate.with_label_values(&[site]),
+            origin_limit: a.origin_limit.clone(),
+            decisions: a.decisions.clone(),
+        }
+    }
+
     /// The handles of one backend of a site.
     pub fn backend(&self, site: &str, backend: &str) -> BackendMetrics {
         let labels = [site, backend];
@@ -527,6 +597,42 @@ pub struct SiteMetrics {
     pub websockets_total: IntCounter,
 }
 
+/// The autopilot's metric families.
+struct AutopilotFamilies {
+    enabled: IntGaugeVec,
+    rate: IntGaugeVec,
+    origin_limit: IntGaugeVec,
+    latency: prometheus::GaugeVec,
+    target: prometheus::GaugeVec,
+    error_rate: prometheus::GaugeVec,
+    decisions: IntCounterVec,
+}
+
+/// The autopilot's handles for one site; per backend and per decision
+/// label, resolved when used (a few times a second at most).
+pub struct AutopilotMetrics {
+    site: String,
+    pub enabled: IntGauge,
+    pub rate: IntGauge,
+    pub latency: prometheus::Gauge,
+    pub target: prometheus::Gauge,
+    pub error_rate: prometheus::Gauge,
+    origin_limit: IntGaugeVec,
+    decisions: IntCounterVec,
+}
+
+impl AutopilotMetrics {
+    pub fn origin_limit(&self, backend: &str) -> IntGauge {
+        self.origin_limit.with_label_values(&[&self.site, backend])
+    }
+
+    pub fn decided(&self, kind: &str, direction: &str, reason: &str) {
+        self.decisions
+            .with_label_values(&[&self.site, kind, direction, reason])
+            .inc();
+    }
+}
+
 /// Pre-resolved handles for one backend of a site.
 pub struct BackendMetrics {
     pub requests: IntCounter,
@@ -555,6 +661,14 @@ impl SiteMetrics {
     }
     pub fn busy(&self, reason: BusyReason) {
         self.busy[reason as usize].inc();
+    }
+    /// Busy pages served because the origin had no room (no slot within
+    /// the queue timeout, too many waiting on one fetch), since start.
+    pub fn busy_total(&self) -> u64 {
+        [BusyReason::QueueTimeout, BusyReason::WaitersFull]
+            .iter()
+            .map(|r| self.busy[*r as usize].get())
+            .sum()
     }
     pub fn origin_error(&self, kind: OriginErrorKind) {
         self.origin_errors[kind as usize].inc();

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use crate::admission::load_keys;
+use crate::cluster::Event;
 use crate::config::{Config, ConfigError, ConfigErrors, LiveSettings};
 use crate::origin::Mode;
 use crate::pages::Pages;
@@ -122,6 +123,21 @@ impl App {
         let new = change(site.live()).map_err(LiveRefused::Conflict)?;
         site.set_live(new, self.clock.instant())
             .map_err(|e| LiveRefused::Invalid(e.to_string()))
+    }
+
+    /// Tells the other nodes of a cluster the live settings now in force
+    /// on this one (an admin change, the autopilot's rate).
+    pub fn tell_cluster(&self, site: &str, settings: LiveSettings) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let event = Event::Settings {
+            site: site.to_owned(),
+            settings,
+            from: cluster.node.clone(),
+        };
+        let cluster = cluster.clone();
+        tokio::spawn(async move { cluster.publish(&event).await });
     }
 
     /// Sets one backend of a site active, draining or down (admin API,

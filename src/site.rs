@@ -19,6 +19,7 @@ use crate::cluster::Cluster;
 use crate::config::{AdmissionConfig, AdmissionSettings, LiveError, LiveSettings, SiteConfig};
 use crate::metrics::{Metrics, SiteMetrics};
 use crate::origin::{Origin, Prober, Route};
+use crate::pilot::Pilot;
 use crate::target::Gates;
 use crate::tunnel::Tunnels;
 
@@ -26,6 +27,8 @@ pub struct Site {
     /// What the file says; its `live` part is only the starting point.
     pub config: SiteConfig,
     pub origin: Arc<Origin>,
+    /// The autopilot: kept across reloads, which give it the file's targets.
+    pub pilot: Arc<Pilot>,
     /// The active health check of the origin's backends, when configured.
     prober: Option<Arc<Prober>>,
     pub metrics: Arc<SiteMetrics>,
@@ -57,6 +60,7 @@ impl Site {
         let gate = waiting_room(&config)
             .map(|(a, live)| Arc::new(new_gate(a, live, &config.name, saved, cluster)));
         let site = Site {
+            pilot: Arc::new(Pilot::new(&config, registry)),
             prober: prober(&origin, &config),
             origin,
             tunnels: Tunnels::new(&metrics),
@@ -106,7 +110,9 @@ impl Site {
             }
             (_, None) => None,
         };
+        self.pilot.reconfigure(&config);
         let site = Site {
+            pilot: self.pilot.clone(),
             origin,
             prober,
             metrics: self.metrics.clone(),
@@ -116,7 +122,7 @@ impl Site {
             live: ArcSwap::from_pointee(config.live),
             config,
         };
-        site.apply(site.config.live, now);
+        site.apply(site.config.live, now, true);
         Ok(site)
     }
 
@@ -159,15 +165,24 @@ impl Site {
         }
         .checked()?;
         if new != current {
-            self.apply(new, now);
+            self.apply(
+                new,
+                now,
+                new.origin_concurrency != current.origin_concurrency,
+            );
         }
         Ok(new)
     }
 
-    /// `now`: the app's clock, from which a closing is timed.
-    fn apply(&self, new: LiveSettings, now: Instant) {
+    /// `now`: the app's clock, from which a closing is timed. `limits`:
+    /// whether `origin_concurrency` is to be set on every backend — unless
+    /// the autopilot steers them (it follows a new ceiling at its next
+    /// window).
+    fn apply(&self, new: LiveSettings, now: Instant, limits: bool) {
         self.live.store(Arc::new(new));
-        self.origin.set_limit(new.origin_concurrency);
+        if limits && !self.pilot.settings().enabled {
+            self.origin.set_limit(new.origin_concurrency);
+        }
         if let Some((gate, config, live)) = self.waiting_room() {
             // The line takes the change now, not at the next request: a
             // closing is timed from here.

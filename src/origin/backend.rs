@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::balance::{Candidate, stable_hash};
 use super::health::{Health, Mode, Standing, Verdict};
 use super::upstream::Pool;
+use crate::autopilot::LatencyWindow;
 use crate::config::{BalanceConfig, OriginConfig};
 use crate::guard::OriginGuard;
 use crate::metrics::{BackendMetrics, Metrics, SiteMetrics};
@@ -32,6 +33,9 @@ pub struct BackendState {
     pub guard: OriginGuard,
     pub health: Health,
     pub metrics: BackendMetrics,
+    /// Latencies of the requests it answered since the autopilot last
+    /// looked (written on every origin request, read once a window).
+    pub window: LatencyWindow,
 }
 
 impl BackendState {
@@ -54,6 +58,7 @@ impl BackendState {
             ),
             health: Health::default(),
             metrics: m,
+            window: LatencyWindow::new(),
             name,
         }
     }

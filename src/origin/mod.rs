@@ -195,10 +195,8 @@ async fn send(
     state.metrics.requests.inc();
     let started = Instant::now();
     let sent = backend.pool.send(req, deadline).await;
-    state
-        .metrics
-        .seconds
-        .observe(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    state.metrics.seconds.observe(took.as_secs_f64());
     let failed = match &sent {
         Ok(res) => res.status().is_server_error(),
         // A reused connection's failure is the connection's past, not the
@@ -210,8 +208,10 @@ async fn send(
         Err(_) => false,
     };
     if failed {
+        state.window.record_failure();
         state.failed(route.now, route.balance, origin.may_eject(route.now));
     } else if sent.is_ok() {
+        state.window.record(took);
         state.succeeded(route.now);
     }
     sent

@@ -1,0 +1,266 @@
+//! The autopilot at work for one site: its running targets and bounds, the
+//! controllers of [`crate::autopilot`] and what they last decided, and its
+//! metrics. [`drive`] runs every site's loops.
+//!
+//! The fast loop sets each backend's concurrency limit (its guard), within
+//! `[min_origin_concurrency, origin_concurrency]`; the slow loop returns the
+//! admission rate to set, within `[min, max]_new_users_per_minute`, which
+//! the caller applies as a live change (so the GCRA keeps its no-burst
+//! property, as for a PATCH). Switched off (`enabled = false`) it decides
+//! nothing and the values stay where they are: the operator has taken over.
+//! Whatever else moved a value (a PATCH, a reload, the cluster), the loops
+//! go on from it.
+
+pub mod drive;
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::autopilot::{
+    ConcurrencyConfig, ConcurrencyController, Decision, Decisions, Direction, LatencySnapshot,
+    RateConfig, RateController, RateObservation,
+};
+use crate::config::{AutopilotConfig, AutopilotPatch, SiteConfig};
+use crate::metrics::{AutopilotMetrics, Metrics};
+use crate::origin::Origin;
+
+/// Concurrency-limit changes logged at most this often per site (the fast
+/// loop may move every second); rate changes are always logged.
+const LOG_LIMITS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub struct Pilot {
+    /// The running targets and bounds: the file's, then PATCHes. One std
+    /// mutex for both fields below: taken by the loop a few times a second
+    /// and by the admin API, never across an await.
+    inner: Mutex<Inner>,
+    metrics: AutopilotMetrics,
+}
+
+struct Inner {
+    settings: AutopilotConfig,
+    /// One per backend, by its name.
+    limits: BTreeMap<String, ConcurrencyController>,
+    rate: RateController,
+    next_fast: Option<Instant>,
+    next_slow: Option<Instant>,
+    /// Every backend's latencies since the slow loop last looked.
+    since_slow: LatencySnapshot,
+    /// The busy-page count when the slow loop last looked.
+    busy_seen: Option<u64>,
+    decisions: Decisions,
+    last_limit_log: Option<Instant>,
+}
+
+/// What the slow loop sees of the site besides the origin's latencies.
+#[derive(Debug, Clone, Copy)]
+pub struct LineView {
+    pub rate_now: u32,
+    pub waiting: u64,
+    pub admitted_per_minute: f64,
+    /// Busy pages served since start.
+    pub busy_total: u64,
+}
+
+impl Pilot {
+    pub fn new(config: &SiteConfig, metrics: &Metrics) -> Pilot {
+        let settings = config.autopilot;
+        let start = config.live.admission.map_or(0, |a| a.new_users_per_minute);
+        let pilot = Pilot {
+            inner: Mutex::new(Inner {
+                settings,
+                limits: BTreeMap::new(),
+                rate: RateController::new(rate_config(&settings), start),
+                next_fast: None,
+                next_slow: None,
+                since_slow: LatencySnapshot::default(),
+                busy_seen: None,
+                decisions: Decisions::new(),
+                last_limit_log: None,
+            }),
+            metrics: metrics.autopilot(&config.name),
+        };
+        pilot.show_settings(&settings);
+        pilot
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn settings(&self) -> AutopilotConfig {
+        self.inner().settings
+    }
+
+    /// A reload: the file's targets and bounds replace the running ones.
+    pub fn reconfigure(&self, config: &SiteConfig) {
+        self.set(config.autopilot);
+    }
+
+    /// `PATCH /admin/sites/{name}/autopilot`; `ceiling`: the site's
+    /// running `origin_concurrency`.
+    pub fn patch(&self, patch: &AutopilotPatch, ceiling: usize) -> Result<AutopilotConfig, String> {
+        let new = self.settings().patched(patch, ceiling)?;
+        self.set(new);
+        Ok(new)
+    }
+
+    fn set(&self, settings: AutopilotConfig) {
+        let mut inner = self.inner();
+        inner.settings = settings;
+        inner.rate.set_config(rate_config(&settings));
+        drop(inner);
+        self.show_settings(&settings);
+    }
+
+    fn show_settings(&self, settings: &AutopilotConfig) {
+        self.metrics.enabled.set(i64::from(settings.enabled));
+        self.metrics
+            .target
+            .set(settings.target_latency.as_secs_f64());
+    }
+
+    /// One window of the fast loop, when due: each backend's latencies
+    /// since the last one decide its limit, set on its guard at once.
+    /// `ceiling`: the site's running `origin_concurrency`.
+    pub fn fast(&self, origin: &Origin, ceiling: usize, now: Instant, at_unix: u64) {
+        let mut inner = self.inner();
+        let settings = inner.settings;
+        if !settings.enabled || inner.next_fast.is_some_and(|at| now < at) {
+            return;
+        }
+        inner.next_fast = Some(now + settings.interval);
+        let config = ConcurrencyConfig {
+            min_limit: settings.min_origin_concurrency,
+            max_limit: ceiling,
+        };
+        let names: Vec<&str> = origin.states().map(|s| s.name.as_str()).collect();
+        inner
+            .limits
+            .retain(|name, _| names.contains(&name.as_str()));
+        let mut moved = Vec::new();
+        for state in origin.states() {
+            let window = state.window.take();
+            inner.since_slow.merge(&window);
+            let controller = inner
+                .limits
+                .entry(state.name.clone())
+                .or_insert_with(|| ConcurrencyController::new(config, crate::clock::entropy()));
+            controller.set_config(config);
+            // A PATCH, a reload or a resume moved the guard: go on from there.
+            if state.guard.limit() != controller.limit() {
+                controller.set_limit(state.guard.limit());
+            }
+            let decision = controller.on_window(&window, now);
+            if decision.new != state.guard.limit() {
+                state.guard.set_limit(decision.new);
+            }
+            self.metrics
+                .origin_limit(&state.name)
+                .set(i64::try_from(decision.new).unwrap_or(i64::MAX));
+            if decision.direction != Direction::Hold {
+                self.metrics.decided(
+                    decision.loop_kind().as_str(),
+                    decision.direction.as_str(),
+                    decision.reason(),
+                );
+                moved.push(decision.describe_en());
+                inner
+                    .decisions
+                    .push(decision.record(at_unix, Some(&state.name)));
+            }
+        }
+        let log_due = inner
+            .last_limit_log
+            .is_none_or(|at| now.duration_since(at) >= LOG_LIMITS_EVERY);
+        if !moved.is_empty() && log_due {
+            inner.last_limit_log = Some(now);
+            tracing::info!(changes = %moved.join("; "), "autopilot: origin concurrency");
+        }
+    }
+
+    /// The slow loop, when due: the admission rate to set now, if it moves.
+    pub fn slow(&self, line: LineView, now: Instant, at_unix: u64) -> Option<u32> {
+        let mut inner = self.inner();
+        let settings = inner.settings;
+        if !settings.enabled || inner.next_slow.is_some_and(|at| now < at) {
+            return None;
+        }
+        let first = inner.next_slow.is_none();
+        inner.next_slow = Some(now + settings.rate_interval);
+        let window = std::mem::take(&mut inner.since_slow);
+        let busy_before = inner.busy_seen.replace(line.busy_total);
+        if first || settings.max_new_users_per_minute == 0 {
+            // The first look only starts the interval.
+            return None;
+        }
+        let stats = window.stats();
+        self.metrics.latency.set(stats.p90.as_secs_f64());
+        self.metrics.error_rate.set(stats.error_rate());
+        if inner.rate.rate() != line.rate_now {
+            inner.rate.set_current(line.rate_now);
+        }
+        let observed = RateObservation {
+            origin_requests: stats.samples,
+            p90: stats.p90,
+            error_rate: stats.error_rate(),
+            rejections: line
+                .busy_total
+                .saturating_sub(busy_before.unwrap_or(line.busy_total)),
+            limit_collapsed: inner.limits.values().any(ConcurrencyController::at_floor),
+            waiting: line.waiting,
+            admitted_per_minute: line.admitted_per_minute,
+        };
+        let decision = inner.rate.on_interval(&observed)?;
+        self.metrics.decided(
+            decision.loop_kind().as_str(),
+            decision.direction.as_str(),
+            decision.reason(),
+        );
+        self.metrics.rate.set(i64::from(decision.new));
+        if decision.direction == Direction::Hold {
+            return None;
+        }
+        tracing::info!(decision = %decision.describe_en(), "autopilot: admission rate");
+        inner.decisions.push(decision.record(at_unix, None));
+        (decision.new != line.rate_now).then_some(decision.new)
+    }
+
+    /// The autopilot as `GET /admin/sites` shows it.
+    pub fn report(&self) -> Value {
+        let inner = self.inner();
+        json!({
+            "settings": inner.settings,
+            "rate_per_minute": inner.rate.rate(),
+            "origin_limits": inner.limits.iter().map(|(name, c)| {
+                json!({
+                    "backend": name,
+                    "limit": c.limit(),
+                    "min_rtt_seconds": c.min_rtt().map(|d| d.as_secs_f64()),
+                    "probing": c.is_probing(),
+                })
+            }).collect::<Vec<_>>(),
+            "decisions": inner.decisions.iter().map(|d| json!({
+                "at": d.at_unix,
+                "loop": d.loop_kind.as_str(),
+                "backend": d.backend,
+                "old": d.old,
+                "new": d.new,
+                "direction": d.direction.as_str(),
+                "reason": d.reason,
+                "words": d.words,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn rate_config(s: &AutopilotConfig) -> RateConfig {
+    RateConfig::new(
+        s.min_new_users_per_minute,
+        s.max_new_users_per_minute,
+        s.target_latency,
+        s.max_error_rate,
+    )
+}

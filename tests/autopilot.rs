@@ -1,0 +1,253 @@
+//! The autopilot over real sockets: in front of a portal whose capacity
+//! the test sets (and changes), with ceilings far above it, digue finds
+//! that capacity, follows it when it halves and climbs back when it
+//! returns; an operator pins it, resumes it, and reads its decisions.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::Method;
+use support::{Digue, Origin, Proxy, get, reply, wait_for};
+
+/// The portal's capacity at first: 20 requests in flight at 20 ms.
+const CAPACITY: usize = 20;
+const BASE: Duration = Duration::from_millis(20);
+
+async fn portal() -> Origin {
+    let origin = Origin::start(|_| reply(200, &[("cache-control", "no-store")], "page")).await;
+    origin.set_capacity(CAPACITY, BASE);
+    origin
+}
+
+async fn piloted(origin: &Origin) -> Proxy {
+    Digue::new(&origin.url())
+        .admin()
+        .site(
+            "origin_concurrency = 200\norigin_queue_timeout = \"30s\"\n\
+             [site.autopilot]\nenabled = true\ninterval = \"100ms\"\n",
+        )
+        .start()
+        .await
+}
+
+/// `clients` pupils asking for per-user pages without a pause, until
+/// `stop` is set.
+fn surge(
+    proxy: &Proxy,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let base = proxy.url(&format!("/eleve/{c}/"));
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut n = 0_u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let _ = get(&format!("{base}{n}"), &[]).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// The limit the autopilot holds for the only backend.
+async fn limit(proxy: &Proxy, origin: &Origin) -> f64 {
+    let sample = format!(
+        "digue_autopilot_origin_limit{{backend=\"{}\",site=\"portal\"}}",
+        origin.url()
+    );
+    proxy.metric(&sample).await
+}
+
+/// Watches the origin for `span`: the mean of its requests in flight, and
+/// how many it refused for being past twice its capacity meanwhile.
+async fn watch(origin: &Origin, span: Duration) -> (f64, usize) {
+    let refused = origin.overloaded();
+    let mut seen = Vec::new();
+    let until = tokio::time::Instant::now() + span;
+    while tokio::time::Instant::now() < until {
+        seen.push(origin.in_flight() as f64);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mean = seen.iter().sum::<f64>() / seen.len().max(1) as f64;
+    (mean, origin.overloaded() - refused)
+}
+
+#[tokio::test]
+async fn the_autopilot_finds_the_portal_s_capacity_follows_a_halving_and_climbs_back() {
+    let origin = portal().await;
+    let proxy = piloted(&origin).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = surge(&proxy, 80, &stop);
+
+    // From a ceiling of 200, with 80 pupils pressing.
+    wait_for(
+        "the limit comes down near the capacity",
+        Duration::from_secs(10),
+        async || {
+            let l = limit(&proxy, &origin).await;
+            if l <= 1.6 * CAPACITY as f64 {
+                Ok(())
+            } else {
+                Err(l)
+            }
+        },
+    )
+    .await;
+    let (busy, refused) = watch(&origin, Duration::from_secs(2)).await;
+    assert_eq!(refused, 0, "once settled, the portal refuses nothing");
+    assert!(
+        busy >= 0.8 * CAPACITY as f64,
+        "and works near its capacity: {busy:.1} in flight on average"
+    );
+
+    origin.set_capacity(CAPACITY / 2, BASE);
+    wait_for(
+        "the limit follows a halving",
+        Duration::from_secs(5),
+        async || {
+            let l = limit(&proxy, &origin).await;
+            if l <= 1.6 * (CAPACITY / 2) as f64 {
+                Ok(())
+            } else {
+                Err(l)
+            }
+        },
+    )
+    .await;
+    let (_, refused) = watch(&origin, Duration::from_secs(2)).await;
+    assert_eq!(
+        refused, 0,
+        "the halved portal refuses nothing once followed"
+    );
+
+    origin.set_capacity(CAPACITY, BASE);
+    wait_for(
+        "the limit climbs back",
+        Duration::from_secs(15),
+        async || {
+            let l = limit(&proxy, &origin).await;
+            if l >= 0.8 * CAPACITY as f64 {
+                Ok(())
+            } else {
+                Err(l)
+            }
+        },
+    )
+    .await;
+
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.expect("client");
+    }
+    let sites = proxy
+        .admin_call(Method::GET, "/admin/sites", "")
+        .await
+        .json();
+    let decisions = &sites["sites"][0]["autopilot"]["decisions"];
+    assert!(
+        decisions
+            .as_array()
+            .is_some_and(|d| !d.is_empty() && d.len() <= 20),
+        "the last decisions are listed: {decisions}"
+    );
+    assert!(
+        decisions[0]["words"]
+            .as_str()
+            .is_some_and(|w| w.contains('→')),
+        "each with its reason in words: {decisions}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_operator_pins_the_autopilot_and_resumes_it_and_bad_patches_are_refused() {
+    let origin = portal().await;
+    let proxy = piloted(&origin).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = surge(&proxy, 60, &stop);
+    wait_for(
+        "the limit comes down",
+        Duration::from_secs(10),
+        async || {
+            let l = limit(&proxy, &origin).await;
+            if l <= 1.6 * CAPACITY as f64 {
+                Ok(())
+            } else {
+                Err(l)
+            }
+        },
+    )
+    .await;
+
+    let pinned = proxy
+        .admin_call(
+            Method::PATCH,
+            "/admin/sites/portal/autopilot",
+            r#"{"enabled": false}"#,
+        )
+        .await;
+    assert_eq!(pinned.status, 200, "{}", pinned.text());
+    assert_eq!(pinned.json()["autopilot"]["settings"]["enabled"], false);
+    let held = limit(&proxy, &origin).await;
+    origin.set_capacity(CAPACITY / 4, BASE);
+    // Enough traffic for many windows of the 100 ms loop.
+    let seen = origin.total();
+    origin.wait_for_total(seen + 300).await;
+    assert_eq!(
+        limit(&proxy, &origin).await,
+        held,
+        "pinned, the limit stays where the operator took over"
+    );
+    let resumed = proxy
+        .admin_call(
+            Method::PATCH,
+            "/admin/sites/portal/autopilot",
+            r#"{"enabled": true}"#,
+        )
+        .await;
+    assert_eq!(resumed.status, 200, "{}", resumed.text());
+    wait_for(
+        "resumed, it follows the portal again",
+        Duration::from_secs(5),
+        async || {
+            let l = limit(&proxy, &origin).await;
+            if l <= 1.6 * (CAPACITY / 4) as f64 + 2.0 {
+                Ok(())
+            } else {
+                Err(l)
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.expect("client");
+    }
+
+    for (body, says) in [
+        (r#"{"max_error_rate": 2}"#, "max_error_rate"),
+        (
+            r#"{"min_origin_concurrency": 500}"#,
+            "min_origin_concurrency",
+        ),
+        (r#"{"target_latency": -1}"#, "target_latency"),
+        (r#"{"speed": 3}"#, "speed"),
+    ] {
+        let got = proxy
+            .admin_call(Method::PATCH, "/admin/sites/portal/autopilot", body)
+            .await;
+        assert_eq!(got.status, 400, "{body}: {}", got.text());
+        assert!(
+            got.text().contains(says),
+            "{body} names {says}: {}",
+            got.text()
+        );
+    }
+    proxy.shutdown().await;
+}
