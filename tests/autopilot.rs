@@ -64,6 +64,21 @@ async fn limit(proxy: &Proxy, origin: &Origin) -> f64 {
     proxy.metric(&sample).await
 }
 
+/// Waits (at most `within`) until the limit satisfies `ok`.
+async fn limit_until(
+    proxy: &Proxy,
+    origin: &Origin,
+    what: &str,
+    within: Duration,
+    ok: impl Fn(f64) -> bool,
+) {
+    wait_for(what, within, async || {
+        let l = limit(proxy, origin).await;
+        if ok(l) { Ok(()) } else { Err(l) }
+    })
+    .await;
+}
+
 /// Watches the origin for `span`: the mean of its requests in flight, and
 /// how many it refused for being past twice its capacity meanwhile.
 async fn watch(origin: &Origin, span: Duration) -> (f64, usize) {
@@ -86,17 +101,12 @@ async fn the_autopilot_finds_the_portal_s_capacity_follows_a_halving_and_climbs_
     let clients = surge(&proxy, 80, &stop);
 
     // From a ceiling of 200, with 80 pupils pressing.
-    wait_for(
+    limit_until(
+        &proxy,
+        &origin,
         "the limit comes down near the capacity",
         Duration::from_secs(10),
-        async || {
-            let l = limit(&proxy, &origin).await;
-            if l <= 1.6 * CAPACITY as f64 {
-                Ok(())
-            } else {
-                Err(l)
-            }
-        },
+        |l| l <= 1.6 * CAPACITY as f64,
     )
     .await;
     let (busy, refused) = watch(&origin, Duration::from_secs(2)).await;
@@ -107,17 +117,12 @@ async fn the_autopilot_finds_the_portal_s_capacity_follows_a_halving_and_climbs_
     );
 
     origin.set_capacity(CAPACITY / 2, BASE);
-    wait_for(
+    limit_until(
+        &proxy,
+        &origin,
         "the limit follows a halving",
         Duration::from_secs(5),
-        async || {
-            let l = limit(&proxy, &origin).await;
-            if l <= 1.6 * (CAPACITY / 2) as f64 {
-                Ok(())
-            } else {
-                Err(l)
-            }
-        },
+        |l| l <= 1.6 * (CAPACITY / 2) as f64,
     )
     .await;
     let (_, refused) = watch(&origin, Duration::from_secs(2)).await;
@@ -127,17 +132,12 @@ async fn the_autopilot_finds_the_portal_s_capacity_follows_a_halving_and_climbs_
     );
 
     origin.set_capacity(CAPACITY, BASE);
-    wait_for(
+    limit_until(
+        &proxy,
+        &origin,
         "the limit climbs back",
         Duration::from_secs(15),
-        async || {
-            let l = limit(&proxy, &origin).await;
-            if l >= 0.8 * CAPACITY as f64 {
-                Ok(())
-            } else {
-                Err(l)
-            }
-        },
+        |l| l >= 0.8 * CAPACITY as f64,
     )
     .await;
 
@@ -171,17 +171,12 @@ async fn an_operator_pins_the_autopilot_and_resumes_it_and_bad_patches_are_refus
     let proxy = piloted(&origin).await;
     let stop = Arc::new(AtomicBool::new(false));
     let clients = surge(&proxy, 60, &stop);
-    wait_for(
+    limit_until(
+        &proxy,
+        &origin,
         "the limit comes down",
         Duration::from_secs(10),
-        async || {
-            let l = limit(&proxy, &origin).await;
-            if l <= 1.6 * CAPACITY as f64 {
-                Ok(())
-            } else {
-                Err(l)
-            }
-        },
+        |l| l <= 1.6 * CAPACITY as f64,
     )
     .await;
 
@@ -212,17 +207,12 @@ async fn an_operator_pins_the_autopilot_and_resumes_it_and_bad_patches_are_refus
         )
         .await;
     assert_eq!(resumed.status, 200, "{}", resumed.text());
-    wait_for(
+    limit_until(
+        &proxy,
+        &origin,
         "resumed, it follows the portal again",
         Duration::from_secs(5),
-        async || {
-            let l = limit(&proxy, &origin).await;
-            if l <= 1.6 * (CAPACITY / 4) as f64 + 2.0 {
-                Ok(())
-            } else {
-                Err(l)
-            }
-        },
+        |l| l <= 1.6 * (CAPACITY / 4) as f64 + 2.0,
     )
     .await;
     stop.store(true, Ordering::SeqCst);
