@@ -241,3 +241,89 @@ async fn an_operator_pins_the_autopilot_and_resumes_it_and_bad_patches_are_refus
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_slow_portal_makes_the_autopilot_cut_the_admission_rate_and_an_empty_line_never_raises_it()
+ {
+    let origin = Origin::start(|_| reply(200, &[("cache-control", "no-store")], "page")).await;
+    origin.set_delay(Duration::from_millis(100));
+    let proxy = Digue::new(&origin.url())
+        .admin()
+        .site(
+            "[site.autopilot]\nenabled = true\ninterval = \"100ms\"\nrate_interval = \"300ms\"\n\
+             target_latency = \"50ms\"\nmin_new_users_per_minute = 60\n",
+        )
+        .admission("new_users_per_minute = 600")
+        .start()
+        .await;
+    let rate = async || {
+        proxy
+            .metric("digue_autopilot_rate_per_minute{site=\"portal\"}")
+            .await
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = surge(&proxy, 20, &stop);
+    wait_for(
+        "the rate is cut while the portal answers slower than the target",
+        Duration::from_secs(10),
+        async || {
+            let r = rate().await;
+            if (1.0..=420.0).contains(&r) {
+                Ok(())
+            } else {
+                Err(r)
+            }
+        },
+    )
+    .await;
+    let sites = proxy
+        .admin_call(Method::GET, "/admin/sites", "")
+        .await
+        .json();
+    let site = &sites["sites"][0];
+    assert_eq!(
+        site["admission"]["new_users_per_minute"].as_f64(),
+        Some(rate().await),
+        "the cut is applied to the waiting room: {site}"
+    );
+    let words = site["autopilot"]["decisions"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["loop"] == "admission"))
+        .map(|d| d["words"].to_string())
+        .unwrap_or_default();
+    assert!(
+        words.contains("latence") && words.contains("/min"),
+        "the decision says why, in French: {words}"
+    );
+
+    origin.set_delay(Duration::ZERO);
+    let held = rate().await;
+    let holds = "digue_autopilot_decisions_total{direction=\"hold\",loop=\"admission\",\
+                 reason=\"empty_line\",site=\"portal\"}";
+    let before = proxy.metrics().await;
+    let counted = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(holds)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let start = counted(&before);
+    wait_for(
+        "three intervals judge the line empty",
+        Duration::from_secs(10),
+        async || {
+            let n = counted(&proxy.metrics().await);
+            if n >= start + 3.0 { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
+    assert_eq!(
+        rate().await,
+        held,
+        "healthy again, but nobody waits: nothing to learn, the rate stays"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.expect("client");
+    }
+    proxy.shutdown().await;
+}
