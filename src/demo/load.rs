@@ -14,6 +14,7 @@ use super::Shared;
 use super::assets::UNAVAILABLE_HTML;
 use super::response::{Body, HTML, TEXT, page};
 use super::routes::route;
+use super::stats::{self, STATS_PATH};
 
 /// Every sleep of the portal is capped so that a silly `base_latency` cannot
 /// park a task forever.
@@ -33,7 +34,8 @@ impl fmt::Display for Saturated {
 impl std::error::Error for Saturated {}
 
 /// In-flight accounting that survives clients hanging up: hyper drops the
-/// service future, and with it this guard.
+/// service future, and with it this guard. Both moves go through the usage
+/// integrals, so the share of capacity used is exact.
 struct InFlight {
     shared: Arc<Shared>,
     level: usize,
@@ -41,7 +43,10 @@ struct InFlight {
 
 impl InFlight {
     fn enter(shared: &Arc<Shared>) -> InFlight {
-        let level = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let level = shared
+            .usage
+            .change(shared, || shared.in_flight.fetch_add(1, Ordering::Relaxed))
+            + 1;
         shared.peak_in_flight.fetch_max(level, Ordering::Relaxed);
         InFlight {
             shared: Arc::clone(shared),
@@ -52,12 +57,16 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let shared = &self.shared;
+        shared
+            .usage
+            .change(shared, || shared.in_flight.fetch_sub(1, Ordering::Relaxed));
     }
 }
 
-/// The service of every connection: health checks aside, each request takes
-/// an in-flight slot, and past capacity it is refused instead of routed.
+/// The service of every connection: health checks and the portal's counters
+/// aside, each request takes an in-flight slot, and past capacity it is
+/// refused instead of routed.
 pub(super) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -65,9 +74,12 @@ pub(super) async fn handle(
     if req.uri().path() == "/healthz" {
         return Ok(page(StatusCode::OK, TEXT, "ok\n"));
     }
+    if req.uri().path() == STATS_PATH {
+        return Ok(stats::respond(&shared));
+    }
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let slot = InFlight::enter(&shared);
-    if slot.level > shared.capacity {
+    if slot.level > shared.capacity.load(Ordering::Relaxed) {
         return overloaded(&shared).await;
     }
     Ok(route(&shared, req, slot.level).await)
@@ -77,7 +89,7 @@ pub(super) async fn handle(
 /// already on the portal, so the idle latency is exactly `base_latency`.
 pub(super) async fn think(shared: &Shared, level: usize, cost: f64) {
     let others = level.saturating_sub(1) as f64;
-    let load = others / shared.capacity.max(1) as f64;
+    let load = others / shared.capacity.load(Ordering::Relaxed).max(1) as f64;
     // Requests under capacity never exceed 4×, the clamp only guards
     // against arithmetic surprises.
     let factor = (1.0 + load).powi(2).min(4.0) * cost;
@@ -94,6 +106,7 @@ async fn overloaded(shared: &Shared) -> Result<Response<Body>, Saturated> {
     shared.overload_errors.fetch_add(1, Ordering::Relaxed);
     let nth = shared.excess_seen.fetch_add(1, Ordering::Relaxed);
     if nth.is_multiple_of(2) {
+        shared.late_503s.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(shared.timings.reject_after.min(MAX_THINK)).await;
         Ok(page(
             StatusCode::SERVICE_UNAVAILABLE,
