@@ -34,33 +34,45 @@ impl fmt::Display for Saturated {
 impl std::error::Error for Saturated {}
 
 /// In-flight accounting that survives clients hanging up: hyper drops the
-/// service future, and with it this guard. Both moves go through the usage
-/// integrals, so the share of capacity used is exact.
+/// service future, and with it this guard.
 struct InFlight {
     shared: Arc<Shared>,
     level: usize,
+    /// Admitted under capacity, so counted in `serving`.
+    serving: bool,
 }
 
 impl InFlight {
     fn enter(shared: &Arc<Shared>) -> InFlight {
-        let level = shared
-            .usage
-            .change(shared, || shared.in_flight.fetch_add(1, Ordering::Relaxed))
-            + 1;
+        let level = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         shared.peak_in_flight.fetch_max(level, Ordering::Relaxed);
         InFlight {
             shared: Arc::clone(shared),
             level,
+            serving: false,
         }
+    }
+
+    /// The request is worked on: it takes a share of the capacity, through
+    /// the usage integrals so that the share used is exact.
+    fn serve(&mut self) {
+        let shared = &self.shared;
+        shared
+            .usage
+            .change(shared, || shared.serving.fetch_add(1, Ordering::Relaxed));
+        self.serving = true;
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let shared = &self.shared;
-        shared
-            .usage
-            .change(shared, || shared.in_flight.fetch_sub(1, Ordering::Relaxed));
+        if self.serving {
+            shared
+                .usage
+                .change(shared, || shared.serving.fetch_sub(1, Ordering::Relaxed));
+        }
+        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -78,10 +90,11 @@ pub(super) async fn handle(
         return Ok(stats::respond(&shared));
     }
     shared.requests.fetch_add(1, Ordering::Relaxed);
-    let slot = InFlight::enter(&shared);
+    let mut slot = InFlight::enter(&shared);
     if slot.level > shared.capacity.load(Ordering::Relaxed) {
         return overloaded(&shared).await;
     }
+    slot.serve();
     Ok(route(&shared, req, slot.level).await)
 }
 

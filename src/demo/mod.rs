@@ -221,12 +221,16 @@ struct Shared {
     in_flight: AtomicUsize,
     /// Highest `in_flight` ever seen.
     peak_in_flight: AtomicUsize,
+    /// Of `in_flight`, the requests admitted under capacity and worked on:
+    /// the ones refused hold a connection, not a share of the capacity.
+    /// Moved only through `usage`.
+    serving: AtomicUsize,
     /// Requests refused for being over capacity.
     overload_errors: AtomicU64,
     /// Of those, the ones answered with a late 503 (the rest are dropped).
     late_503s: AtomicU64,
     /// The integrals of capacity offered and used; every change of
-    /// `in_flight` or `capacity` goes through it.
+    /// `serving` or `capacity` goes through it.
     usage: Usage,
     /// Requests received, health checks excluded.
     requests: AtomicU64,
@@ -246,6 +250,7 @@ impl Shared {
             timings,
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
+            serving: AtomicUsize::new(0),
             overload_errors: AtomicU64::new(0),
             late_503s: AtomicU64::new(0),
             usage: Usage::new(),

@@ -2,10 +2,13 @@
 //! what the portal lived: `GET /__demo/stats`.
 //!
 //! The share of capacity used is integrated exactly, not sampled: every
-//! change of the in-flight count or of the capacity first closes the
-//! interval since the previous change, adding `min(in_flight, capacity) ×
-//! dt` to `busy_seconds` and `capacity × dt` to `capacity_seconds`. A reader
+//! change of the requests being served or of the capacity first closes the
+//! interval since the previous change, adding `min(serving, capacity) × dt`
+//! to `busy_seconds` and `capacity × dt` to `capacity_seconds`. A reader
 //! divides the growth of one by the growth of the other between two reads.
+//! Requests refused over capacity are in flight (they hold a connection
+//! while they wait to fail) but use none of it: an overloaded portal is
+//! not a well-used one.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -27,8 +30,10 @@ pub const STATS_PATH: &str = "/__demo/stats";
 pub struct Stats {
     /// The capacity now.
     pub capacity: u64,
-    /// Requests being worked on now, including those about to fail.
+    /// Requests in the portal now, including those about to fail.
     pub in_flight: u64,
+    /// Of those, the requests admitted under capacity and worked on.
+    pub serving: u64,
     /// Highest `in_flight` since the portal started.
     pub peak_in_flight: u64,
     /// Requests received (health checks and these reads excluded).
@@ -40,7 +45,7 @@ pub struct Stats {
     pub late_503s: u64,
     /// Of those, closed without a response after a longer wait.
     pub dropped_connections: u64,
-    /// ∫ min(in_flight, capacity) dt: the capacity actually used, in
+    /// ∫ min(serving, capacity) dt: the capacity actually used, in
     /// request-seconds.
     pub busy_seconds: f64,
     /// ∫ capacity dt: the capacity offered, in request-seconds.
@@ -57,7 +62,7 @@ struct Integrals {
     capacity_seconds: f64,
 }
 
-/// Serialises every change of `in_flight` and `capacity` with the
+/// Serialises every change of `serving` and `capacity` with the
 /// integrals they feed. A std mutex: held for a few arithmetic operations,
 /// never across `.await`; two short locks per request are nothing next to
 /// the portal's own latency.
@@ -95,7 +100,7 @@ impl Usage {
         let now = Instant::now();
         let dt = now.duration_since(i.since).as_secs_f64();
         let capacity = shared.capacity.load(Ordering::Relaxed);
-        let used = shared.in_flight.load(Ordering::Relaxed).min(capacity);
+        let used = shared.serving.load(Ordering::Relaxed).min(capacity);
         i.busy_seconds += used as f64 * dt;
         i.capacity_seconds += capacity as f64 * dt;
         i.since = now;
@@ -115,6 +120,7 @@ pub(super) fn snapshot(shared: &Shared) -> Stats {
     Stats {
         capacity: shared.capacity.load(Ordering::Relaxed) as u64,
         in_flight: shared.in_flight.load(Ordering::Relaxed) as u64,
+        serving: shared.serving.load(Ordering::Relaxed) as u64,
         peak_in_flight: shared.peak_in_flight.load(Ordering::Relaxed) as u64,
         requests: load(&shared.requests),
         overload_errors,
