@@ -126,10 +126,16 @@ pub(super) fn snapshot(shared: &Shared) -> Stats {
         overload_errors,
         late_503s,
         dropped_connections: overload_errors - late_503s,
-        busy_seconds,
-        capacity_seconds,
-        uptime_seconds: since.duration_since(shared.usage.started).as_secs_f64(),
+        busy_seconds: micros(busy_seconds),
+        capacity_seconds: micros(capacity_seconds),
+        uptime_seconds: micros(since.duration_since(shared.usage.started).as_secs_f64()),
     }
+}
+
+/// Seconds to the microsecond: the clock reads no finer, and the JSON
+/// stays readable.
+fn micros(seconds: f64) -> f64 {
+    (seconds * 1e6).round() / 1e6
 }
 
 /// The counters as JSON, never to be stored by a cache on the way.

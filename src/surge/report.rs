@@ -584,13 +584,19 @@ fn share(part: u64, whole: u64) -> String {
 /// `values` as a row of block characters, at most `width` wide (each mark
 /// the maximum of the seconds it covers), and the seconds per mark.
 pub(crate) fn sparkline(values: &[u64], width: usize) -> (String, usize) {
+    sparkline_to(values, width, 0)
+}
+
+/// [`sparkline`] whose full mark stands for at least `top` (100 for a
+/// percentage), so that small values look small.
+fn sparkline_to(values: &[u64], width: usize, top: u64) -> (String, usize) {
     const MARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let per = values.len().div_ceil(width.max(1)).max(1);
     let maxima: Vec<u64> = values
         .chunks(per)
         .map(|c| c.iter().copied().max().unwrap_or(0))
         .collect();
-    let top = maxima.iter().copied().max().unwrap_or(0).max(1);
+    let top = maxima.iter().copied().max().unwrap_or(0).max(top).max(1);
     let line = maxima
         .iter()
         .map(|v| {
@@ -864,10 +870,10 @@ impl Report {
                     .map_or(0, |s| (s * 100.0).round() as u64)
             })
             .collect();
-        let (line, per) = sparkline(&shares, 60);
+        let (line, per) = sparkline_to(&shares, 60, 100);
         writeln!(
             f,
-            "  capacity used over time  |{line}|  (max {} %; one mark = {per} s)",
+            "  capacity used over time  |{line}|  (full: 100 %; max {} %; one mark = {per} s)",
             shares.iter().max().copied().unwrap_or(0)
         )
     }
@@ -895,6 +901,11 @@ mod tests {
         assert_eq!(line.chars().count(), 3);
         assert_eq!(line.chars().nth(1), Some('█'), "the 8 survives: {line}");
         assert_eq!(sparkline(&[], 10).0, "");
+        assert_eq!(
+            sparkline_to(&[1, 100], 2, 100).0,
+            "▁█",
+            "a percentage is drawn against 100"
+        );
     }
 
     #[test]
