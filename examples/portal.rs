@@ -6,6 +6,9 @@
 //! ```
 //!
 //! Defaults: capacity 32, base latency 20 ms (`PortalOptions::default()`).
+//! CAPACITY may be a schedule, as `digue demo --capacity` takes it:
+//! `0s:24,60s:12,2m:36`. The portal's counters are also served at
+//! `GET /__demo/stats`.
 //! Prints one JSON line to stdout when listening, one with its counters on
 //! SIGUSR1, and a last one on SIGTERM / SIGINT before exiting:
 //! `{"event":"stats","requests":N,"peak_in_flight":N,"overload_errors":N,"in_flight":N}`.
@@ -14,11 +17,14 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use digue::demo::{Portal, PortalOptions};
+use digue::demo::{CapacitySchedule, Portal, PortalOptions};
 use tokio::signal::unix::{SignalKind, signal};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: portal ADDR [CAPACITY] [BASE_LATENCY_MS]   e.g. portal 127.0.0.1:8081 24 20");
+    eprintln!(
+        "usage: portal ADDR [CAPACITY|SCHEDULE] [BASE_LATENCY_MS]   e.g. portal 127.0.0.1:8081 24 20, \
+         or portal 127.0.0.1:8081 0s:24,60s:12 20"
+    );
     ExitCode::from(2)
 }
 
@@ -45,11 +51,15 @@ fn main() -> ExitCode {
         return usage();
     };
     let mut opts = PortalOptions::default();
+    let mut schedule = None;
     if let Some(c) = args.get(1) {
-        match c.parse::<usize>() {
-            Ok(n) if n > 0 => opts.capacity = n,
-            _ => {
-                eprintln!("portal: capacity {c:?} is not a positive integer");
+        match CapacitySchedule::parse(c) {
+            Ok(s) => {
+                opts.capacity = s.initial().get();
+                schedule = Some(s);
+            }
+            Err(e) => {
+                eprintln!("portal: {e}");
                 return usage();
             }
         }
@@ -79,7 +89,10 @@ fn main() -> ExitCode {
             }
         };
         let (capacity, latency_ms) = (opts.capacity, opts.base_latency.as_millis());
-        let portal = Portal::spawn(listener, opts);
+        let mut portal = Portal::spawn(listener, opts);
+        if let Some(schedule) = schedule {
+            portal.follow(schedule);
+        }
         let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),

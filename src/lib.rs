@@ -62,8 +62,9 @@
 //!   `link`), and the loops that apply what the other nodes say (`sync`).
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/*`.
 //! - [`demo`]: the fragile demo portal behind `digue demo`: connections, load
-//!   and overload, routes, sessions; its pages, CSS, JS and logo as files in
-//!   `src/demo/assets/`.
+//!   and overload, a capacity that moves on a schedule, its own counters
+//!   (`/__demo/stats`), routes, sessions; its pages, CSS, JS and logo as
+//!   files in `src/demo/assets/`.
 //! - [`surge`]: `digue surge`, the simulator of a Monday-morning surge.
 
 pub mod admin;

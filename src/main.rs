@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use digue::config::{Config, HostPattern};
-use digue::demo::{Portal, PortalOptions};
+use digue::demo::{CapacitySchedule, Portal, PortalOptions, STATS_PATH};
 use digue::{App, Options};
 
 /// The example config shipped at the root of the repository; `digue demo`
@@ -55,6 +55,10 @@ enum Command {
         /// Where digue listens for the demo.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// The portal's capacity: a number (32), or how it moves from the
+        /// demo's start, as offsets and capacities ("0s:32,60s:12,2m:48").
+        #[arg(long, value_name = "SCHEDULE", value_parser = CapacitySchedule::parse)]
+        capacity: Option<CapacitySchedule>,
     },
 }
 
@@ -72,9 +76,9 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => check(&args.config),
         Some(Command::Run(args)) => run(&args.config, cli.log_format.as_deref()),
         None => run(&cli.run.config, cli.log_format.as_deref()),
-        Some(Command::Demo { listen }) => {
+        Some(Command::Demo { listen, capacity }) => {
             init_logs(json);
-            demo(listen)
+            demo(listen, capacity)
         }
         Some(Command::Surge(args)) => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(digue::surge::run(*args)),
@@ -203,7 +207,7 @@ async fn serve_until_stopped(app: &App) {
     tracing::info!("shutdown signal received");
 }
 
-fn demo(listen: SocketAddr) -> ExitCode {
+fn demo(listen: SocketAddr, schedule: Option<CapacitySchedule>) -> ExitCode {
     let mut config = match Config::parse(EXAMPLE_CONFIG) {
         Ok(c) => c,
         Err(e) => {
@@ -226,9 +230,19 @@ fn demo(listen: SocketAddr) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let options = PortalOptions::default();
+        let mut options = PortalOptions::default();
+        let shown = match &schedule {
+            Some(s) => {
+                options.capacity = s.initial().get();
+                s.to_string()
+            }
+            None => options.capacity.to_string(),
+        };
         let capacity = options.capacity;
-        let portal = Portal::spawn(origin, options);
+        let mut portal = Portal::spawn(origin, options);
+        if let Some(schedule) = schedule {
+            portal.follow(schedule);
+        }
         let origin_uri: http::Uri = match format!("http://{}", portal.addr).parse() {
             Ok(u) => u,
             Err(_) => return ExitCode::FAILURE,
@@ -239,7 +253,8 @@ fn demo(listen: SocketAddr) -> ExitCode {
         for site in &mut config.sites {
             site.origin.backends = vec![origin_uri.clone()];
             site.hosts = vec![HostPattern::Any];
-            // What the portal holds, not config.toml's guess for a real one.
+            // What the portal holds at first, not config.toml's guess for
+            // a real one.
             site.live.origin_concurrency = capacity;
             // A line you can see by opening the login page in a few tabs.
             if let Some(live) = &mut site.live.admission {
@@ -272,8 +287,8 @@ fn demo(listen: SocketAddr) -> ExitCode {
         };
         let target = format!("http://{}", reachable(running.listen));
         let mut banner = format!(
-            "digue demo: a fragile school portal on http://{} (capacity {capacity})\n            digue in front of it:   {target}/\n",
-            portal.addr
+            "digue demo: a fragile school portal on http://{} (capacity {shown})\n            digue in front of it:   {target}/\n            the portal's counters:  http://{}{STATS_PATH}\n",
+            portal.addr, portal.addr
         );
         let mut surge = format!("{} surge --target {target}", this_program());
         if let Some(admin) = running.admin {
@@ -281,6 +296,9 @@ fn demo(listen: SocketAddr) -> ExitCode {
             banner += &format!("            metrics:                {admin}/metrics\n");
             surge += &format!(" --admin {admin}");
         }
+        // Read from the portal itself: through digue they would wait for
+        // an origin slot like any request, and lag when it matters most.
+        surge += &format!(" --portal-stats http://{}{STATS_PATH}", portal.addr);
         banner += &format!("            a small surge:          {surge} {DEMO_SURGE_FLAGS}\n");
         banner += &format!("Open {target}/ in a browser; Ctrl-C to stop.\n");
         say(&banner);

@@ -21,7 +21,12 @@ fn command(listen: &str) -> Command {
 /// it, the URL it printed, and the whole banner (up to its last line,
 /// "… Ctrl-C to stop."). Its output keeps being read, like a terminal's.
 async fn start_demo() -> (Process, String, Vec<String>) {
-    let mut demo = Process::spawn("digue demo", &mut command("127.0.0.1:0"));
+    start_demo_with(&[]).await
+}
+
+/// [`start_demo`] with more flags.
+async fn start_demo_with(flags: &[&str]) -> (Process, String, Vec<String>) {
+    let mut demo = Process::spawn("digue demo", command("127.0.0.1:0").args(flags));
     let banner = wait_for(
         "digue demo prints its banner",
         Duration::from_secs(10),
@@ -128,6 +133,82 @@ async fn demo_prints_a_ready_to_run_surge_command() {
     assert!(
         limit.ends_with(" 32"),
         "digue sends the demo portal no more than its capacity: {limit}"
+    );
+    let stats_url = args
+        .portal_stats
+        .as_deref()
+        .expect("with --portal-stats, to read the portal's own counters");
+    let stats = portal_stats(stats_url).await;
+    assert_eq!(stats.capacity, 32, "the portal's own counters: {stats:?}");
+}
+
+/// The demo portal's counters, read from the URL the banner printed.
+async fn portal_stats(url: &str) -> digue::demo::Stats {
+    let answer = get(url, &[]).await;
+    assert_eq!(answer.status, 200, "{url} answers: {}", answer.text());
+    assert_eq!(
+        answer.header("cache-control"),
+        Some("no-store"),
+        "the counters are never cached"
+    );
+    serde_json::from_str(&answer.text()).unwrap_or_else(|e| {
+        panic!(
+            "{url} serves the portal's counters ({e}): {}",
+            answer.text()
+        )
+    })
+}
+
+/// `--capacity 0s:8,2s:5`: the portal starts at 8 (and digue with it), the
+/// schedule brings it down to 5, and the portal's counters show both.
+#[tokio::test]
+async fn a_capacity_schedule_moves_the_demo_portal_s_capacity() {
+    let (_demo, _url, banner) = start_demo_with(&["--capacity", "0s:8,2s:5"]).await;
+    assert!(
+        banner[0].contains("(capacity 0s:8,2s:5)"),
+        "the banner shows the schedule: {banner:#?}"
+    );
+    let stats_url = banner
+        .iter()
+        .find_map(|line| {
+            Some(
+                line.split("the portal's counters:")
+                    .nth(1)?
+                    .trim()
+                    .to_owned(),
+            )
+        })
+        .unwrap_or_else(|| panic!("the banner prints the portal's counters: {banner:#?}"));
+    let stats = wait_for(
+        "the schedule moves the capacity to 5",
+        Duration::from_secs(10),
+        async || {
+            let stats = portal_stats(&stats_url).await;
+            if stats.capacity == 5 {
+                Ok(stats)
+            } else {
+                Err(stats)
+            }
+        },
+    )
+    .await;
+    assert!(
+        stats.capacity_seconds > 5.0 * stats.uptime_seconds + 1.0,
+        "the capacity offered before the change was 8, for about 2 s: {stats:?}"
+    );
+}
+
+#[test]
+fn a_bad_capacity_schedule_is_refused_with_what_is_wrong() {
+    let out = command("127.0.0.1:0")
+        .args(["--capacity", "0s:32,60s:12,30s:48"])
+        .output()
+        .expect("digue runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(
+        stderr.contains("offset 30s comes after 1m"),
+        "names the offset out of order: {stderr}"
     );
 }
 

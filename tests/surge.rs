@@ -197,6 +197,16 @@ async fn a_surge_through_digue_queues_admits_and_never_mixes_sessions() {
         "the time limit bounds the run: {}",
         report.elapsed_seconds
     );
+    assert!(
+        report.portal.is_none(),
+        "without --portal-stats the portal's figures are unknown, not zero"
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("capacity used and failures unknown"),
+        "the text says so:\n{report}"
+    );
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report written"))
@@ -236,6 +246,11 @@ async fn a_surge_through_digue_queues_admits_and_never_mixes_sessions() {
         );
     }
     assert_eq!(json["scenario"]["name"], "test surge");
+    assert!(
+        json["portal"].is_null(),
+        "unknown, not zero: {}",
+        json["portal"]
+    );
 
     let svg = std::fs::read_to_string(&chart_path).expect("chart written");
     assert!(
@@ -290,6 +305,148 @@ async fn an_unreachable_admin_url_is_refused_before_any_load() {
         result.err()
     );
     assert_eq!(portal.requests(), 0, "no load was sent");
+}
+
+#[tokio::test]
+async fn a_portal_stats_url_that_is_not_the_demo_portal_s_is_refused_before_any_load() {
+    let portal = Portal::spawn(
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        PortalOptions::default(),
+    );
+    let target = format!("http://{}", portal.addr);
+    let stats = format!("http://{}/healthz", portal.addr);
+    let result = execute(&args(&[
+        "--target",
+        &target,
+        "--portal-stats",
+        &stats,
+        "--quiet",
+    ]))
+    .await;
+    match &result {
+        Err(
+            e @ SurgeError::Unreachable {
+                what: "portal stats URL",
+                ..
+            },
+        ) => assert!(
+            e.to_string()
+                .contains("not with the demo portal's counters"),
+            "says why: {e}"
+        ),
+        other => panic!("refused: {:?}", other.as_ref().err()),
+    }
+    assert_eq!(portal.requests(), 0, "no load was sent");
+}
+
+/// A portal whose capacity moves during the run, hammered directly (no
+/// digue to protect it): the report gives the share of its capacity used
+/// and the failures it lived, from its own counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surge_reports_the_portal_s_capacity_used_and_its_own_failures() {
+    let mut portal = Portal::spawn(
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        PortalOptions {
+            capacity: 2,
+            base_latency: Duration::from_millis(5),
+        },
+    );
+    // The surge reads the counters within milliseconds of this: the first
+    // read sees 2, the run lasts well past the change to 4.
+    portal.follow("0s:2,1500ms:4".parse().expect("schedule"));
+    let dir = scratch("portal-stats");
+    let report_path = dir.join("report.json");
+    let report = run_with(
+        &format!("http://{}", portal.addr),
+        "portal-stats",
+        PATIENT_ONLY,
+        &[
+            "--portal-stats",
+            &format!("http://{}", portal.addr),
+            "--pupils",
+            "30",
+            "--peak-rate",
+            "30",
+            "--curve",
+            "constant",
+            "--duration",
+            "5s",
+            "--request-timeout",
+            "2s",
+            "--report",
+            report_path.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    println!("{report}");
+
+    let p = report.portal.as_ref().expect("read with --portal-stats");
+    assert!(
+        p.samples > 0,
+        "the counters were read during the run: {p:?}"
+    );
+    assert!(
+        p.stats_url.ends_with("/__demo/stats"),
+        "a bare URL reads the demo's counters: {}",
+        p.stats_url
+    );
+    assert_eq!(
+        (p.capacity_at_start, p.capacity_min),
+        (2, 2),
+        "the capacity before the load: {p:?}"
+    );
+    assert_eq!(
+        (p.capacity_at_end, p.capacity_max),
+        (4, 4),
+        "the schedule moved it during the run: {p:?}"
+    );
+    let share = p.capacity_used_share.expect("time passed");
+    assert!(
+        share > 0.0 && share <= 1.0,
+        "30 pupils at once on 2 to 4 slots used some of it: {share}"
+    );
+    assert!(
+        p.overload_errors > 0,
+        "unprotected, the portal failed some requests: {p:?}"
+    );
+    assert_eq!(
+        p.overload_errors,
+        p.late_503s + p.dropped_connections,
+        "every failure is a late 503 or a dropped connection: {p:?}"
+    );
+    assert!(p.requests > 0, "{p:?}");
+    assert!(
+        report.timeline.iter().any(|t| t.portal_capacity == Some(4))
+            && report
+                .timeline
+                .iter()
+                .any(|t| t.portal_capacity_used_share.is_some()),
+        "the timeline follows the portal second by second: {:?}",
+        report.timeline
+    );
+    let text = report.to_string();
+    assert!(
+        text.contains("capacity used") && text.contains("overload errors"),
+        "the text report shows both:\n{text}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report written"))
+            .expect("the report is JSON");
+    for pointer in [
+        "/portal/capacity_used_share",
+        "/portal/overload_errors",
+        "/portal/late_503s",
+        "/portal/dropped_connections",
+        "/portal/capacity_min",
+        "/timeline/0/portal_capacity",
+        "/timeline/0/portal_capacity_used_share",
+    ] {
+        assert!(
+            json.pointer(pointer).is_some_and(|v| !v.is_null()),
+            "{pointer} missing from the JSON report"
+        );
+    }
 }
 
 #[tokio::test]

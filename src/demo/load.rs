@@ -14,6 +14,7 @@ use super::Shared;
 use super::assets::UNAVAILABLE_HTML;
 use super::response::{Body, HTML, TEXT, page};
 use super::routes::route;
+use super::stats::{self, STATS_PATH};
 
 /// Every sleep of the portal is capped so that a silly `base_latency` cannot
 /// park a task forever.
@@ -37,6 +38,8 @@ impl std::error::Error for Saturated {}
 struct InFlight {
     shared: Arc<Shared>,
     level: usize,
+    /// Admitted under capacity, so counted in `serving`.
+    serving: bool,
 }
 
 impl InFlight {
@@ -46,18 +49,36 @@ impl InFlight {
         InFlight {
             shared: Arc::clone(shared),
             level,
+            serving: false,
         }
+    }
+
+    /// The request is worked on: it takes a share of the capacity, through
+    /// the usage integrals so that the share used is exact.
+    fn serve(&mut self) {
+        let shared = &self.shared;
+        shared
+            .usage
+            .change(shared, || shared.serving.fetch_add(1, Ordering::Relaxed));
+        self.serving = true;
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let shared = &self.shared;
+        if self.serving {
+            shared
+                .usage
+                .change(shared, || shared.serving.fetch_sub(1, Ordering::Relaxed));
+        }
+        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// The service of every connection: health checks aside, each request takes
-/// an in-flight slot, and past capacity it is refused instead of routed.
+/// The service of every connection: health checks and the portal's counters
+/// aside, each request takes an in-flight slot, and past capacity it is
+/// refused instead of routed.
 pub(super) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -65,11 +86,15 @@ pub(super) async fn handle(
     if req.uri().path() == "/healthz" {
         return Ok(page(StatusCode::OK, TEXT, "ok\n"));
     }
+    if req.uri().path() == STATS_PATH {
+        return Ok(stats::respond(&shared));
+    }
     shared.requests.fetch_add(1, Ordering::Relaxed);
-    let slot = InFlight::enter(&shared);
-    if slot.level > shared.capacity {
+    let mut slot = InFlight::enter(&shared);
+    if slot.level > shared.capacity.load(Ordering::Relaxed) {
         return overloaded(&shared).await;
     }
+    slot.serve();
     Ok(route(&shared, req, slot.level).await)
 }
 
@@ -77,7 +102,7 @@ pub(super) async fn handle(
 /// already on the portal, so the idle latency is exactly `base_latency`.
 pub(super) async fn think(shared: &Shared, level: usize, cost: f64) {
     let others = level.saturating_sub(1) as f64;
-    let load = others / shared.capacity.max(1) as f64;
+    let load = others / shared.capacity.load(Ordering::Relaxed).max(1) as f64;
     // Requests under capacity never exceed 4×, the clamp only guards
     // against arithmetic surprises.
     let factor = (1.0 + load).powi(2).min(4.0) * cost;
@@ -94,6 +119,7 @@ async fn overloaded(shared: &Shared) -> Result<Response<Body>, Saturated> {
     shared.overload_errors.fetch_add(1, Ordering::Relaxed);
     let nth = shared.excess_seen.fetch_add(1, Ordering::Relaxed);
     if nth.is_multiple_of(2) {
+        shared.late_503s.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(shared.timings.reject_after.min(MAX_THINK)).await;
         Ok(page(
             StatusCode::SERVICE_UNAVAILABLE,

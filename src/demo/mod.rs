@@ -16,6 +16,9 @@
 //! - `listener`: the accept loop and one HTTP/1.1 connection each.
 //! - `load`: what makes the portal fragile: latency that grows with load,
 //!   then late 503s and dropped connections past capacity.
+//! - `capacity`: a capacity that moves on a schedule (`--capacity`).
+//! - `stats`: the portal's own counters at `/__demo/stats`, and the share
+//!   of its capacity used.
 //! - `routes`: the portal's pages and API calls, by path.
 //! - `home`: the cacheable home page and its validators.
 //! - `sessions`: Tomcat-like session ids and the `JSESSIONID` cookie.
@@ -24,12 +27,14 @@
 //!   `assets/` so they can be read and edited as what they are.
 
 mod assets;
+mod capacity;
 mod home;
 mod listener;
 mod load;
 mod response;
 mod routes;
 mod sessions;
+mod stats;
 #[cfg(test)]
 mod tests;
 
@@ -44,11 +49,16 @@ use tokio::task::JoinHandle;
 
 use home::HomePage;
 use sessions::Sessions;
+use stats::Usage;
+
+pub use capacity::CapacitySchedule;
+pub use stats::{STATS_PATH, Stats};
 
 /// Knobs of the demo portal; `Default` gives capacity 32, base latency 20 ms.
 #[derive(Debug, Clone)]
 pub struct PortalOptions {
-    /// Requests the portal can work on at once; past this it degrades and then fails.
+    /// Requests the portal can work on at once; past this it degrades and
+    /// then fails. [`Portal::follow`] moves it on a schedule.
     pub capacity: usize,
     /// Latency of a dynamic page when the portal is idle.
     pub base_latency: Duration,
@@ -84,6 +94,8 @@ pub struct Portal {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     accept: JoinHandle<()>,
+    /// The task applying a capacity schedule, if one was given.
+    schedule: Option<JoinHandle<()>>,
 }
 
 impl Portal {
@@ -104,7 +116,7 @@ impl Portal {
         let shared = Arc::new(Shared::new(opts, timings));
         tracing::info!(
             %addr,
-            capacity = shared.capacity,
+            capacity = shared.capacity.load(Ordering::Relaxed),
             base_latency_ms = shared.base_latency.as_millis(),
             "demo portal listening"
         );
@@ -113,7 +125,39 @@ impl Portal {
             addr,
             shared,
             accept,
+            schedule: None,
         }
+    }
+
+    /// Moves the capacity on `schedule`, its offsets counted from now:
+    /// the capacity at 0 s applies at once, each change is logged. Replaces
+    /// a schedule followed before.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime.
+    pub fn follow(&mut self, schedule: CapacitySchedule) {
+        let start = tokio::time::Instant::now();
+        self.shared
+            .set_capacity(schedule.initial().get(), Duration::ZERO);
+        if let Some(old) = self.schedule.take() {
+            old.abort();
+        }
+        self.schedule = Some(tokio::spawn(capacity::follow(
+            Arc::clone(&self.shared),
+            schedule,
+            start,
+        )));
+    }
+
+    /// Requests the portal can work on at once right now.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Every counter at one instant, as `/__demo/stats` serves them.
+    pub fn stats(&self) -> Stats {
+        stats::snapshot(&self.shared)
     }
 
     /// Requests being processed right now.
@@ -158,13 +202,17 @@ impl Drop for Portal {
     /// are cut too, including requests still waiting out their latency.
     fn drop(&mut self) {
         self.accept.abort();
+        if let Some(schedule) = &self.schedule {
+            schedule.abort();
+        }
     }
 }
 
 /// What the accept loop, every connection and the [`Portal`] handle share.
 struct Shared {
-    /// Requests worked on at once before the portal starts failing.
-    capacity: usize,
+    /// Requests worked on at once before the portal starts failing; moved
+    /// by a capacity schedule, only through [`Shared::set_capacity`].
+    capacity: AtomicUsize,
     /// Latency of a dynamic page on an idle portal.
     base_latency: Duration,
     /// How long over-capacity requests linger before failing.
@@ -173,8 +221,17 @@ struct Shared {
     in_flight: AtomicUsize,
     /// Highest `in_flight` ever seen.
     peak_in_flight: AtomicUsize,
+    /// Of `in_flight`, the requests admitted under capacity and worked on:
+    /// the ones refused hold a connection, not a share of the capacity.
+    /// Moved only through `usage`.
+    serving: AtomicUsize,
     /// Requests refused for being over capacity.
     overload_errors: AtomicU64,
+    /// Of those, the ones answered with a late 503 (the rest are dropped).
+    late_503s: AtomicU64,
+    /// The integrals of capacity offered and used; every change of
+    /// `serving` or `capacity` goes through it.
+    usage: Usage,
     /// Requests received, health checks excluded.
     requests: AtomicU64,
     /// Alternates the fate of excess requests so that exactly half get a 503.
@@ -188,16 +245,35 @@ struct Shared {
 impl Shared {
     fn new(opts: PortalOptions, timings: Timings) -> Shared {
         Shared {
-            capacity: opts.capacity,
+            capacity: AtomicUsize::new(opts.capacity),
             base_latency: opts.base_latency,
             timings,
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
+            serving: AtomicUsize::new(0),
             overload_errors: AtomicU64::new(0),
+            late_503s: AtomicU64::new(0),
+            usage: Usage::new(),
             requests: AtomicU64::new(0),
             excess_seen: AtomicU64::new(0),
             sessions: Sessions::new(),
             home: HomePage::new(),
+        }
+    }
+
+    /// Sets the capacity, closing the usage interval at the old one, and
+    /// logs a change.
+    fn set_capacity(&self, capacity: usize, elapsed: Duration) {
+        let old = self
+            .usage
+            .change(self, || self.capacity.swap(capacity, Ordering::Relaxed));
+        if old != capacity {
+            tracing::info!(
+                capacity,
+                was = old,
+                after_s = elapsed.as_secs_f64(),
+                "demo portal capacity changed"
+            );
         }
     }
 }

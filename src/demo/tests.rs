@@ -1,5 +1,6 @@
 //! The portal driven by a real HTTP client over loopback.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,7 +10,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use super::{Portal, PortalOptions, Timings};
+use super::stats::{self, STATS_PATH, Stats};
+use super::{CapacitySchedule, Portal, PortalOptions, Shared, Timings};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -33,6 +35,10 @@ impl Answer {
 
     fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("JSON body")
+    }
+
+    fn json_as<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body).expect("JSON body of that shape")
     }
 
     fn text(&self) -> &str {
@@ -407,4 +413,113 @@ async fn dropping_the_portal_stops_it() {
         assert!(tokio::time::Instant::now() < deadline, "still accepting");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn the_stats_endpoint_counts_what_the_portal_lived() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let portal = Portal::spawn_with(
+        listener,
+        PortalOptions {
+            capacity: 1,
+            base_latency: Duration::from_millis(20),
+        },
+        Timings {
+            reject_after: Duration::from_millis(300),
+            drop_after: Duration::from_millis(400),
+        },
+    );
+    let client = client();
+    let mut pending = JoinSet::new();
+    for _ in 0..3 {
+        let client = client.clone();
+        let req = request(&portal, Method::GET, "/news")
+            .body(Full::default())
+            .expect("request");
+        pending.spawn(async move { client.request(req).await.map(|resp| resp.status()) });
+    }
+    while pending.join_next().await.is_some() {}
+
+    let answer = get(&client, &portal, STATS_PATH).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        answer.header(header::CACHE_CONTROL),
+        "no-store",
+        "no cache may keep the counters"
+    );
+    let stats: Stats = serde_json::from_slice(&answer.body).expect("the Stats shape");
+    assert_eq!(stats.requests, 3, "reads of the counters are not requests");
+    assert_eq!(
+        (
+            stats.overload_errors,
+            stats.late_503s,
+            stats.dropped_connections
+        ),
+        (2, 1, 1),
+        "one of each fate past capacity 1: {stats:?}"
+    );
+    assert_eq!(
+        (stats.capacity, stats.in_flight, stats.serving),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.peak_in_flight, 3, "{stats:?}");
+    assert!(
+        (0.015..0.2).contains(&stats.busy_seconds),
+        "the one 20 ms page served used the capacity; the refused requests, in \
+         flight for 300 and 400 ms, did not: {stats:?}"
+    );
+    assert_eq!(portal.stats().requests, 3, "the handle reads the same");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_share_of_capacity_used_is_integrated_exactly() {
+    let shared = Shared::new(
+        PortalOptions {
+            capacity: 4,
+            base_latency: Duration::from_millis(1),
+        },
+        Timings::LEGACY,
+    );
+    let enter = |n: usize| {
+        shared
+            .usage
+            .change(&shared, || shared.serving.fetch_add(n, Ordering::Relaxed));
+    };
+    enter(2);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    shared.set_capacity(1, Duration::from_secs(1));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    enter(3);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let stats = stats::snapshot(&shared);
+    // 2 of 4 for 1 s, then 1 of 1 (2 served, capped) for 1 s, then 1 of 1
+    // (5 served) for 2 s.
+    assert_eq!(stats.busy_seconds, 2.0 + 1.0 + 2.0, "{stats:?}");
+    assert_eq!(stats.capacity_seconds, 4.0 + 1.0 + 2.0, "{stats:?}");
+    assert_eq!(stats.uptime_seconds, 4.0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_capacity_schedule_moves_the_capacity_seen_in_the_stats() {
+    let mut portal = start(fast()).await;
+    let schedule: CapacitySchedule = "0s:2,300ms:5".parse().expect("schedule");
+    portal.follow(schedule);
+    assert_eq!(portal.capacity(), 2, "the capacity at 0 s applies at once");
+    let client = client();
+    let first: Stats = get(&client, &portal, STATS_PATH).await.json_as();
+    assert_eq!(first.capacity, 2, "{first:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats: Stats = get(&client, &portal, STATS_PATH).await.json_as();
+        if stats.capacity == 5 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the capacity never moved to 5: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(portal.capacity(), 5, "the handle sees it too");
 }

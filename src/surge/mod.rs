@@ -17,7 +17,8 @@
 //! - `pupil`: one pupil's session script, and the mix of personas.
 //! - `client`: one pupil's connection and cookie jar; what an answer means.
 //! - `record`: what pupils lived, recorded lock-free as they go.
-//! - `sampler`: digue's `/metrics` and the pupils' state, every 250 ms.
+//! - `sampler`: digue's `/metrics`, the demo portal's counters and the
+//!   pupils' state, every 250 ms.
 //! - `progress`: the progress bar.
 //! - [`report`]: the end report, as text and JSON.
 //! - [`chart`]: the SVG chart.
@@ -53,7 +54,7 @@ pub use scenario::{Plan, Target};
 use progress::Progress;
 use pupil::{Persona, Pupil};
 use record::Recorder;
-use sampler::Scraper;
+use sampler::{PortalReader, Scraper};
 
 /// How long the target (and the admin URL) get to accept a first connection.
 const REACH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -92,6 +93,11 @@ pub struct SurgeArgs {
     /// digue's admin base URL (http://host:port), to sample /metrics.
     #[arg(long, value_name = "URL")]
     pub admin: Option<String>,
+    /// The demo portal's own counters (http://host:port/__demo/stats, as
+    /// `digue demo` prints it), to report the share of its capacity used
+    /// and its own failures.
+    #[arg(long, value_name = "URL")]
+    pub portal_stats: Option<String>,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
@@ -122,9 +128,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub enum SurgeError {
     /// Bad flags or scenario file: every problem, each with its key or flag.
     Input(Vec<String>),
-    /// The target or the admin URL does not answer.
+    /// The target, the admin URL or the portal stats URL does not answer.
     Unreachable {
-        /// "target" or "admin URL".
+        /// "target", "admin URL" or "portal stats URL".
         what: &'static str,
         url: String,
         error: String,
@@ -276,7 +282,8 @@ pub fn write_report(report: &Report, path: &Path) -> Result<(), String> {
 }
 
 /// Runs `plan` against its target and returns what happened. Fails before
-/// sending any load when the target or the admin URL does not answer.
+/// sending any load when the target, the admin URL or the portal stats URL
+/// does not answer.
 pub async fn simulate(plan: &Plan, show_progress: bool) -> Result<Report, SurgeError> {
     let addr = client::reach(&plan.target.host, plan.target.port, REACH_TIMEOUT)
         .await
@@ -299,6 +306,17 @@ pub async fn simulate(plan: &Plan, show_progress: bool) -> Result<Report, SurgeE
         }
         None => None,
     };
+    let portal =
+        match &plan.portal_stats {
+            Some(stats) => Some(PortalReader::connect(stats).await.map_err(|error| {
+                SurgeError::Unreachable {
+                    what: "portal stats URL",
+                    url: stats.url.clone(),
+                    error,
+                }
+            })?),
+            None => None,
+        };
     let personas = pupil::personas(plan.arrivals.pupils, plan.mix, plan.seed);
     let bots = personas.iter().filter(|p| **p == Persona::Bot).count();
     let people = personas.len() - bots;
@@ -335,6 +353,7 @@ pub async fn simulate(plan: &Plan, show_progress: bool) -> Result<Report, SurgeE
     let sampler = tokio::spawn(sampler::run(
         Arc::clone(&rec),
         scraper,
+        portal,
         progress.clone(),
         stopped,
     ));

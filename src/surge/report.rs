@@ -34,6 +34,10 @@ pub struct Report {
     pub session: SessionChecks,
     /// From digue's `/metrics` (`None` without `--admin`).
     pub origin: Option<OriginStats>,
+    /// From the demo portal's own counters (`None` without
+    /// `--portal-stats`: the share of capacity used and the portal's
+    /// failures are then unknown, not zero).
+    pub portal: Option<PortalStats>,
     /// One point per second of the run.
     pub timeline: Vec<TimelinePoint>,
     pub simulator: SimulatorCost,
@@ -173,6 +177,38 @@ pub struct OriginStats {
     pub peak_line_waiting: Option<u64>,
 }
 
+/// The portal as its own counters showed it, from a read just before the
+/// load to the last read of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortalStats {
+    pub stats_url: String,
+    pub sample_interval_ms: u64,
+    pub samples: u64,
+    pub failed_samples: u64,
+    /// ∫ min(in flight, capacity) dt / ∫ capacity dt over the run, from
+    /// the portal's exact integrals (0 to 1; `None` if no time passed).
+    pub capacity_used_share: Option<f64>,
+    /// The capacity before the load and at the end of the run.
+    pub capacity_at_start: u64,
+    pub capacity_at_end: u64,
+    /// The lowest and highest capacity read (a change shorter than the
+    /// sample interval can fall between two reads).
+    pub capacity_min: u64,
+    pub capacity_max: u64,
+    /// Requests the portal received during the run, from any client.
+    pub requests: u64,
+    /// The portal's own failures during the run: requests refused over
+    /// capacity, `late_503s + dropped_connections`.
+    pub overload_errors: u64,
+    /// Answered 503 after a long wait.
+    pub late_503s: u64,
+    /// Closed without a response after a longer wait.
+    pub dropped_connections: u64,
+    /// Highest in flight since the portal started (the run's, if the
+    /// portal started fresh).
+    pub peak_in_flight_since_start: u64,
+}
+
 /// One second of the run (maxima over its samples).
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelinePoint {
@@ -185,6 +221,11 @@ pub struct TimelinePoint {
     pub line_waiting: Option<u64>,
     /// `digue_origin_in_flight` (with `--admin`).
     pub origin_in_flight: Option<u64>,
+    /// The portal's capacity at the second's last read (with `--portal-stats`).
+    pub portal_capacity: Option<u64>,
+    /// Share of the portal's capacity used over about this second, from
+    /// the reads that fell in it (with `--portal-stats`).
+    pub portal_capacity_used_share: Option<f64>,
 }
 
 /// What generating the load cost, so the figures above can be trusted:
@@ -273,6 +314,8 @@ impl Report {
                     admissions: rec.admissions_in(s),
                     line_waiting: sample.line_waiting,
                     origin_in_flight: sample.origin_in_flight,
+                    portal_capacity: sample.portal_capacity,
+                    portal_capacity_used_share: ratio(sample.portal_busy, sample.portal_offered),
                 }
             })
             .collect();
@@ -284,6 +327,29 @@ impl Report {
             peak_in_flight: timeline.iter().filter_map(|p| p.origin_in_flight).max(),
             limit: samples.origin_limit,
             peak_line_waiting: timeline.iter().filter_map(|p| p.line_waiting).max(),
+        });
+        let portal = samples.portal.as_ref().map(|p| {
+            let (first, last) = (&p.first, &p.last);
+            let grown = |a: u64, b: u64| b.saturating_sub(a);
+            PortalStats {
+                stats_url: p.url.clone(),
+                sample_interval_ms: SAMPLE_EVERY.as_millis() as u64,
+                samples: p.reads,
+                failed_samples: p.failed_reads,
+                capacity_used_share: ratio(
+                    last.busy_seconds - first.busy_seconds,
+                    last.capacity_seconds - first.capacity_seconds,
+                ),
+                capacity_at_start: first.capacity,
+                capacity_at_end: last.capacity,
+                capacity_min: p.capacity_min,
+                capacity_max: p.capacity_max,
+                requests: grown(first.requests, last.requests),
+                overload_errors: grown(first.overload_errors, last.overload_errors),
+                late_503s: grown(first.late_503s, last.late_503s),
+                dropped_connections: grown(first.dropped_connections, last.dropped_connections),
+                peak_in_flight_since_start: last.peak_in_flight,
+            }
         });
         let wall = i.elapsed.as_secs_f64();
         let cpu = i.cpu.map(|c| c.as_secs_f64());
@@ -339,6 +405,24 @@ impl Report {
                 pupils.held_by_ceiling, i.concurrency
             ));
         }
+        if let Some(p) = &samples.portal {
+            if p.last.uptime_seconds < p.first.uptime_seconds {
+                warnings.push(format!(
+                    "the portal's counters at {} went back during the run: was it restarted? \
+                     Its figures are not the run's",
+                    p.url
+                ));
+            }
+            if p.failed_reads > 0 {
+                warnings.push(format!(
+                    "{} of {} reads of the portal's counters failed (last: {}); the figures \
+                     stop at the last read that worked",
+                    p.failed_reads,
+                    p.failed_reads + p.reads,
+                    p.last_error.as_deref().unwrap_or("?")
+                ));
+            }
+        }
         if samples.failed_scrapes > 0 {
             warnings.push(format!(
                 "{} of {} reads of /metrics failed (last: {})",
@@ -369,6 +453,7 @@ impl Report {
             responses,
             session,
             origin,
+            portal,
             timeline,
             simulator,
             warnings,
@@ -379,6 +464,12 @@ impl Report {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
+}
+
+/// `part / whole` to three decimals, within 0..=1; `None` when nothing was
+/// offered.
+fn ratio(part: f64, whole: f64) -> Option<f64> {
+    (whole > 0.0).then(|| round3((part / whole).clamp(0.0, 1.0)))
 }
 
 /// Three decimals: µs for `_ms` fields, ms for seconds; more is noise.
@@ -493,13 +584,19 @@ fn share(part: u64, whole: u64) -> String {
 /// `values` as a row of block characters, at most `width` wide (each mark
 /// the maximum of the seconds it covers), and the seconds per mark.
 pub(crate) fn sparkline(values: &[u64], width: usize) -> (String, usize) {
+    sparkline_to(values, width, 0)
+}
+
+/// [`sparkline`] whose full mark stands for at least `top` (100 for a
+/// percentage), so that small values look small.
+fn sparkline_to(values: &[u64], width: usize, top: u64) -> (String, usize) {
     const MARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let per = values.len().div_ceil(width.max(1)).max(1);
     let maxima: Vec<u64> = values
         .chunks(per)
         .map(|c| c.iter().copied().max().unwrap_or(0))
         .collect();
-    let top = maxima.iter().copied().max().unwrap_or(0).max(1);
+    let top = maxima.iter().copied().max().unwrap_or(0).max(top).max(1);
     let line = maxima
         .iter()
         .map(|v| {
@@ -700,6 +797,8 @@ impl fmt::Display for Report {
             series.iter().max().copied().unwrap_or(0)
         )?;
 
+        self.fmt_portal(f)?;
+
         let sim = &self.simulator;
         let cpu = match (sim.cpu_seconds, sim.cpu_share_of_one_core) {
             (Some(c), Some(share)) => format!("{c:.1} s CPU ({:.0} % of one core)", share * 100.0),
@@ -726,6 +825,60 @@ impl fmt::Display for Report {
     }
 }
 
+impl Report {
+    /// The portal's own figures, or that they are unknown.
+    fn fmt_portal(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(p) = &self.portal else {
+            return writeln!(
+                f,
+                "\nPortal            capacity used and failures unknown: no --portal-stats URL \
+                 (`digue demo` prints it)"
+            );
+        };
+        writeln!(
+            f,
+            "\nPortal (its own counters, {}, read every {} ms)",
+            p.stats_url, p.sample_interval_ms
+        )?;
+        let capacity = if p.capacity_min == p.capacity_max {
+            format!("capacity {}", p.capacity_min)
+        } else {
+            format!(
+                "capacity {} → {}, between {} and {}",
+                p.capacity_at_start, p.capacity_at_end, p.capacity_min, p.capacity_max
+            )
+        };
+        let used = p
+            .capacity_used_share
+            .map_or("unknown".to_owned(), |s| format!("{:.1} %", s * 100.0));
+        writeln!(f, "  capacity used     {used} over the run ({capacity})")?;
+        writeln!(
+            f,
+            "  failures          {} overload errors ({} late 503s, {} dropped connections)",
+            p.overload_errors, p.late_503s, p.dropped_connections
+        )?;
+        writeln!(
+            f,
+            "  requests          {} (peak in flight {} since it started)",
+            p.requests, p.peak_in_flight_since_start
+        )?;
+        let shares: Vec<u64> = self
+            .timeline
+            .iter()
+            .map(|t| {
+                t.portal_capacity_used_share
+                    .map_or(0, |s| (s * 100.0).round() as u64)
+            })
+            .collect();
+        let (line, per) = sparkline_to(&shares, 60, 100);
+        writeln!(
+            f,
+            "  capacity used over time  |{line}|  (full: 100 %; max {} %; one mark = {per} s)",
+            shares.iter().max().copied().unwrap_or(0)
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,6 +901,11 @@ mod tests {
         assert_eq!(line.chars().count(), 3);
         assert_eq!(line.chars().nth(1), Some('█'), "the 8 survives: {line}");
         assert_eq!(sparkline(&[], 10).0, "");
+        assert_eq!(
+            sparkline_to(&[1, 100], 2, 100).0,
+            "▁█",
+            "a percentage is drawn against 100"
+        );
     }
 
     #[test]

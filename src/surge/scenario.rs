@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::SurgeArgs;
 use super::arrivals::{Arrivals, Curve};
+use crate::demo::STATS_PATH;
 
 /// Pupils when neither the scenario nor `--pupils` says.
 pub const DEFAULT_PUPILS: u64 = 500;
@@ -62,6 +63,8 @@ pub struct Plan {
     pub script: Script,
     /// digue's `/metrics`, sampled during the run.
     pub admin: Option<Target>,
+    /// The demo portal's own counters (`/__demo/stats`), read during the run.
+    pub portal_stats: Option<Target>,
     /// Seeds the mix of personas, think times and jitter.
     pub seed: u64,
 }
@@ -117,6 +120,23 @@ impl Target {
             authority: authority.as_str().to_owned(),
             path: uri.path().to_owned(),
         })
+    }
+}
+
+/// A URL given by `flag`; `default_path` when it names none.
+fn read_url(url: &str, flag: &str, default_path: &str, p: &mut Problems) -> Option<Target> {
+    match Target::parse(url) {
+        Ok(mut t) => {
+            if t.path == "/" || t.path.is_empty() {
+                default_path.clone_into(&mut t.path);
+                t.url = format!("http://{}{default_path}", t.authority);
+            }
+            Some(t)
+        }
+        Err(e) => {
+            p.push(flag, e);
+            None
+        }
     }
 }
 
@@ -284,6 +304,7 @@ impl Plan {
                 steps: default_steps(),
             },
             admin: None,
+            portal_stats: None,
             seed: DEFAULT_SEED,
         }
     }
@@ -465,16 +486,10 @@ impl Plan {
             self.seed = seed;
         }
         if let Some(url) = &args.admin {
-            match Target::parse(url) {
-                Ok(mut t) => {
-                    if t.path == "/" || t.path.is_empty() {
-                        "/metrics".clone_into(&mut t.path);
-                        t.url = format!("http://{}/metrics", t.authority);
-                    }
-                    self.admin = Some(t);
-                }
-                Err(e) => p.push("--admin", e),
-            }
+            self.admin = read_url(url, "--admin", "/metrics", p);
+        }
+        if let Some(url) = &args.portal_stats {
+            self.portal_stats = read_url(url, "--portal-stats", STATS_PATH, p);
         }
     }
 
