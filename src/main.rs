@@ -15,6 +15,12 @@ const EXAMPLE_CONFIG: &str = include_str!("../config.toml");
 /// The demo's admission rate: low enough that a few browser tabs make a
 /// line, high enough that a short `digue surge` sees it drain.
 const DEMO_USERS_PER_MINUTE: u32 = 20;
+/// The demo's concurrency ceiling, as a multiple of the portal's first
+/// capacity: the autopilot steers below it.
+const DEMO_CEILING_FACTOR: usize = 4;
+/// The demo's admission ceiling: the autopilot raises the rate towards it
+/// while people wait and the portal keeps up.
+const DEMO_MAX_USERS_PER_MINUTE: u32 = 600;
 /// The demo's admin listener, as in config.toml and the README's
 /// `--admin http://127.0.0.1:9090`; any free port when it is taken.
 const DEMO_ADMIN: SocketAddr =
@@ -253,9 +259,14 @@ fn demo(listen: SocketAddr, schedule: Option<CapacitySchedule>) -> ExitCode {
         for site in &mut config.sites {
             site.origin.backends = vec![origin_uri.clone()];
             site.hosts = vec![HostPattern::Any];
-            // What the portal holds at first, not config.toml's guess for
-            // a real one.
-            site.live.origin_concurrency = capacity;
+            // Four times what the portal holds at first, as an operator
+            // who does not know would guess: the autopilot finds the real
+            // capacity, and follows it when `--capacity` moves it.
+            site.live.origin_concurrency = capacity * DEMO_CEILING_FACTOR;
+            site.autopilot.enabled = true;
+            site.autopilot.min_origin_concurrency = 2;
+            site.autopilot.min_new_users_per_minute = DEMO_USERS_PER_MINUTE / 2;
+            site.autopilot.max_new_users_per_minute = DEMO_MAX_USERS_PER_MINUTE;
             // A line you can see by opening the login page in a few tabs.
             if let Some(live) = &mut site.live.admission {
                 live.new_users_per_minute = DEMO_USERS_PER_MINUTE;

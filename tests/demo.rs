@@ -131,8 +131,15 @@ async fn demo_prints_a_ready_to_run_surge_command() {
         .map(str::to_owned)
         .expect("the origin limit is exported");
     assert!(
-        limit.ends_with(" 32"),
-        "digue sends the demo portal no more than its capacity: {limit}"
+        limit.ends_with(" 128"),
+        "the demo's ceiling is four times the portal's capacity: {limit}"
+    );
+    assert!(
+        metrics
+            .text()
+            .lines()
+            .any(|l| l == "digue_autopilot_enabled{site=\"pronote\"} 1"),
+        "and the autopilot finds the real capacity under it"
     );
     let stats_url = args
         .portal_stats
