@@ -1428,3 +1428,62 @@ async fn a_backend_drained_on_one_node_is_drained_on_the_others_and_on_nodes_sta
     )
     .await;
 }
+
+#[tokio::test]
+async fn one_node_at_a_time_decides_the_admission_rate_for_the_whole_cluster() {
+    let origin = Origin::portal().await;
+    origin.set_delay(Duration::from_millis(100));
+    let cluster = Cluster::start(origin).await;
+    let piloted = |id: &str| {
+        cluster
+            .node(id)
+            .site(
+                "[site.autopilot]\nenabled = true\ninterval = \"100ms\"\n\
+                 rate_interval = \"300ms\"\ntarget_latency = \"50ms\"\n",
+            )
+            .admission(&gate("new_users_per_minute = 600"))
+    };
+    let a = piloted("a").start().await;
+    let b = piloted("b").start().await;
+    all_ready(&[&a, &b]).await;
+    // Per-user pages through both nodes, slower than the target: twenty
+    // pupils on each.
+    let traffic: Vec<_> = [&a, &b]
+        .iter()
+        .flat_map(|node| (0..20).map(move |p| node.url(&format!("/eleve/{p}/"))))
+        .map(|base| {
+            tokio::spawn(async move {
+                for n in 0..200 {
+                    let _ = get(&format!("{base}{n}"), &[]).await;
+                }
+            })
+        })
+        .collect();
+    let rate = async |node: &Proxy| {
+        let got = node.admin_call(Method::GET, "/admin/sites", "").await;
+        got.json()["sites"][0]["admission"]["new_users_per_minute"].as_u64()
+    };
+    wait_for("the rate is cut", Duration::from_secs(10), async || match (
+        rate(&a).await,
+        rate(&b).await,
+    ) {
+        (Some(x), Some(y)) if x < 600 && y < 600 => Ok(()),
+        other => Err(other),
+    })
+    .await;
+    for t in traffic {
+        t.abort();
+    }
+    let decided = async |node: &Proxy| {
+        let got = node.admin_call(Method::GET, "/admin/sites", "").await;
+        got.json()["sites"][0]["autopilot"]["decisions"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["loop"] == "admission"))
+    };
+    let deciders = [decided(&a).await, decided(&b).await];
+    assert_eq!(
+        deciders.iter().filter(|d| **d).count(),
+        1,
+        "one node decided, the other applied its rate: {deciders:?}"
+    );
+}

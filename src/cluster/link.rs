@@ -20,6 +20,22 @@ const SETTINGS: &str = "digue:settings";
 /// Backend modes set through the admin API, by `site backend`.
 const BACKENDS: &str = "digue:backends";
 const PURGES: &str = "digue:purges";
+/// The autopilot's lease on a site's admission rate (`…:{site}`): the node
+/// holding it decides the rate for the whole cluster.
+const PILOT_LEASE: &str = "digue:autopilot:lease:";
+/// Takes the lease when free, renews it when held by this node (ARGV[1]),
+/// for ARGV[2] ms; 1 when this node holds it now.
+const LEASE_SCRIPT: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0";
 /// Purges kept for nodes that reconnect.
 const PURGES_KEPT: isize = 1000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -293,6 +309,25 @@ impl Cluster {
             .into_iter()
             .filter_map(|(site, json)| Some((site, serde_json::from_str(&json).ok()?)))
             .collect()
+    }
+
+    /// Takes or renews this node's lease on `site`'s autopilot rate for
+    /// `ttl`: true while it holds it. Unreachable Redis reads as not
+    /// holding it, so no node moves the rate (each keeps the last one).
+    pub async fn pilot_lease(&self, site: &str, ttl: Duration) -> bool {
+        let Some(mut conn) = self.conn() else {
+            return false;
+        };
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let script = redis::Script::new(LEASE_SCRIPT);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(format!("{PILOT_LEASE}{site}"))
+            .arg(&self.node)
+            .arg(ms);
+        let held =
+            tokio::time::timeout(CONNECT_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await;
+        matches!(held, Ok(Ok(1)))
     }
 
     /// The backend modes stored in Redis, as the events that set them.

@@ -33,6 +33,17 @@ pub async fn drive(app: Arc<App>) {
             let Some((gate, cfg, admission)) = site.waiting_room() else {
                 continue;
             };
+            if site.pilot.slow_due(now.instant)
+                && let Some(cluster) = &app.cluster
+            {
+                // The lease outlives two missed renewals, not more: a node
+                // that died hands the rate over within three intervals.
+                let ttl = site.pilot.settings().rate_interval * 3;
+                if !cluster.pilot_lease(&site.config.name, ttl).await {
+                    site.pilot.skip_slow(now.instant);
+                    continue;
+                }
+            }
             let status = gate.status(cfg, &admission, now.instant);
             let line = LineView {
                 rate_now: admission.new_users_per_minute,

@@ -9,7 +9,8 @@
 //! property, as for a PATCH). Switched off (`enabled = false`) it decides
 //! nothing and the values stay where they are: the operator has taken over.
 //! Whatever else moved a value (a PATCH, a reload, the cluster), the loops
-//! go on from it.
+//! go on from it. In a cluster, one node at a time (the holder of a lease
+//! in Redis) decides the rate for all; each node steers its own limits.
 
 pub mod drive;
 
@@ -181,6 +182,22 @@ impl Pilot {
         }
     }
 
+    /// Whether the slow loop would act now.
+    pub fn slow_due(&self, now: Instant) -> bool {
+        let inner = self.inner();
+        inner.settings.enabled && inner.next_slow.is_none_or(|at| now >= at)
+    }
+
+    /// Another node decides the rate this interval (cluster mode): start
+    /// the next interval afresh, so that taking over later judges only
+    /// what follows.
+    pub fn skip_slow(&self, now: Instant) {
+        let mut inner = self.inner();
+        inner.next_slow = Some(now + inner.settings.rate_interval);
+        inner.since_slow = LatencySnapshot::default();
+        inner.busy_seen = None;
+    }
+
     /// The slow loop, when due: the admission rate to set now, if it moves.
     pub fn slow(&self, line: LineView, now: Instant, at_unix: u64) -> Option<u32> {
         let mut inner = self.inner();
@@ -188,11 +205,10 @@ impl Pilot {
         if !settings.enabled || inner.next_slow.is_some_and(|at| now < at) {
             return None;
         }
-        let first = inner.next_slow.is_none();
         inner.next_slow = Some(now + settings.rate_interval);
         let window = std::mem::take(&mut inner.since_slow);
         let busy_before = inner.busy_seen.replace(line.busy_total);
-        if first || settings.max_new_users_per_minute == 0 {
+        if busy_before.is_none() || settings.max_new_users_per_minute == 0 {
             // The first look only starts the interval.
             return None;
         }
