@@ -6,10 +6,11 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::Duration;
 
 use http::Method;
 use serde_json::Value;
-use support::{Digue, Origin, get};
+use support::{Digue, Origin, get, wait_until};
 
 fn read(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
@@ -324,7 +325,10 @@ async fn live_metrics() -> Exposition {
     let origin = Origin::fixed(&[("cache-control", "max-age=60")], "x").await;
     let proxy = Digue::new(&origin.url())
         .admin()
-        .site("[site.admission]\npaths = [\"/login\"]\nnew_users_per_minute = 60")
+        .site(
+            "[site.autopilot]\nenabled = true\ninterval = \"100ms\"\n\
+             [site.admission]\npaths = [\"/login\"]\nnew_users_per_minute = 60",
+        )
         .start()
         .await;
     for target in ["/", "/", "/login"] {
@@ -342,6 +346,22 @@ async fn live_metrics() -> Exposition {
         )
         .await;
     assert_eq!(purge.status, 200, "{}", purge.text());
+    // The autopilot's first decision (a probe of the origin's latency at
+    // low load, once a window has ten origin answers) makes its counter show.
+    for i in 0..12 {
+        get(&proxy.url(&format!("/page/{i}")), &[]).await;
+    }
+    wait_until(
+        "the autopilot decides",
+        Duration::from_secs(5),
+        async || {
+            proxy
+                .metrics()
+                .await
+                .contains("digue_autopilot_decisions_total{")
+        },
+    )
+    .await;
     let metrics = get(&proxy.admin_url("/metrics"), &[]).await;
     assert_eq!(metrics.status, 200);
     proxy.shutdown().await;
