@@ -25,6 +25,13 @@ pub struct OriginGuard {
     debt: Arc<AtomicUsize>,
 }
 
+/// The highest limit a guard takes: far above what any origin holds, and
+/// far below what tokio's semaphore can count (`usize::MAX >> 3`), so that
+/// adding slots never overflows it. The live settings refuse more
+/// (`origin_concurrency` ≤ 100,000); this bound only makes the guard safe
+/// on its own.
+pub const MAX_LIMIT: usize = 1 << 20;
+
 /// No slot freed within the queue timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Saturated;
@@ -59,6 +66,7 @@ impl OriginGuard {
             !in_flight.is_empty(),
             "invariant: a guard counts its requests"
         );
+        let limit = limit.min(MAX_LIMIT);
         limit_gauge.set(i64::try_from(limit).unwrap_or(i64::MAX));
         OriginGuard {
             slots: Arc::new(Semaphore::new(limit)),
@@ -79,26 +87,32 @@ impl OriginGuard {
 
     /// Changes the limit at once. Raising adds slots; lowering retires free
     /// slots now and busy ones as they come back, so in-flight requests are
-    /// never cut and the new limit is never exceeded by new ones.
+    /// never cut and the new limit is never exceeded by new ones. O(1)
+    /// whatever the old and new limits (a limit beyond [`MAX_LIMIT`] is
+    /// taken as it), and the limit is stored once the slots match it.
+    /// Callers change a guard one at a time (`App::changing`, the
+    /// autopilot's loop): two changes at once could store either limit.
     pub fn set_limit(&self, new: usize) {
-        let old = self.limit.swap(new, Ordering::AcqRel);
+        let new = new.min(MAX_LIMIT);
+        let old = self.limit.load(Ordering::Acquire);
         if new > old {
-            let mut add = new - old;
-            // Cancel retirements still pending from an earlier decrease first.
-            while add > 0
-                && self
-                    .debt
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
-                    .is_ok()
-            {
-                add -= 1;
-            }
-            self.slots.add_permits(add);
+            let add = new - old;
+            // Cancel retirements still pending from an earlier decrease
+            // first, all at once.
+            let cancelled = match self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d - d.min(add))
+                }) {
+                Ok(d) | Err(d) => d.min(add),
+            };
+            self.slots.add_permits(add - cancelled);
         } else if new < old {
             let cut = old - new;
             let forgotten = self.slots.forget_permits(cut);
             self.debt.fetch_add(cut - forgotten, Ordering::AcqRel);
         }
+        self.limit.store(new, Ordering::Release);
     }
 
     /// Waits at most `wait` for a slot.
@@ -207,5 +221,61 @@ mod tests {
             "the waiter got the freed slot"
         );
         assert_eq!(g.busy(), 0, "in-flight gauge returns to zero");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Acquire,
+        Release(usize),
+        SetLimit(usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => Just(Op::Acquire),
+            3 => any::<usize>().prop_map(Op::Release),
+            2 => (0_usize..=24).prop_map(Op::SetLimit),
+            1 => prop_oneof![Just(usize::MAX), Just(MAX_LIMIT + 1), Just(1 << 40)].prop_map(Op::SetLimit),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a model: a new slot is given exactly while fewer than the
+        /// limit are in flight, whatever sequence of limits came before (huge
+        /// ones included), and once every slot is back the free slots are the
+        /// limit.
+        #[test]
+        fn the_guard_follows_any_sequence_of_limits(ops in proptest::collection::vec(op(), 1..200)) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let g = guard(4);
+                let mut limit = 4_usize;
+                let mut held = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Acquire => {
+                            let got = g.acquire(Duration::ZERO).await;
+                            assert_eq!(got.is_ok(), held.len() < limit, "{} in flight, limit {limit}", held.len());
+                            held.extend(got.ok());
+                        }
+                        Op::Release(i) if !held.is_empty() => {
+                            held.swap_remove(i % held.len());
+                        }
+                        Op::Release(_) => {}
+                        Op::SetLimit(n) => {
+                            g.set_limit(n);
+                            limit = n.min(MAX_LIMIT);
+                            assert_eq!(g.limit(), limit);
+                        }
+                    }
+                }
+                held.clear();
+                assert_eq!(g.slots.available_permits(), limit, "drained: free slots = limit");
+            });
+        }
     }
 }

@@ -617,6 +617,69 @@ async fn bad_origin_patches_are_refused_with_a_json_error() {
     assert_eq!(origin_limit(&proxy).await, 8, "the limit did not move");
 }
 
+#[tokio::test]
+async fn a_mistyped_live_setting_is_refused_with_its_range_and_never_freezes_the_proxy() {
+    let origin = Origin::fixed(&[("cache-control", "no-store")], "page").await;
+    let proxy = digue(&origin)
+        .site("origin_concurrency = 8")
+        .admission("new_users_per_minute = 600")
+        .start()
+        .await;
+    let huge = "18446744073709551615";
+    for (endpoint, key) in [
+        ("origin", "origin_concurrency"),
+        ("admission", "new_users_per_minute"),
+        ("admission", "burst"),
+        ("admission", "max_active_users"),
+    ] {
+        for value in ["0", "-1", huge, "1e308", "NaN", "\"8\"", "null", "7000000"] {
+            let allowed = matches!(
+                (key, value),
+                ("new_users_per_minute", "0") | ("max_active_users", "null")
+            ) || (key == "origin_concurrency" && value == "7000000");
+            if allowed {
+                continue;
+            }
+            let body = format!("{{\"{key}\": {value}}}");
+            let got = patch(&proxy, &format!("/admin/sites/portal/{endpoint}"), &body).await;
+            let why = assert_refused(&got, 400, &body);
+            if value == "0" || value == "7000000" {
+                assert!(
+                    why.contains(key) && why.contains("between"),
+                    "{body}: names the key and its range: {why}"
+                );
+            }
+        }
+    }
+    let got = patch(
+        &proxy,
+        "/admin/sites/portal/origin",
+        &format!("{{\"origin_concurrency\": {}}}", usize::MAX),
+    )
+    .await;
+    let why = assert_refused(&got, 400, "2^64-1 slots");
+    assert!(why.contains("100000"), "says the range: {why}");
+    let big = format!(
+        "{{\"origin_concurrency\": 8, \"pad\": \"{}\"}}",
+        "x".repeat(1 << 20)
+    );
+    let got = patch(&proxy, "/admin/sites/portal/origin", &big).await;
+    assert_refused(&got, 413, "a 1 MB body");
+
+    assert_eq!(origin_limit(&proxy).await, 8, "nothing changed");
+    all_ok(uncacheable_burst(&proxy, "after", 8), "ordinary requests").await;
+    let got = patch(
+        &proxy,
+        "/admin/sites/portal/origin",
+        r#"{"origin_concurrency": 32}"#,
+    )
+    .await;
+    assert_eq!(got.status, 200, "a sane patch afterwards: {}", got.text());
+    assert_eq!(origin_limit(&proxy).await, 32, "applied at once");
+    assert_in_flight_at_once(&proxy, &origin, "sane", 40, 32, "after the refusals").await;
+    proxy.shutdown().await;
+}
+
 // ---- PATCH /admin/sites/{name}/admission ----
 
 #[tokio::test]

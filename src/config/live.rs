@@ -67,6 +67,16 @@ impl AdmissionMode {
     }
 }
 
+/// The ranges of the live settings, in one place for the file, the admin
+/// API and the cluster: far above any portal, far below what the guard and
+/// the GCRA can count, so that applying any value in range is instant and
+/// exact.
+pub const MAX_ORIGIN_CONCURRENCY: usize = 100_000;
+/// 100,000 a second.
+pub const MAX_NEW_USERS_PER_MINUTE: u32 = 6_000_000;
+pub const MAX_BURST: u32 = 1_000_000;
+pub const MAX_ACTIVE_USERS: u32 = 1_000_000;
+
 /// Five seconds' worth of the rate, at least one: the burst when none is set.
 pub fn default_burst(per_minute: u32) -> u32 {
     (per_minute / 12).max(1)
@@ -91,25 +101,33 @@ impl LiveSettings {
     /// received from the cluster all go through here.
     pub fn problems(&self) -> Vec<LiveError> {
         let mut out = Vec::new();
-        if self.origin_concurrency == 0 {
-            out.push(LiveError {
-                key: "origin_concurrency",
-                message: "must be at least 1",
-            });
-        }
+        let mut check = |ok: bool, key: &'static str, message: &'static str| {
+            if !ok {
+                out.push(LiveError { key, message });
+            }
+        };
+        check(
+            (1..=MAX_ORIGIN_CONCURRENCY).contains(&self.origin_concurrency),
+            "origin_concurrency",
+            "must be between 1 and 100000 (requests in flight to each backend)",
+        );
         if let Some(a) = &self.admission {
-            if a.burst == 0 {
-                out.push(LiveError {
-                    key: "admission.burst",
-                    message: "must be at least 1 (0 would admit nobody)",
-                });
-            }
-            if a.max_active_users == Some(0) {
-                out.push(LiveError {
-                    key: "admission.max_active_users",
-                    message: "must be at least 1 (0 would admit nobody; leave it out for no cap)",
-                });
-            }
+            check(
+                a.new_users_per_minute <= MAX_NEW_USERS_PER_MINUTE,
+                "admission.new_users_per_minute",
+                "must be between 0 and 6000000 (0 holds the line)",
+            );
+            check(
+                (1..=MAX_BURST).contains(&a.burst),
+                "admission.burst",
+                "must be between 1 and 1000000 (0 would admit nobody)",
+            );
+            check(
+                a.max_active_users
+                    .is_none_or(|m| (1..=MAX_ACTIVE_USERS).contains(&m)),
+                "admission.max_active_users",
+                "must be between 1 and 1000000 (0 would admit nobody; leave it out for no cap)",
+            );
         }
         out
     }
@@ -128,12 +146,21 @@ impl LiveSettings {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdmissionPatch {
+    #[serde(default, deserialize_with = "not_null")]
     pub new_users_per_minute: Option<u32>,
+    #[serde(default, deserialize_with = "not_null")]
     pub burst: Option<u32>,
     /// `null` removes the cap; absent leaves it.
     #[serde(default, deserialize_with = "present")]
     pub max_active_users: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub mode: Option<AdmissionMode>,
+}
+
+/// A key that may be left out but not set to `null`: the stricter reading
+/// of `"burst": null` is a mistake, not "leave it as it is".
+fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// Tells `"key": null` (Some(None)) from an absent key (None).
