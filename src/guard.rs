@@ -263,7 +263,7 @@ mod tests {
                             held.extend(got.ok());
                         }
                         Op::Release(i) if !held.is_empty() => {
-                            held.swap_remove(i % held.len());
+                            drop(held.swap_remove(i % held.len()));
                         }
                         Op::Release(_) => {}
                         Op::SetLimit(n) => {
