@@ -43,7 +43,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(route(&app, req).await) }
+                async move { Ok::<_, Infallible>(answer(app, req).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -51,6 +51,22 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// Answers one call in a task of its own: a panic there (there should be
+/// none) becomes a `500`, not a reset connection, and every change it made
+/// before is one that was complete (each applies at once, or not at all).
+async fn answer(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody> {
+    match tokio::spawn(async move { route(&app, req).await }).await {
+        Ok(res) => res,
+        Err(e) => {
+            tracing::error!(error = %e, "admin call failed: a bug, nothing half-applied");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; nothing was changed by half",
+            )
+        }
     }
 }
 
