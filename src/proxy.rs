@@ -126,19 +126,41 @@ fn downstream_host<B>(req: &Request<B>) -> Option<(HeaderValue, String)> {
 }
 
 /// The lower-cased name of a `Host` value, without port or trailing dot;
-/// `None` unless it is a plain name or IP literal (no user info, no list).
+/// `None` unless it is `name[:port]` or `[ipv6][:port]` with a numeric port
+/// (no user info, no list, no second `:`): `b.test:@evil.example` would be
+/// site `b` to a reader that cuts at the last `:`, and `evil.example` to an
+/// origin building a redirect from it.
 fn host_name(raw: &str) -> Option<String> {
-    let name = match raw.rsplit_once(':') {
-        Some((name, port)) if !name.ends_with(']') || port.bytes().all(|b| b.is_ascii_digit()) => {
-            name
+    let (name, port) = match raw.strip_prefix('[') {
+        Some(rest) => {
+            let (inside, after) = rest.split_once(']')?;
+            let ipv6 = !inside.is_empty()
+                && inside.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            if !ipv6 {
+                return None;
+            }
+            (&raw[..inside.len() + 2], after.strip_prefix(':'))
         }
-        _ => raw,
+        None => match raw.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (raw, None),
+        },
     };
+    if let Some(port) = port
+        && (!(1..=5).contains(&port.len()) || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    if port.is_none() && name.len() != raw.len() {
+        // `[::1]x`: something after the literal that is no port.
+        return None;
+    }
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+        && (name.starts_with('[')
+            || name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
     valid.then_some(name)
 }
 
@@ -666,6 +688,34 @@ mod tests {
             downstream_host(&h2).map(|h| h.1),
             Some("portal.example".to_owned())
         );
+    }
+
+    #[test]
+    fn a_host_that_is_not_a_name_and_a_numeric_port_names_none() {
+        for bad in [
+            "b.test:@evil.example",
+            "b.test:80@evil.example",
+            "b.test:80:81",
+            "b.test:",
+            "b.test:123456",
+            "b.test:8o",
+            "user@b.test",
+            "[::1]x",
+            "[::1]:x",
+            "[zz]",
+            "b.test, evil.example",
+        ] {
+            assert_eq!(host_name(bad), None, "{bad:?}");
+        }
+        for (good, name) in [
+            ("B.test:8080", "b.test"),
+            ("b.test.", "b.test"),
+            ("[::1]:8443", "[::1]"),
+            ("[2001:db8::1]", "[2001:db8::1]"),
+            ("192.0.2.7:80", "192.0.2.7"),
+        ] {
+            assert_eq!(host_name(good).as_deref(), Some(name), "{good:?}");
+        }
     }
 
     #[test]

@@ -523,6 +523,21 @@ async fn a_request_naming_two_hosts_or_none_is_refused() {
             Refused,
         ),
         Case::new(
+            "a Host whose port is user info before another host",
+            "GET /at HTTP/1.1\r\nHost: b.example:@evil.example\r\n\r\n",
+            Refused,
+        ),
+        Case::new(
+            "a Host with a port that is no number",
+            "GET /at HTTP/1.1\r\nHost: b.example:8o\r\n\r\n",
+            Refused,
+        ),
+        Case::new(
+            "a Host with two ports",
+            "GET /at HTTP/1.1\r\nHost: b.example:80:81\r\n\r\n",
+            Refused,
+        ),
+        Case::new(
             "HTTP/1.1 without Host",
             "GET /none HTTP/1.1\r\n\r\n",
             Refused,
