@@ -889,6 +889,32 @@ async fn a_restart_does_not_refill_the_admission_budget() {
 }
 
 #[tokio::test]
+async fn a_junk_or_forged_pass_sent_before_a_valid_one_keeps_the_user_in() {
+    let (_origin, proxy) =
+        gated("new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\"").await;
+    let mut pupil = Browser::default();
+    assert_waiting_room(&pupil.visit(&proxy, ENTRY, Accept::Html).await);
+    proxy.advance(Duration::from_millis(150));
+    assert_eq!(pupil.visit(&proxy, ENTRY, Accept::Html).await.status, 200);
+    let pass = pupil.pass().to_owned();
+    let mut forged = pass.clone();
+    let last = forged.pop().expect("a pass");
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    for junk in ["junk", "", forged.as_str()] {
+        let got = get(
+            &proxy.url(ENTRY),
+            &[("cookie", &format!("{PASS}={junk}; {PASS}={pass}"))],
+        )
+        .await;
+        assert_eq!(
+            got.status, 200,
+            "a pass {junk:?} before the valid one: still in ({})",
+            got.text()
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_origin_never_sees_digues_cookies() {
     let (origin, proxy) =
         gated("new_users_per_minute = 600\nburst = 1\nmode = \"queue_all\"").await;

@@ -11,13 +11,24 @@ pub const PASS: &str = "digue_pass";
 /// The backend that holds the visitor's session (several backends only).
 pub const BACKEND: &str = "digue_backend";
 
-/// The value of one of digue's cookies in a request, if present.
+/// The value of one of digue's cookies in a request, if present (the first
+/// one sent).
 pub fn find<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    find_all(headers, name).next()
+}
+
+/// Every value sent for the cookie `name`, in order: a browser sends two
+/// when two were set for different paths or domains, and an attacker can
+/// put a junk one first.
+pub fn find_all<'a, 'n>(
+    headers: &'a HeaderMap,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             let pair = pair.trim_ascii();
             let value = pair.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
             std::str::from_utf8(value).ok()

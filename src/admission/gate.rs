@@ -173,7 +173,10 @@ impl Gate {
             domain: cfg.cookie_domain.as_deref(),
         };
         let session_secs = cfg.start.session_duration.as_secs();
-        if let Some(raw) = cookies::find(visitor.headers, PASS) {
+        // Any valid pass among those sent: a junk or other-site one first
+        // must not send an admitted user back to the line.
+        let mut refused = None;
+        for raw in cookies::find_all(visitor.headers, PASS) {
             match Pass::decode(keys, site, raw) {
                 Some(pass) if unix.saturating_sub(pass.seen) <= session_secs => {
                     return Verdict::Proceed(self.keep_alive(
@@ -184,9 +187,12 @@ impl Gate {
                         &attrs,
                     ));
                 }
-                Some(_) => m.refused(Refusal::Expired),
-                None => m.refused(Refusal::Invalid),
+                Some(_) => refused = Some(Refusal::Expired),
+                None => refused = refused.or(Some(Refusal::Invalid)),
             }
+        }
+        if let Some(why) = refused {
+            m.refused(why);
         }
         if !visitor.gated {
             return Verdict::Proceed(Vec::new());
