@@ -135,7 +135,9 @@ fn host_name(raw: &str) -> Option<String> {
         Some(rest) => {
             let (inside, after) = rest.split_once(']')?;
             let ipv6 = !inside.is_empty()
-                && inside.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                && inside
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
             if !ipv6 {
                 return None;
             }

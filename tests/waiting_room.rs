@@ -907,7 +907,8 @@ async fn a_junk_or_forged_pass_sent_before_a_valid_one_keeps_the_user_in() {
         )
         .await;
         assert_eq!(
-            got.status, 200,
+            got.status,
+            200,
             "a pass {junk:?} before the valid one: still in ({})",
             got.text()
         );

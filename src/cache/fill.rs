@@ -14,6 +14,7 @@ use crate::cache::coalesce::{Failure, Landing, Leader};
 use crate::cache::key::{CacheKey, Vary};
 use crate::cache::policy;
 use crate::cache::store::Entry;
+use crate::config::CacheRule;
 use crate::guard::OriginPermit;
 use crate::origin::{Answer, Asker, Downstream, call_origin, no_body};
 use crate::outcome::{CacheStatus, Forward, OriginErrorKind};
@@ -141,17 +142,41 @@ impl Fill {
         fetched
     }
 
+    /// The cache rule of this request's target (read before the gate; it
+    /// reads the same here).
+    fn rule(&self) -> Option<&CacheRule> {
+        let site = &self.site.config;
+        target::read(self.head.uri.path())
+            .ok()
+            .and_then(|reading| target::rule_for(&site.cache.rules, &reading, site.case_sensitive))
+    }
+
+    /// Whether a shared rule makes this copy one for session holders too.
+    fn shared_rule(&self) -> bool {
+        self.rule().is_some_and(|r| r.shared)
+    }
+
     async fn fetch_once(&self, leader: Leader) -> Fetched {
         let site = &self.site;
         // What the origin is asked: the cache's request, adjusted below.
         let mut asked = fetch_head(&self.head);
-        // The copy is for everyone, so it is asked for as nobody: only a
-        // shared rule lets a session holder get here, and a portal that
-        // personalises even its assets must not have one user's stored.
+        // The copy is for everyone, so it is asked for as nobody. Under a
+        // shared rule (the one way a session holder gets here) with no
+        // cookie at all: any cookie the origin reads — `remember=`, a
+        // session cookie spelled in another case — would shape a copy
+        // stored for everyone, keyed on nothing of it. Elsewhere the
+        // session cookies go, in any case.
         let sessions = &site.config.session_cookies;
-        crate::admission::cookies::remove(&mut asked.headers, |name| {
-            sessions.iter().any(|s| s.as_bytes() == name)
-        });
+        if self.shared_rule() {
+            asked.headers.remove(header::COOKIE);
+        } else {
+            crate::admission::cookies::remove(&mut asked.headers, |name| {
+                sessions
+                    .iter()
+                    .any(|s| s.as_bytes().eq_ignore_ascii_case(name))
+            });
+        }
+        asked.headers.remove(header::AUTHORIZATION);
         let stale = &self.stale;
         if let Some(old) = stale {
             add_validators(&mut asked.headers, &old.headers);
@@ -193,14 +218,7 @@ impl Fill {
             });
         }
         let now = self.app.clock.now();
-        // The target was read before the gate; it reads the same here.
-        let rule = target::read(self.head.uri.path()).ok().and_then(|reading| {
-            target::rule_for(
-                &site.config.cache.rules,
-                &reading,
-                site.config.case_sensitive,
-            )
-        });
+        let rule = self.rule();
         if let (StatusCode::NOT_MODIFIED, Some(old)) = (res.status, stale) {
             drop((body, slot));
             let merged = merge_304(old, &res);

@@ -59,17 +59,23 @@ fn has_body(headers: &HeaderMap) -> bool {
 
 /// Whether any `Cookie` header names one of `names`.
 /// Works on bytes: browsers send non-ASCII cookie values, and such a header
-/// must not hide the session cookie next to them.
+/// must not hide the session cookie next to them. The stricter reading
+/// wins: names in any case (`sid` for `SID`: some stacks read them so), and
+/// `,` as well as `;` between pairs (RFC 2965 servers split on both).
 pub fn has_session_cookie(headers: &HeaderMap, names: &[String]) -> bool {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';' || *b == b','))
         .filter_map(|pair| {
             let eq = pair.iter().position(|b| *b == b'=')?;
             Some(pair[..eq].trim_ascii())
         })
-        .any(|name| names.iter().any(|n| n.as_bytes() == name))
+        .any(|name| {
+            names
+                .iter()
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+        })
 }
 
 /// How a storable response is to be kept.

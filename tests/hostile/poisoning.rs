@@ -205,3 +205,70 @@ async fn a_trusted_proxy_s_https_still_reaches_the_origin_under_its_own_key() {
     proxy.shutdown().await;
     origin.join().await;
 }
+
+/// An origin that personalises whatever it gets: the page names the
+/// cookies it was sent, and is marked `public, max-age=60` all the same.
+async fn personalising_origin() -> Origin {
+    Origin::start(|seen| {
+        let cookies: Vec<String> = seen
+            .headers
+            .get_all("cookie")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        reply(
+            200,
+            &[("cache-control", "public, max-age=60")],
+            &format!("cookies: {}", cookies.join(" | ")),
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn no_cookie_of_one_user_shapes_a_copy_stored_for_everyone() {
+    let origin = personalising_origin().await;
+    let proxy = crate::support::Digue::new(&origin.url())
+        .site(
+            "session_cookies = [\"JSESSIONID\"]\n\
+             [[site.cache.rule]]\nprefix = \"/static/\"\nttl = \"1h\"\nshared = true\n",
+        )
+        .start()
+        .await;
+    // Under a shared rule: any cookie at all.
+    for (i, cookie) in [
+        "remember=secret-token",
+        "JSESSIONID=s1; remember=secret-token",
+        "SID=secret-token",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let target = format!("/static/app{i}.js");
+        let attacker = get(&proxy.url(&target), &[CLEAN[0], ("cookie", cookie)]).await;
+        assert_eq!(attacker.status, 200, "{cookie}");
+        let clean = get(&proxy.url(&target), CLEAN).await;
+        assert!(
+            !clean.text().contains("secret"),
+            "{cookie}: a clean client gets a copy made with no cookie: {}",
+            clean.text()
+        );
+    }
+    // Elsewhere: a session cookie spelled in another case, or after a comma,
+    // makes the request per-user, never stored.
+    for (i, cookie) in ["jsessionid=secret-token", "x=1, JSESSIONID=secret-token"]
+        .iter()
+        .enumerate()
+    {
+        let target = format!("/page{i}");
+        let user = get(&proxy.url(&target), &[CLEAN[0], ("cookie", cookie)]).await;
+        assert_eq!(user.status, 200, "{cookie}");
+        let clean = get(&proxy.url(&target), CLEAN).await;
+        assert!(
+            !clean.text().contains("secret"),
+            "{cookie}: the user's page is not served to a clean client: {}",
+            clean.text()
+        );
+    }
+    proxy.shutdown().await;
+}
