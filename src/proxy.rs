@@ -196,6 +196,7 @@ impl Ctx {
             host: &self.host,
             from: self.from,
             trusted: &self.snapshot.config.server.trusted_proxies,
+            routing: &self.snapshot.config.server.routing_headers,
         }
     }
 

@@ -185,6 +185,7 @@ impl Fill {
             host: &self.host,
             from: self.from,
             trusted: &self.snapshot.config.server.trusted_proxies,
+            routing: &self.snapshot.config.server.routing_headers,
         };
         let (res, body, slot) = match call_origin(
             site.route(self.app.clock.instant()),

@@ -66,7 +66,8 @@ pub use live::{
 pub use restart::RestartOnly;
 pub use server::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_SHUTDOWN_GRACE, ServerConfig, ServerStart, SniCertificate, TlsSettings,
+    DEFAULT_ROUTING_HEADERS, DEFAULT_SHUTDOWN_GRACE, ServerConfig, ServerStart, SniCertificate,
+    TlsSettings,
 };
 pub use site::{
     ClientCert, DEFAULT_ORIGIN_CONCURRENCY, DEFAULT_ORIGIN_CONNECT_TIMEOUT,

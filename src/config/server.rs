@@ -56,6 +56,9 @@ pub struct ServerStart {
 pub struct ServerConfig {
     /// Peers whose `X-Forwarded-*` headers are believed (a load balancer in front).
     pub trusted_proxies: Vec<Cidr>,
+    /// Headers dropped from clients that are not `trusted_proxies`
+    /// ([`DEFAULT_ROUTING_HEADERS`] unless the file lists its own).
+    pub routing_headers: Vec<http::HeaderName>,
     /// Signing keys for tickets and passes: first line current, optional
     /// second line previous (rotation). `DIGUE_SECRET` otherwise.
     pub secret_file: Option<PathBuf>,
@@ -66,6 +69,70 @@ pub struct ServerConfig {
     /// One log line per request (site, method, path without query, status,
     /// outcome, duration, client network truncated to /24 or /48).
     pub access_log: bool,
+}
+
+/// Headers some origins obey as the request's own URL, host, scheme, port,
+/// path prefix or method: IIS URL Rewrite and Symfony read `X-Original-URL`
+/// and `X-Rewrite-URL`, Rails, Django and Spring build links from
+/// `X-Forwarded-Port/-Prefix/-Scheme/-Ssl/-Server` or `X-Host`, Express,
+/// Symfony and ASP.NET take `X-HTTP-Method-Override` and its kin. None is in
+/// the cache key, so one client's value would shape a page stored for
+/// everyone (and would let it reach URLs the gates and rules never saw):
+/// they are dropped from clients that are not `trusted_proxies`, unless
+/// `server.routing_headers` lists others (`[]`: none).
+pub const DEFAULT_ROUTING_HEADERS: [&str; 11] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-server",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Headers a request cannot do without: never in `routing_headers`.
+const NEEDED: [&str; 6] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "cookie",
+    "content-type",
+];
+
+fn default_routing_headers() -> Vec<http::HeaderName> {
+    DEFAULT_ROUTING_HEADERS
+        .iter()
+        .map(|n| http::HeaderName::from_static(n))
+        .collect()
+}
+
+fn routing_headers(names: &[String], errors: &mut Errors) -> Vec<http::HeaderName> {
+    names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, raw)| {
+            let at = format!("server.routing_headers[{i}]");
+            match http::HeaderName::from_bytes(raw.as_bytes()) {
+                Ok(name) if NEEDED.contains(&name.as_str()) => {
+                    errors.push(
+                        at,
+                        format!("{raw:?}: requests need it; it cannot be dropped"),
+                    );
+                    None
+                }
+                Ok(name) => Some(name),
+                Err(_) => {
+                    errors.push(at, format!("{raw:?} is not a header name"));
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// The HTTPS listener's certificates (PEM files), re-read on reload.
@@ -95,6 +162,7 @@ pub(super) struct RawServer {
     shutdown_grace: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    routing_headers: Option<Vec<String>>,
     tls_listen: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
@@ -133,6 +201,7 @@ impl RawServer {
         };
         let server = ServerConfig {
             trusted_proxies: Vec::new(),
+            routing_headers: default_routing_headers(),
             secret_file: None,
             pages_dir: None,
             tls: None,
@@ -198,6 +267,9 @@ impl RawServer {
                 Ok(c) => out.trusted_proxies.push(c),
                 Err(e) => errors.push(format!("server.trusted_proxies[{i}]"), e),
             }
+        }
+        if let Some(names) = self.routing_headers {
+            out.routing_headers = routing_headers(&names, errors);
         }
         start.log_json = match self.log_format.as_deref() {
             None | Some("text") => false,

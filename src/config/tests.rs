@@ -493,3 +493,35 @@ fn tunnel_keys_have_defaults_and_their_errors_name_their_keys() {
         ],
     );
 }
+
+#[test]
+fn a_huge_origin_concurrency_in_the_file_is_an_error_not_a_panic_at_start() {
+    for value in ["18446744073709551615", "100001", "0"] {
+        let errs = errors_of(&MINIMAL.replace(
+            "hosts = [\"*\"]",
+            &format!("hosts = [\"*\"]\norigin_concurrency = {value}"),
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("site[0].origin_concurrency: must be between 1 and 100000")),
+            "{value}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn routing_headers_are_header_names_a_request_can_do_without() {
+    let with =
+        |list: &str| MINIMAL.replace("[server]", &format!("[server]\nrouting_headers = {list}"));
+    let c = Config::parse(&with("[\"X-Tenant\"]")).expect("valid");
+    assert_eq!(c.server.routing_headers, ["x-tenant"]);
+    let c = Config::parse(MINIMAL).expect("valid");
+    assert_eq!(
+        c.server.routing_headers.len(),
+        DEFAULT_ROUTING_HEADERS.len()
+    );
+    let errs = errors_of(&with("[\"a b\", \"Host\"]"));
+    for key in ["server.routing_headers[0]", "server.routing_headers[1]"] {
+        assert!(errs.iter().any(|e| e.starts_with(key)), "{key}: {errs:?}");
+    }
+}

@@ -1,6 +1,6 @@
 //! Header hygiene toward the origin and back: hop-by-hop headers removed
 //! both ways, `X-Forwarded-*` set by digue from the real connection (never
-//! taken from an untrusted client), `Forwarded` and the [`ROUTING_HEADERS`]
+//! taken from an untrusted client), `Forwarded` and the routing headers
 //! of untrusted clients dropped.
 
 use std::net::IpAddr;
@@ -15,28 +15,6 @@ use crate::config::Cidr;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-/// Headers some origins obey as the request's own URL, host, scheme, port,
-/// path prefix or method: IIS URL Rewrite and Symfony read `X-Original-URL`
-/// and `X-Rewrite-URL`, Rails, Django and Spring build links from
-/// `X-Forwarded-Port/-Prefix/-Scheme/-Ssl/-Server` or `X-Host`, Express,
-/// Symfony and ASP.NET take `X-HTTP-Method-Override` and its kin. None is in
-/// the cache key, so one client's value would shape a page stored for
-/// everyone (and would let it reach URLs the gates and rules never saw):
-/// they are dropped from clients that are not `trusted_proxies`
-/// ([`drop_unbelieved`]).
-pub const ROUTING_HEADERS: [&str; 11] = [
-    "x-original-url",
-    "x-rewrite-url",
-    "x-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-scheme",
-    "x-forwarded-ssl",
-    "x-forwarded-server",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
 
 /// Headers that say who the client is and what it asked for, which digue
 /// sets itself from the real connection (or, for `Forwarded`, drops): a
@@ -72,7 +50,7 @@ pub(super) fn toward_origin(
     crate::admission::cookies::strip(&mut headers);
     join_cookies(&mut headers);
     headers.insert(header::HOST, host);
-    set_forwarded(&mut headers, asker.host, asker.from, asker.trusted);
+    set_forwarded(&mut headers, asker);
     headers
 }
 
@@ -190,9 +168,15 @@ pub fn forwarded_proto(from: Downstream, headers: &HeaderMap, trusted: &[Cidr]) 
 /// proxy (which relays whatever its own client wrote): a value the key
 /// ignores must never reach a portal that builds cacheable redirects and
 /// links from it.
-fn set_forwarded(headers: &mut HeaderMap, host: &HeaderValue, from: Downstream, trusted: &[Cidr]) {
+fn set_forwarded(headers: &mut HeaderMap, asker: Asker<'_>) {
+    let Asker {
+        host,
+        from,
+        trusted,
+        routing,
+    } = asker;
     let proto = forwarded_proto(from, headers, trusted);
-    drop_unbelieved(headers, is_trusted(from, trusted));
+    drop_unbelieved(headers, is_trusted(from, trusted), routing);
     let peer = HeaderValue::from_str(&from.peer.ip().to_canonical().to_string())
         .expect("invariant: an IP address is a valid header value");
     let chain = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
@@ -212,13 +196,17 @@ fn set_forwarded(headers: &mut HeaderMap, host: &HeaderValue, from: Downstream, 
 /// Drops the client's headers the origin must not believe: `Forwarded`
 /// from anyone (it carries a host and a scheme the cache key ignores; digue
 /// speaks `X-Forwarded-*`), and from an untrusted client the
-/// [`FORWARDING_HEADERS`] and the [`ROUTING_HEADERS`]. Their spellings with
-/// `_` never get this far ([`drop_underscored`]).
-fn drop_unbelieved(headers: &mut HeaderMap, trusted_peer: bool) {
+/// [`FORWARDING_HEADERS`] and the `routing` headers
+/// (`server.routing_headers`). Their spellings with `_` never get this far
+/// ([`drop_underscored`]).
+fn drop_unbelieved(headers: &mut HeaderMap, trusted_peer: bool, routing: &[HeaderName]) {
     headers.remove(header::FORWARDED);
     if !trusted_peer {
-        for name in FORWARDING_HEADERS.iter().chain(&ROUTING_HEADERS) {
-            headers.remove(*name);
+        for name in FORWARDING_HEADERS {
+            headers.remove(name);
+        }
+        for name in routing {
+            headers.remove(name);
         }
     }
 }
@@ -228,6 +216,25 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
+
+    fn routing() -> Vec<HeaderName> {
+        crate::config::DEFAULT_ROUTING_HEADERS
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .collect()
+    }
+
+    /// `set_forwarded` for a request to `host` from `ip`.
+    fn forwarded(h: &mut HeaderMap, host: &HeaderValue, ip: &str, trusted: &[Cidr]) {
+        let routing = routing();
+        let asker = Asker {
+            host,
+            from: downstream(ip),
+            trusted,
+            routing: &routing,
+        };
+        set_forwarded(h, asker);
+    }
 
     fn downstream(ip: &str) -> Downstream {
         Downstream {
@@ -289,7 +296,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
-        set_forwarded(&mut h, &host, downstream("192.0.2.7"), &[]);
+        forwarded(&mut h, &host, "192.0.2.7", &[]);
         assert_eq!(h[&X_FORWARDED_HOST], "ent.example.fr");
         assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.7");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
@@ -298,7 +305,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        set_forwarded(&mut h, &host, downstream("10.0.0.2"), &[lb]);
+        forwarded(&mut h, &host, "10.0.0.2", &[lb]);
         assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.2");
         assert_eq!(
             h[&X_FORWARDED_PROTO], "https",
@@ -312,7 +319,7 @@ mod tests {
         let lb: Cidr = "10.0.0.0/8".parse().expect("cidr");
         let sent = || {
             let mut h = HeaderMap::new();
-            for name in ROUTING_HEADERS {
+            for name in routing() {
                 h.insert(name, HeaderValue::from_static("/admin"));
             }
             h.insert(header::FORWARDED, HeaderValue::from_static("host=evil"));
@@ -322,7 +329,7 @@ mod tests {
         };
 
         let mut h = sent();
-        set_forwarded(&mut h, &host, downstream("192.0.2.7"), &[lb]);
+        forwarded(&mut h, &host, "192.0.2.7", &[lb]);
         let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(
@@ -337,9 +344,9 @@ mod tests {
         );
 
         let mut h = sent();
-        set_forwarded(&mut h, &host, downstream("10.0.0.2"), &[lb]);
-        for name in ROUTING_HEADERS {
-            assert!(h.contains_key(name), "a trusted proxy's {name} is kept");
+        forwarded(&mut h, &host, "10.0.0.2", &[lb]);
+        for name in routing() {
+            assert!(h.contains_key(&name), "a trusted proxy's {name} is kept");
         }
         assert!(
             !h.contains_key(header::FORWARDED),

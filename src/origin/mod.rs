@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 pub use backend::BackendState;
 pub use backends::Origin;
-pub use headers::{ROUTING_HEADERS, client_ip, forwarded_proto, strip_hop_by_hop};
+pub use headers::{client_ip, forwarded_proto, strip_hop_by_hop};
 pub use health::Mode;
 pub use probe::Prober;
 use upstream::SendFailed;
@@ -65,6 +65,8 @@ pub struct Asker<'a> {
     pub from: Downstream,
     /// Proxies whose `X-Forwarded-*` are believed.
     pub trusted: &'a [Cidr],
+    /// Headers dropped when the client is not one of them.
+    pub routing: &'a [http::HeaderName],
 }
 
 /// A site's way to its origin, borrowed for one call.

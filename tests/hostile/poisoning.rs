@@ -13,7 +13,7 @@ use crate::support::{Got, Origin, Proxy, Seen, get, reply};
 /// The headers the naive origin builds its pages from, each obeyed by
 /// some framework or server: host and scheme for absolute links and
 /// redirects, the URL and method for routing. Written out here, not taken
-/// from digue's `ROUTING_HEADERS`: a name missing there must show up here
+/// from digue's `DEFAULT_ROUTING_HEADERS`: a name missing there must show up here
 /// as a poisoned page.
 const REFLECTED: &[&str] = &[
     "x-forwarded-host",
@@ -270,5 +270,31 @@ async fn no_cookie_of_one_user_shapes_a_copy_stored_for_everyone() {
             clean.text()
         );
     }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_routing_headers_dropped_from_clients_are_the_operator_s_list() {
+    let origin = Origin::start(|_| reply(200, &[("cache-control", "no-store")], "page")).await;
+    let proxy = crate::support::Digue::new(&origin.url())
+        .server("routing_headers = [\"X-Tenant\"]")
+        .start()
+        .await;
+    let got = get(
+        &proxy.url("/p"),
+        &[("x-tenant", "other-school"), ("x-original-url", "/admin")],
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let seen = origin.last("/p").expect("reached the origin");
+    assert!(
+        !seen.headers.contains_key("x-tenant"),
+        "a listed header is dropped: {:?}",
+        seen.headers
+    );
+    assert!(
+        seen.headers.contains_key("x-original-url"),
+        "the list replaces the default one"
+    );
     proxy.shutdown().await;
 }
