@@ -30,6 +30,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::App;
 use crate::body::{BodyError, ProxyBody};
+use crate::guard::ConnectionSlots;
 use crate::origin::Downstream;
 use crate::proxy;
 use crate::tunnel::Lifeline;
@@ -128,6 +129,7 @@ pub async fn serve(
                 tls: tls.is_some(),
             };
             let activity = Activity::new();
+            let share = ConnectionSlots::default();
             let service = {
                 let activity = activity.clone();
                 let held = held.clone();
@@ -135,6 +137,7 @@ pub async fn serve(
                 service_fn(move |mut req: Request<Incoming>| {
                     let app = app.clone();
                     let in_flight = activity.begin();
+                    req.extensions_mut().insert(share.clone());
                     // hyper marks the requests that may switch protocols;
                     // a tunnel keeps the connection's place until it ends.
                     if req.extensions().get::<OnUpgrade>().is_some() {

@@ -15,6 +15,7 @@ use crate::cache::key::{CacheKey, Vary};
 use crate::cache::policy;
 use crate::cache::store::Entry;
 use crate::config::CacheRule;
+use crate::guard::ConnectionSlots;
 use crate::guard::OriginPermit;
 use crate::origin::{Answer, Asker, Downstream, call_origin, no_body};
 use crate::outcome::{CacheStatus, Forward, OriginErrorKind};
@@ -314,6 +315,10 @@ pub fn fetch_head(parts: &request::Parts) -> request::Parts {
     head.uri = parts.uri.clone();
     head.version = parts.version;
     head.headers = parts.headers.clone();
+    // The leader's fetch counts against its own connection's share.
+    if let Some(share) = parts.extensions.get::<ConnectionSlots>() {
+        head.extensions.insert(share.clone());
+    }
     for name in &CONDITIONALS {
         head.headers.remove(name);
     }

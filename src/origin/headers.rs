@@ -117,7 +117,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Whether the downstream peer is one of the proxies whose headers about
 /// the client are believed.
-fn is_trusted(from: Downstream, trusted: &[Cidr]) -> bool {
+pub(super) fn is_trusted(from: Downstream, trusted: &[Cidr]) -> bool {
     let peer = from.peer.ip().to_canonical();
     trusted.iter().any(|c| c.contains(peer))
 }

@@ -37,9 +37,9 @@ use upstream::SendFailed;
 use crate::admission::cookies;
 use crate::cache::coalesce::Failure;
 use crate::config::{Affinity, BalanceConfig, Cidr};
-use crate::guard::OriginPermit;
+use crate::guard::{ConnectionSlots, OriginPermit};
 use crate::metrics::SiteMetrics;
-use crate::outcome::OriginErrorKind;
+use crate::outcome::{BusyReason, OriginErrorKind};
 
 /// A request body toward the origin: the client's stream, or nothing.
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -125,6 +125,22 @@ pub async fn call_origin(
         .flatten();
     let bodiless = body.is_end_stream();
     let resendable = bodiless && matches!(head.method, Method::GET | Method::HEAD);
+    // The client connection's share first: a connection past it waits,
+    // never holding a slot everyone else needs. Not for a trusted proxy's:
+    // a load balancer in front carries many users on one connection.
+    let share = head
+        .extensions
+        .get::<ConnectionSlots>()
+        .filter(|_| !headers::is_trusted(asker.from, asker.trusted));
+    let connection = match share {
+        Some(share) => Some(
+            share
+                .acquire(route.queue_timeout)
+                .await
+                .map_err(|_| Failure::Busy(BusyReason::QueueTimeout))?,
+        ),
+        None => None,
+    };
     let (mut at, mut slot) = origin.slot(&route, home, None).await?;
     let started = Instant::now();
     let deadline = started + origin.timeout;
@@ -172,7 +188,7 @@ pub async fn call_origin(
     Ok(Answer {
         head: head_out,
         body,
-        slot,
+        slot: slot.holding(connection),
     })
 }
 

@@ -1137,3 +1137,60 @@ async fn distinct_long_uncacheable_urls_are_remembered_within_a_bounded_memory()
     assert_served(&proxy, "/", "after the flood of long URLs").await;
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_http2_connection_that_stops_reading_cannot_pin_every_origin_slot() {
+    // Every page is 1 MiB and never stored: a client that reads none of
+    // them holds, per stream, a slot until the origin timeout.
+    let big = "x".repeat(1 << 20);
+    let origin = Origin::start(move |seen| {
+        let body = if seen.target.starts_with("/big/") {
+            big.as_str()
+        } else {
+            "ok"
+        };
+        crate::support::reply(200, &[("cache-control", "no-store")], body)
+    })
+    .await;
+    let proxy = Digue::new(&origin.url())
+        .site("origin_concurrency = 20\norigin_queue_timeout = \"1s\"")
+        .start()
+        .await;
+    let stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(16 * 1024)
+        .handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    // Forty streams whose bodies are never read, each answered head first.
+    let mut unread = Vec::new();
+    let pending: Vec<_> = (0..40)
+        .map(|i| {
+            let req = Request::get(format!("http://portal/big/{i}"))
+                .body(http_body_util::Empty::new())
+                .expect("request");
+            sender.send_request(req)
+        })
+        .collect();
+    for answer in futures_util::future::join_all(pending).await {
+        unread.push(answer.expect("an answer"));
+    }
+    let pinned = unread
+        .iter()
+        .filter(|r| r.status() == StatusCode::OK)
+        .count();
+    assert!(
+        pinned <= 16,
+        "one connection holds at most its share of the origin: {pinned} of 40"
+    );
+    let other = get(&proxy.url("/ok"), &[]).await;
+    assert_eq!(
+        other.status,
+        200,
+        "another user still reaches the origin: {}",
+        other.text()
+    );
+    drop(unread);
+    proxy.shutdown().await;
+}
