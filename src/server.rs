@@ -137,7 +137,11 @@ pub async fn serve(
                 service_fn(move |mut req: Request<Incoming>| {
                     let app = app.clone();
                     let in_flight = activity.begin();
-                    req.extensions_mut().insert(share.clone());
+                    // Only HTTP/2 multiplexes: an HTTP/1.1 connection has one
+                    // request at a time, and its hit path no extension to carry.
+                    if req.version() == http::Version::HTTP_2 {
+                        req.extensions_mut().insert(share.clone());
+                    }
                     // hyper marks the requests that may switch protocols;
                     // a tunnel keeps the connection's place until it ends.
                     if req.extensions().get::<OnUpgrade>().is_some() {
