@@ -10,6 +10,14 @@
 //! C = 50): the √limit headroom keeps a small queue at the origin, so a
 //! rise in capacity shows up as a latency that does not rise.
 //!
+//! It starts as Envoy's filter does, by measuring `minRTT` at its floor,
+//! then climbs by slow start (the limit doubles each window while latency
+//! stays within the buffer) until latency rises, and the gradient takes
+//! over. Starting at the ceiling, as a static setting would, sends a
+//! portal ten times its capacity before the first decision. A limit that
+//! was learned before (a restart resuming it, an operator's value) is
+//! given back after that first measure instead.
+//!
 //! `minRTT` is re-measured every ~30 s (with jitter, so backends and nodes
 //! do not all dip at once) by holding the limit at its floor for one
 //! decision: a slower database moves the origin's baseline, and a stale
@@ -60,6 +68,8 @@ closed_enum! {
         Errors => "errors",
         /// Held at the floor to measure `minRTT`.
         Probe => "probe",
+        /// Doubled: latency still within the buffer of `minRTT`.
+        SlowStart => "slow_start",
         /// `minRTT` measured, the limit given back.
         MinRtt => "min_rtt",
         /// Not enough samples yet.
@@ -92,10 +102,13 @@ impl ConcurrencyConfig {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     Steady,
-    /// At the floor to measure `minRTT`; `restore` is the limit before.
+    /// At the floor to measure `minRTT`; `restore` is the limit to give
+    /// back, `None` at start when there is none yet (slow start follows).
     Probing {
-        restore: f64,
+        restore: Option<f64>,
     },
+    /// Doubling from the floor until latency rises.
+    SlowStart,
 }
 
 /// One backend's limit. Not shared: the loop that owns it calls
@@ -133,16 +146,21 @@ pub struct LimitDecision {
 }
 
 impl ConcurrencyController {
-    /// Starts at the ceiling (the configured `origin_concurrency`, today's
-    /// behaviour) and measures `minRTT` at the first window with traffic.
+    /// Starts at the floor, measuring `minRTT`; then gives back `resume`
+    /// (a limit learned before) or, with none, climbs by slow start.
     /// `seed` draws the probe jitter: give each backend and node its own.
-    pub fn new(config: ConcurrencyConfig, seed: u64) -> ConcurrencyController {
+    pub fn new(
+        config: ConcurrencyConfig,
+        seed: u64,
+        resume: Option<usize>,
+    ) -> ConcurrencyController {
         let config = config.normalized();
+        let resume = resume.map(|limit| limit.clamp(config.min_limit, config.max_limit) as f64);
         ConcurrencyController {
             config,
-            limit: config.max_limit as f64,
+            limit: config.min_limit as f64,
             min_rtt: None,
-            phase: Phase::Steady,
+            phase: Phase::Probing { restore: resume },
             next_probe: None,
             gathered: LatencySnapshot::default(),
             gathered_windows: 0,
@@ -163,14 +181,14 @@ impl ConcurrencyController {
         matches!(self.phase, Phase::Probing { .. })
     }
 
-    /// Pinned at its floor, not for a probe (nor because the floor is the
-    /// ceiling): the admission loop's signal that the origin is collapsing.
+    /// Pinned at its floor, not for a probe nor at start (nor because the
+    /// floor is the ceiling): the admission loop's signal that the origin is collapsing.
     pub fn at_floor(&self) -> bool {
         let ConcurrencyConfig {
             min_limit,
             max_limit,
         } = self.config;
-        !self.is_probing() && min_limit < max_limit && self.limit() <= min_limit
+        self.phase == Phase::Steady && min_limit < max_limit && self.limit() <= min_limit
     }
 
     /// Moves the limit (a restart resuming its last value, an operator's
@@ -213,12 +231,24 @@ impl ConcurrencyController {
                 self.end_probe(restore, &stats, now);
                 return self.decision(old, LimitReason::MinRtt, stats);
             }
-            Phase::Steady if stats.error_rate() > ERROR_SHARE_CUT => {
+            _ if stats.error_rate() > ERROR_SHARE_CUT => {
+                self.phase = Phase::Steady;
                 (self.limit * MIN_GRADIENT, LimitReason::Errors)
+            }
+            Phase::SlowStart if self.within_buffer(&stats) => {
+                let doubled = self.limit * 2.0;
+                if doubled >= self.config.max_limit as f64 {
+                    self.phase = Phase::Steady;
+                }
+                (doubled, LimitReason::SlowStart)
+            }
+            Phase::SlowStart => {
+                self.phase = Phase::Steady;
+                (self.follow_gradient(&stats), LimitReason::Latency)
             }
             Phase::Steady if self.probe_due(now) => {
                 self.phase = Phase::Probing {
-                    restore: self.limit,
+                    restore: Some(self.limit),
                 };
                 self.limit = self.config.min_limit as f64;
                 return self.decision(old, LimitReason::Probe, stats);
@@ -246,16 +276,31 @@ impl ConcurrencyController {
     /// before the probe may still end in its window: with latencies near a
     /// window's length, `minRTT` reads high, and the limit settles higher
     /// until the next probe.
-    fn end_probe(&mut self, restore: f64, stats: &WindowStats, now: Instant) {
+    fn end_probe(&mut self, restore: Option<f64>, stats: &WindowStats, now: Instant) {
         if stats.error_rate() <= ERROR_SHARE_CUT {
             self.min_rtt = Some(stats.p50.max(RESOLUTION));
         }
-        self.phase = Phase::Steady;
-        self.set_within_bounds(restore);
+        self.phase = match (restore, self.min_rtt) {
+            (Some(restore), _) => {
+                self.set_within_bounds(restore);
+                Phase::Steady
+            }
+            (None, Some(_)) => Phase::SlowStart,
+            // The first measure failed: measure again, still at the floor.
+            (None, None) => Phase::Probing { restore: None },
+        };
         self.next_probe = self.min_rtt.map(|_| {
             let jitter = 1.0 + PROBE_JITTER * (2.0 * self.rng.unit() - 1.0);
             now + PROBE_INTERVAL.mul_f64(jitter)
         });
+    }
+
+    /// Latency no higher than `minRTT` plus the buffer: the origin is not
+    /// loaded yet.
+    fn within_buffer(&self, stats: &WindowStats) -> bool {
+        self.min_rtt.is_some_and(|min_rtt| {
+            stats.p50.max(RESOLUTION).as_secs_f64() <= min_rtt.as_secs_f64() * (1.0 + RTT_BUFFER)
+        })
     }
 
     /// The smoothed limit the gradient asks for. The median, not the p90:
@@ -334,6 +379,8 @@ impl Decision for LimitDecision {
             }
             (LimitReason::Probe, true) => "mesure de la latence à vide".to_owned(),
             (LimitReason::Probe, false) => "measuring unloaded latency".to_owned(),
+            (LimitReason::SlowStart, true) => format!("latence {p50}, {min_rtt} à vide"),
+            (LimitReason::SlowStart, false) => format!("latency {p50}, {min_rtt} unloaded"),
             (LimitReason::MinRtt, true) => format!("latence à vide {min_rtt}"),
             (LimitReason::MinRtt, false) => format!("unloaded latency {min_rtt}"),
             (LimitReason::FewSamples, true) => format!("{} réponses seulement", self.stats.samples),
@@ -376,9 +423,11 @@ mod tests {
     /// past that, latency grows with the load (`base × in-flight /
     /// capacity`); past twice the capacity, the extra requests fail (after
     /// `base`, like a portal's own 503). The guard is always full: demand
-    /// exceeds any limit.
+    /// exceeds any limit. `fragile` is the demo portal instead: slower from
+    /// the first request on (`(1 + load)²`), failing past its capacity.
     struct Origin {
         capacity: f64,
+        fragile: bool,
         base: Duration,
         /// Each latency is multiplied by 1 ± up to this.
         noise: f64,
@@ -389,6 +438,7 @@ mod tests {
         fn new(capacity: f64) -> Origin {
             Origin {
                 capacity,
+                fragile: false,
                 base: BASE,
                 noise: 0.0,
                 rng: SplitMix64(7),
@@ -399,8 +449,15 @@ mod tests {
         fn window(&mut self, limit: usize) -> LatencySnapshot {
             let recorder = LatencyWindow::new();
             let in_flight = limit as f64;
-            let served = in_flight.min(2.0 * self.capacity);
-            let latency = self.base.mul_f64((served / self.capacity).max(1.0));
+            let (served, latency) = if self.fragile {
+                let served = in_flight.min(self.capacity);
+                // The median request sees half the others.
+                let load = served / 2.0 / self.capacity;
+                (served, self.base.mul_f64((1.0 + load).powi(2)))
+            } else {
+                let served = in_flight.min(2.0 * self.capacity);
+                (served, self.base.mul_f64((served / self.capacity).max(1.0)))
+            };
             let answered = (served * WINDOW.as_secs_f64() / latency.as_secs_f64()).round();
             let failed =
                 ((in_flight - served) * WINDOW.as_secs_f64() / self.base.as_secs_f64()).round();
@@ -431,13 +488,13 @@ mod tests {
     }
 
     impl Run {
-        fn new(max_limit: usize, start: usize) -> Run {
+        /// A controller with nothing learned yet, floor 1.
+        fn new(max_limit: usize) -> Run {
             let config = ConcurrencyConfig {
                 min_limit: 1,
                 max_limit,
             };
-            let mut controller = ConcurrencyController::new(config, 42);
-            controller.set_limit(start);
+            let controller = ConcurrencyController::new(config, 42, None);
             Run {
                 controller,
                 now: Instant::now(),
@@ -482,45 +539,66 @@ mod tests {
     const BAND: (f64, f64) = (0.8, 1.5);
 
     #[test]
-    fn limit_settles_near_capacity_from_a_ceiling_ten_times_too_high() {
+    fn a_ceiling_ten_times_too_high_is_never_sent_slow_start_climbs_to_capacity() {
         let mut origin = Origin::new(20.0);
+        let mut run = Run::new(200);
+        run.windows(&mut origin, 7);
+        let first: Vec<(usize, LimitReason)> =
+            run.decisions.iter().map(|d| (d.new, d.reason)).collect();
+        use LimitReason::{Latency, MinRtt, SlowStart};
+        assert_eq!(
+            first,
+            [
+                (1, MinRtt),
+                (2, SlowStart),
+                (4, SlowStart),
+                (8, SlowStart),
+                (16, SlowStart),
+                (32, SlowStart),
+                (30, Latency)
+            ],
+            "minRTT at the floor, then doubling until latency rises"
+        );
         origin.noise = 0.2;
-        let mut run = Run::new(200, 200);
-        run.windows(&mut origin, 5);
-        let first: Vec<usize> = run.decisions.iter().map(|d| d.new).collect();
-        assert_eq!(
-            &first[..3],
-            &[100, 50, 25],
-            "failures halve the limit at once: {first:?}"
-        );
         run.windows(&mut origin, 120);
-        assert_within(&run.steady_limits(120), 20.0, BAND, "after 5 windows");
-        let failures: u64 = run.decisions[5..].iter().map(|d| d.stats.errors).sum();
-        assert_eq!(
-            failures, 0,
-            "once settled the origin never gets 2 × its capacity"
-        );
+        assert_within(&run.steady_limits(120), 20.0, BAND, "after 7 windows");
+        let failures: u64 = run.decisions.iter().map(|d| d.stats.errors).sum();
+        assert_eq!(failures, 0, "the origin never gets 2 × its capacity");
     }
 
     #[test]
-    fn limit_climbs_from_the_floor_to_near_capacity_within_twenty_windows() {
-        let mut origin = Origin::new(20.0);
-        origin.noise = 0.2;
-        let mut run = Run::new(200, 1);
-        run.windows(&mut origin, 20);
-        assert!(
-            run.controller.limit() >= 16,
-            "0.8 × capacity within 20 windows: {run:?}"
-        );
-        run.windows(&mut origin, 120);
-        assert_within(&run.steady_limits(120), 20.0, BAND, "after 20 windows");
+    fn a_fragile_portal_is_never_sent_past_its_capacity() {
+        for capacity in [12.0, 24.0, 36.0] {
+            let mut origin = Origin::new(capacity);
+            (origin.fragile, origin.noise) = (true, 0.2);
+            let mut run = Run::new(10 * capacity as usize);
+            run.windows(&mut origin, 120);
+            let failures: u64 = run.decisions.iter().map(|d| d.stats.errors).sum();
+            assert_eq!(failures, 0, "capacity {capacity}: {run:?}");
+            let what = format!("fragile, capacity {capacity}");
+            assert_within(&run.steady_limits(100), capacity, (0.3, 1.0), &what);
+        }
+    }
+
+    #[test]
+    fn a_limit_learned_before_is_given_back_after_the_first_measure() {
+        let config = ConcurrencyConfig {
+            min_limit: 2,
+            max_limit: 200,
+        };
+        let mut controller = ConcurrencyController::new(config, 1, Some(27));
+        assert_eq!(controller.limit(), 2, "measuring at the floor first");
+        let window = Origin::new(20.0).window(2);
+        let decision = controller.on_window(&window, Instant::now());
+        assert_eq!((decision.reason, decision.new), (LimitReason::MinRtt, 27));
+        assert!(!controller.is_probing());
     }
 
     #[test]
     fn limit_follows_a_halving_of_capacity_within_two_windows_and_climbs_back() {
         let mut origin = Origin::new(40.0);
         origin.noise = 0.2;
-        let mut run = Run::new(400, 400);
+        let mut run = Run::new(400);
         run.windows(&mut origin, 60);
         assert_within(&run.steady_limits(40), 40.0, BAND, "settled at 40");
         origin.capacity = 20.0;
@@ -542,7 +620,9 @@ mod tests {
     /// Under ±20 % noise, the settled limit (probes left out) moves by at
     /// most 0.2 × C against a fast origin (hundreds of samples a window),
     /// 0.35 × C against a slow one (400 ms: tens of samples a window, and
-    /// a `minRTT` measured on about ten), and stays in the band.
+    /// a `minRTT` measured on about ten), and stays in the band. Noise
+    /// may end slow start early, leaving the gradient to climb by about
+    /// √limit / 2 a window: the limits are read after 80 windows.
     #[test]
     fn noisy_latencies_move_the_settled_limit_by_a_bounded_amplitude() {
         for (base, bound) in [(BASE, 0.2), (Duration::from_millis(400), 0.35)] {
@@ -550,9 +630,9 @@ mod tests {
                 for seed in 1..=8 {
                     let mut origin = Origin::new(capacity);
                     (origin.base, origin.noise, origin.rng) = (base, 0.2, SplitMix64(seed));
-                    let mut run = Run::new(1000, 1000);
+                    let mut run = Run::new(1000);
                     run.windows(&mut origin, 180);
-                    let limits = run.steady_limits(150);
+                    let limits = run.steady_limits(100);
                     let what = format!("{base:?}, capacity {capacity}, seed {seed}");
                     assert_within(&limits, capacity, BAND, &what);
                     let (low, high) = (limits.iter().min(), limits.iter().max());
@@ -569,7 +649,7 @@ mod tests {
     #[test]
     fn min_rtt_is_measured_again_so_a_slower_baseline_is_not_read_as_overload() {
         let mut origin = Origin::new(20.0);
-        let mut run = Run::new(200, 200);
+        let mut run = Run::new(200);
         run.windows(&mut origin, 40);
         let measured = run.controller.min_rtt().unwrap_or_default();
         assert!(
@@ -594,7 +674,7 @@ mod tests {
     #[test]
     fn min_rtt_is_probed_every_thirty_seconds_give_or_take_fifteen_percent() {
         let mut origin = Origin::new(20.0);
-        let mut run = Run::new(200, 200);
+        let mut run = Run::new(200);
         run.windows(&mut origin, 400);
         let starts: Vec<usize> = (0..run.decisions.len())
             .filter(|&i| run.decisions[i].reason == LimitReason::Probe)
@@ -627,9 +707,13 @@ mod tests {
             min_limit: 4,
             max_limit: 100,
         };
-        let mut controller = ConcurrencyController::new(config, 1);
+        let mut controller = ConcurrencyController::new(config, 1, Some(100));
         let recorder = LatencyWindow::new();
         let now = Instant::now();
+        for _ in 0..10 {
+            recorder.record(BASE);
+        }
+        controller.on_window(&recorder.take(), now);
         let mut limits = Vec::new();
         for _ in 0..6 {
             for _ in 0..8 {
@@ -657,7 +741,7 @@ mod tests {
             max_limit: 4,
         };
         assert!(
-            !ConcurrencyController::new(fixed, 1).at_floor(),
+            !ConcurrencyController::new(fixed, 1, None).at_floor(),
             "a fixed limit is no collapse"
         );
     }
@@ -670,6 +754,7 @@ mod tests {
                 max_limit: 8,
             },
             1,
+            None,
         );
         let recorder = LatencyWindow::new();
         let now = Instant::now();
@@ -680,21 +765,18 @@ mod tests {
             }
             reasons.push(controller.on_window(&recorder.take(), now).reason);
         }
-        use LimitReason::{FewSamples as Few, Probe};
+        use LimitReason::{FewSamples as Few, MinRtt};
         assert_eq!(
             reasons,
             [
-                Few, Few, Probe, Few, Few, Few, Few, Few, Few, Few, Few, Few, Few, Few
+                Few, Few, MinRtt, Few, Few, Few, Few, Few, Few, Few, Few, Few, Few, Few
             ],
             "12 samples over 3 windows decide; 9 then silence are dropped after 10 windows"
         );
-        assert!(
-            controller.is_probing(),
-            "still probing: no window had enough samples since"
-        );
+        assert_eq!(controller.limit(), 1, "no window had enough samples since");
         assert!(
             !controller.at_floor(),
-            "a probe at the floor is no collapse"
+            "slow start at the floor is no collapse"
         );
     }
 
@@ -738,8 +820,7 @@ mod tests {
             windows in prop::collection::vec((0u64..60, 1u64..5_000, 0u64..20), 1..80),
         ) {
             let config = ConcurrencyConfig { min_limit, max_limit: min_limit + span };
-            let mut controller = ConcurrencyController::new(config, start as u64);
-            controller.set_limit(start);
+            let mut controller = ConcurrencyController::new(config, start as u64, Some(start));
             let mut now = Instant::now();
             for (answered, millis, failed) in windows {
                 let recorder = LatencyWindow::new();

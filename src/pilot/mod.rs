@@ -145,10 +145,16 @@ impl Pilot {
         for state in origin.states() {
             let window = state.window.take();
             inner.since_slow.merge(&window);
-            let controller = inner
-                .limits
-                .entry(state.name.clone())
-                .or_insert_with(|| ConcurrencyController::new(config, crate::clock::entropy()));
+            let controller = inner.limits.entry(state.name.clone()).or_insert_with(|| {
+                // A guard under the ceiling holds a value learned before
+                // (a resume, an operator's): give it back after the
+                // first measure. At the ceiling, nothing is known.
+                let known = state.guard.limit();
+                let resume = (known < ceiling).then_some(known);
+                let new = ConcurrencyController::new(config, crate::clock::entropy(), resume);
+                state.guard.set_limit(new.limit());
+                new
+            });
             controller.set_config(config);
             // A PATCH, a reload or a resume moved the guard: go on from there.
             if state.guard.limit() != controller.limit() {
