@@ -9,6 +9,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::LineView;
 use crate::App;
+use crate::admission::gate::Gate;
 use crate::config::{AdmissionPatch, LiveSettings};
 use crate::reload::LiveRefused;
 
@@ -26,7 +27,7 @@ pub async fn drive(app: Arc<App>) {
             let live = site.live();
             site.pilot.fast(
                 &site.origin,
-                live.origin_concurrency,
+                node_share(live.origin_concurrency, site.gate.as_deref()),
                 now.instant,
                 now.unix(),
             );
@@ -75,4 +76,15 @@ pub async fn drive(app: Arc<App>) {
             }
         }
     }
+}
+
+/// This node's share of the concurrency ceiling: in a cluster each node
+/// guards its own connections to the same portal, so `origin_concurrency`
+/// is split by the nodes the shared line knows of (rounded up: a backend is
+/// never shut).
+fn node_share(ceiling: usize, gate: Option<&Gate>) -> usize {
+    let nodes = gate
+        .and_then(Gate::cluster_view)
+        .map_or(1, |(_, nodes)| usize::try_from(nodes).unwrap_or(1).max(1));
+    ceiling.div_ceil(nodes)
 }
