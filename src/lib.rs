@@ -210,11 +210,21 @@ impl App {
                     };
                     (line.clone(), margin)
                 });
-                Site::new(s.clone(), &metrics, restored, cluster.as_ref())
-                    .map(Arc::new)
-                    .map_err(|e| format!("site[{i}]: {e}"))
+                let pace = saved.paces.get(&s.name).filter(|_| s.autopilot.enabled);
+                let site = Site::new(
+                    pilot::resumed(s, pace),
+                    &metrics,
+                    restored,
+                    cluster.as_ref(),
+                )
+                .map_err(|e| format!("site[{i}]: {e}"))?;
+                if let Some(pace) = pace {
+                    site.pilot
+                        .resume_limits(&site.origin, pace, site.live().origin_concurrency);
+                }
+                Ok::<_, String>(Arc::new(site))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         let store = Store::new(
             config.restart.cache.max_size,
             config.restart.cache.hit_for_miss,
@@ -248,7 +258,17 @@ impl App {
             .iter()
             .filter_map(|s| Some((s.config.name.clone(), s.gate.as_ref()?.saved()?)))
             .collect();
-        SavedLines { clean, lines }
+        let paces = snapshot
+            .sites
+            .iter()
+            .filter(|s| s.pilot.settings().enabled)
+            .map(|s| (s.config.name.clone(), s.pilot.pace(&s.origin, &s.live())))
+            .collect();
+        SavedLines {
+            clean,
+            lines,
+            paces,
+        }
     }
 
     /// Writes the state file, if one is configured.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::Method;
-use support::{Digue, Origin, Proxy, get, reply, wait_for};
+use support::{Digue, Origin, Proxy, TempDir, get, reply, wait_for};
 
 /// The portal's capacity at first: 20 requests in flight at 20 ms.
 const CAPACITY: usize = 20;
@@ -339,6 +339,91 @@ async fn a_slow_portal_makes_the_autopilot_cut_the_admission_rate_and_an_empty_l
         held,
         "healthy again, but nobody waits: nothing to learn, the rate stays"
     );
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.expect("client");
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_what_the_autopilot_had_found() {
+    let origin = portal().await;
+    let dir = TempDir::new("autopilot-resume");
+    let digue = Digue::new(&origin.url())
+        .admin()
+        .state_file(&dir.join("state.json"))
+        .site(
+            "origin_concurrency = 200\norigin_queue_timeout = \"30s\"\n\
+             [site.autopilot]\nenabled = true\ninterval = \"100ms\"\n\
+             min_new_users_per_minute = 60\nmax_new_users_per_minute = 6000\n",
+        )
+        .admission("new_users_per_minute = 6000");
+    let proxy = digue.clone().start().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = surge(&proxy, 80, &stop);
+    let near = |l: f64| (0.8 * CAPACITY as f64..=1.6 * CAPACITY as f64).contains(&l);
+    limit_until(
+        &proxy,
+        &origin,
+        "the limit climbs near the capacity",
+        Duration::from_secs(10),
+        near,
+    )
+    .await;
+    let patched = proxy
+        .admin_call(
+            Method::PATCH,
+            "/admin/sites/portal/admission",
+            r#"{"new_users_per_minute": 420}"#,
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.expect("client");
+    }
+    let found = limit(&proxy, &origin).await as u64;
+    proxy.shutdown().await;
+
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).expect("saved"))
+            .expect("json");
+    let pace = &saved["paces"]["portal"];
+    assert_eq!(pace["new_users_per_minute"], 420, "{saved}");
+    assert_eq!(pace["origin_limits"][origin.url()], found, "{saved}");
+
+    let proxy = digue.start().await;
+    let sites = proxy
+        .admin_call(Method::GET, "/admin/sites", "")
+        .await
+        .json();
+    assert_eq!(
+        sites["sites"][0]["admission"]["new_users_per_minute"], 420,
+        "the rate it had, not the file's 6000"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = surge(&proxy, 80, &stop);
+    wait_for(
+        "the first measure gives the saved limit back",
+        Duration::from_secs(10),
+        async || {
+            let sites = proxy
+                .admin_call(Method::GET, "/admin/sites", "")
+                .await
+                .json();
+            let decisions = sites["sites"][0]["autopilot"]["decisions"].clone();
+            let measured = decisions
+                .as_array()
+                .and_then(|d| d.iter().find(|d| d["reason"] == "min_rtt"))
+                .map(|d| d["new"].clone());
+            match measured {
+                Some(new) if new == found => Ok(()),
+                _ => Err(decisions),
+            }
+        },
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.await.expect("client");

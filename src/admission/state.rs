@@ -5,7 +5,8 @@
 //! counters move, and once more on a clean shutdown. After a crash, up to a
 //! second of tickets may have been issued after the last save: their
 //! numbers are never reissued, and their holders go in first when they come
-//! back (see `crash_margin` and `Line::restore`).
+//! back (see `crash_margin` and `Line::restore`). The autopilot's values
+//! ride along, so that a restart resumes from what it had found.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,6 +22,19 @@ pub struct SavedLines {
     pub clean: bool,
     /// Counters by site name.
     pub lines: BTreeMap<String, Saved>,
+    /// What the autopilot had found, by site name (absent in older files).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub paces: BTreeMap<String, SavedPace>,
+}
+
+/// The values a site's autopilot had set, so that a restart resumes from
+/// them rather than from the file's (which may be ten times too high).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedPace {
+    /// The admission rate, for a site with a waiting room.
+    pub new_users_per_minute: Option<u32>,
+    /// Each backend's concurrency limit, by its name.
+    pub origin_limits: BTreeMap<String, usize>,
 }
 
 /// Reads the state file; a missing file is an empty state, a corrupt one an error.
@@ -66,8 +80,23 @@ mod tests {
                 arrivals_per_sec: 40,
             },
         );
+        state.paces.insert(
+            "pronote".into(),
+            SavedPace {
+                new_users_per_minute: Some(420),
+                origin_limits: [("http://10.1.0.11:8080".to_owned(), 27)].into(),
+            },
+        );
         save(&path, &state).expect("writable");
         assert_eq!(load(&path).expect("readable"), state);
+        std::fs::write(&path, r#"{"clean": true, "lines": {}}"#).expect("writable");
+        assert_eq!(
+            load(&path).expect("a file written before the autopilot"),
+            SavedLines {
+                clean: true,
+                ..SavedLines::default()
+            }
+        );
         std::fs::write(&path, "garbage").expect("writable");
         assert!(
             load(&path).is_err(),

@@ -20,11 +20,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::admission::state::SavedPace;
 use crate::autopilot::{
     ConcurrencyConfig, ConcurrencyController, Decision, Decisions, Direction, LatencySnapshot,
     RateConfig, RateController, RateObservation,
 };
-use crate::config::{AutopilotConfig, AutopilotPatch, SiteConfig};
+use crate::config::{AutopilotConfig, AutopilotPatch, LiveSettings, SiteConfig};
 use crate::metrics::{AutopilotMetrics, Metrics};
 use crate::origin::Origin;
 
@@ -250,6 +251,30 @@ impl Pilot {
         (decision.new != line.rate_now).then_some(decision.new)
     }
 
+    /// What it has set, for the state file.
+    pub fn pace(&self, origin: &Origin, live: &LiveSettings) -> SavedPace {
+        SavedPace {
+            new_users_per_minute: live.admission.map(|a| a.new_users_per_minute),
+            origin_limits: origin
+                .states()
+                .map(|s| (s.name.clone(), s.guard.limit()))
+                .collect(),
+        }
+    }
+
+    /// A restart: each backend's guard gets the limit saved for it, within
+    /// the bounds; the fast loop gives it back after its first measure.
+    pub fn resume_limits(&self, origin: &Origin, pace: &SavedPace, ceiling: usize) {
+        let floor = self.settings().min_origin_concurrency.min(ceiling);
+        for state in origin.states() {
+            if let Some(&limit) = pace.origin_limits.get(&state.name) {
+                state
+                    .guard
+                    .set_limit(limit.clamp(floor.max(1), ceiling.max(1)));
+            }
+        }
+    }
+
     /// The autopilot as `GET /admin/sites` shows it.
     pub fn report(&self) -> Value {
         let inner = self.inner();
@@ -276,6 +301,26 @@ impl Pilot {
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// The site's config with the admission rate a restart resumes from, within
+/// the autopilot's bounds (its limits are resumed on the built site, by
+/// [`Pilot::resume_limits`]).
+pub fn resumed(config: &SiteConfig, pace: Option<&SavedPace>) -> SiteConfig {
+    let mut config = config.clone();
+    let settings = config.autopilot;
+    if let (Some(admission), Some(rate)) = (
+        config.live.admission.as_mut(),
+        pace.and_then(|p| p.new_users_per_minute),
+    ) {
+        admission.new_users_per_minute = rate.clamp(
+            settings.min_new_users_per_minute,
+            settings
+                .max_new_users_per_minute
+                .max(settings.min_new_users_per_minute),
+        );
+    }
+    config
 }
 
 fn rate_config(s: &AutopilotConfig) -> RateConfig {
