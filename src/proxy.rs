@@ -265,6 +265,7 @@ impl Ctx {
                         closed: w.closed,
                         ahead: w.ahead,
                         eta: w.eta,
+                        drift: self.site.pilot.rate_drift(),
                         retry_after: w.retry_after,
                         approximate: w.approximate,
                         portal: &cfg.portal_name,

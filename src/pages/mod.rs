@@ -88,6 +88,10 @@ pub struct WaitView<'a> {
     /// Tickets ahead of this visitor.
     pub ahead: u64,
     pub eta: Duration,
+    /// How far the admission rate moved lately (max / min, 1 when it holds):
+    /// the ETA's range widens by it, so the page does not promise what the
+    /// autopilot just took back.
+    pub drift: f64,
     pub retry_after: u64,
     /// The ETA rests on stale information (cluster store unreachable).
     pub approximate: bool,
@@ -259,7 +263,7 @@ impl Pages {
             1 => t("waiting", "ahead_one"),
             n => t("waiting", "ahead_many").replace("{n}", &n.to_string()),
         };
-        let (lo, hi) = eta_range(view.eta);
+        let (lo, hi) = eta_range(view.eta, view.drift);
         let mut eta_text = if hi < 60 {
             t("waiting", "eta_soon")
         } else if lo >= 3600 {
@@ -344,10 +348,19 @@ pub fn admitted_json() -> Response<ProxyBody> {
 }
 
 /// The range shown for an ETA, in seconds: the rate moves, so a point
-/// estimate would promise too much.
-fn eta_range(eta: Duration) -> (u64, u64) {
+/// estimate would promise too much; by `drift` more when it just moved.
+fn eta_range(eta: Duration, drift: f64) -> (u64, u64) {
     let secs = eta.as_secs_f64();
-    ((secs * 0.8) as u64, (secs * 1.3 + 10.0) as u64)
+    // At most 10×: a wild drift must not turn the range into nonsense.
+    let drift = if drift.is_finite() {
+        drift.clamp(1.0, 10.0)
+    } else {
+        1.0
+    };
+    (
+        (secs * 0.8 / drift) as u64,
+        ((secs * 1.3 + 10.0) * drift) as u64,
+    )
 }
 
 fn respond(
@@ -469,11 +482,23 @@ mod tests {
     }
 
     #[test]
+    fn the_eta_range_widens_by_the_rate_s_recent_drift_within_reason() {
+        let eta = Duration::from_secs(600);
+        assert_eq!(eta_range(eta, 1.0), (480, 790));
+        assert_eq!(eta_range(eta, 1.5), (320, 1185), "a rate cut by a third");
+        for odd in [0.0, 0.5, -3.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(eta_range(eta, odd), (480, 790), "drift {odd}");
+        }
+        assert_eq!(eta_range(eta, 1e9), (48, 7900), "at most 10×");
+    }
+
+    #[test]
     fn the_waiting_page_is_small_and_needs_no_third_party_asset() {
         let view = WaitView {
             closed: false,
             ahead: 12,
             eta: Duration::from_secs(150),
+            drift: 1.0,
             retry_after: 10,
             approximate: false,
             portal: "Pronote",

@@ -14,7 +14,8 @@
 
 pub mod drive;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde_json::{Value, json};
@@ -32,12 +33,18 @@ use crate::origin::Origin;
 /// Concurrency-limit changes logged at most this often per site (the fast
 /// loop may move every second); rate changes are always logged.
 const LOG_LIMITS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// The waiting room's ETA range widens by how far the rate moved over this
+/// span (a few of the slow loop's intervals).
+const DRIFT_SPAN: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct Pilot {
     /// The running targets and bounds: the file's, then PATCHes. One std
     /// mutex for both fields below: taken by the loop a few times a second
     /// and by the admin API, never across an await.
     inner: Mutex<Inner>,
+    /// `max / min` of the rates in force over [`DRIFT_SPAN`] (f64 bits),
+    /// read by every waiting page without the mutex; 1 when it holds.
+    drift: AtomicU64,
     metrics: AutopilotMetrics,
 }
 
@@ -54,6 +61,9 @@ struct Inner {
     busy_seen: Option<u64>,
     decisions: Decisions,
     last_limit_log: Option<Instant>,
+    /// The rates in force at each look of the slow loop over the last
+    /// [`DRIFT_SPAN`], and the one before it.
+    recent_rates: VecDeque<(Instant, u32)>,
 }
 
 /// What the slow loop sees of the site besides the origin's latencies.
@@ -81,7 +91,9 @@ impl Pilot {
                 busy_seen: None,
                 decisions: Decisions::new(),
                 last_limit_log: None,
+                recent_rates: VecDeque::new(),
             }),
+            drift: AtomicU64::new(1.0_f64.to_bits()),
             metrics: metrics.autopilot(&config.name),
         };
         pilot.show_settings(&settings);
@@ -113,6 +125,11 @@ impl Pilot {
         let mut inner = self.inner();
         inner.settings = settings;
         inner.rate.set_config(rate_config(&settings));
+        if !settings.enabled {
+            // Pinned: the rate holds from now on.
+            inner.recent_rates.clear();
+            self.drift.store(1.0_f64.to_bits(), Ordering::Relaxed);
+        }
         drop(inner);
         self.show_settings(&settings);
     }
@@ -213,6 +230,7 @@ impl Pilot {
             return None;
         }
         inner.next_slow = Some(now + settings.rate_interval);
+        self.note_rate(&mut inner, now, line.rate_now);
         let window = std::mem::take(&mut inner.since_slow);
         let busy_before = inner.busy_seen.replace(line.busy_total);
         if busy_before.is_none() || settings.max_new_users_per_minute == 0 {
@@ -247,6 +265,7 @@ impl Pilot {
             return None;
         }
         tracing::info!(decision = %decision.describe_en(), "autopilot: admission rate");
+        self.note_rate(&mut inner, now, decision.new);
         inner.decisions.push(decision.record(at_unix, None));
         (decision.new != line.rate_now).then_some(decision.new)
     }
@@ -275,12 +294,33 @@ impl Pilot {
         }
     }
 
+    /// How far the admission rate moved over the last minute: `max / min`
+    /// of the rates in force, 1 when it held (or the autopilot is off).
+    pub fn rate_drift(&self) -> f64 {
+        f64::from_bits(self.drift.load(Ordering::Relaxed))
+    }
+
+    fn note_rate(&self, inner: &mut Inner, now: Instant, rate: u32) {
+        let rates = &mut inner.recent_rates;
+        rates.push_back((now, rate));
+        // Keep the last rate set before the span: it was in force in it.
+        while rates.len() > 1 && rates[1].0 + DRIFT_SPAN <= now {
+            rates.pop_front();
+        }
+        let (low, high) = rates.iter().fold((u32::MAX, 0), |(low, high), &(_, r)| {
+            (low.min(r), high.max(r))
+        });
+        let drift = f64::from(high.max(1)) / f64::from(low.max(1));
+        self.drift.store(drift.to_bits(), Ordering::Relaxed);
+    }
+
     /// The autopilot as `GET /admin/sites` shows it.
     pub fn report(&self) -> Value {
         let inner = self.inner();
         json!({
             "settings": inner.settings,
             "rate_per_minute": inner.rate.rate(),
+            "rate_drift": self.rate_drift(),
             "origin_limits": inner.limits.iter().map(|(name, c)| {
                 json!({
                     "backend": name,
