@@ -18,7 +18,7 @@ use http::Method;
 use serde_json::Value;
 use tokio::time::{Instant, sleep};
 
-use support::redis::{Redis, ShardedRedis};
+use support::redis::{Redis, ShardedRedis, redis_cli};
 use support::{
     Browser, Digue, ENTRY, Got, Origin, Proxy, TempDir, admission_table, get, page, signed_ticket,
     site_section, unix_now, unused_ports, wait_for, wait_until,
@@ -63,6 +63,17 @@ impl Cluster {
                 "redis_url = \"{}\"\nrefresh_interval = \"100ms\"\nnode_id = \"{id}\"",
                 self.redis.url()
             ))
+    }
+
+    /// A node whose autopilot decides quickly (300 ms), aiming at 50 ms,
+    /// from 600 new users a minute.
+    fn piloted(&self, id: &str) -> Digue {
+        self.node(id)
+            .site(
+                "[site.autopilot]\nenabled = true\ninterval = \"100ms\"\n\
+                 rate_interval = \"300ms\"\ntarget_latency = \"50ms\"\n",
+            )
+            .admission(&gate("new_users_per_minute = 600"))
     }
 
     /// Nodes A and B with these waiting-room keys, each reaching Redis and
@@ -1434,17 +1445,8 @@ async fn one_node_at_a_time_decides_the_admission_rate_for_the_whole_cluster() {
     let origin = Origin::portal().await;
     origin.set_delay(Duration::from_millis(100));
     let cluster = Cluster::start(origin).await;
-    let piloted = |id: &str| {
-        cluster
-            .node(id)
-            .site(
-                "[site.autopilot]\nenabled = true\ninterval = \"100ms\"\n\
-                 rate_interval = \"300ms\"\ntarget_latency = \"50ms\"\n",
-            )
-            .admission(&gate("new_users_per_minute = 600"))
-    };
-    let a = piloted("a").start().await;
-    let b = piloted("b").start().await;
+    let a = cluster.piloted("a").start().await;
+    let b = cluster.piloted("b").start().await;
     all_ready(&[&a, &b]).await;
     // Per-user pages through both nodes, slower than the target: twenty
     // pupils on each.
@@ -1485,5 +1487,76 @@ async fn one_node_at_a_time_decides_the_admission_rate_for_the_whole_cluster() {
         deciders.iter().filter(|d| **d).count(),
         1,
         "one node decided, the other applied its rate: {deciders:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_deciding_node_judges_on_what_every_node_saw() {
+    let origin = Origin::portal().await;
+    origin.set_delay(Duration::from_millis(100));
+    let cluster = Cluster::start(origin).await;
+    let a = cluster.piloted("a").start().await;
+    let b = cluster.piloted("b").start().await;
+    all_ready(&[&a, &b]).await;
+    let port = cluster.redis.port;
+    let mut holder = String::new();
+    wait_for(
+        "a node takes the lease",
+        Duration::from_secs(5),
+        async || {
+            holder = redis_cli(port, &["GET", "digue:autopilot:lease:portal"])
+                .trim()
+                .to_owned();
+            if holder.is_empty() { Err(()) } else { Ok(()) }
+        },
+    )
+    .await;
+    let (decider, other) = if holder == "a" { (&a, &b) } else { (&b, &a) };
+    // Slow per-user pages through the other node only: the decider sees
+    // none of them itself.
+    let traffic: Vec<_> = (0..20)
+        .map(|p| other.url(&format!("/eleve/{p}/")))
+        .map(|base| {
+            tokio::spawn(async move {
+                for n in 0..200 {
+                    let _ = get(&format!("{base}{n}"), &[]).await;
+                }
+            })
+        })
+        .collect();
+    let sites = async |node: &Proxy| {
+        node.admin_call(Method::GET, "/admin/sites", "")
+            .await
+            .json()
+    };
+    wait_for(
+        "the decider cuts the rate on the other node's latencies",
+        Duration::from_secs(10),
+        async || {
+            let site = sites(decider).await["sites"][0].clone();
+            match site["admission"]["new_users_per_minute"].as_u64() {
+                Some(rate) if rate < 600 => Ok(()),
+                _ => Err(site["autopilot"]["decisions"].clone()),
+            }
+        },
+    )
+    .await;
+    for t in traffic {
+        t.abort();
+    }
+    let cut = "digue_autopilot_decisions_total{direction=\"down\",loop=\"admission\",\
+               reason=\"latency\",site=\"portal\"}";
+    assert!(
+        decider.metrics().await.contains(cut),
+        "the decider cut for latency"
+    );
+    assert!(
+        !other.metrics().await.contains(cut),
+        "the other node decided nothing"
+    );
+    assert_eq!(
+        redis_cli(port, &["GET", "digue:autopilot:lease:portal"]).trim(),
+        holder,
+        "still the decider"
     );
 }

@@ -9,15 +9,18 @@
 //! - [`rate`]: the slow loop (~5–10 s): the site's admission rate, AIMD on
 //!   the origin's health and the line.
 //! - [`decisions`]: what both loops decided lately, with the reason in words.
+//! - [`observation`]: a node's interval, as published to the cluster.
 
 pub mod decisions;
 pub mod gradient;
+pub mod observation;
 pub mod rate;
 pub mod window;
 mod words;
 
 pub use decisions::{Decision, DecisionRecord, Decisions, Direction, Loop};
 pub use gradient::{ConcurrencyConfig, ConcurrencyController, LimitDecision, LimitReason};
+pub use observation::Observation;
 pub use rate::{RateConfig, RateController, RateDecision, RateObservation, RateReason};
 pub use window::{LatencySnapshot, LatencyWindow, WindowStats};
 pub use words::Lang;

@@ -12,6 +12,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use serde::{Deserialize, Serialize};
 
+use crate::autopilot::Observation;
 use crate::config::{ClusterConfig, LiveSettings, RedisTarget};
 use crate::origin::Mode;
 
@@ -23,6 +24,9 @@ const PURGES: &str = "digue:purges";
 /// The autopilot's lease on a site's admission rate (`…:{site}`): the node
 /// holding it decides the rate for the whole cluster.
 const PILOT_LEASE: &str = "digue:autopilot:lease:";
+/// Each node's latest autopilot observation of a site (`…:{site}`, a hash
+/// by node), read by the lease holder.
+const PILOT_OBSERVATIONS: &str = "digue:autopilot:obs:";
 /// Takes the lease when free, renews it when held by this node (ARGV[1]),
 /// for ARGV[2] ms; 1 when this node holds it now.
 const LEASE_SCRIPT: &str = r"
@@ -328,6 +332,44 @@ impl Cluster {
         let held =
             tokio::time::timeout(CONNECT_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await;
         matches!(held, Ok(Ok(1)))
+    }
+
+    /// Publishes this node's observation of `site`'s interval; the hash
+    /// lapses `ttl` after the last node wrote to it.
+    pub async fn publish_observation(&self, site: &str, seen: &Observation, ttl: Duration) {
+        let (Some(mut conn), Ok(json)) = (self.conn(), serde_json::to_string(seen)) else {
+            return;
+        };
+        let key = format!("{PILOT_OBSERVATIONS}{site}");
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.hset(&key, &self.node, json).ignore();
+        pipe.pexpire(&key, ms).ignore();
+        let sent = tokio::time::timeout(CONNECT_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::debug!(site, "could not publish the autopilot's observation");
+        }
+    }
+
+    /// The other nodes' latest observations of `site`; unreadable ones are
+    /// left out, an unreachable Redis gives none.
+    pub async fn observations(&self, site: &str) -> Vec<(String, Observation)> {
+        let Some(mut conn) = self.conn() else {
+            return Vec::new();
+        };
+        let key = format!("{PILOT_OBSERVATIONS}{site}");
+        let read = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            conn.hgetall::<_, Vec<(String, String)>>(&key),
+        )
+        .await;
+        let Ok(Ok(all)) = read else {
+            return Vec::new();
+        };
+        all.into_iter()
+            .filter(|(node, _)| *node != self.node)
+            .filter_map(|(node, json)| Some((node, serde_json::from_str(&json).ok()?)))
+            .collect()
     }
 
     /// The backend modes stored in Redis, as the events that set them.

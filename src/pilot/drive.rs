@@ -34,16 +34,21 @@ pub async fn drive(app: Arc<App>) {
             let Some((gate, cfg, admission)) = site.waiting_room() else {
                 continue;
             };
+            let mut others = Vec::new();
             if site.pilot.slow_due(now.instant)
                 && let Some(cluster) = &app.cluster
             {
+                let name = &site.config.name;
                 // The lease outlives two missed renewals, not more: a node
                 // that died hands the rate over within three intervals.
                 let ttl = site.pilot.settings().rate_interval * 3;
-                if !cluster.pilot_lease(&site.config.name, ttl).await {
-                    site.pilot.skip_slow(now.instant);
+                if !cluster.pilot_lease(name, ttl).await {
+                    let busy = site.metrics.busy_total();
+                    let seen = site.pilot.observe(busy, now.instant, now.unix_millis());
+                    cluster.publish_observation(name, &seen, ttl).await;
                     continue;
                 }
+                others = cluster.observations(name).await;
             }
             let status = gate.status(cfg, &admission, now.instant);
             let line = LineView {
@@ -52,7 +57,10 @@ pub async fn drive(app: Arc<App>) {
                 admitted_per_minute: status.rate * 60.0,
                 busy_total: site.metrics.busy_total(),
             };
-            let Some(rate) = site.pilot.slow(line, now.instant, now.unix()) else {
+            let Some(rate) = site
+                .pilot
+                .slow(line, &others, now.instant, now.unix_millis())
+            else {
                 continue;
             };
             let name = &site.config.name;

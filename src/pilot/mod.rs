@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::admission::state::SavedPace;
 use crate::autopilot::{
     ConcurrencyConfig, ConcurrencyController, Decision, Decisions, Direction, LatencySnapshot,
-    RateConfig, RateController, RateObservation,
+    Observation, RateConfig, RateController, RateObservation,
 };
 use crate::config::{AutopilotConfig, AutopilotPatch, LiveSettings, SiteConfig};
 use crate::metrics::{AutopilotMetrics, Metrics};
@@ -64,6 +64,10 @@ struct Inner {
     /// The rates in force at each look of the slow loop over the last
     /// [`DRIFT_SPAN`], and the one before it.
     recent_rates: VecDeque<(Instant, u32)>,
+    /// How many observations this node has published (cluster mode).
+    published: u64,
+    /// The last observation read from each other node, by its `seq`.
+    read_from: BTreeMap<String, u64>,
 }
 
 /// What the slow loop sees of the site besides the origin's latencies.
@@ -92,6 +96,8 @@ impl Pilot {
                 decisions: Decisions::new(),
                 last_limit_log: None,
                 recent_rates: VecDeque::new(),
+                published: 0,
+                read_from: BTreeMap::new(),
             }),
             drift: AtomicU64::new(1.0_f64.to_bits()),
             metrics: metrics.autopilot(&config.name),
@@ -212,18 +218,30 @@ impl Pilot {
         inner.settings.enabled && inner.next_slow.is_none_or(|at| now >= at)
     }
 
-    /// Another node decides the rate this interval (cluster mode): start
-    /// the next interval afresh, so that taking over later judges only
-    /// what follows.
-    pub fn skip_slow(&self, now: Instant) {
+    /// Another node decides the rate this interval (cluster mode): this
+    /// node's interval, for it to judge on, and the next one starts.
+    /// `at_ms`: the time (Unix ms), so that a dead node's is left out.
+    pub fn observe(&self, busy_total: u64, now: Instant, at_ms: u64) -> Observation {
         let mut inner = self.inner();
         inner.next_slow = Some(now + inner.settings.rate_interval);
-        inner.since_slow = LatencySnapshot::default();
-        inner.busy_seen = None;
+        let window = std::mem::take(&mut inner.since_slow);
+        let busy_before = inner.busy_seen.replace(busy_total);
+        inner.published += 1;
+        let busy = busy_total.saturating_sub(busy_before.unwrap_or(busy_total));
+        Observation::new(inner.published, at_ms, &window, busy)
     }
 
     /// The slow loop, when due: the admission rate to set now, if it moves.
-    pub fn slow(&self, line: LineView, now: Instant, at_unix: u64) -> Option<u32> {
+    /// `others`: the other nodes' latest observations (cluster mode), by
+    /// node; each is counted once, and only if taken within the last two
+    /// intervals before `at_ms`.
+    pub fn slow(
+        &self,
+        line: LineView,
+        others: &[(String, Observation)],
+        now: Instant,
+        at_ms: u64,
+    ) -> Option<u32> {
         let mut inner = self.inner();
         let settings = inner.settings;
         if !settings.enabled || inner.next_slow.is_some_and(|at| now < at) {
@@ -231,8 +249,17 @@ impl Pilot {
         }
         inner.next_slow = Some(now + settings.rate_interval);
         self.note_rate(&mut inner, now, line.rate_now);
-        let window = std::mem::take(&mut inner.since_slow);
+        let mut window = std::mem::take(&mut inner.since_slow);
         let busy_before = inner.busy_seen.replace(line.busy_total);
+        let mut others_busy = 0_u64;
+        let fresh_since = at_ms.saturating_sub(millis(settings.rate_interval * 2));
+        for (node, seen) in others {
+            let last = inner.read_from.insert(node.clone(), seen.seq);
+            if seen.at_ms >= fresh_since && last.is_none_or(|last| seen.seq > last) {
+                window.merge(&seen.window());
+                others_busy = others_busy.saturating_add(seen.busy);
+            }
+        }
         if busy_before.is_none() || settings.max_new_users_per_minute == 0 {
             // The first look only starts the interval.
             return None;
@@ -249,7 +276,8 @@ impl Pilot {
             error_rate: stats.error_rate(),
             rejections: line
                 .busy_total
-                .saturating_sub(busy_before.unwrap_or(line.busy_total)),
+                .saturating_sub(busy_before.unwrap_or(line.busy_total))
+                .saturating_add(others_busy),
             limit_collapsed: inner.limits.values().any(ConcurrencyController::at_floor),
             waiting: line.waiting,
             admitted_per_minute: line.admitted_per_minute,
@@ -266,7 +294,7 @@ impl Pilot {
         }
         tracing::info!(decision = %decision.describe_en(), "autopilot: admission rate");
         self.note_rate(&mut inner, now, decision.new);
-        inner.decisions.push(decision.record(at_unix, None));
+        inner.decisions.push(decision.record(at_ms / 1000, None));
         (decision.new != line.rate_now).then_some(decision.new)
     }
 
@@ -361,6 +389,10 @@ pub fn resumed(config: &SiteConfig, pace: Option<&SavedPace>) -> SiteConfig {
         );
     }
     config
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn rate_config(s: &AutopilotConfig) -> RateConfig {
