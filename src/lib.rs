@@ -24,6 +24,8 @@
 //!   an `https://` origin ([`origin::tls`]: roots, client certificate,
 //!   preflight), header hygiene (`headers`), a tunnel's upgrade request
 //!   ([`origin::tunnel`]).
+//! - [`client_limit`]: one client's budget of origin-bound requests
+//!   (`[site.client_limit]`), keyed by session or network, bounded in memory.
 //! - [`guard`]: a backend's concurrency cap and its queue deadline.
 //! - [`body`]: the response body type, and reading origin bodies with a limit.
 //! - [`pages`]: the waiting room, busy and error pages, French first, JSON on request.
@@ -72,6 +74,7 @@ pub mod admission;
 pub mod autopilot;
 pub mod body;
 pub mod cache;
+pub mod client_limit;
 pub mod clock;
 pub mod closed_enum;
 pub mod cluster;
