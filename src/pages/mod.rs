@@ -206,6 +206,11 @@ impl Pages {
         &self.langs[best.0]
     }
 
+    /// The code (`fr`, `en`...) of the language to answer `headers` in.
+    pub fn lang_code(&self, headers: &HeaderMap) -> &str {
+        &self.lang(headers).code
+    }
+
     /// One text, falling back on the default language, then on the key.
     fn text(&self, lang: &Catalog, section: &str, key: &str) -> String {
         let lookup = |c: &Catalog| {
