@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::chromium::Chromium;
-use support::{ADMIN_TOKEN, Browser, Digue, Origin, Proxy, Reply, Seen, get, reply};
+use support::{ADMIN_TOKEN, Accept, Browser, Digue, Origin, Proxy, Reply, Seen, get, reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -356,14 +356,14 @@ async fn screenshots_of_the_console_for_the_readme() {
         origin.set_delay(Duration::from_millis(2 + (40.0 * (-x * x).exp()) as u64));
         for _ in 0..arrivals {
             let mut visitor = Browser::default();
-            if visitor.poll(&proxy).await.status == 503 {
+            if visitor.visit(&proxy, "/login", Accept::Json).await.status == 503 {
                 line.push(visitor);
             }
         }
         // The front of the line comes back for its turn.
         let mut kept = Vec::new();
         for (i, mut visitor) in line.drain(..).enumerate() {
-            if i >= 12 || visitor.poll(&proxy).await.status == 503 {
+            if i >= 12 || visitor.visit(&proxy, "/login", Accept::Json).await.status == 503 {
                 kept.push(visitor);
             }
         }
@@ -375,7 +375,7 @@ async fn screenshots_of_the_console_for_the_readme() {
         }
         if (100..160).contains(&step) {
             // The pupil who holds F5.
-            for _ in 0..4 {
+            for _ in 0..16 {
                 get(&proxy.url("/pronote/emploidutemps"), &[("cookie", "JSESSIONID=f5")]).await;
             }
         }
