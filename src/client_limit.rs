@@ -132,7 +132,9 @@ impl ClientLimiter {
     /// the app's clock.
     pub fn check(self: &Arc<Self>, key: u64, now: Instant) -> Budget {
         let now = self.ticks.at(now);
-        let due = now.as_u64().saturating_sub(self.swept_at.load(Ordering::Relaxed))
+        let due = now
+            .as_u64()
+            .saturating_sub(self.swept_at.load(Ordering::Relaxed))
             >= SWEEP_EVERY.as_nanos() as u64;
         if self.budgets.len() >= self.config.max_keys {
             self.sweep(now);
@@ -242,7 +244,11 @@ mod tests {
         assert_eq!(none, empty, "an empty session cookie is no session");
         assert_eq!(
             a,
-            l.key(&cookie("JSESSIONID=AAA"), &names(), "198.51.100.1".parse().expect("ip")),
+            l.key(
+                &cookie("JSESSIONID=AAA"),
+                &names(),
+                "198.51.100.1".parse().expect("ip")
+            ),
             "a session keeps its budget when its address changes"
         );
     }
@@ -251,10 +257,18 @@ mod tests {
     fn a_network_key_is_the_ipv4_address_or_the_ipv6_64() {
         let l = limiter(60, 5, ClientKey::Network, 100);
         let key = |ip: &str| l.key(&cookie("JSESSIONID=AAA"), &names(), ip.parse().expect("ip"));
-        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"), "one /64");
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff::9"),
+            "one /64"
+        );
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
         assert_ne!(key("192.0.2.1"), key("192.0.2.2"), "IPv4 /32");
-        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"), "a mapped IPv4 is IPv4");
+        assert_eq!(
+            key("::ffff:192.0.2.1"),
+            key("192.0.2.1"),
+            "a mapped IPv4 is IPv4"
+        );
     }
 
     #[test]
@@ -271,10 +285,21 @@ mod tests {
             wait > Duration::ZERO && wait <= Duration::from_secs(1),
             "one a second: {wait:?}"
         );
-        assert_eq!(l.check(8, t0), Budget::Within, "another client is unaffected");
+        assert_eq!(
+            l.check(8, t0),
+            Budget::Within,
+            "another client is unaffected"
+        );
         let later = t0 + Duration::from_secs(1);
-        assert_eq!(l.check(7, later), Budget::Within, "a second later, one more");
-        assert!(matches!(l.check(7, later), Budget::Spent(_)), "and only one");
+        assert_eq!(
+            l.check(7, later),
+            Budget::Within,
+            "a second later, one more"
+        );
+        assert!(
+            matches!(l.check(7, later), Budget::Spent(_)),
+            "and only one"
+        );
     }
 
     #[test]
@@ -300,7 +325,10 @@ mod tests {
         let l = limiter(60, 1, ClientKey::Session, 100);
         let huge = format!("JSESSIONID={}", "é".repeat(20_000));
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_str(&huge).expect("header"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&huge).expect("header"),
+        );
         h.append(
             header::COOKIE,
             HeaderValue::from_bytes(b"JSESSIONID=\xff\xfe, ;;==;").expect("obs-text is valid"),

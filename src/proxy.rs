@@ -612,7 +612,9 @@ impl Ctx {
             return None;
         };
         self.site.metrics.client_limited.inc();
-        let secs = wait.as_secs().saturating_add(u64::from(wait.subsec_nanos() > 0));
+        let secs = wait
+            .as_secs()
+            .saturating_add(u64::from(wait.subsec_nanos() > 0));
         let pages = self.app.pages.load();
         let mut res = pages.too_fast(&parts.headers, secs.max(1));
         let detail = "client-limited";

@@ -272,9 +272,11 @@ async fn a_real_browser_runs_the_console_and_queue_all_makes_the_next_visitor_wa
     )
     .await;
     assert_eq!(
-        tab.eval("document.querySelectorAll('.card').length + \
-                  (document.body.innerText.includes('portal') ? 100 : 0)")
-            .await,
+        tab.eval(
+            "document.querySelectorAll('.card').length + \
+                  (document.body.innerText.includes('portal') ? 100 : 0)"
+        )
+        .await,
         0,
         "no site, no figure before the token"
     );
@@ -299,7 +301,10 @@ async fn a_real_browser_runs_the_console_and_queue_all_makes_the_next_visitor_wa
     let points = tab
         .eval("Number(document.querySelector('[data-site=\"portal\"] svg').getAttribute('data-points'))")
         .await;
-    assert!(points.as_u64() >= Some(6), "the chart drew the samples: {points}");
+    assert!(
+        points.as_u64() >= Some(6),
+        "the chart drew the samples: {points}"
+    );
     assert_eq!(
         tab.eval("[!!sessionStorage.getItem('digue-admin-token'), document.cookie]")
             .await,
@@ -371,12 +376,20 @@ async fn screenshots_of_the_console_for_the_readme() {
         for i in 0..6 {
             get(&proxy.url("/static/app.js"), &[]).await;
             let session = format!("JSESSIONID=s{}", step * 6 + i);
-            get(&proxy.url("/pronote/emploidutemps"), &[("cookie", &session)]).await;
+            get(
+                &proxy.url("/pronote/emploidutemps"),
+                &[("cookie", &session)],
+            )
+            .await;
         }
         if (100..160).contains(&step) {
             // The pupil who holds F5.
             for _ in 0..16 {
-                get(&proxy.url("/pronote/emploidutemps"), &[("cookie", "JSESSIONID=f5")]).await;
+                get(
+                    &proxy.url("/pronote/emploidutemps"),
+                    &[("cookie", "JSESSIONID=f5")],
+                )
+                .await;
             }
         }
         proxy.advance(digue::console::history::SAMPLE_EVERY);
@@ -385,8 +398,12 @@ async fn screenshots_of_the_console_for_the_readme() {
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     for (name, width, height) in [("desktop", 1280, 800), ("phone", 390, 844)] {
         let mut tab = browser.devtools(&proxy.admin_url("/"), width, height).await;
-        tab.wait_for("the login form", "document.readyState === 'complete'", CONSOLE_LIMIT)
-            .await;
+        tab.wait_for(
+            "the login form",
+            "document.readyState === 'complete'",
+            CONSOLE_LIMIT,
+        )
+        .await;
         tab.click("#token").await;
         tab.type_text(ADMIN_TOKEN).await;
         tab.click("#login-form button").await;

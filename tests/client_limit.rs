@@ -71,13 +71,25 @@ async fn one_session_hammering_a_per_user_page_is_limited_and_another_on_its_add
     )
     .await;
     assert_eq!(app.status, 429);
-    assert_eq!(app.json()["state"], "too_fast", "JSON for apps: {}", app.text());
-    assert_eq!(origin.count("/pronote/emploidutemps"), 5, "the origin saw the budget only");
+    assert_eq!(
+        app.json()["state"],
+        "too_fast",
+        "JSON for apps: {}",
+        app.text()
+    );
+    assert_eq!(
+        origin.count("/pronote/emploidutemps"),
+        5,
+        "the origin saw the budget only"
+    );
 
     // Same address (a school's NAT), another session: its own budget.
     let classmate = session("classmate");
     let got = get(&page, &[("cookie", &classmate)]).await;
-    assert_eq!(got.status, 200, "another session on the same address is unaffected");
+    assert_eq!(
+        got.status, 200,
+        "another session on the same address is unaffected"
+    );
     // A POST is origin-bound too.
     let post = send(request(
         Method::POST,
@@ -106,7 +118,11 @@ async fn cache_hits_are_never_limited() {
     for i in 0..30 {
         let hit = get(&script, &[("cookie", "x=1")]).await;
         assert_eq!(hit.status, 200, "hit {i} is served");
-        assert!(hit.cache_status().starts_with("digue; hit"), "{}", hit.cache_status());
+        assert!(
+            hit.cache_status().starts_with("digue; hit"),
+            "{}",
+            hit.cache_status()
+        );
     }
     assert_eq!(origin.count("/static/app.js"), 1);
     let miss = get(&proxy.url("/static/other.js"), &[("cookie", "x=1")]).await;
@@ -148,7 +164,10 @@ async fn waiting_room_answers_and_staff_networks_are_never_limited() {
         .await;
     let entry = proxy.url(support::ENTRY);
     let first = get(&entry, &[]).await;
-    assert_eq!(first.status, 200, "the first visitor is let in, spending its budget");
+    assert_eq!(
+        first.status, 200,
+        "the first visitor is let in, spending its budget"
+    );
     let mut waiting = support::Browser::default();
     for i in 0..20 {
         let got = waiting.poll(&proxy).await;
@@ -157,7 +176,10 @@ async fn waiting_room_answers_and_staff_networks_are_never_limited() {
     let staff = "127.0.0.3".parse().expect("ip");
     for i in 0..5 {
         let got = get_from(staff, &proxy.url("/p"), &[]).await;
-        assert_eq!(got.status, 200, "staff request {i}: bypass_cidrs are never limited");
+        assert_eq!(
+            got.status, 200,
+            "staff request {i}: bypass_cidrs are never limited"
+        );
     }
     assert_eq!(proxy.metric(LIMITED).await, 0.0);
     proxy.shutdown().await;

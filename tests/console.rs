@@ -60,12 +60,19 @@ async fn the_page_loads_without_a_token_and_holds_no_figure() {
     );
     let html = got.text();
     assert!(html.contains("<html lang=\"fr\""), "French first");
-    assert!(html.contains("Jeton d'administration"), "asks for the token");
+    assert!(
+        html.contains("Jeton d'administration"),
+        "asks for the token"
+    );
     assert!(
         !html.contains("lycee-victor-hugo"),
         "no site name, no figure before the token"
     );
-    let english = get(&proxy.admin_url("/"), &[("accept-language", "en-US,en;q=0.8")]).await;
+    let english = get(
+        &proxy.admin_url("/"),
+        &[("accept-language", "en-US,en;q=0.8")],
+    )
+    .await;
     assert!(english.text().contains("<html lang=\"en\""));
     let public = get(&proxy.url("/"), &[]).await;
     assert!(
@@ -133,17 +140,26 @@ async fn the_poll_shows_each_site_live_and_only_the_samples_it_lacks() {
         (hit_ratio - 0.6).abs() < 1e-9,
         "3 hits of 5 lookups (the script's miss, the page of the visitor let in): {last}"
     );
-    assert!(last["p50_ms"].as_f64().is_some(), "the origin answered: {last}");
+    assert!(
+        last["p50_ms"].as_f64().is_some(),
+        "the origin answered: {last}"
+    );
     assert_eq!(last["rate_per_minute"], 6);
 
     // The next poll carries only what is new.
     let now = whole["now"].as_u64().expect("now");
     let again = poll(&proxy, now).await;
-    assert_eq!(again["sites"][0]["history"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        again["sites"][0]["history"].as_array().map(Vec::len),
+        Some(0)
+    );
     proxy.advance(Duration::from_secs(5));
     digue::console::sample(&app);
     let next = poll(&proxy, now).await;
-    assert_eq!(next["sites"][0]["history"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        next["sites"][0]["history"].as_array().map(Vec::len),
+        Some(1)
+    );
     proxy.shutdown().await;
 }
 

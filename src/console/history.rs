@@ -102,7 +102,9 @@ impl History {
             let base = ring
                 .samples
                 .iter()
-                .find(|(c, _)| c.at.is_some_and(|at| now.saturating_duration_since(at) <= WINDOW))
+                .find(|(c, _)| {
+                    c.at.is_some_and(|at| now.saturating_duration_since(at) <= WINDOW)
+                })
                 .map(|(c, _)| c.clone());
             let figures = derive(&counters, base.as_ref(), &bounds, unix_ms, live(site, now));
             ring.push(counters, figures);
@@ -182,7 +184,11 @@ fn derive(now: &Counters, base: Option<&Counters>, bounds: &[f64], t: u64, live:
         _ => 0.0,
     };
     let per_minute = |a: u64, b: u64| {
-        if minutes > 0.0 { a.saturating_sub(b) as f64 / minutes } else { 0.0 }
+        if minutes > 0.0 {
+            a.saturating_sub(b) as f64 / minutes
+        } else {
+            0.0
+        }
     };
     let latency: Vec<u64> = now
         .latency
@@ -225,7 +231,11 @@ pub fn quantile(cumulative: &[u64], bounds: &[f64], q: f64) -> Option<f64> {
     for (count, upper) in cumulative.iter().zip(bounds) {
         if *count as f64 >= rank {
             let within = (*count - below) as f64;
-            let share = if within > 0.0 { (rank - below as f64) / within } else { 1.0 };
+            let share = if within > 0.0 {
+                (rank - below as f64) / within
+            } else {
+                1.0
+            };
             return Some(lower + (upper - lower) * share);
         }
         below = *count;
@@ -248,7 +258,11 @@ mod tests {
         let p95 = quantile(&cumulative, &bounds, 0.95).expect("some");
         assert!((p95 - 0.46).abs() < 1e-9, "{p95}");
         assert_eq!(quantile(&[0, 0, 0], &bounds, 0.5), None);
-        assert_eq!(quantile(&[0, 0, 0, 4], &[0.1, 0.5, 1.0], 0.5), Some(1.0), "past the last bound");
+        assert_eq!(
+            quantile(&[0, 0, 0, 4], &[0.1, 0.5, 1.0], 0.5),
+            Some(1.0),
+            "past the last bound"
+        );
     }
 
     #[test]
@@ -260,6 +274,10 @@ mod tests {
             ring.push(Counters::default(), f);
         }
         assert_eq!(ring.samples.len(), KEPT);
-        assert_eq!(ring.samples.front().map(|s| s.1.t), Some(50), "the oldest went first");
+        assert_eq!(
+            ring.samples.front().map(|s| s.1.t),
+            Some(50),
+            "the oldest went first"
+        );
     }
 }

@@ -164,11 +164,17 @@ mod tests {
             !fetched.contains("http://") && !fetched.contains("https://"),
             "no third-party byte (the SVG namespace is a name, never fetched)"
         );
-        assert!(html.contains("sessionStorage"), "the token stays in the tab");
+        assert!(
+            html.contains("sessionStorage"),
+            "the token stays in the tab"
+        );
         assert!(!html.contains("localStorage") && !html.contains("document.cookie"));
         assert!(body.len() < 64 * 1024, "{} bytes", body.len());
         let mut en = HeaderMap::new();
-        en.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("en-GB,en;q=0.9"));
+        en.insert(
+            header::ACCEPT_LANGUAGE,
+            HeaderValue::from_static("en-GB,en;q=0.9"),
+        );
         let res = page(&pages, &en);
         let ProxyBody::Full(Some(body)) = res.body() else {
             panic!("a page in memory")
