@@ -239,3 +239,62 @@ async fn a_client_limit_is_checked_with_key_paths() {
         assert!(errors.contains(expected), "{expected} in {errors}");
     }
 }
+
+#[test]
+fn the_shipped_pronote_setting_is_valid_once_uncommented() {
+    let shipped = include_str!("../config.toml");
+    let start = shipped
+        .find("# [site.client_limit]")
+        .expect("config.toml shows a client_limit");
+    let (before, rest) = shipped.split_at(start);
+    let end = rest.find("\n\n").unwrap_or(rest.len());
+    let block: String = rest[..end]
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(kv) if kv.starts_with('[') || kv.contains(" = ") => kv,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let text = format!("{before}{block}{}", &rest[end..]);
+    let config = digue::preflight::parse(&text).expect("the shipped setting parses");
+    let limit = config.sites[0]
+        .client_limit
+        .clone()
+        .expect("the table is read");
+    assert_eq!(limit.requests_per_minute.get(), 120);
+    assert_eq!(limit.burst.get(), 30);
+    assert_eq!(limit.key, digue::config::ClientKey::Session, "session first");
+    let off = digue::preflight::parse(shipped).expect("config.toml parses");
+    assert!(off.sites[0].client_limit.is_none(), "off by default");
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_budgets_unless_the_limit_changes() {
+    let origin = portal().await;
+    let dir = support::TempDir::new("client-limit-reload");
+    let file = dir.path().join("digue.toml");
+    let config = |rpm: u32| {
+        Digue::new(&origin.url())
+            .site(&format!("[site.client_limit]\nrequests_per_minute = {rpm}\nburst = 1"))
+            .admin()
+    };
+    let proxy = config(1).start_in(&file).await;
+    let page = proxy.url("/p");
+    assert_eq!(get(&page, &[]).await.status, 200);
+    assert_eq!(get(&page, &[]).await.status, 429, "the budget is spent");
+    proxy.app().reload().expect("the same file reloads");
+    assert_eq!(
+        get(&page, &[]).await.status,
+        429,
+        "a reload does not refill anyone's budget"
+    );
+    std::fs::write(&file, config(2).toml()).expect("config file writable");
+    proxy.app().reload().expect("a new limit reloads");
+    assert_eq!(
+        get(&page, &[]).await.status,
+        200,
+        "a new limit starts new budgets"
+    );
+    proxy.shutdown().await;
+}
