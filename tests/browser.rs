@@ -346,7 +346,8 @@ async fn screenshots_of_the_console_for_the_readme() {
         "[[site]]\nname = \"pronote-lycee\"\nhosts = [\"*\"]\n\
          origin = [\"{}\", \"{}\"]\norigin_concurrency = 16\n\
          [site.admission]\npaths = [\"/login\"]\nnew_users_per_minute = 120\nburst = 10\n\
-         max_active_users = 2000\ntickets_per_network_per_minute = 100000\n\
+         max_active_users = 3000\nsession_duration = \"10m\"\n\
+         tickets_per_network_per_minute = 100000\n\
          [site.client_limit]\nrequests_per_minute = 120\nburst = 20\n",
         origin.url(),
         spare.url()
