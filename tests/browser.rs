@@ -329,6 +329,39 @@ async fn a_real_browser_runs_the_console_and_queue_all_makes_the_next_visitor_wa
         "and sees the waiting room: {}",
         next.text()
     );
+
+    // Closing asks first; "Annuler" changes nothing.
+    let closed = "[data-site=\"portal\"] button[data-mode=\"closed\"]";
+    tab.click(closed).await;
+    tab.wait_for(
+        "a confirmation",
+        "document.getElementById('confirm').open",
+        CONSOLE_LIMIT,
+    )
+    .await;
+    tab.click("#confirm-no").await;
+    let sites = proxy
+        .admin_call(http::Method::GET, "/admin/sites", "")
+        .await
+        .json();
+    assert_eq!(
+        sites["sites"][0]["admission"]["mode"], "queue_all",
+        "cancelled: still queue_all"
+    );
+    tab.click(closed).await;
+    tab.wait_for(
+        "a confirmation",
+        "document.getElementById('confirm').open",
+        CONSOLE_LIMIT,
+    )
+    .await;
+    tab.click("#confirm-yes").await;
+    tab.wait_for(
+        "the console shows closed in force",
+        &format!("{} === 'closed'", figure("portal", "mode")),
+        CONSOLE_LIMIT,
+    )
+    .await;
     drop(tab);
     proxy.shutdown().await;
 }

@@ -264,7 +264,11 @@ fn the_shipped_pronote_setting_is_valid_once_uncommented() {
         .expect("the table is read");
     assert_eq!(limit.requests_per_minute.get(), 120);
     assert_eq!(limit.burst.get(), 30);
-    assert_eq!(limit.key, digue::config::ClientKey::Session, "session first");
+    assert_eq!(
+        limit.key,
+        digue::config::ClientKey::Session,
+        "session first"
+    );
     let off = digue::preflight::parse(shipped).expect("config.toml parses");
     assert!(off.sites[0].client_limit.is_none(), "off by default");
 }
@@ -276,7 +280,9 @@ async fn a_reload_keeps_the_budgets_unless_the_limit_changes() {
     let file = dir.path().join("digue.toml");
     let config = |rpm: u32| {
         Digue::new(&origin.url())
-            .site(&format!("[site.client_limit]\nrequests_per_minute = {rpm}\nburst = 1"))
+            .site(&format!(
+                "[site.client_limit]\nrequests_per_minute = {rpm}\nburst = 1"
+            ))
             .admin()
     };
     let proxy = config(1).start_in(&file).await;
