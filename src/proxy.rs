@@ -344,7 +344,7 @@ impl Ctx {
             }
             match self.app.coalescer.join(&flight) {
                 Role::Leader(leader) => {
-                    if let Some(refused) = self.over_budget(&parts, fwd) {
+                    if let Some(refused) = self.over_budget(&parts, fwd, stale.as_ref()) {
                         // Its followers find the key abandoned and lead in turn.
                         return refused;
                     }
@@ -497,7 +497,7 @@ impl Ctx {
         if let Forward::Bypass(reason) = fwd {
             m.bypass(reason);
         }
-        if let Some(refused) = self.over_budget(parts, fwd) {
+        if let Some(refused) = self.over_budget(parts, fwd, None) {
             return refused;
         }
         match call_origin(
@@ -554,7 +554,7 @@ impl Ctx {
                 .load()
                 .render(Page::UpgradeRefused, &parts.headers);
         };
-        if let Some(refused) = self.over_budget(&parts, fwd) {
+        if let Some(refused) = self.over_budget(&parts, fwd, None) {
             return refused;
         }
         let config = &self.site.config.tunnels;
@@ -598,8 +598,14 @@ impl Ctx {
     /// The 429 of a client that spent its budget of origin-bound requests
     /// (`[site.client_limit]`), asked only of a request about to go to the
     /// origin: never of a hit, a waiting-room answer or a staff network
-    /// (`bypass_cidrs`).
-    fn over_budget(&self, parts: &request::Parts, fwd: Forward) -> Option<Response<ProxyBody>> {
+    /// (`bypass_cidrs`). A `stale` copy that may stand in for a busy origin
+    /// is served instead: the client is refused the origin, not the page.
+    fn over_budget(
+        &self,
+        parts: &request::Parts,
+        fwd: Forward,
+        stale: Option<&Arc<Entry>>,
+    ) -> Option<Response<ProxyBody>> {
         let limiter = self.site.client_limit.as_ref()?;
         let trusted = &self.snapshot.config.server.trusted_proxies;
         let ip = client_ip(self.from, &parts.headers, trusted);
@@ -608,9 +614,13 @@ impl Ctx {
             return None;
         }
         let key = limiter.key(&parts.headers, &self.site.config.session_cookies, ip);
-        let Budget::Spent(wait) = limiter.check(key, self.app.clock.instant()) else {
+        let now = self.app.clock.instant();
+        let Budget::Spent(wait) = limiter.check(key, now) else {
             return None;
         };
+        if let Some(entry) = stale.filter(|e| e.usable_if_error(now)) {
+            return Some(self.stale(parts, entry, StaleReason::OriginBusy));
+        }
         self.site.metrics.client_limited.inc();
         let secs = wait
             .as_secs()

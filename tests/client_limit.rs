@@ -304,3 +304,41 @@ async fn a_reload_keeps_the_budgets_unless_the_limit_changes() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_limited_client_gets_a_stale_copy_rather_than_a_429_when_one_may_stand_in() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=1")], "actualités").await;
+    let proxy = limited(
+        &origin,
+        "requests_per_minute = 1\nburst = 1",
+        "[site.cache]\nstale_while_revalidate = \"0s\"\nstale_if_error = \"1h\"",
+    )
+    .await;
+    let news = proxy.url("/actualites");
+    assert_eq!(
+        get(&news, &[]).await.status,
+        200,
+        "the miss spends the budget"
+    );
+    proxy.advance(Duration::from_secs(2));
+    let stale = get(&news, &[]).await;
+    assert_eq!(
+        stale.status,
+        200,
+        "the expired copy stands in: {}",
+        stale.text()
+    );
+    assert_eq!(stale.text(), "actualités");
+    assert!(
+        stale.cache_status().contains("fwd=stale"),
+        "{}",
+        stale.cache_status()
+    );
+    assert_eq!(origin.count("/actualites"), 1, "the origin was spared");
+    assert_eq!(
+        get(&proxy.url("/other"), &[]).await.status,
+        429,
+        "nothing to stand in: refused"
+    );
+    proxy.shutdown().await;
+}
