@@ -97,8 +97,13 @@ impl History {
         let mut rings = self.sites.lock().expect("invariant: no panic while locked");
         rings.retain(|name, _| sites.iter().any(|s| s.config.name == *name));
         for site in sites {
-            let (counters, bounds) = read(site, now);
             let ring = rings.entry(site.config.name.clone()).or_default();
+            if ring.samples.back().is_some_and(|(_, f)| f.t >= unix_ms) {
+                // Read before a sample that took the lock first: the ring
+                // stays in order, so a poll's cursor never skips one.
+                continue;
+            }
+            let (counters, bounds) = read(site, now);
             let base = ring
                 .samples
                 .iter()

@@ -58,7 +58,9 @@ pub fn page(pages: &Pages, headers: &HeaderMap) -> Response<ProxyBody> {
 
 /// `GET /admin/console?since=MS`: each site's live state (`state`: what
 /// `GET /admin/sites` shows of it) with its samples taken after `since`
-/// (Unix ms; 0 for the whole 30 minutes). A poll copies a few hundred
+/// (Unix ms; 0 for the whole 30 minutes). Every site is sampled at the
+/// same `t`, under one lock, so the newest `t` received is the page's
+/// next `since`: no sample is skipped or sent twice. A poll copies a few hundred
 /// bytes per site once the page holds the history: nothing measurable.
 pub fn poll(app: &App, since: u64, state: impl Fn(&str) -> Option<Value>) -> Value {
     let snapshot = app.snapshot();
