@@ -24,6 +24,7 @@ use crate::App;
 use crate::body::ProxyBody;
 use crate::cluster::Event;
 use crate::config::{AdmissionPatch, AutopilotPatch, LiveSettings, OriginPatch, StoreFailure};
+use crate::console;
 use crate::origin::Mode;
 use crate::outcome::Outcome;
 use crate::reload::LiveRefused;
@@ -34,6 +35,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the admin endpoints until the task is aborted.
 pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    let _history = console::Recorder::start(app.clone());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -87,6 +89,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
                 );
                 res
             }
+            "/" => console::page(&app.pages.load(), req.headers()),
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
                 let (status, text) = readiness(app);
@@ -94,7 +97,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: /metrics, /healthz, /readyz, /admin/...\n",
+                "not found: / (the console), /metrics, /healthz, /readyz, /admin/...\n",
             ),
         };
     }
@@ -104,6 +107,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["sites"]) => json_ok(sites(app)),
+        (&Method::GET, ["console"]) => {
+            let since = console::since(req.uri().query());
+            json_ok(console::poll(app, since, |name| site_state(app, name)))
+        }
         (&Method::PATCH, ["sites", name, "admission"]) => match body::<AdmissionPatch>(req).await {
             Ok(patch) => patch_admission(app, name, &patch),
             Err(refused) => refused.response(),
@@ -136,7 +143,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
         },
         (
             _,
-            ["sites"]
+            ["sites" | "console"]
             | [
                 "sites",
                 _,

@@ -24,6 +24,8 @@
 //!   an `https://` origin ([`origin::tls`]: roots, client certificate,
 //!   preflight), header hygiene (`headers`), a tunnel's upgrade request
 //!   ([`origin::tunnel`]).
+//! - [`client_limit`]: one client's budget of origin-bound requests
+//!   (`[site.client_limit]`), keyed by session or network, bounded in memory.
 //! - [`guard`]: a backend's concurrency cap and its queue deadline.
 //! - [`body`]: the response body type, and reading origin bodies with a limit.
 //! - [`pages`]: the waiting room, busy and error pages, French first, JSON on request.
@@ -61,6 +63,8 @@
 //! - [`cluster`]: several nodes, one line: the Redis link ([`cluster`]'s
 //!   `link`), and the loops that apply what the other nodes say (`sync`).
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/*`.
+//! - [`console`]: the operator's page on the admin listener (`GET /`), its
+//!   poll (`/admin/console`) and the last 30 minutes it charts.
 //! - [`demo`]: the fragile demo portal behind `digue demo`: connections, load
 //!   and overload, a capacity that moves on a schedule, its own counters
 //!   (`/__demo/stats`), routes, sessions; its pages, CSS, JS and logo as
@@ -72,10 +76,12 @@ pub mod admission;
 pub mod autopilot;
 pub mod body;
 pub mod cache;
+pub mod client_limit;
 pub mod clock;
 pub mod closed_enum;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod guard;
 pub mod metrics;
@@ -147,6 +153,9 @@ pub struct App {
     pub draining: std::sync::atomic::AtomicBool,
     /// What the request path reads the time from.
     pub clock: clock::Clock,
+    /// The console's last 30 minutes of every site, sampled while the
+    /// admin listener runs.
+    pub history: console::history::History,
     /// This app itself, for the tasks it spawns.
     me: std::sync::Weak<App>,
 }
@@ -243,6 +252,7 @@ impl App {
             config_path: options.config_path,
             admin_token: options.admin_token.filter(|t| !t.is_empty()),
             clock: options.clock,
+            history: console::history(),
             changing: std::sync::Mutex::new(()),
             reloaded: watch::channel(0).0,
             tls: std::sync::OnceLock::new(),

@@ -53,6 +53,7 @@ pub struct Metrics {
     eta_error: HistogramVec,
     waiting_pages: IntCounterVec,
     refused_targets: IntCounterVec,
+    client_limited: IntCounterVec,
     /// Entries in the shared cache, read from the store at scrape time.
     pub cache_entries: IntGauge,
     /// Weighted bytes in the shared cache, read from the store at scrape time.
@@ -427,6 +428,13 @@ impl Metrics {
                  bad_escape (a broken %-escape in the path), above_root (a .. above the root).",
                 &["site", "reason"],
             ),
+            client_limited: counter(
+                &r,
+                "digue_client_limited_total",
+                "Origin-bound requests refused with 429 because their client spent its \
+                 [site.client_limit] budget.",
+                &["site"],
+            ),
             cache_entries: single_gauge(
                 "digue_cache_entries",
                 "Entries in the shared cache (all sites).",
@@ -519,6 +527,7 @@ impl Metrics {
             affinity_moved: self.affinity_moved.with_label_values(&[site]),
             websockets_open: self.websockets_open.with_label_values(&[site]),
             websockets_total: self.websockets_total.with_label_values(&[site]),
+            client_limited: self.client_limited.with_label_values(&[site]),
         }
     }
 
@@ -595,6 +604,7 @@ pub struct SiteMetrics {
     pub affinity_moved: IntCounter,
     pub websockets_open: IntGauge,
     pub websockets_total: IntCounter,
+    pub client_limited: IntCounter,
 }
 
 /// The autopilot's metric families.

@@ -18,6 +18,7 @@ use crate::cache::fill::{Fetched, Fill, Relay, fetch_head};
 use crate::cache::key::CacheKey;
 use crate::cache::store::{Entry, Freshness, Lookup};
 use crate::cache::{policy, serve};
+use crate::client_limit::Budget;
 use crate::config::CacheRule;
 use crate::origin::tunnel::{Opened, open as tunnel_to_origin};
 use crate::origin::{
@@ -344,6 +345,10 @@ impl Ctx {
             }
             match self.app.coalescer.join(&flight) {
                 Role::Leader(leader) => {
+                    if let Some(refused) = self.over_budget(&parts, fwd, stale.as_ref()) {
+                        // Its followers find the key abandoned and lead in turn.
+                        return refused;
+                    }
                     let fetched = self
                         .fill(&parts, &primary, stale.clone(), fwd)
                         .detached(leader)
@@ -493,6 +498,9 @@ impl Ctx {
         if let Forward::Bypass(reason) = fwd {
             m.bypass(reason);
         }
+        if let Some(refused) = self.over_budget(parts, fwd, None) {
+            return refused;
+        }
         match call_origin(
             site.route(self.app.clock.instant()),
             parts,
@@ -547,6 +555,9 @@ impl Ctx {
                 .load()
                 .render(Page::UpgradeRefused, &parts.headers);
         };
+        if let Some(refused) = self.over_budget(&parts, fwd, None) {
+            return refused;
+        }
         let config = &self.site.config.tunnels;
         let Some(permit) = self.site.tunnels.admit(config.max_websockets) else {
             let failure = Failure::Busy(BusyReason::TunnelsFull);
@@ -583,6 +594,43 @@ impl Ctx {
         };
         status.append_to(res.headers_mut());
         res
+    }
+
+    /// The 429 of a client that spent its budget of origin-bound requests
+    /// (`[site.client_limit]`), asked only of a request about to go to the
+    /// origin: never of a hit, a waiting-room answer or a staff network
+    /// (`bypass_cidrs`). A `stale` copy that may stand in for a busy origin
+    /// is served instead: the client is refused the origin, not the page.
+    fn over_budget(
+        &self,
+        parts: &request::Parts,
+        fwd: Forward,
+        stale: Option<&Arc<Entry>>,
+    ) -> Option<Response<ProxyBody>> {
+        let limiter = self.site.client_limit.as_ref()?;
+        let trusted = &self.snapshot.config.server.trusted_proxies;
+        let ip = client_ip(self.from, &parts.headers, trusted);
+        let staff = self.site.config.admission.as_ref();
+        if staff.is_some_and(|a| a.bypass_cidrs.iter().any(|c| c.contains(ip))) {
+            return None;
+        }
+        let key = limiter.key(&parts.headers, &self.site.config.session_cookies, ip);
+        let now = self.app.clock.instant();
+        let Budget::Spent(wait) = limiter.check(key, now) else {
+            return None;
+        };
+        if let Some(entry) = stale.filter(|e| e.usable_if_error(now)) {
+            return Some(self.stale(parts, entry, StaleReason::OriginBusy));
+        }
+        self.site.metrics.client_limited.inc();
+        let secs = wait
+            .as_secs()
+            .saturating_add(u64::from(wait.subsec_nanos() > 0));
+        let pages = self.app.pages.load();
+        let mut res = pages.too_fast(&parts.headers, secs.max(1));
+        let detail = "client-limited";
+        CacheStatus::NotServed { fwd, detail }.append_to(res.headers_mut());
+        Some(res)
     }
 
     fn relay(&self, relay: Relay, outcome: Outcome) -> Response<ProxyBody> {

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::admission::gate::Gate;
 use crate::admission::line::Saved;
+use crate::client_limit::ClientLimiter;
 use crate::cluster::Cluster;
 use crate::config::{AdmissionConfig, AdmissionSettings, LiveError, LiveSettings, SiteConfig};
 use crate::metrics::{Metrics, SiteMetrics};
@@ -38,6 +39,10 @@ pub struct Site {
     pub gates: Gates,
     /// Its open WebSocket tunnels, under `max_websockets`.
     pub tunnels: Arc<Tunnels>,
+    /// Each client's budget of origin-bound requests, when
+    /// `[site.client_limit]` is configured; kept by a reload that leaves
+    /// its settings as they were.
+    pub client_limit: Option<Arc<ClientLimiter>>,
     /// The running live settings: the file's at build, then what the admin
     /// API or the cluster set. Read on every gated request (one atomic
     /// load); written only by `set_live`, under `App::changing`.
@@ -64,6 +69,10 @@ impl Site {
             prober: prober(&origin, &config),
             origin,
             tunnels: Tunnels::new(&metrics),
+            client_limit: config
+                .client_limit
+                .clone()
+                .map(|c| Arc::new(ClientLimiter::new(c))),
             metrics,
             gate,
             gates: gates(&config),
@@ -111,7 +120,12 @@ impl Site {
             (_, None) => None,
         };
         self.pilot.reconfigure(&config);
+        let client_limit = match (&self.client_limit, &config.client_limit) {
+            (Some(kept), Some(new)) if kept.config == *new => Some(kept.clone()),
+            (_, new) => new.clone().map(|c| Arc::new(ClientLimiter::new(c))),
+        };
         let site = Site {
+            client_limit,
             pilot: self.pilot.clone(),
             origin,
             prober,

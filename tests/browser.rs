@@ -3,8 +3,8 @@
 //! browser is closed and opened again, polls the JSON status without
 //! reloading, and lands on the portal page when its turn comes.
 //!
-//! Chromium is driven from the command line only (`--dump-dom`,
-//! `--screenshot`), no DevTools client. `--virtual-time-budget` lets the
+//! For the waiting room Chromium is driven from the command line only
+//! (`--dump-dom`, `--screenshot`), no DevTools client. `--virtual-time-budget` lets the
 //! page's own timers run: virtual time jumps ahead whenever no request is
 //! pending, so the page's 3-second polls follow each other as fast as the
 //! proxy answers them, while the line moves on digue's real clock. The
@@ -15,36 +15,25 @@
 //! page load, each JSON poll and each answer's position, so the test sees
 //! the place change while the page stays open, not just the final DOM.
 //!
+//! The operator's console (`GET /` on the admin listener) is driven over
+//! DevTools instead, as its operator would use it: the token typed in, a
+//! mode button clicked, the figures and charts read back.
+//!
 //! Chromium is a hard requirement, not a silent skip: `.ci/run` installs it.
 #![allow(clippy::disallowed_methods)] // deadlines and timings of the test itself run on real time
 
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Origin, Process, Proxy, Reply, Seen, TempDir, get, reply};
+use support::chromium::Chromium;
+use support::{ADMIN_TOKEN, Accept, Browser, Digue, Origin, Proxy, Reply, Seen, get, reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-
-/// Flags for every run: headless in a container, nothing fetched from the
-/// network behind the test's back, a French browser.
-const CHROMIUM_FLAGS: &[&str] = &[
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--lang=fr-FR",
-    "--accept-lang=fr-FR,fr,en",
-];
 
 /// A line at 20 new users a minute (one turn every 3 s), one at a time.
 const ADMISSION: &str = "[site.admission]\npaths = [\"/login\"]\n\
@@ -244,9 +233,234 @@ async fn screenshots_of_the_waiting_page_for_the_readme() {
     }
 }
 
-/// The origin: the portal's login page, and nothing else.
+/// The console's site: a waiting room on `/login` that lets everyone in
+/// at once until an operator says otherwise.
+const OPEN_ROOM: &str = "[site.admission]\npaths = [\"/login\"]\nnew_users_per_minute = 600\n\
+    burst = 50\nmax_active_users = 2000\nportal_name = \"Pronote\"\n";
+/// Real time for the console to show what it is asked to.
+const CONSOLE_LIMIT: Duration = Duration::from_secs(20);
+
+/// In the console's page: the text of figure `key` of `site`'s card.
+fn figure(site: &str, key: &str) -> String {
+    format!("document.querySelector('[data-site=\"{site}\"] [data-k=\"{key}\"] .v').textContent")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_runs_the_console_and_queue_all_makes_the_next_visitor_wait() {
+    let browser = Chromium::new();
+    let origin = Origin::start(portal).await;
+    let proxy = Digue::new(&origin.url())
+        .site(OPEN_ROOM)
+        .admin()
+        .start()
+        .await;
+    let app = proxy.app().clone();
+    let login = proxy.url("/login");
+    // A few minutes of a quiet morning, in the console's memory.
+    for _ in 0..6 {
+        let got = get(&login, &[]).await;
+        assert_eq!(got.status, 200, "the room lets everyone in");
+        proxy.advance(digue::console::history::SAMPLE_EVERY);
+        digue::console::sample(&app);
+    }
+
+    let mut tab = browser.devtools(&proxy.admin_url("/"), 1280, 800).await;
+    tab.wait_for(
+        "the page asks for the token",
+        "document.readyState === 'complete' && !document.getElementById('login').hidden",
+        CONSOLE_LIMIT,
+    )
+    .await;
+    assert_eq!(
+        tab.eval(
+            "document.querySelectorAll('.card').length + \
+                  (document.body.innerText.includes('portal') ? 100 : 0)"
+        )
+        .await,
+        0,
+        "no site, no figure before the token"
+    );
+    assert_eq!(tab.eval("document.documentElement.lang").await, "fr");
+
+    tab.click("#token").await;
+    tab.type_text(ADMIN_TOKEN).await;
+    tab.click("#login-form button").await;
+    tab.wait_for(
+        "the portal's card with a chart",
+        "!!document.querySelector('[data-site=\"portal\"] svg polyline')",
+        CONSOLE_LIMIT,
+    )
+    .await;
+    assert_eq!(tab.eval(&figure("portal", "mode")).await, "auto");
+    assert_eq!(tab.eval(&figure("portal", "line")).await, "0");
+    assert_eq!(
+        tab.eval(&figure("portal", "sessions")).await,
+        "6",
+        "the six visitors let in"
+    );
+    let points = tab
+        .eval("Number(document.querySelector('[data-site=\"portal\"] svg').getAttribute('data-points'))")
+        .await;
+    assert!(
+        points.as_u64() >= Some(6),
+        "the chart drew the samples: {points}"
+    );
+    assert_eq!(
+        tab.eval("[!!sessionStorage.getItem('digue-admin-token'), document.cookie]")
+            .await,
+        serde_json::json!([true, ""]),
+        "the token is in sessionStorage, no cookie anywhere"
+    );
+
+    tab.click("[data-site=\"portal\"] button[data-mode=\"queue_all\"]")
+        .await;
+    tab.wait_for(
+        "the console shows queue_all in force",
+        "document.querySelector('[data-site=\"portal\"] button[data-mode=\"queue_all\"]')\
+            .getAttribute('aria-pressed') === 'true'",
+        CONSOLE_LIMIT,
+    )
+    .await;
+    assert_eq!(tab.eval(&figure("portal", "mode")).await, "queue_all");
+    let next = get(&login, &[]).await;
+    assert_eq!(next.status, 503, "the next visitor queues");
+    assert!(
+        next.text().contains("Vous êtes dans la file"),
+        "and sees the waiting room: {}",
+        next.text()
+    );
+
+    // Closing asks first; "Annuler" changes nothing.
+    let closed = "[data-site=\"portal\"] button[data-mode=\"closed\"]";
+    tab.click(closed).await;
+    tab.wait_for(
+        "a confirmation",
+        "document.getElementById('confirm').open",
+        CONSOLE_LIMIT,
+    )
+    .await;
+    tab.click("#confirm-no").await;
+    let sites = proxy
+        .admin_call(http::Method::GET, "/admin/sites", "")
+        .await
+        .json();
+    assert_eq!(
+        sites["sites"][0]["admission"]["mode"], "queue_all",
+        "cancelled: still queue_all"
+    );
+    tab.click(closed).await;
+    tab.wait_for(
+        "a confirmation",
+        "document.getElementById('confirm').open",
+        CONSOLE_LIMIT,
+    )
+    .await;
+    tab.click("#confirm-yes").await;
+    tab.wait_for(
+        "the console shows closed in force",
+        &format!("{} === 'closed'", figure("portal", "mode")),
+        CONSOLE_LIMIT,
+    )
+    .await;
+    drop(tab);
+    proxy.shutdown().await;
+}
+
+/// Takes the README's screenshots of the console (desktop and phone)
+/// after half an hour of a simulated Monday morning in digue's memory.
+/// Run by hand: `cargo test --test browser -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/console-*.png; run by hand when the page changes"]
+async fn screenshots_of_the_console_for_the_readme() {
+    let browser = Chromium::new();
+    let origin = Origin::start(portal).await;
+    let spare = Origin::start(portal).await;
+    let site = format!(
+        "[[site]]\nname = \"pronote-lycee\"\nhosts = [\"*\"]\n\
+         origin = [\"{}\", \"{}\"]\norigin_concurrency = 16\n\
+         [site.admission]\npaths = [\"/login\"]\nnew_users_per_minute = 120\nburst = 10\n\
+         max_active_users = 3000\nsession_duration = \"10m\"\n\
+         tickets_per_network_per_minute = 100000\n\
+         [site.client_limit]\nrequests_per_minute = 120\nburst = 20\n",
+        origin.url(),
+        spare.url()
+    );
+    let proxy = Digue::without_site().sites(&site).admin().start().await;
+    let app = proxy.app().clone();
+    let mut line: Vec<Browser> = Vec::new();
+    for step in 0..digue::console::history::KEPT {
+        // A wave of arrivals peaking ten minutes in, then a calm.
+        let x = (step as f64 - 120.0) / 45.0;
+        let arrivals = (24.0 * (-x * x).exp()) as usize + 1;
+        origin.set_delay(Duration::from_millis(2 + (40.0 * (-x * x).exp()) as u64));
+        for _ in 0..arrivals {
+            let mut visitor = Browser::default();
+            if visitor.visit(&proxy, "/login", Accept::Json).await.status == 503 {
+                line.push(visitor);
+            }
+        }
+        // The front of the line comes back for its turn.
+        let mut kept = Vec::new();
+        for (i, mut visitor) in line.drain(..).enumerate() {
+            if i >= 12 || visitor.visit(&proxy, "/login", Accept::Json).await.status == 503 {
+                kept.push(visitor);
+            }
+        }
+        line = kept;
+        for i in 0..6 {
+            get(&proxy.url("/static/app.js"), &[]).await;
+            let session = format!("JSESSIONID=s{}", step * 6 + i);
+            get(
+                &proxy.url("/pronote/emploidutemps"),
+                &[("cookie", &session)],
+            )
+            .await;
+        }
+        if (100..160).contains(&step) {
+            // The pupil who holds F5.
+            for _ in 0..16 {
+                get(
+                    &proxy.url("/pronote/emploidutemps"),
+                    &[("cookie", "JSESSIONID=f5")],
+                )
+                .await;
+            }
+        }
+        proxy.advance(digue::console::history::SAMPLE_EVERY);
+        digue::console::sample(&app);
+    }
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    for (name, width, height) in [("desktop", 1280, 800), ("phone", 390, 844)] {
+        let mut tab = browser.devtools(&proxy.admin_url("/"), width, height).await;
+        tab.wait_for(
+            "the login form",
+            "document.readyState === 'complete'",
+            CONSOLE_LIMIT,
+        )
+        .await;
+        tab.click("#token").await;
+        tab.type_text(ADMIN_TOKEN).await;
+        tab.click("#login-form button").await;
+        tab.wait_for(
+            "the charts",
+            "document.querySelectorAll('svg polyline').length >= 4",
+            CONSOLE_LIMIT,
+        )
+        .await;
+        let png = docs.join(format!("console-{name}.png"));
+        std::fs::write(&png, tab.screenshot().await).expect("docs/ is writable");
+    }
+    proxy.shutdown().await;
+}
+
+/// The origin: the portal's login page, its script (cacheable) and its
+/// per-user pages.
 fn portal(seen: &Seen) -> Reply {
-    if seen.target == "/login" {
+    if seen.target.starts_with("/static/") {
+        reply(200, &[("cache-control", "max-age=600")], "app()")
+    } else if seen.target.starts_with("/pronote/") {
+        reply(200, &[("cache-control", "no-store")], "emploi du temps")
+    } else if seen.target == "/login" {
         reply(
             200,
             &[
@@ -268,67 +482,6 @@ fn text_of(html: &str, id: &str) -> Option<String> {
     let open = rest.find('>')? + 1;
     let len = rest[open..].find('<')?;
     Some(rest[open..open + len].trim().to_owned())
-}
-
-/// Headless Chromium with its own profile, kept across runs like a
-/// person's browser between two visits.
-struct Chromium {
-    exe: PathBuf,
-    profile: TempDir,
-}
-
-impl Chromium {
-    /// Finds `chromium` on `PATH`; fails, with how to install it, if absent.
-    fn new() -> Chromium {
-        let exe = std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-            .map(|dir| dir.join("chromium"))
-            .find(|exe| exe.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "this test drives a real headless Chromium, and `chromium` is not on PATH. \
-                     Install it with `apt-get install chromium` (Debian; `.ci/run` does it)."
-                )
-            });
-        Chromium {
-            exe,
-            profile: TempDir::new("chromium"),
-        }
-    }
-
-    /// The DOM after the page's scripts ran for `budget_ms` of virtual time.
-    async fn dump_dom(&self, url: &str, budget_ms: u64, limit: Duration) -> String {
-        let args = [
-            format!("--virtual-time-budget={budget_ms}"),
-            "--dump-dom".to_owned(),
-            url.to_owned(),
-        ];
-        self.run(&args, limit).await
-    }
-
-    /// Runs Chromium to the end (killing it after `limit`) and returns its
-    /// standard output.
-    async fn run(&self, args: &[String], limit: Duration) -> String {
-        let chromium = Process::spawn(
-            "chromium",
-            Command::new(&self.exe)
-                .args(CHROMIUM_FLAGS)
-                .arg(format!("--user-data-dir={}", self.profile.path().display()))
-                .args(args),
-        );
-        let out = chromium.exit_within(limit).await.unwrap_or_else(|running| {
-            panic!("chromium did not finish within {limit:?}: {running:?}")
-        });
-        let stdout = String::from_utf8(out.stdout).expect("chromium's output is UTF-8");
-        assert!(
-            out.status.success(),
-            "chromium failed: {}\nchromium's stderr (end):\n{}",
-            out.status,
-            support::process::tail(&out.stderr)
-        );
-        stdout
-    }
 }
 
 /// What went through the relay, in order.

@@ -17,7 +17,8 @@
 //! - `errors`: key-path errors and their collector.
 //! - `server`, `cache`, `site`, `admission`, `cluster`: one file per section;
 //!   `backends`: a site's balancing keys (affinity, health); `autopilot`:
-//!   its targets and bounds; `tunnels`: its WebSocket and `Upgrade` keys.
+//!   its targets and bounds; `tunnels`: its WebSocket and `Upgrade` keys;
+//!   `client_limit`: its per-client budget of origin-bound requests.
 //! - `live`: the live settings, their patches and their ranges.
 //! - `restart`: the read-once keys and how a reload finds them changed.
 
@@ -26,6 +27,7 @@ mod autopilot;
 mod backends;
 mod cache;
 mod cidr;
+mod client_limit;
 mod cluster;
 mod errors;
 mod live;
@@ -55,6 +57,7 @@ pub use cache::{
     DEFAULT_STALE_WHILE_REVALIDATE, RuleAction, SiteCacheConfig,
 };
 pub use cidr::Cidr;
+pub use client_limit::{ClientKey, ClientLimitConfig, DEFAULT_CLIENT_LIMIT_MAX_KEYS};
 pub use cluster::{
     ClusterConfig, DEFAULT_REFRESH_INTERVAL, NODE_TIMEOUT, RedisTarget, StoreFailure,
 };

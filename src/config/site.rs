@@ -17,6 +17,7 @@ use super::admission::{AdmissionConfig, RawAdmission};
 use super::autopilot::{AutopilotConfig, RawAutopilot};
 use super::backends::{Affinity, BalanceConfig, RawBalance, RawHealthCheck};
 use super::cache::{RawSiteCache, SiteCacheConfig};
+use super::client_limit::{ClientLimitConfig, RawClientLimit};
 use super::errors::Errors;
 use super::live::LiveSettings;
 use super::tunnels::{RawTunnels, TunnelConfig};
@@ -55,6 +56,8 @@ pub struct SiteConfig {
     pub admission: Option<AdmissionConfig>,
     /// WebSocket and other upgraded connections.
     pub tunnels: TunnelConfig,
+    /// One client's budget of origin-bound requests (off when `None`).
+    pub client_limit: Option<ClientLimitConfig>,
 }
 
 /// How to reach the origin: what its client and connection pool are built
@@ -141,6 +144,7 @@ pub(super) struct RawSite {
     #[serde(default)]
     cache: RawSiteCache,
     admission: Option<RawAdmission>,
+    client_limit: Option<RawClientLimit>,
     autopilot: Option<RawAutopilot>,
     affinity: Option<Affinity>,
     eject_after: Option<u32>,
@@ -308,6 +312,9 @@ impl RawSite {
             live,
             admission,
             tunnels,
+            client_limit: self
+                .client_limit
+                .map(|c| c.validate(&format!("{at}.client_limit"), errors)),
             session_cookies,
             case_sensitive: self.case_sensitive,
         }

@@ -47,6 +47,9 @@ pub enum Page {
     /// `websocket` and its `allow_upgrades`): 400, the client's request
     /// being what cannot be served, not a failure of digue's.
     UpgradeRefused,
+    /// One client sent more origin-bound requests than its budget
+    /// (`[site.client_limit]`): 429, with the wait its budget needs.
+    TooFast,
 }
 
 impl Page {
@@ -57,6 +60,7 @@ impl Page {
             Page::OriginTimeout => StatusCode::GATEWAY_TIMEOUT,
             Page::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
             Page::BadRequest | Page::UpgradeRefused => StatusCode::BAD_REQUEST,
+            Page::TooFast => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -68,6 +72,7 @@ impl Page {
             Page::UnknownHost => "unknown_host",
             Page::BadRequest => "bad_request",
             Page::UpgradeRefused => "upgrade_refused",
+            Page::TooFast => "too_fast",
         }
     }
 
@@ -76,7 +81,8 @@ impl Page {
         match self {
             Page::Busy => Some(5),
             Page::OriginDown | Page::OriginTimeout => Some(10),
-            Page::UnknownHost | Page::BadRequest | Page::UpgradeRefused => None,
+            // Known exactly: see `too_fast`.
+            Page::UnknownHost | Page::BadRequest | Page::UpgradeRefused | Page::TooFast => None,
         }
     }
 }
@@ -204,6 +210,11 @@ impl Pages {
         &self.langs[best.0]
     }
 
+    /// The code (`fr`, `en`...) of the language to answer `headers` in.
+    pub fn lang_code(&self, headers: &HeaderMap) -> &str {
+        &self.lang(headers).code
+    }
+
     /// One text, falling back on the default language, then on the key.
     fn text(&self, lang: &Catalog, section: &str, key: &str) -> String {
         let lookup = |c: &Catalog| {
@@ -220,10 +231,26 @@ impl Pages {
 
     /// Renders `page` for the client that sent `headers`.
     pub fn render(&self, page: Page, headers: &HeaderMap) -> Response<ProxyBody> {
-        let lang = self.lang(headers);
         let retry_after = page
             .retry_base()
             .map(|base| base + jitter(RETRY_JITTER_SECS));
+        self.notice(page, headers, retry_after)
+    }
+
+    /// The client's budget of origin-bound requests is spent: `429`, and
+    /// `Retry-After` when it has room again (no jitter: each client's own
+    /// budget sets it, so retries do not come back together).
+    pub fn too_fast(&self, headers: &HeaderMap, retry_after: u64) -> Response<ProxyBody> {
+        self.notice(Page::TooFast, headers, Some(retry_after))
+    }
+
+    fn notice(
+        &self,
+        page: Page,
+        headers: &HeaderMap,
+        retry_after: Option<u64>,
+    ) -> Response<ProxyBody> {
+        let lang = self.lang(headers);
         let title = self.text(lang, page.key(), "title");
         let message = self.text(lang, page.key(), "message");
         if wants_json(headers) {

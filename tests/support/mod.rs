@@ -12,6 +12,8 @@
 //!   running [`Proxy`] (metrics, admin calls, shutdown).
 //! - [`http`]: the client side: requests, answers read whole, cookies.
 //! - [`browser`]: a waiting-room visitor's cookie jar ([`Browser`]).
+//! - [`chromium`]: headless Chromium, from the command line or driven
+//!   over DevTools ([`chromium::Devtools`]).
 //! - [`redis`]: a `redis-server` or a Redis Cluster of the test's own.
 //! - [`process`]: child processes, and ports for them.
 //! - [`files`]: a temp directory for secrets, state and config files.
@@ -24,6 +26,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;
+pub mod chromium;
 pub mod files;
 pub mod http;
 pub mod origin;
