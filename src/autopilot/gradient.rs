@@ -51,6 +51,8 @@ const SMOOTHING: f64 = 0.5;
 /// median says: an origin that fails fast (a 503 from its own limiter)
 /// barely moves the median. A stray 500 does not reach it.
 const ERROR_SHARE_CUT: f64 = 0.1;
+/// The wall stands at 90 % of the limit at which the origin failed.
+const WALL_SHARE: f64 = 0.9;
 /// `minRTT` is re-measured this often...
 const PROBE_INTERVAL: Duration = Duration::from_secs(30);
 /// ...give or take this share, drawn from the controller's seed.
@@ -120,6 +122,11 @@ pub struct ConcurrencyController {
     limit: f64,
     /// The median latency when last measured at the floor.
     min_rtt: Option<Duration>,
+    /// Just under where the origin last failed: the limit does not climb
+    /// past it until the next `minRTT` probe, so an origin whose latency
+    /// barely rises before it breaks is not sent over the edge every few
+    /// windows.
+    wall: Option<f64>,
     phase: Phase,
     /// When to measure `minRTT` next; `None` before the first measure.
     next_probe: Option<Instant>,
@@ -160,6 +167,7 @@ impl ConcurrencyController {
             config,
             limit: config.min_limit as f64,
             min_rtt: None,
+            wall: None,
             phase: Phase::Probing { restore: resume },
             next_probe: None,
             gathered: LatencySnapshot::default(),
@@ -233,10 +241,11 @@ impl ConcurrencyController {
             }
             _ if stats.error_rate() > ERROR_SHARE_CUT => {
                 self.phase = Phase::Steady;
+                self.wall = Some(self.limit * WALL_SHARE);
                 (self.limit * MIN_GRADIENT, LimitReason::Errors)
             }
             Phase::SlowStart if self.within_buffer(&stats) => {
-                let doubled = self.limit * 2.0;
+                let doubled = self.under_wall(self.limit * 2.0);
                 if doubled >= self.config.max_limit as f64 {
                     self.phase = Phase::Steady;
                 }
@@ -244,7 +253,10 @@ impl ConcurrencyController {
             }
             Phase::SlowStart => {
                 self.phase = Phase::Steady;
-                (self.follow_gradient(&stats), LimitReason::Latency)
+                (
+                    self.under_wall(self.follow_gradient(&stats)),
+                    LimitReason::Latency,
+                )
             }
             Phase::Steady if self.probe_due(now) => {
                 self.phase = Phase::Probing {
@@ -253,7 +265,10 @@ impl ConcurrencyController {
                 self.limit = self.config.min_limit as f64;
                 return self.decision(old, LimitReason::Probe, stats);
             }
-            Phase::Steady => (self.follow_gradient(&stats), LimitReason::Latency),
+            Phase::Steady => (
+                self.under_wall(self.follow_gradient(&stats)),
+                LimitReason::Latency,
+            ),
         };
         self.set_within_bounds(wanted);
         let blocked = self.limit() == old && wanted.round() as usize != old;
@@ -279,6 +294,8 @@ impl ConcurrencyController {
     fn end_probe(&mut self, restore: Option<f64>, stats: &WindowStats, now: Instant) {
         if stats.error_rate() <= ERROR_SHARE_CUT {
             self.min_rtt = Some(stats.p50.max(RESOLUTION));
+            // The origin may have changed since it failed: climb again.
+            self.wall = None;
         }
         self.phase = match (restore, self.min_rtt) {
             (Some(restore), _) => {
@@ -293,6 +310,15 @@ impl ConcurrencyController {
             let jitter = 1.0 + PROBE_JITTER * (2.0 * self.rng.unit() - 1.0);
             now + PROBE_INTERVAL.mul_f64(jitter)
         });
+    }
+
+    /// `wanted`, but not past the wall; never lower than the limit now (a
+    /// wall only stops a climb).
+    fn under_wall(&self, wanted: f64) -> f64 {
+        match self.wall {
+            Some(wall) if wanted > wall => wall.max(self.limit.min(wanted)),
+            _ => wanted,
+        }
     }
 
     /// Latency no higher than `minRTT` plus the buffer: the origin is not
@@ -466,7 +492,7 @@ mod tests {
                 recorder.record(latency.mul_f64(noise));
             }
             for _ in 0..failed as u64 {
-                recorder.record_failure();
+                recorder.record_failure(0);
             }
             recorder.take()
         }
@@ -719,8 +745,8 @@ mod tests {
             for _ in 0..8 {
                 recorder.record(BASE);
             }
-            recorder.record_failure();
-            recorder.record_failure();
+            recorder.record_failure(0);
+            recorder.record_failure(0);
             let decision = controller.on_window(&recorder.take(), now);
             let expected = if decision.old == 4 {
                 LimitReason::Bounds
@@ -743,6 +769,44 @@ mod tests {
         assert!(
             !ConcurrencyController::new(fixed, 1, None).at_floor(),
             "a fixed limit is no collapse"
+        );
+    }
+
+    #[test]
+    fn after_failures_the_limit_stays_under_where_they_began_until_the_next_probe() {
+        let config = ConcurrencyConfig {
+            min_limit: 1,
+            max_limit: 200,
+        };
+        let mut controller = ConcurrencyController::new(config, 3, Some(40));
+        let mut now = Instant::now();
+        let window = |answered: u64, failed: u64| {
+            let recorder = LatencyWindow::new();
+            (0..answered).for_each(|_| recorder.record(BASE));
+            (0..failed).for_each(|_| recorder.record_failure(0));
+            recorder.take()
+        };
+        controller.on_window(&window(50, 0), now);
+        assert_eq!(controller.limit(), 40);
+        let cut = controller.on_window(&window(50, 50), now);
+        assert_eq!((cut.reason, cut.new), (LimitReason::Errors, 20));
+        let mut limits = Vec::new();
+        // An origin that stays fast right up to where it breaks.
+        for _ in 0..20 {
+            now += WINDOW;
+            limits.push(controller.on_window(&window(50, 0), now).new);
+        }
+        assert!(
+            limits.iter().all(|&l| l <= 36) && limits.contains(&36),
+            "climbs back to 90 % of 40, not past it: {limits:?}"
+        );
+        for _ in 0..40 {
+            now += WINDOW;
+            limits.push(controller.on_window(&window(50, 0), now).new);
+        }
+        assert!(
+            limits.iter().any(|&l| l > 40),
+            "a new minRTT lifts the wall: {limits:?}"
         );
     }
 
@@ -828,7 +892,7 @@ mod tests {
                     recorder.record(Duration::from_millis(millis + i));
                 }
                 for _ in 0..failed {
-                    recorder.record_failure();
+                    recorder.record_failure(0);
                 }
                 now += WINDOW;
                 let decision = controller.on_window(&recorder.take(), now);

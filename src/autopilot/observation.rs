@@ -74,7 +74,7 @@ mod tests {
         for ms in [5, 20, 20, 80, 400] {
             recorder.record(Duration::from_millis(ms));
         }
-        recorder.record_failure();
+        recorder.record_failure(0);
         let window = recorder.take();
         let sent = Observation::new(7, 1_700_000_000_000, &window, 3);
         assert!(sent.buckets.len() < 8, "sparse: {:?}", sent.buckets);

@@ -34,6 +34,12 @@ pub struct LatencyWindow {
     errors: AtomicU64,
     /// Sum of the answered requests' latencies, in µs, for the mean.
     answered_micros: AtomicU64,
+    /// Bumped by the concurrency loop when it cuts for failures: a request
+    /// sent before (an older generation) that fails later is the past the
+    /// cut already answered, not news. A portal that drops connections
+    /// after 5 s would otherwise halve the limit five windows in a row, to
+    /// its floor, on the same overload.
+    generation: AtomicU64,
 }
 
 impl Default for LatencyWindow {
@@ -42,6 +48,7 @@ impl Default for LatencyWindow {
             buckets: [const { AtomicU64::new(0) }; BUCKETS],
             errors: AtomicU64::new(0),
             answered_micros: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -59,10 +66,28 @@ impl LatencyWindow {
     }
 
     /// A timeout, a connection failure or a 5xx: the worst latency (an
-    /// overloaded origin must not look faster by failing), and an error.
-    pub fn record_failure(&self) {
+    /// overloaded origin must not look faster by failing), and an error —
+    /// unless the request was sent before the last cut (`sent_in`, the
+    /// [`LatencyWindow::generation`] read when it was sent): then it is
+    /// left out.
+    pub fn record_failure(&self, sent_in: u64) {
+        if sent_in < self.generation.load(Ordering::Relaxed) {
+            return;
+        }
         self.buckets[TOP].fetch_add(1, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The generation to pass to [`LatencyWindow::record_failure`]: read
+    /// when the request is sent.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The concurrency loop cut for failures: the requests in flight now
+    /// belong to the past.
+    pub fn new_generation(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Reads and resets the window. A request recorded while this runs lands
@@ -248,7 +273,7 @@ mod tests {
             window.record(ms(20));
         }
         for _ in 0..6 {
-            window.record_failure();
+            window.record_failure(0);
         }
         let stats = window.take().stats();
         assert_eq!(
@@ -262,10 +287,28 @@ mod tests {
     }
 
     #[test]
+    fn failures_of_requests_sent_before_a_cut_are_left_out() {
+        let window = LatencyWindow::new();
+        let before = window.generation();
+        window.new_generation();
+        let after = window.generation();
+        window.record_failure(before);
+        window.record_failure(before);
+        window.record_failure(after);
+        window.record(ms(20));
+        let stats = window.take().stats();
+        assert_eq!(
+            (stats.samples, stats.errors),
+            (2, 1),
+            "only the failure sent after the cut is news"
+        );
+    }
+
+    #[test]
     fn take_resets_the_window() {
         let window = LatencyWindow::new();
         window.record(ms(5));
-        window.record_failure();
+        window.record_failure(0);
         assert_eq!(window.take().samples(), 2, "the first window has both");
         assert_eq!(
             window.take(),

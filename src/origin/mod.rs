@@ -211,6 +211,7 @@ async fn send(
         .unwrap_or_else(|| asker.host.clone());
     let req = backend.pool.request(head, asker, host, body);
     state.metrics.requests.inc();
+    let generation = state.window.generation();
     let started = Instant::now();
     let sent = backend.pool.send(req, deadline).await;
     let took = started.elapsed();
@@ -226,7 +227,7 @@ async fn send(
         Err(_) => false,
     };
     if failed {
-        state.window.record_failure();
+        state.window.record_failure(generation);
         state.failed(route.now, route.balance, origin.may_eject(route.now));
     } else if sent.is_ok() {
         state.window.record(took);

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::admission::state::SavedPace;
 use crate::autopilot::{
     ConcurrencyConfig, ConcurrencyController, Decision, Decisions, Direction, LatencySnapshot,
-    Observation, RateConfig, RateController, RateObservation,
+    LimitReason, Observation, RateConfig, RateController, RateObservation,
 };
 use crate::config::{AutopilotConfig, AutopilotPatch, LiveSettings, SiteConfig};
 use crate::metrics::{AutopilotMetrics, Metrics};
@@ -185,6 +185,9 @@ impl Pilot {
                 controller.set_limit(state.guard.limit());
             }
             let decision = controller.on_window(&window, now);
+            if decision.reason == LimitReason::Errors {
+                state.window.new_generation();
+            }
             if decision.new != state.guard.limit() {
                 state.guard.set_limit(decision.new);
             }
