@@ -20,6 +20,7 @@
 #                                     rate it takes (benches/surge.sh's pairing)
 #   PORTAL_LATENCY_MS=20 PROXY_CPU=0 CLIENT_CPU=1
 #   DIGUE_BIN PORTAL_BIN BUILD=1 QUIET_WAIT=1200 READY_TIMEOUT=20 KEEP_TMP=0
+#   DIGUE_LOG=warn (info logs every autopilot decision in each side's proxy.log)
 #   OUT (default benches/results-extra-autopilot-YYYY-MM-DD.md)
 set -euo pipefail
 {
@@ -99,7 +100,7 @@ run_side() {
   wait_http "http://127.0.0.1:$portal_port/healthz" "$portal_pid" portal "$d/portal.err"
   write_config "$d/digue.toml" "$side" "$portal_port" "$proxy_port" "$admin_port"
   "$DIGUE_BIN" check --config "$d/digue.toml" >&2 || die "digue config invalid ($d/digue.toml)"
-  DIGUE_SECRET="autopilot-bench-secret-0123456789ab" RUST_LOG=warn \
+  DIGUE_SECRET="autopilot-bench-secret-0123456789ab" RUST_LOG="${DIGUE_LOG:-warn}" \
     start_digue digue "$d/digue.toml" "$d/proxy.log" "$admin_port" "$PROXY_CPU"
   local proxy_pid="$DIGUE_PID"
   log "$side: $PUPILS pupils, ramp to $PEAK_RATE/s over $RAMP, $DURATION, portal capacity $SCHEDULE"

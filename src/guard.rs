@@ -23,6 +23,9 @@ pub struct OriginGuard {
     /// Slots to retire as permits come back, after the limit was lowered
     /// while they were in use (a semaphore can only forget free permits).
     debt: Arc<AtomicUsize>,
+    /// The most slots held at once since [`OriginGuard::take_peak`]: the
+    /// autopilot does not raise a limit the traffic did not use.
+    peak: AtomicUsize,
 }
 
 /// The highest limit a guard takes: far above what any origin holds, and
@@ -115,6 +118,7 @@ impl OriginGuard {
             in_flight: in_flight.into(),
             limit: AtomicUsize::new(limit),
             debt: Arc::new(AtomicUsize::new(0)),
+            peak: AtomicUsize::new(0),
         }
     }
 
@@ -157,6 +161,13 @@ impl OriginGuard {
         self.limit.store(new, Ordering::Release);
     }
 
+    /// The most slots held at once since the last call; the next span
+    /// starts from those held now.
+    pub fn take_peak(&self) -> usize {
+        let now = usize::try_from(self.busy()).unwrap_or(0);
+        self.peak.swap(now, Ordering::Relaxed).max(now)
+    }
+
     /// Waits at most `wait` for a slot.
     pub async fn acquire(&self, wait: Duration) -> Result<OriginPermit, Saturated> {
         let slot = match self.slots.clone().try_acquire_owned() {
@@ -169,6 +180,8 @@ impl OriginGuard {
         for gauge in self.in_flight.iter() {
             gauge.inc();
         }
+        let held = usize::try_from(self.busy()).unwrap_or(0);
+        self.peak.fetch_max(held, Ordering::Relaxed);
         Ok(OriginPermit {
             slot: Some(slot),
             in_flight: self.in_flight.clone(),

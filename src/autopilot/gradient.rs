@@ -76,6 +76,8 @@ closed_enum! {
         MinRtt => "min_rtt",
         /// Not enough samples yet.
         FewSamples => "few_samples",
+        /// Held: the traffic did not use the limit it has.
+        Unused => "unused",
         /// It would have moved, but it is at a bound.
         Bounds => "bounds",
     }
@@ -133,6 +135,10 @@ pub struct ConcurrencyController {
     /// Windows gathered until [`MIN_SAMPLES`].
     gathered: LatencySnapshot,
     gathered_windows: u32,
+    /// The most requests in flight at once over the gathered windows, and
+    /// over those of the last decision.
+    gathered_peak: usize,
+    decided_peak: usize,
     /// Draws the probe jitter.
     rng: SplitMix64,
 }
@@ -150,6 +156,8 @@ pub struct LimitDecision {
     pub min_rtt: Option<Duration>,
     /// The ceiling, to say which bound was hit.
     pub ceiling: usize,
+    /// The most requests in flight at once over the window(s).
+    pub peak: usize,
 }
 
 impl ConcurrencyController {
@@ -172,6 +180,8 @@ impl ConcurrencyController {
             next_probe: None,
             gathered: LatencySnapshot::default(),
             gathered_windows: 0,
+            gathered_peak: 0,
+            decided_peak: 0,
             rng: SplitMix64(seed),
         }
     }
@@ -219,12 +229,22 @@ impl ConcurrencyController {
         self.set_limit(self.limit());
     }
 
-    /// One window of the backend's latencies has ended (`now`): the limit
-    /// for the next one.
-    pub fn on_window(&mut self, window: &LatencySnapshot, now: Instant) -> LimitDecision {
+    /// One window of the backend's latencies has ended (`now`), in which
+    /// at most `peak` requests were in flight at once: the limit for the
+    /// next one. A limit the traffic did not use is not raised (as in
+    /// Gradient2, and as TCP does not grow a window the sender did not
+    /// fill): latency under a light load says nothing about a heavier one.
+    pub fn on_window(
+        &mut self,
+        window: &LatencySnapshot,
+        peak: usize,
+        now: Instant,
+    ) -> LimitDecision {
         let old = self.limit();
         self.gathered.merge(window);
         self.gathered_windows += 1;
+        self.gathered_peak = self.gathered_peak.max(peak);
+        self.decided_peak = self.gathered_peak;
         if self.gathered.samples() < MIN_SAMPLES {
             let stats = self.gathered.stats();
             if self.gathered_windows >= MAX_GATHER_WINDOWS {
@@ -233,6 +253,10 @@ impl ConcurrencyController {
             return self.decision(old, LimitReason::FewSamples, stats);
         }
         let stats = self.gathered.stats();
+        // Slow start doubles a limit that was filled; the gradient's
+        // headroom needs it half used.
+        let filled = self.gathered_peak >= old;
+        let half_used = self.gathered_peak.saturating_mul(2) >= old;
         self.forget_gathered();
         let (wanted, reason) = match self.phase {
             Phase::Probing { restore } => {
@@ -243,6 +267,9 @@ impl ConcurrencyController {
                 self.phase = Phase::Steady;
                 self.wall = Some(self.limit * WALL_SHARE);
                 (self.limit * MIN_GRADIENT, LimitReason::Errors)
+            }
+            Phase::SlowStart if self.within_buffer(&stats) && !filled => {
+                return self.decision(old, LimitReason::Unused, stats);
             }
             Phase::SlowStart if self.within_buffer(&stats) => {
                 let doubled = self.under_wall(self.limit * 2.0);
@@ -265,10 +292,13 @@ impl ConcurrencyController {
                 self.limit = self.config.min_limit as f64;
                 return self.decision(old, LimitReason::Probe, stats);
             }
-            Phase::Steady => (
-                self.under_wall(self.follow_gradient(&stats)),
-                LimitReason::Latency,
-            ),
+            Phase::Steady => {
+                let wanted = self.under_wall(self.follow_gradient(&stats));
+                if wanted > self.limit && !half_used {
+                    return self.decision(old, LimitReason::Unused, stats);
+                }
+                (wanted, LimitReason::Latency)
+            }
         };
         self.set_within_bounds(wanted);
         let blocked = self.limit() == old && wanted.round() as usize != old;
@@ -279,6 +309,7 @@ impl ConcurrencyController {
     fn forget_gathered(&mut self) {
         self.gathered = LatencySnapshot::default();
         self.gathered_windows = 0;
+        self.gathered_peak = 0;
     }
 
     fn probe_due(&self, now: Instant) -> bool {
@@ -364,6 +395,7 @@ impl ConcurrencyController {
             stats,
             min_rtt: self.min_rtt,
             ceiling: self.config.max_limit,
+            peak: self.decided_peak,
         }
     }
 }
@@ -409,6 +441,8 @@ impl Decision for LimitDecision {
             (LimitReason::SlowStart, false) => format!("latency {p50}, {min_rtt} unloaded"),
             (LimitReason::MinRtt, true) => format!("latence à vide {min_rtt}"),
             (LimitReason::MinRtt, false) => format!("unloaded latency {min_rtt}"),
+            (LimitReason::Unused, true) => format!("{} en cours au plus", self.peak),
+            (LimitReason::Unused, false) => format!("at most {} in flight", self.peak),
             (LimitReason::FewSamples, true) => format!("{} réponses seulement", self.stats.samples),
             (LimitReason::FewSamples, false) => format!("only {} responses", self.stats.samples),
             (LimitReason::Bounds, true) if self.new == self.ceiling => "plafond atteint".to_owned(),
@@ -444,6 +478,8 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_secs(1);
     const BASE: Duration = Duration::from_millis(20);
+    /// Demand exceeds any limit: the guard is always full.
+    const FULL: usize = usize::MAX;
 
     /// The brief's origin: `capacity` requests at once at `base` latency;
     /// past that, latency grows with the load (`base × in-flight /
@@ -532,7 +568,7 @@ mod tests {
             for _ in 0..count {
                 let window = origin.window(self.controller.limit());
                 self.now += WINDOW;
-                let decision = self.controller.on_window(&window, self.now);
+                let decision = self.controller.on_window(&window, FULL, self.now);
                 self.decisions.push(decision);
             }
         }
@@ -615,7 +651,7 @@ mod tests {
         let mut controller = ConcurrencyController::new(config, 1, Some(27));
         assert_eq!(controller.limit(), 2, "measuring at the floor first");
         let window = Origin::new(20.0).window(2);
-        let decision = controller.on_window(&window, Instant::now());
+        let decision = controller.on_window(&window, FULL, Instant::now());
         assert_eq!((decision.reason, decision.new), (LimitReason::MinRtt, 27));
         assert!(!controller.is_probing());
     }
@@ -739,7 +775,7 @@ mod tests {
         for _ in 0..10 {
             recorder.record(BASE);
         }
-        controller.on_window(&recorder.take(), now);
+        controller.on_window(&recorder.take(), FULL, now);
         let mut limits = Vec::new();
         for _ in 0..6 {
             for _ in 0..8 {
@@ -747,7 +783,7 @@ mod tests {
             }
             recorder.record_failure(0);
             recorder.record_failure(0);
-            let decision = controller.on_window(&recorder.take(), now);
+            let decision = controller.on_window(&recorder.take(), FULL, now);
             let expected = if decision.old == 4 {
                 LimitReason::Bounds
             } else {
@@ -786,15 +822,15 @@ mod tests {
             (0..failed).for_each(|_| recorder.record_failure(0));
             recorder.take()
         };
-        controller.on_window(&window(50, 0), now);
+        controller.on_window(&window(50, 0), FULL, now);
         assert_eq!(controller.limit(), 40);
-        let cut = controller.on_window(&window(50, 50), now);
+        let cut = controller.on_window(&window(50, 50), FULL, now);
         assert_eq!((cut.reason, cut.new), (LimitReason::Errors, 20));
         let mut limits = Vec::new();
         // An origin that stays fast right up to where it breaks.
         for _ in 0..20 {
             now += WINDOW;
-            limits.push(controller.on_window(&window(50, 0), now).new);
+            limits.push(controller.on_window(&window(50, 0), FULL, now).new);
         }
         assert!(
             limits.iter().all(|&l| l <= 36) && limits.contains(&36),
@@ -802,11 +838,52 @@ mod tests {
         );
         for _ in 0..40 {
             now += WINDOW;
-            limits.push(controller.on_window(&window(50, 0), now).new);
+            limits.push(controller.on_window(&window(50, 0), FULL, now).new);
         }
         assert!(
             limits.iter().any(|&l| l > 40),
             "a new minRTT lifts the wall: {limits:?}"
+        );
+    }
+
+    #[test]
+    fn a_limit_the_traffic_does_not_use_is_not_raised() {
+        let config = ConcurrencyConfig {
+            min_limit: 2,
+            max_limit: 200,
+        };
+        let mut controller = ConcurrencyController::new(config, 5, None);
+        let mut now = Instant::now();
+        let fast = || {
+            let recorder = LatencyWindow::new();
+            (0..50).for_each(|_| recorder.record(BASE));
+            recorder.take()
+        };
+        controller.on_window(&fast(), 2, now);
+        let mut seen = Vec::new();
+        for peak in [2, 4, 5, 5, 5, 8] {
+            now += WINDOW;
+            let d = controller.on_window(&fast(), peak, now);
+            seen.push((d.new, d.reason));
+        }
+        use LimitReason::{SlowStart, Unused};
+        assert_eq!(
+            seen,
+            [
+                (4, SlowStart),
+                (8, SlowStart),
+                (8, Unused),
+                (8, Unused),
+                (8, Unused),
+                (16, SlowStart)
+            ],
+            "doubles only a limit that was filled"
+        );
+        assert!(
+            controller
+                .on_window(&fast(), 3, now + WINDOW)
+                .describe_en()
+                .contains("at most 3 in flight")
         );
     }
 
@@ -827,7 +904,7 @@ mod tests {
             for _ in 0..samples {
                 recorder.record(BASE);
             }
-            reasons.push(controller.on_window(&recorder.take(), now).reason);
+            reasons.push(controller.on_window(&recorder.take(), FULL, now).reason);
         }
         use LimitReason::{FewSamples as Few, MinRtt};
         assert_eq!(
@@ -858,6 +935,7 @@ mod tests {
             },
             min_rtt: Some(BASE),
             ceiling: 200,
+            peak: 40,
         };
         assert_eq!(
             decision.describe_fr(),
@@ -895,7 +973,7 @@ mod tests {
                     recorder.record_failure(0);
                 }
                 now += WINDOW;
-                let decision = controller.on_window(&recorder.take(), now);
+                let decision = controller.on_window(&recorder.take(), FULL, now);
                 let bounds = min_limit..=min_limit + span;
                 prop_assert!(bounds.contains(&decision.new), "{decision:?} outside {bounds:?}");
                 prop_assert!(bounds.contains(&controller.limit()), "limit outside {bounds:?}");

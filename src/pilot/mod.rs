@@ -184,7 +184,7 @@ impl Pilot {
             if state.guard.limit() != controller.limit() {
                 controller.set_limit(state.guard.limit());
             }
-            let decision = controller.on_window(&window, now);
+            let decision = controller.on_window(&window, state.guard.take_peak(), now);
             if decision.reason == LimitReason::Errors {
                 state.window.new_generation();
             }
