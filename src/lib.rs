@@ -60,6 +60,8 @@
 //!   every site's.
 //! - [`cluster`]: several nodes, one line: the Redis link ([`cluster`]'s
 //!   `link`), and the loops that apply what the other nodes say (`sync`).
+//! - [`opening`]: scheduled openings on time: each due draw, and an
+//!   event's admission rate from its opening to its closing.
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/*`.
 //! - [`demo`]: the fragile demo portal behind `digue demo`: connections, load
 //!   and overload, a capacity that moves on a schedule, its own counters
@@ -79,6 +81,7 @@ pub mod config;
 pub mod demo;
 pub mod guard;
 pub mod metrics;
+pub mod opening;
 pub mod origin;
 pub mod outcome;
 pub mod pages;
@@ -327,6 +330,7 @@ pub struct Running {
     cluster_task: Option<JoinHandle<()>>,
     saver: JoinHandle<()>,
     pilot: JoinHandle<()>,
+    opening: JoinHandle<()>,
 }
 
 impl Running {
@@ -353,6 +357,7 @@ impl Running {
             self.cluster_task,
             Some(self.saver),
             Some(self.pilot),
+            Some(self.opening),
         ];
         for task in stopped.into_iter().flatten() {
             task.abort();
@@ -401,6 +406,7 @@ pub async fn start_with(config: Config, options: Options) -> io::Result<Running>
     let (stop, stopped) = watch::channel(false);
     let saver = tokio::spawn(save_lines_every_second(app.clone()));
     let pilot = tokio::spawn(pilot::drive::drive(app.clone()));
+    let opening = tokio::spawn(opening::drive(app.clone()));
     let public = tokio::spawn(server::serve(
         public,
         None,
@@ -435,6 +441,7 @@ pub async fn start_with(config: Config, options: Options) -> io::Result<Running>
         cluster_task,
         saver,
         pilot,
+        opening,
     })
 }
 

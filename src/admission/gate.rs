@@ -14,13 +14,14 @@ use http::header::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 use crate::admission::cookies::{self, Attributes, PASS, TICKET};
+use crate::admission::event::{Phase, Planned, Schedule};
 use crate::admission::gcra::Gcra;
 use crate::admission::line::{Arrival, Claim, Line, Params, Place, Saved, Status, eta_for};
-use crate::admission::redis::RedisLine;
-use crate::admission::token::{Keys, Pass, Ticket};
+use crate::admission::redis::{PreQueueReply, RedisLine};
+use crate::admission::token::{Keys, Pass, PreTicket, Ticket};
 use crate::clock::Now;
 use crate::cluster::Cluster;
-use crate::config::{AdmissionConfig, AdmissionMode, AdmissionSettings, StoreFailure};
+use crate::config::{AdmissionConfig, AdmissionMode, AdmissionSettings, EventConfig, StoreFailure};
 use crate::metrics::SiteMetrics;
 use crate::outcome::{AdmitHow, Refusal};
 
@@ -39,6 +40,9 @@ const TICKET_MAX_AGE_SECS: u64 = 12 * 3600;
 const RETRY_MIN_SECS: u64 = 3;
 const RETRY_MAX_SECS: u64 = 20;
 const _: () = assert!(crate::config::MIN_CLAIM_WINDOW.as_secs() >= 3 * RETRY_MIN_SECS);
+/// Longest pause between two polls of the pre-queue page: the countdown
+/// runs in the page; a poll only confirms the ticket.
+const PREQUEUE_RETRY_MAX_SECS: u64 = 60;
 /// How often a visitor without a ticket asks again while the site is closed.
 const CLOSED_RETRY_SECS: u64 = 60;
 /// Passes one node counts within `session_duration`: bounds the memory of
@@ -72,6 +76,8 @@ pub enum Verdict {
     AdmittedJson(Vec<HeaderValue>),
     /// The waiting room.
     Wait(Waiting),
+    /// An event's pre-queue: the opening and its countdown, no place yet.
+    PreQueue(PreQueueWait),
 }
 
 /// What the waiting room shows.
@@ -84,6 +90,49 @@ pub struct Waiting {
     pub eta: Duration,
     pub retry_after: u64,
     pub cookies: Vec<HeaderValue>,
+}
+
+/// The pre-queue page: an event opens soon; no place yet.
+#[derive(Debug)]
+pub struct PreQueueWait {
+    pub event: EventConfig,
+    /// Seconds until the opening (and the draw).
+    pub opens_in: u64,
+    pub retry_after: u64,
+    /// The shared store is unreachable: no pre-queue ticket could be issued.
+    pub approximate: bool,
+    pub cookies: Vec<HeaderValue>,
+}
+
+/// Where a pre-queue ticket stands.
+enum Placed {
+    /// Before the draw: the pre-queue page.
+    NotYet(Box<Planned>),
+    /// Its line number, from the draw.
+    Drawn(u64),
+    /// Worth nothing (cancelled event, joined after the draw, too old).
+    Void,
+}
+
+/// What joining a pre-queue gave.
+enum Joined {
+    Number(u64),
+    /// The draw was made meanwhile.
+    TooLate,
+    /// The shared store did not answer.
+    Unreachable,
+}
+
+/// The key of an event's draw: the same on every node sharing the secret.
+fn draw_key(keys: &Keys, site: &str, ident: &str) -> [u8; 32] {
+    keys.derive(&format!("digue-draw|{site}|{ident}"))
+}
+
+/// How long the shared store keeps an event's counts: past its closing
+/// (or opening) by the life of a ticket, and a day.
+fn event_ttl(planned: &Planned, unix: u64) -> u64 {
+    let end = planned.config.closes_at.unwrap_or(planned.config.opens_at);
+    end.saturating_sub(unix) + TICKET_MAX_AGE_SECS + 86_400
 }
 
 /// Where a site's line lives.
@@ -107,6 +156,8 @@ pub struct Gate {
     networks: moka::sync::Cache<u128, Arc<Mutex<Gcra>>>,
     /// Pass ids: a counter from a random start, never personal data.
     next_pass: AtomicU64,
+    /// Scheduled openings, with their pre-queues and draws.
+    events: Schedule,
 }
 
 impl Gate {
@@ -118,11 +169,14 @@ impl Gate {
         margin: u64,
     ) -> Gate {
         let params = params(cfg, live, 0);
+        // No crash margin: a clean save.
+        let events = saved.as_ref().map_or(&[][..], |s| &s.events[..]);
+        let schedule = Schedule::new(&cfg.events, events, margin == 0);
         let line = match saved {
             Some(saved) => Line::restore(&params, saved, margin),
             None => Line::new(&params),
         };
-        Gate::with(cfg, Store::Local(Box::new(line)))
+        Gate::with(cfg, Store::Local(Box::new(line)), schedule)
     }
 
     /// A gate whose line is shared through Redis.
@@ -134,11 +188,13 @@ impl Gate {
     ) -> Gate {
         let policy = cluster.config.on_store_failure;
         let line = Box::new(RedisLine::new(cluster, site, &params(cfg, live, 0)));
-        Gate::with(cfg, Store::Shared { line, policy })
+        let schedule = Schedule::new(&cfg.events, &[], true);
+        Gate::with(cfg, Store::Shared { line, policy }, schedule)
     }
 
-    fn with(cfg: &AdmissionConfig, line: Store) -> Gate {
+    fn with(cfg: &AdmissionConfig, line: Store, events: Schedule) -> Gate {
         Gate {
+            events,
             line,
             // Not sized from `max_active_users`: that changes live, the
             // cache's capacity does not.
@@ -237,49 +293,113 @@ impl Gate {
             self.sessions.run_pending_tasks();
         }
         let params = params(cfg, live, self.sessions.entry_count());
+        self.draw_due(site, unix).await;
+        let phase = self.events.phase(unix);
+        let mut held = None;
         if let Some(raw) = cookies::find(visitor.headers, TICKET) {
-            match Ticket::decode(keys, site, raw) {
-                // Older than its cookie may live: likely from a line whose
-                // state was lost since, so its number means nothing now.
-                Some(ticket) if unix.saturating_sub(ticket.issued) > TICKET_MAX_AGE_SECS => {
-                    m.refused(Refusal::Expired);
+            if let Some(pre) = PreTicket::decode(keys, site, raw) {
+                match self.placed(&pre, site, keys, unix) {
+                    Placed::NotYet(planned) => {
+                        return self.prequeue(&planned, unix, Vec::new(), degraded, m);
+                    }
+                    // Its place from the draw: from now on an ordinary
+                    // ticket of that number, in the cookie too.
+                    Placed::Drawn(number) => {
+                        held = Some((
+                            Ticket {
+                                site: site.to_owned(),
+                                number,
+                                issued: pre.issued,
+                                eta: 0,
+                            },
+                            true,
+                        ));
+                    }
+                    // The event was cancelled, or the ticket came too late
+                    // for the draw: a newcomer.
+                    Placed::Void => {}
                 }
-                Some(ticket) => match self.claim(ticket.number, &params, now).await {
-                    Claim::Admitted => {
-                        m.admitted(AdmitHow::Line);
-                        let waited = unix.saturating_sub(ticket.issued);
-                        m.wait_seconds.observe(waited as f64);
-                        m.eta_error.observe(waited.abs_diff(ticket.eta) as f64);
-                        let mut set = vec![
-                            self.mint_pass(site, keys, unix, session_secs, &attrs),
-                            cookies::set(TICKET, "", 0, &attrs),
-                        ];
-                        return if visitor.wants_json {
-                            Verdict::AdmittedJson(std::mem::take(&mut set))
-                        } else {
-                            Verdict::Proceed(set)
-                        };
+            } else {
+                match Ticket::decode(keys, site, raw) {
+                    // Older than its cookie may live: likely from a line whose
+                    // state was lost since, so its number means nothing now.
+                    Some(ticket) if unix.saturating_sub(ticket.issued) > TICKET_MAX_AGE_SECS => {
+                        m.refused(Refusal::Expired);
                     }
-                    Claim::Waiting(place) => {
-                        return self.wait(place, &params, Vec::new(), degraded, m);
-                    }
-                    // The turn went to the next ticket, or the place was lost
-                    // with the line's state: a new place at the end.
-                    Claim::Missed | Claim::Lost => {}
-                },
-                None => m.refused(Refusal::Invalid),
+                    Some(ticket) => held = Some((ticket, false)),
+                    None => m.refused(Refusal::Invalid),
+                }
+            }
+        }
+        if let Some((ticket, from_draw)) = held {
+            match self.claim(ticket.number, &params, now).await {
+                Claim::Admitted => {
+                    m.admitted(AdmitHow::Line);
+                    let waited = unix.saturating_sub(ticket.issued);
+                    m.wait_seconds.observe(waited as f64);
+                    m.eta_error.observe(waited.abs_diff(ticket.eta) as f64);
+                    let mut set = vec![
+                        self.mint_pass(site, keys, unix, session_secs, &attrs),
+                        cookies::set(TICKET, "", 0, &attrs),
+                    ];
+                    return if visitor.wants_json {
+                        Verdict::AdmittedJson(std::mem::take(&mut set))
+                    } else {
+                        Verdict::Proceed(set)
+                    };
+                }
+                Claim::Waiting(place) => {
+                    let cookies = if from_draw {
+                        let token = Ticket {
+                            eta: place.eta.as_secs(),
+                            ..ticket
+                        }
+                        .encode(keys);
+                        vec![cookies::set(TICKET, &token, TICKET_MAX_AGE_SECS, &attrs)]
+                    } else {
+                        Vec::new()
+                    };
+                    return self.wait(place, &params, cookies, degraded, m);
+                }
+                // The turn went to the next ticket, or the place was lost
+                // with the line's state: a new place at the end.
+                Claim::Missed | Claim::Lost => {}
             }
         }
         if !self.network_allows(visitor.ip, cfg, now) {
             // Same answer, no new ticket: a cookie-less client asking again
             // and again does not lengthen the line.
             m.throttled.inc();
+            if let Phase::PreQueue(planned) = &phase {
+                return self.prequeue(planned, unix, Vec::new(), degraded, m);
+            }
             let status = self.status_with(&params, now);
             let place = Place {
                 ahead: status.waiting,
                 eta: eta_for(status.waiting, status.rate),
             };
             return self.wait(place, &params, Vec::new(), degraded, m);
+        }
+        if let Phase::PreQueue(planned) = &phase {
+            match self.join(planned, unix).await {
+                Joined::Number(number) => {
+                    m.tickets.inc();
+                    let token = PreTicket {
+                        site: site.to_owned(),
+                        event: planned.config.name().to_owned(),
+                        number,
+                        issued: unix,
+                    }
+                    .encode(keys);
+                    let cookie = cookies::set(TICKET, &token, TICKET_MAX_AGE_SECS, &attrs);
+                    return self.prequeue(planned, unix, vec![cookie], degraded, m);
+                }
+                Joined::Unreachable => {
+                    return self.prequeue(planned, unix, Vec::new(), true, m);
+                }
+                // Drawn meanwhile (on another node): an ordinary arrival.
+                Joined::TooLate => {}
+            }
         }
         match self
             .arrive(&params, live.mode == AdmissionMode::Auto, now)
@@ -303,6 +423,108 @@ impl Gate {
             }
             Arrival::Unticketed(place) => self.wait(place, &params, Vec::new(), true, m),
         }
+    }
+
+    /// The site's scheduled openings.
+    pub fn events(&self) -> &Schedule {
+        &self.events
+    }
+
+    /// Makes the draw of every event whose opening has come, before any
+    /// arrival after it takes a number (in the shared store: once for
+    /// the cluster, whichever node asks first).
+    pub async fn draw_due(&self, site: &str, unix: u64) {
+        for planned in self.events.due(unix) {
+            let ident = planned.ident();
+            match &self.line {
+                Store::Local(line) => {
+                    self.events.draw_with(&ident, |n| line.reserve(n));
+                }
+                Store::Shared { line, .. } if line.healthy() => {
+                    match line.event("draw", &ident, event_ttl(&planned, unix)).await {
+                        Ok(PreQueueReply::Drawn(drawn)) => self.events.drawn(&ident, drawn),
+                        Ok(_) | Err(_) => {}
+                    }
+                }
+                Store::Shared { .. } => {}
+            }
+            tracing::info!(
+                site,
+                event = planned.config.name(),
+                "event opened: pre-queue drawn"
+            );
+        }
+    }
+
+    /// Where a pre-queue ticket stands.
+    fn placed(&self, pre: &PreTicket, site: &str, keys: &Keys, unix: u64) -> Placed {
+        let Some(planned) = self.events.find(&pre.event) else {
+            return Placed::Void;
+        };
+        // Issued for an earlier event of the same name, or too old.
+        if pre.issued < planned.config.prequeue_from
+            || unix.saturating_sub(pre.issued) > TICKET_MAX_AGE_SECS
+        {
+            return Placed::Void;
+        }
+        match planned.drawn {
+            None => {
+                if matches!(self.line, Store::Local(_)) {
+                    self.events.seen(&planned.ident(), pre.number);
+                }
+                // Opened but not drawn yet (the shared store is away):
+                // the pre-queue page, opening now.
+                Placed::NotYet(Box::new(planned))
+            }
+            Some(drawn) => {
+                let key = draw_key(keys, site, &planned.ident());
+                drawn
+                    .number(&key, pre.number)
+                    .map_or(Placed::Void, Placed::Drawn)
+            }
+        }
+    }
+
+    async fn join(&self, planned: &Planned, unix: u64) -> Joined {
+        let ident = planned.ident();
+        match &self.line {
+            Store::Local(_) => self
+                .events
+                .join(&ident, unix)
+                .map_or(Joined::TooLate, Joined::Number),
+            Store::Shared { line, .. } => {
+                if !line.healthy() {
+                    return Joined::Unreachable;
+                }
+                match line.event("join", &ident, event_ttl(planned, unix)).await {
+                    Ok(PreQueueReply::Joined(k)) => Joined::Number(k),
+                    Ok(PreQueueReply::Drawn(drawn)) => {
+                        self.events.drawn(&ident, drawn);
+                        Joined::TooLate
+                    }
+                    Ok(PreQueueReply::Open) | Err(_) => Joined::Unreachable,
+                }
+            }
+        }
+    }
+
+    fn prequeue(
+        &self,
+        planned: &Planned,
+        unix: u64,
+        cookies: Vec<HeaderValue>,
+        approximate: bool,
+        m: &SiteMetrics,
+    ) -> Verdict {
+        m.waiting_page(false);
+        let opens_in = planned.config.opens_at.saturating_sub(unix);
+        Verdict::PreQueue(PreQueueWait {
+            event: planned.config.clone(),
+            opens_in,
+            retry_after: opens_in.clamp(RETRY_MIN_SECS, PREQUEUE_RETRY_MAX_SECS),
+            approximate,
+            cookies,
+        })
     }
 
     async fn arrive(&self, params: &Params, may_enter: bool, now: Instant) -> Arrival {
@@ -376,7 +598,12 @@ impl Gate {
     /// The counters to save across a restart (a shared line lives in Redis).
     pub fn saved(&self) -> Option<Saved> {
         match &self.line {
-            Store::Local(line) => Some(line.saved()),
+            Store::Local(line) => Some(Saved {
+                events: self
+                    .events
+                    .saved(crate::clock::unix_secs(crate::clock::wall())),
+                ..line.saved()
+            }),
             Store::Shared { .. } => None,
         }
     }
