@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::App;
-use crate::config::{AdmissionPatch, LiveSettings};
+use crate::admission::event::{Planned, Refused};
+use crate::config::{AdmissionPatch, EventSpec, LiveSettings};
 
 const TICK: Duration = Duration::from_millis(500);
 
@@ -102,4 +103,76 @@ fn set_rate(app: &App, name: &str, rate: u32) -> bool {
         tracing::warn!(site = %name, error = ?e, "event rate not applied");
     }
     changed.is_ok()
+}
+
+/// Why a change of a site's events was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventRefused {
+    NoSuchSite,
+    /// The site has no `[site.admission]`.
+    NoWaitingRoom,
+    /// The event is invalid: every problem, `key: message`.
+    Invalid(Vec<String>),
+    /// An event of that name exists, or the site has too many.
+    Conflict(Refused),
+    /// No event of that name (to cancel).
+    NoSuchEvent,
+}
+
+/// Runs `then` on the schedule of site `name`, with the time now.
+fn with_schedule<T>(
+    app: &App,
+    name: &str,
+    then: impl FnOnce(&crate::admission::event::Schedule, u64) -> Result<T, EventRefused>,
+) -> Result<T, EventRefused> {
+    let snapshot = app.snapshot();
+    let site = snapshot
+        .sites
+        .iter()
+        .find(|s| s.config.name == name)
+        .ok_or(EventRefused::NoSuchSite)?;
+    let (gate, _, _) = site.waiting_room().ok_or(EventRefused::NoWaitingRoom)?;
+    then(gate.events(), app.clock.now().unix())
+}
+
+/// Every event of site `name`, in opening order, with the time now.
+pub fn list(app: &App, name: &str) -> Result<(Vec<Planned>, u64), EventRefused> {
+    with_schedule(app, name, |schedule, unix| Ok((schedule.list(), unix)))
+}
+
+/// Adds an event to site `name`: from the admin API it must open in the
+/// future; `from_cluster` (another node's, maybe opened since) need not.
+pub fn add(
+    app: &App,
+    name: &str,
+    spec: &EventSpec,
+    from_cluster: bool,
+) -> Result<(Planned, u64), EventRefused> {
+    let event = spec.checked().map_err(EventRefused::Invalid)?;
+    with_schedule(app, name, |schedule, unix| {
+        if event.opens_at <= unix && !from_cluster {
+            return Err(EventRefused::Invalid(vec![
+                "opens_at: is past: an event is announced before it opens".to_owned(),
+            ]));
+        }
+        let event_name = event.name().to_owned();
+        schedule.add(event).map_err(EventRefused::Conflict)?;
+        tracing::info!(site = name, event = event_name, "event added");
+        let added = schedule
+            .find(&event_name)
+            .expect("invariant: added under this name just now");
+        Ok((added, unix))
+    })
+}
+
+/// Cancels event `event` of site `name`: its pre-queue tickets are worth
+/// nothing from now on.
+pub fn cancel(app: &App, name: &str, event: &str) -> Result<(), EventRefused> {
+    with_schedule(app, name, |schedule, _| {
+        if !schedule.cancel(event) {
+            return Err(EventRefused::NoSuchEvent);
+        }
+        tracing::info!(site = name, event, "event cancelled");
+        Ok(())
+    })
 }

@@ -265,12 +265,13 @@ async fn pre_queue_tickets_survive_a_restart_and_the_draw_is_not_redrawn_by_one(
 }
 
 #[tokio::test]
-async fn two_cluster_nodes_draw_the_same_order() {
+async fn two_cluster_nodes_draw_the_same_order_and_share_the_events_added_on_either() {
     let origin = Origin::portal().await;
     let redis = Redis::start().await;
     let dir = TempDir::new("events-cluster");
     let node = |id: &str| {
         Digue::new(&origin.url())
+            .admin()
             .secret(&secret(&dir))
             .cluster(&format!(
                 "redis_url = \"{}\"\nrefresh_interval = \"100ms\"\nnode_id = \"{id}\"",

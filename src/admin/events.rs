@@ -1,6 +1,7 @@
 //! `GET/POST/DELETE /admin/sites/{name}/events`: a site's scheduled
 //! openings, listed, added and cancelled (see `admission::event`).
-//! Bodies use the file's shape ([`EventSpec`]) and its validator.
+//! Bodies use the file's shape ([`EventSpec`]) and its validator. In a
+//! cluster, an addition or a cancellation is told to the other nodes.
 
 use http::{Response, StatusCode};
 use serde::Deserialize;
@@ -8,34 +9,17 @@ use serde_json::{Value, json};
 
 use super::{error, json_response};
 use crate::App;
-use crate::admission::event::{Planned, Refused, Schedule};
+use crate::admission::event::{Planned, Refused};
 use crate::body::ProxyBody;
+use crate::cluster::Event;
 use crate::config::EventSpec;
+use crate::opening::{self, EventRefused};
 
 /// `DELETE /admin/sites/{name}/events` with a body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Cancel {
     name: String,
-}
-
-/// The schedule of site `name`, or the answer saying why there is none.
-fn schedule_of<T>(
-    app: &App,
-    name: &str,
-    then: impl FnOnce(&Schedule, u64) -> T,
-) -> Result<T, Response<ProxyBody>> {
-    let snapshot = app.snapshot();
-    let Some(site) = snapshot.sites.iter().find(|s| s.config.name == name) else {
-        return Err(error(StatusCode::NOT_FOUND, "no such site"));
-    };
-    let Some((gate, _, _)) = site.waiting_room() else {
-        return Err(error(
-            StatusCode::CONFLICT,
-            "this site has no [site.admission]: events open a waiting room",
-        ));
-    };
-    Ok(then(gate.events(), app.clock.now().unix()))
 }
 
 fn describe(p: &Planned, unix: u64) -> Value {
@@ -66,65 +50,78 @@ fn describe(p: &Planned, unix: u64) -> Value {
     })
 }
 
+fn refused(why: EventRefused) -> Response<ProxyBody> {
+    match why {
+        EventRefused::NoSuchSite => error(StatusCode::NOT_FOUND, "no such site"),
+        EventRefused::NoWaitingRoom => error(
+            StatusCode::CONFLICT,
+            "this site has no [site.admission]: events open a waiting room",
+        ),
+        EventRefused::Invalid(errors) => json_response(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "event refused; nothing changed", "errors": errors }),
+        ),
+        EventRefused::Conflict(Refused::Exists) => error(
+            StatusCode::CONFLICT,
+            "an event of that name exists: cancel it first (DELETE)",
+        ),
+        EventRefused::Conflict(Refused::Full) => {
+            error(StatusCode::CONFLICT, "too many events for this site")
+        }
+        EventRefused::NoSuchEvent => error(StatusCode::NOT_FOUND, "no such event in this site"),
+    }
+}
+
 pub(super) fn list(app: &App, name: &str) -> Response<ProxyBody> {
-    schedule_of(app, name, |schedule, unix| {
-        let events: Vec<Value> = schedule.list().iter().map(|p| describe(p, unix)).collect();
-        json_response(StatusCode::OK, json!({ "site": name, "events": events }))
-    })
-    .unwrap_or_else(|refused| refused)
+    match opening::list(app, name) {
+        Ok((events, unix)) => {
+            let events: Vec<Value> = events.iter().map(|p| describe(p, unix)).collect();
+            json_response(StatusCode::OK, json!({ "site": name, "events": events }))
+        }
+        Err(why) => refused(why),
+    }
 }
 
 pub(super) fn add(app: &App, name: &str, spec: &EventSpec) -> Response<ProxyBody> {
-    let event = match spec.checked() {
-        Ok(event) => event,
-        Err(errors) => return invalid(errors),
-    };
-    schedule_of(app, name, |schedule, unix| {
-        if event.opens_at <= unix {
-            return invalid(vec![
-                "opens_at: is past: an event is announced before it opens".to_owned(),
-            ]);
+    match opening::add(app, name, spec, false) {
+        Ok((added, unix)) => {
+            tell(app, |from| Event::EventAdded {
+                site: name.to_owned(),
+                spec: spec.clone(),
+                from,
+            });
+            json_response(
+                StatusCode::CREATED,
+                json!({ "added": describe(&added, unix) }),
+            )
         }
-        let name = event.name().to_owned();
-        match schedule.add(event) {
-            Ok(()) => {
-                tracing::info!(
-                    site = name,
-                    event = name,
-                    "event added through the admin API"
-                );
-                let added = schedule.find(&name).map(|p| describe(&p, unix));
-                json_response(StatusCode::CREATED, json!({ "added": added }))
-            }
-            Err(Refused::Exists) => error(
-                StatusCode::CONFLICT,
-                "an event of that name exists: cancel it first (DELETE)",
-            ),
-            Err(Refused::Full) => error(StatusCode::CONFLICT, "too many events for this site"),
-        }
-    })
-    .unwrap_or_else(|refused| refused)
+        Err(why) => refused(why),
+    }
 }
 
 pub(super) fn cancel(app: &App, name: &str, event: &str) -> Response<ProxyBody> {
-    schedule_of(app, name, |schedule, _| {
-        if schedule.cancel(event) {
-            tracing::info!(site = name, event, "event cancelled through the admin API");
+    match opening::cancel(app, name, event) {
+        Ok(()) => {
+            tell(app, |from| Event::EventCancelled {
+                site: name.to_owned(),
+                name: event.to_owned(),
+                from,
+            });
             json_response(StatusCode::OK, json!({ "cancelled": event }))
-        } else {
-            error(StatusCode::NOT_FOUND, "no such event in this site")
         }
-    })
-    .unwrap_or_else(|refused| refused)
+        Err(why) => refused(why),
+    }
 }
 
-pub(super) fn cancel_body(app: &App, name: &str, cancel_: &Cancel) -> Response<ProxyBody> {
-    cancel(app, name, &cancel_.name)
+pub(super) fn cancel_body(app: &App, name: &str, body: &Cancel) -> Response<ProxyBody> {
+    cancel(app, name, &body.name)
 }
 
-fn invalid(errors: Vec<String>) -> Response<ProxyBody> {
-    json_response(
-        StatusCode::BAD_REQUEST,
-        json!({ "error": "event refused; nothing changed", "errors": errors }),
-    )
+/// Tells the other nodes of a cluster, if any.
+fn tell(app: &App, event: impl FnOnce(String) -> Event) {
+    if let Some(cluster) = &app.cluster {
+        let event = event(cluster.node.clone());
+        let cluster = cluster.clone();
+        tokio::spawn(async move { cluster.publish(&event).await });
+    }
 }
