@@ -436,23 +436,29 @@ impl Gate {
     pub async fn draw_due(&self, site: &str, unix: u64) {
         for planned in self.events.due(unix) {
             let ident = planned.ident();
-            match &self.line {
-                Store::Local(line) => {
-                    self.events.draw_with(&ident, |n| line.reserve(n));
-                }
+            let drawn = match &self.line {
+                Store::Local(line) => self.events.draw_with(&ident, |n| line.reserve(n)),
                 Store::Shared { line, .. } if line.healthy() => {
-                    match line.event("draw", &ident, event_ttl(&planned, unix)).await {
-                        Ok(PreQueueReply::Drawn(drawn)) => self.events.drawn(&ident, drawn),
-                        Ok(_) | Err(_) => {}
+                    let reply = line.event("draw", &ident, event_ttl(&planned, unix)).await;
+                    if let Ok(PreQueueReply::Drawn(drawn)) = reply {
+                        self.events.drawn(&ident, drawn);
+                        Some(drawn)
+                    } else {
+                        None
                     }
                 }
-                Store::Shared { .. } => {}
+                // Drawn when the store answers again; meanwhile its holders
+                // see the pre-queue page, opening.
+                Store::Shared { .. } => None,
+            };
+            if let Some(drawn) = drawn {
+                tracing::info!(
+                    site,
+                    event = planned.config.name(),
+                    tickets = drawn.count,
+                    "event opened: pre-queue drawn"
+                );
             }
-            tracing::info!(
-                site,
-                event = planned.config.name(),
-                "event opened: pre-queue drawn"
-            );
         }
     }
 
