@@ -246,10 +246,11 @@ impl App {
     /// The lines' counters, for the state file.
     pub fn saved_lines(&self, clean: bool) -> SavedLines {
         let snapshot = self.snapshot();
+        let unix = self.clock.now().unix();
         let lines = snapshot
             .sites
             .iter()
-            .filter_map(|s| Some((s.config.name.clone(), s.gate.as_ref()?.saved()?)))
+            .filter_map(|s| Some((s.config.name.clone(), s.gate.as_ref()?.saved(unix)?)))
             .collect();
         SavedLines { clean, lines }
     }

@@ -506,3 +506,55 @@ fn check_reports_bad_events_with_their_key_paths() {
         assert!(err.contains(needle), "{needle} in:\n{err}");
     }
 }
+
+#[tokio::test]
+async fn forged_stale_and_far_fetched_pre_queue_tickets_buy_nothing() {
+    let origin = Origin::portal().await;
+    let dir = TempDir::new("events-hostile");
+    let secret = secret(&dir);
+    let proxy = Digue::new(&origin.url())
+        .secret(&secret)
+        .admission(&gated(""))
+        .start()
+        .await;
+    move_to(&proxy, -600);
+    let now = digue::clock::unix_secs(proxy.app().clock.now().system);
+    let keys = digue::admission::keys_from_file(&secret).expect("a readable secret");
+    let other = digue::admission::token::Keys::new(b"another-secret-entirely-0123".to_vec(), None);
+    let pre = |number: u64, issued: u64| digue::admission::token::PreTicket {
+        site: "portal".into(),
+        event: "rentree".into(),
+        number,
+        issued,
+    };
+    let mut honest = join(&[&proxy], 1).await;
+    // Signed with another key: worthless, a newcomer's ticket instead.
+    let mut forged = Browser::with_ticket(&pre(0, now).encode(&other));
+    prequeued(&forged.poll(&proxy).await);
+    assert_ne!(forged.ticket(), pre(0, now).encode(&other), "a new ticket");
+    // From an earlier event of the same name (before this pre-queue).
+    let stale_token = pre(0, opens_unix() - 3 * 3600).encode(&keys);
+    let mut stale = Browser::with_ticket(&stale_token);
+    prequeued(&stale.poll(&proxy).await);
+    assert_ne!(stale.ticket(), stale_token, "a new ticket");
+    // Properly signed but far past the count (say, a copy from a lost
+    // state): it must not put a million empty places ahead of everyone.
+    let mut far = Browser::with_ticket(&pre(1_000_000, now).encode(&keys));
+    prequeued(&far.poll(&proxy).await);
+
+    move_to(&proxy, 1);
+    let mut placed = vec![honest.remove(0), forged, stale];
+    assert_a_permutation(&positions(&proxy, &mut placed).await);
+    assert_eq!(
+        position(&far.poll(&proxy).await),
+        3,
+        "the far-fetched ticket was not in the draw: it queues behind it"
+    );
+    let mut late = Browser::default();
+    assert_eq!(
+        position(&late.poll(&proxy).await),
+        4,
+        "three drawn, then FIFO"
+    );
+    proxy.shutdown().await;
+}

@@ -23,6 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{EventConfig, EventSpec, MAX_EVENTS};
 
+/// How far past a pre-queue's count a number shown before the draw may be
+/// and still be counted (see [`Schedule::seen`]): a restart without a state
+/// file forgets the count, and its holders, polling, bring it back up by
+/// steps of this much at most.
+pub const SEEN_MARGIN: u64 = 10_000;
+
 /// What the draw reserved in the line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drawn {
@@ -270,13 +276,16 @@ impl Schedule {
     }
 
     /// In this process: a pre-queue number shown before the draw that is
-    /// past the count (handed out before a crash, after the last save) is
-    /// counted, so the draw places it.
+    /// past the count (handed out before a restart that lost it) is
+    /// counted, so the draw places it — unless it is further past the
+    /// count than [`SEEN_MARGIN`]: following it would put that many
+    /// tickets held by nobody ahead of every later arrival.
     pub fn seen(&self, ident: &str, k: u64) {
         if let Some(p) = self
             .lock()
             .iter_mut()
             .find(|p| p.ident() == ident && p.drawn.is_none())
+            && k < p.joined.saturating_add(SEEN_MARGIN)
         {
             p.joined = p.joined.max(k + 1);
         }
@@ -389,6 +398,14 @@ mod tests {
         assert_eq!(clean.join(&ident, at + 1), Some(7));
         let crashed = Schedule::new(std::slice::from_ref(&e), &saved, false);
         assert_eq!(crashed.join(&ident, at + 1), Some(7 + 14 + 10));
+        crashed.seen(&ident, 1_000_000);
+        assert_eq!(
+            crashed.join(&ident, at + 1),
+            Some(32),
+            "a number far past the count does not drag it"
+        );
+        crashed.seen(&ident, 40);
+        assert_eq!(crashed.join(&ident, at + 1), Some(41), "one near it does");
         let added = event("extra", "2026-09-02T08:00:00+02:00");
         schedule.add(added).expect("added");
         let kept = Schedule::new(&[], &schedule.saved(at), true);

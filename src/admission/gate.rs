@@ -601,13 +601,12 @@ impl Gate {
         }
     }
 
-    /// The counters to save across a restart (a shared line lives in Redis).
-    pub fn saved(&self) -> Option<Saved> {
+    /// The counters to save across a restart (a shared line lives in
+    /// Redis); `unix`: the app's clock, which counted the pre-queue joins.
+    pub fn saved(&self, unix: u64) -> Option<Saved> {
         match &self.line {
             Store::Local(line) => Some(Saved {
-                events: self
-                    .events
-                    .saved(crate::clock::unix_secs(crate::clock::wall())),
+                events: self.events.saved(unix),
                 ..line.saved()
             }),
             Store::Shared { .. } => None,
