@@ -558,3 +558,60 @@ async fn forged_stale_and_far_fetched_pre_queue_tickets_buy_nothing() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_replaces_the_files_events_and_keeps_those_added_through_the_api() {
+    let origin = Origin::portal().await;
+    let dir = TempDir::new("events-reload");
+    let file = dir.join("digue.toml");
+    let with_event = Digue::new(&origin.url()).admin().admission(&gated(""));
+    let proxy = with_event.start_in(&file).await;
+    let added = proxy
+        .admin_call(
+            Method::POST,
+            "/admin/sites/portal/events",
+            r#"{"name": "brevet", "opens_at": "2030-07-07T08:00:00+02:00"}"#,
+        )
+        .await;
+    assert_eq!(added.status, 201, "{}", added.text());
+    move_to(&proxy, -600);
+    let mut early = join(&[&proxy], 1).await;
+    let names = async || {
+        let j = proxy
+            .admin_call(Method::GET, "/admin/sites/portal/events", "")
+            .await
+            .json();
+        j["events"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|e| e["name"].as_str().expect("a name").to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names().await, vec!["rentree", "brevet"]);
+
+    // The same file reloaded: the pre-queue and its count stay.
+    proxy.app().reload().expect("the same file reloads");
+    prequeued(&early[0].poll(&proxy).await);
+    let j = proxy
+        .admin_call(Method::GET, "/admin/sites/portal/events", "")
+        .await
+        .json();
+    assert_eq!(j["events"][0]["prequeue_tickets"], 1, "{j}");
+
+    // The file without its event: the API's stays, the pre-queue ends.
+    Digue::new(&origin.url())
+        .admin()
+        .admission("new_users_per_minute = 600\ntickets_per_network_per_minute = 100000")
+        .start_in(&dir.join("unused.toml"))
+        .await
+        .shutdown()
+        .await;
+    std::fs::copy(dir.join("unused.toml"), &file).expect("config rewritten");
+    proxy.app().reload().expect("the new file reloads");
+    assert_eq!(names().await, vec!["brevet"]);
+    // Resuming from a rate of 0 lets no burst in: a place in the line.
+    let got = early[0].poll(&proxy).await;
+    assert_eq!(got.json()["state"], "queued", "normal gating again");
+    proxy.shutdown().await;
+}
