@@ -108,8 +108,8 @@ pub struct PreQueueWait {
 enum Placed {
     /// Before the draw: the pre-queue page.
     NotYet(Box<Planned>),
-    /// Its line number, from the draw.
-    Drawn(u64),
+    /// Its line number, from the draw at `opened` (Unix seconds).
+    Drawn { number: u64, opened: u64 },
     /// Worth nothing (cancelled event, joined after the draw, too old).
     Void,
 }
@@ -304,12 +304,14 @@ impl Gate {
                     }
                     // Its place from the draw: from now on an ordinary
                     // ticket of that number, in the cookie too.
-                    Placed::Drawn(number) => {
+                    // Its wait (and its cookie's life) counts from the
+                    // opening, however early it joined.
+                    Placed::Drawn { number, opened } => {
                         held = Some((
                             Ticket {
                                 site: site.to_owned(),
                                 number,
-                                issued: pre.issued,
+                                issued: opened,
                                 eta: 0,
                             },
                             true,
@@ -391,7 +393,10 @@ impl Gate {
                         issued: unix,
                     }
                     .encode(keys);
-                    let cookie = cookies::set(TICKET, &token, TICKET_MAX_AGE_SECS, &attrs);
+                    // It lives until the opening, then as long as a ticket.
+                    let max_age =
+                        planned.config.opens_at.saturating_sub(unix) + TICKET_MAX_AGE_SECS;
+                    let cookie = cookies::set(TICKET, &token, max_age, &attrs);
                     return self.prequeue(planned, unix, vec![cookie], degraded, m);
                 }
                 Joined::Unreachable => {
@@ -467,9 +472,10 @@ impl Gate {
         let Some(planned) = self.events.find(&pre.event) else {
             return Placed::Void;
         };
-        // Issued for an earlier event of the same name, or too old.
+        // Issued for an earlier event of the same name, or its event opened
+        // longer ago than a ticket lives.
         if pre.issued < planned.config.prequeue_from
-            || unix.saturating_sub(pre.issued) > TICKET_MAX_AGE_SECS
+            || unix.saturating_sub(planned.config.opens_at) > TICKET_MAX_AGE_SECS
         {
             return Placed::Void;
         }
@@ -486,7 +492,10 @@ impl Gate {
                 let key = draw_key(keys, site, &planned.ident());
                 drawn
                     .number(&key, pre.number)
-                    .map_or(Placed::Void, Placed::Drawn)
+                    .map_or(Placed::Void, |number| Placed::Drawn {
+                        number,
+                        opened: planned.config.opens_at,
+                    })
             }
         }
     }
