@@ -14,16 +14,20 @@ use http::header::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 use crate::admission::cookies::{self, Attributes, PASS, TICKET};
-use crate::admission::event::{Phase, Planned, Schedule};
+use crate::admission::event::{Phase, Schedule};
 use crate::admission::gcra::Gcra;
 use crate::admission::line::{Arrival, Claim, Line, Params, Place, Saved, Status, eta_for};
-use crate::admission::redis::{PreQueueReply, RedisLine};
+use crate::admission::redis::RedisLine;
 use crate::admission::token::{Keys, Pass, PreTicket, Ticket};
 use crate::clock::Now;
 use crate::cluster::Cluster;
-use crate::config::{AdmissionConfig, AdmissionMode, AdmissionSettings, EventConfig, StoreFailure};
+use crate::config::{AdmissionConfig, AdmissionMode, AdmissionSettings, StoreFailure};
 use crate::metrics::SiteMetrics;
+
+mod prequeue;
 use crate::outcome::{AdmitHow, Refusal};
+pub use prequeue::PreQueueWait;
+use prequeue::{Joined, Placed};
 
 /// A pass is re-issued (sliding expiry) at most this often (or every
 /// quarter of `session_duration` if shorter), so an active user does not
@@ -40,9 +44,6 @@ const TICKET_MAX_AGE_SECS: u64 = 12 * 3600;
 const RETRY_MIN_SECS: u64 = 3;
 const RETRY_MAX_SECS: u64 = 20;
 const _: () = assert!(crate::config::MIN_CLAIM_WINDOW.as_secs() >= 3 * RETRY_MIN_SECS);
-/// Longest pause between two polls of the pre-queue page: the countdown
-/// runs in the page; a poll only confirms the ticket.
-const PREQUEUE_RETRY_MAX_SECS: u64 = 60;
 /// How often a visitor without a ticket asks again while the site is closed.
 const CLOSED_RETRY_SECS: u64 = 60;
 /// Passes one node counts within `session_duration`: bounds the memory of
@@ -90,49 +91,6 @@ pub struct Waiting {
     pub eta: Duration,
     pub retry_after: u64,
     pub cookies: Vec<HeaderValue>,
-}
-
-/// The pre-queue page: an event opens soon; no place yet.
-#[derive(Debug)]
-pub struct PreQueueWait {
-    pub event: EventConfig,
-    /// Seconds until the opening (and the draw).
-    pub opens_in: u64,
-    pub retry_after: u64,
-    /// The shared store is unreachable: no pre-queue ticket could be issued.
-    pub approximate: bool,
-    pub cookies: Vec<HeaderValue>,
-}
-
-/// Where a pre-queue ticket stands.
-enum Placed {
-    /// Before the draw: the pre-queue page.
-    NotYet(Box<Planned>),
-    /// Its line number, from the draw at `opened` (Unix seconds).
-    Drawn { number: u64, opened: u64 },
-    /// Worth nothing (cancelled event, joined after the draw, too old).
-    Void,
-}
-
-/// What joining a pre-queue gave.
-enum Joined {
-    Number(u64),
-    /// The draw was made meanwhile.
-    TooLate,
-    /// The shared store did not answer.
-    Unreachable,
-}
-
-/// The key of an event's draw: the same on every node sharing the secret.
-fn draw_key(keys: &Keys, site: &str, ident: &str) -> [u8; 32] {
-    keys.derive(&format!("digue-draw|{site}|{ident}"))
-}
-
-/// How long the shared store keeps an event's counts: past its closing
-/// (or opening) by the life of a ticket, and a day.
-fn event_ttl(planned: &Planned, unix: u64) -> u64 {
-    let end = planned.config.closes_at.unwrap_or(planned.config.opens_at);
-    end.saturating_sub(unix) + TICKET_MAX_AGE_SECS + 86_400
 }
 
 /// Where a site's line lives.
@@ -428,118 +386,6 @@ impl Gate {
             }
             Arrival::Unticketed(place) => self.wait(place, &params, Vec::new(), true, m),
         }
-    }
-
-    /// The site's scheduled openings.
-    pub fn events(&self) -> &Schedule {
-        &self.events
-    }
-
-    /// Makes the draw of every event whose opening has come, before any
-    /// arrival after it takes a number (in the shared store: once for
-    /// the cluster, whichever node asks first).
-    pub async fn draw_due(&self, site: &str, unix: u64) {
-        for planned in self.events.due(unix) {
-            let ident = planned.ident();
-            let drawn = match &self.line {
-                Store::Local(line) => self.events.draw_with(&ident, |n| line.reserve(n)),
-                Store::Shared { line, .. } if line.healthy() => {
-                    let reply = line.event("draw", &ident, event_ttl(&planned, unix)).await;
-                    if let Ok(PreQueueReply::Drawn(drawn)) = reply {
-                        self.events.drawn(&ident, drawn);
-                        Some(drawn)
-                    } else {
-                        None
-                    }
-                }
-                // Drawn when the store answers again; meanwhile its holders
-                // see the pre-queue page, opening.
-                Store::Shared { .. } => None,
-            };
-            if let Some(drawn) = drawn {
-                tracing::info!(
-                    site,
-                    event = planned.config.name(),
-                    tickets = drawn.count,
-                    "event opened: pre-queue drawn"
-                );
-            }
-        }
-    }
-
-    /// Where a pre-queue ticket stands.
-    fn placed(&self, pre: &PreTicket, site: &str, keys: &Keys, unix: u64) -> Placed {
-        let Some(planned) = self.events.find(&pre.event) else {
-            return Placed::Void;
-        };
-        // Issued for an earlier event of the same name, or its event opened
-        // longer ago than a ticket lives.
-        if pre.issued < planned.config.prequeue_from
-            || unix.saturating_sub(planned.config.opens_at) > TICKET_MAX_AGE_SECS
-        {
-            return Placed::Void;
-        }
-        match planned.drawn {
-            None => {
-                if matches!(self.line, Store::Local(_)) {
-                    self.events.seen(&planned.ident(), pre.number);
-                }
-                // Opened but not drawn yet (the shared store is away):
-                // the pre-queue page, opening now.
-                Placed::NotYet(Box::new(planned))
-            }
-            Some(drawn) => {
-                let key = draw_key(keys, site, &planned.ident());
-                drawn
-                    .number(&key, pre.number)
-                    .map_or(Placed::Void, |number| Placed::Drawn {
-                        number,
-                        opened: planned.config.opens_at,
-                    })
-            }
-        }
-    }
-
-    async fn join(&self, planned: &Planned, unix: u64) -> Joined {
-        let ident = planned.ident();
-        match &self.line {
-            Store::Local(_) => self
-                .events
-                .join(&ident, unix)
-                .map_or(Joined::TooLate, Joined::Number),
-            Store::Shared { line, .. } => {
-                if !line.healthy() {
-                    return Joined::Unreachable;
-                }
-                match line.event("join", &ident, event_ttl(planned, unix)).await {
-                    Ok(PreQueueReply::Joined(k)) => Joined::Number(k),
-                    Ok(PreQueueReply::Drawn(drawn)) => {
-                        self.events.drawn(&ident, drawn);
-                        Joined::TooLate
-                    }
-                    Ok(PreQueueReply::Open) | Err(_) => Joined::Unreachable,
-                }
-            }
-        }
-    }
-
-    fn prequeue(
-        &self,
-        planned: &Planned,
-        unix: u64,
-        cookies: Vec<HeaderValue>,
-        approximate: bool,
-        m: &SiteMetrics,
-    ) -> Verdict {
-        m.waiting_page(false);
-        let opens_in = planned.config.opens_at.saturating_sub(unix);
-        Verdict::PreQueue(PreQueueWait {
-            event: planned.config.clone(),
-            opens_in,
-            retry_after: opens_in.clamp(RETRY_MIN_SECS, PREQUEUE_RETRY_MAX_SECS),
-            approximate,
-            cookies,
-        })
     }
 
     async fn arrive(&self, params: &Params, may_enter: bool, now: Instant) -> Arrival {
