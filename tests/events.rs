@@ -495,6 +495,41 @@ async fn an_events_rate_applies_from_its_opening_to_its_closing() {
     proxy.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_operators_change_during_the_event_outlasts_its_closing() {
+    let origin = Origin::portal().await;
+    let proxy = Digue::new(&origin.url())
+        .admin()
+        .admission(
+            "new_users_per_minute = 60\n\
+             [[site.admission.event]]\nname = \"rentree\"\nopens_at = \"2030-01-07T08:00:00+01:00\"\n\
+             closes_at = \"2030-01-07T09:00:00+01:00\"\nnew_users_per_minute = 1200\n",
+        )
+        .start()
+        .await;
+    let rate = "digue_admission_rate_per_minute{site=\"portal\"}";
+    move_to(&proxy, 1);
+    proxy
+        .wait_metric(rate, |r| r == 1200.0, Duration::from_secs(5))
+        .await;
+    proxy
+        .patch_admission(r#"{"new_users_per_minute": 300}"#)
+        .await;
+    move_to(&proxy, 3600);
+    // Two ticks of the opening clock (every 500 ms) see the closing.
+    let ticks = proxy.now();
+    wait_until("the closing is seen", Duration::from_secs(5), async || {
+        proxy.now() >= ticks + Duration::from_millis(1200)
+    })
+    .await;
+    assert_eq!(
+        proxy.metric(rate).await,
+        300.0,
+        "the operator's rate stays; the file's does not come back over it"
+    );
+    proxy.shutdown().await;
+}
+
 #[test]
 fn check_reports_bad_events_with_their_key_paths() {
     let dir = TempDir::new("events-check");
