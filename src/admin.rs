@@ -20,10 +20,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+mod events;
+
 use crate::App;
 use crate::body::ProxyBody;
 use crate::cluster::Event;
-use crate::config::{AdmissionPatch, AutopilotPatch, LiveSettings, OriginPatch, StoreFailure};
+use crate::config::{
+    AdmissionPatch, AutopilotPatch, EventSpec, LiveSettings, OriginPatch, StoreFailure,
+};
 use crate::console;
 use crate::origin::Mode;
 use crate::outcome::Outcome;
@@ -127,6 +131,16 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
             Ok(patch) => patch_backend(app, name, &patch),
             Err(refused) => refused.response(),
         },
+        (&Method::GET, ["sites", name, "events"]) => events::list(app, name),
+        (&Method::POST, ["sites", name, "events"]) => match body::<EventSpec>(req).await {
+            Ok(spec) => events::add(app, name, &spec),
+            Err(refused) => refused.response(),
+        },
+        (&Method::DELETE, ["sites", name, "events", event]) => events::cancel(app, name, event),
+        (&Method::DELETE, ["sites", name, "events"]) => match body::<events::Cancel>(req).await {
+            Ok(cancel) => events::cancel_body(app, name, &cancel),
+            Err(refused) => refused.response(),
+        },
         (&Method::POST, ["purge"]) => match body::<Purge>(req).await {
             Ok(purge) => do_purge(app, &purge),
             Err(refused) => refused.response(),
@@ -147,8 +161,9 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
             | [
                 "sites",
                 _,
-                "admission" | "origin" | "backends" | "autopilot",
+                "admission" | "origin" | "backends" | "autopilot" | "events",
             ]
+            | ["sites", _, "events", _]
             | ["purge"]
             | ["reload"],
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),

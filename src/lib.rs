@@ -62,6 +62,8 @@
 //!   every site's.
 //! - [`cluster`]: several nodes, one line: the Redis link ([`cluster`]'s
 //!   `link`), and the loops that apply what the other nodes say (`sync`).
+//! - [`opening`]: scheduled openings on time: each due draw, and an
+//!   event's admission rate from its opening to its closing.
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/*`.
 //! - [`console`]: the operator's page on the admin listener (`GET /`), its
 //!   poll (`/admin/console`) and the last 30 minutes it charts.
@@ -85,6 +87,7 @@ pub mod console;
 pub mod demo;
 pub mod guard;
 pub mod metrics;
+pub mod opening;
 pub mod origin;
 pub mod outcome;
 pub mod pages;
@@ -263,10 +266,11 @@ impl App {
     /// The lines' counters, for the state file.
     pub fn saved_lines(&self, clean: bool) -> SavedLines {
         let snapshot = self.snapshot();
+        let unix = self.clock.now().unix();
         let lines = snapshot
             .sites
             .iter()
-            .filter_map(|s| Some((s.config.name.clone(), s.gate.as_ref()?.saved()?)))
+            .filter_map(|s| Some((s.config.name.clone(), s.gate.as_ref()?.saved(unix)?)))
             .collect();
         let paces = snapshot
             .sites
@@ -357,6 +361,7 @@ pub struct Running {
     cluster_task: Option<JoinHandle<()>>,
     saver: JoinHandle<()>,
     pilot: JoinHandle<()>,
+    opening: JoinHandle<()>,
 }
 
 impl Running {
@@ -383,6 +388,7 @@ impl Running {
             self.cluster_task,
             Some(self.saver),
             Some(self.pilot),
+            Some(self.opening),
         ];
         for task in stopped.into_iter().flatten() {
             task.abort();
@@ -431,6 +437,7 @@ pub async fn start_with(config: Config, options: Options) -> io::Result<Running>
     let (stop, stopped) = watch::channel(false);
     let saver = tokio::spawn(save_lines_every_second(app.clone()));
     let pilot = tokio::spawn(pilot::drive::drive(app.clone()));
+    let opening = tokio::spawn(opening::drive(app.clone()));
     let public = tokio::spawn(server::serve(
         public,
         None,
@@ -465,6 +472,7 @@ pub async fn start_with(config: Config, options: Options) -> io::Result<Running>
         cluster_task,
         saver,
         pilot,
+        opening,
     })
 }
 

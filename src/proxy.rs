@@ -27,7 +27,7 @@ use crate::origin::{
 use crate::outcome::{
     BusyReason, BypassReason, CacheStatus, Forward, OriginErrorKind, Outcome, StaleReason,
 };
-use crate::pages::{self, Page, WaitView};
+use crate::pages::{self, Page, PreQueueView, WaitView};
 use crate::site::Site;
 use crate::target;
 use crate::tunnel::{self, Ask, Lifeline};
@@ -275,6 +275,20 @@ impl Ctx {
                     };
                     let page = self.app.pages.load().waiting(&view, &parts.headers);
                     return with_cookies(page, w.cookies);
+                }
+                Verdict::PreQueue(p) => {
+                    let view = PreQueueView {
+                        local_time: p.event.local_time(),
+                        opens_at: &p.event.spec.opens_at,
+                        opens_in: p.opens_in,
+                        retry_after: p.retry_after,
+                        approximate: p.approximate,
+                        portal: &cfg.portal_name,
+                        message: p.event.message().or(cfg.message.as_deref()),
+                        target: visitor.target,
+                    };
+                    let page = self.app.pages.load().prequeue(&view, &parts.headers);
+                    return with_cookies(page, p.cookies);
                 }
             }
         }

@@ -113,7 +113,10 @@ impl Site {
             prober(&origin, &config)
         };
         let gate = match (&self.gate, waiting_room(&config)) {
-            (Some(gate), Some(_)) => Some(gate.clone()),
+            (Some(gate), Some((a, _))) => {
+                gate.events().reload(&a.events);
+                Some(gate.clone())
+            }
             (None, Some((a, live))) => {
                 Some(Arc::new(new_gate(a, live, &config.name, None, cluster)))
             }

@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::chromium::Chromium;
-use support::{ADMIN_TOKEN, Accept, Browser, Digue, Origin, Proxy, Reply, Seen, get, reply};
+use support::{
+    ADMIN_TOKEN, Accept, Browser, Digue, Origin, Proxy, Reply, Seen, TempDir, get, reply,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -451,6 +453,99 @@ async fn screenshots_of_the_console_for_the_readme() {
         std::fs::write(&png, tab.screenshot().await).expect("docs/ is writable");
     }
     proxy.shutdown().await;
+}
+
+/// A waiting room with the event `rentree` at 8:00 (in 2030), and a
+/// digue whose clock is moved to ten minutes before it: the pre-queue.
+async fn in_the_pre_queue(origin: &Origin) -> Proxy {
+    let opens_at = "2030-01-07T08:00:00+01:00";
+    let site = format!(
+        "[site.admission]\npaths = [\"/login\"]\nnew_users_per_minute = 20\n\
+         portal_name = \"Pronote\"\n\
+         [[site.admission.event]]\nname = \"rentree\"\nopens_at = \"{opens_at}\"\n\
+         message = \"Les emplois du temps de la rentrée sont en ligne à 8 h.\"\n"
+    );
+    let proxy = Proxy::start(&origin.url(), "", &site).await;
+    let opens = digue::config::parse_rfc3339(opens_at).expect("valid").0;
+    let now = digue::clock::unix_secs(proxy.app().clock.now().system);
+    proxy.advance(Duration::from_secs(opens - 600 - now));
+    proxy
+}
+
+/// Width and height of a PNG file, from its header.
+fn png_size(png: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(png).expect("a PNG file");
+    assert_eq!(&bytes[1..4], b"PNG", "{} is a PNG", png.display());
+    let word = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    (word(16), word(20))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_sees_the_pre_queue_countdown_tick_without_a_position() {
+    let browser = Chromium::new();
+    let origin = Origin::start(portal).await;
+    let proxy = in_the_pre_queue(&origin).await;
+    let login = proxy.url("/login");
+    let served = get(&login, &[]).await;
+    assert_eq!(served.status, 503, "the pre-queue page");
+    let first = text_of(&served.text(), "countdown").expect("a countdown");
+    assert!(
+        first.starts_with("Ouverture dans 9 min") || first.starts_with("Ouverture dans 10 min"),
+        "{first}"
+    );
+
+    // Three seconds of the page's own time: the countdown ticks in place.
+    let dom = browser.dump_dom(&login, 3_000, FIRST_LOOK_LIMIT).await;
+    assert!(dom.contains(r#"<html lang="fr""#), "a French page:\n{dom}");
+    assert!(
+        dom.contains("Ouverture à 8 h 00 — vous êtes inscrit(e) dans la file"),
+        "the opening and the promise of a draw:\n{dom}"
+    );
+    let ticked = text_of(&dom, "countdown").expect("a countdown");
+    assert!(ticked.starts_with("Ouverture dans "), "{ticked}");
+    assert_ne!(ticked, first, "the countdown ticks without a reload");
+    assert!(
+        dom.contains(r#"role="timer""#),
+        "announced as a timer, not every second"
+    );
+    assert!(
+        text_of(&dom, "position").is_none(),
+        "no position before the draw"
+    );
+
+    // On a phone: a 360-px screenshot (docs/prequeue-phone.png is one).
+    let dir = TempDir::new("prequeue-shot");
+    let png = dir.join("phone.png");
+    let args = [
+        "--window-size=360,780".to_owned(),
+        "--hide-scrollbars".to_owned(),
+        "--virtual-time-budget=2000".to_owned(),
+        format!("--screenshot={}", png.display()),
+        login.clone(),
+    ];
+    browser.run(&args, FIRST_LOOK_LIMIT).await;
+    assert_eq!(png_size(&png), (360, 780), "a phone-sized screenshot");
+}
+
+/// Takes the README's screenshot of the pre-queue page on a phone.
+/// Run by hand: `cargo test --test browser -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/prequeue-phone.png; run by hand when the page changes"]
+async fn screenshot_of_the_pre_queue_page_for_the_readme() {
+    let browser = Chromium::new();
+    let origin = Origin::start(portal).await;
+    let proxy = in_the_pre_queue(&origin).await;
+    let png = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prequeue-phone.png");
+    let _ = std::fs::remove_file(&png);
+    let args = [
+        "--window-size=360,780".to_owned(),
+        "--hide-scrollbars".to_owned(),
+        "--virtual-time-budget=2000".to_owned(),
+        format!("--screenshot={}", png.display()),
+        proxy.url("/login"),
+    ];
+    browser.run(&args, FIRST_LOOK_LIMIT).await;
+    assert_eq!(png_size(&png), (360, 780));
 }
 
 /// The origin: the portal's login page, its script (cacheable) and its

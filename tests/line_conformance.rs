@@ -18,8 +18,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use digue::admission::event::Schedule;
 use digue::admission::line::{Arrival, Claim, Line, Params};
 use digue::admission::redis::{Call, LineScript, RESET_MARGIN_TICKETS, Reply};
+use digue::config::{EventConfig, EventSpec};
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
@@ -51,6 +53,12 @@ enum Action {
     /// empty view (same node id, as a restarted host keeps its name) and
     /// reads the same keys.
     Restart,
+    /// A newcomer joins the pre-queue of the scenario's event
+    /// (`admission::event`; event.lua in Redis).
+    Join,
+    /// The event opens: its pre-queue's numbers are reserved at the end of
+    /// the line, once.
+    Draw,
 }
 
 /// The reply the implementations must give.
@@ -75,10 +83,19 @@ enum Answer {
     },
     /// A change of the knobs, or a restart: nothing to answer.
     Done,
+    /// The pre-queue number handed out.
+    Joined(u64),
+    /// Too late to join: the draw was made.
+    TooLate,
+    /// The draw: the line's number before the block, and its size.
+    Drawn {
+        base: u64,
+        count: u64,
+    },
 }
 
-use Action::{Active, Arrive, Claim as Ask, Close, Look, Open, Rate, Restart};
-use Answer::{Admitted, Done, Lost, Missed};
+use Action::{Active, Arrive, Claim as Ask, Close, Draw, Join, Look, Open, Rate, Restart};
+use Answer::{Admitted, Done, Joined, Lost, Missed, TooLate};
 
 #[derive(Debug)]
 struct Step {
@@ -142,6 +159,10 @@ const fn line(waiting: u64, unclaimed: u64, missed: u64) -> Answer {
 
 const fn queued(ticket: u64, ahead: u64) -> Answer {
     Answer::Queued { ticket, ahead }
+}
+
+const fn drawn(base: u64, count: u64) -> Answer {
+    Answer::Drawn { base, count }
 }
 
 const fn waiting(ahead: u64) -> Answer {
@@ -381,6 +402,29 @@ const TABLE: &[Scenario] = &[
             at(3000, Look, line(0, 0, 0)),
         ],
     },
+    Scenario {
+        name: "an event's pre-queue is drawn into the line once, ahead of later arrivals",
+        params: knobs(60, 1, 30),
+        steps: &[
+            at(0, ENTER, Admitted),
+            at(0, ENTER, queued(1, 0)),
+            at(0, Join, Joined(0)),
+            at(0, Join, Joined(1)),
+            at(0, Join, Joined(2)),
+            at(0, Restart, Done),
+            at(0, Join, Joined(3)),
+            at(0, Draw, drawn(1, 4)),
+            at(0, Draw, drawn(1, 4)),
+            at(0, Join, TooLate),
+            at(0, ENTER, queued(6, 5)),
+            at(0, Restart, Done),
+            at(0, Draw, drawn(1, 4)),
+            at(0, ENTER, queued(7, 6)),
+            at(1000, Ask(1), Admitted),
+            at(2000, Ask(2), Admitted),
+            at(2000, Look, line(5, 0, 0)),
+        ],
+    },
 ];
 
 // ---- running it ----
@@ -407,7 +451,7 @@ async fn run<I: Implementation>(fresh: impl AsyncFn(usize) -> I) -> Vec<String> 
                 Close => params.frozen = true,
                 Open => params.frozen = false,
                 Active(active) => params.active = active,
-                Arrive { .. } | Ask(_) | Look | Restart => {}
+                Arrive { .. } | Ask(_) | Look | Restart | Join | Draw => {}
             }
             let got = line
                 .step(Duration::from_millis(step.at_ms), &params, step.action)
@@ -453,6 +497,8 @@ async fn the_redis_line_gives_the_tables_reply_at_every_step() {
 /// `admission::line::Line` on tokio's paused clock.
 struct InProcess {
     line: Option<Line>,
+    /// The scenario's event, saved and restored with the line.
+    schedule: Schedule,
     start: Instant,
     /// `take_missed` resets; the table counts from the start.
     missed: u64,
@@ -462,6 +508,7 @@ impl InProcess {
     fn new() -> InProcess {
         InProcess {
             line: None,
+            schedule: Schedule::new(&[event()], &[], true),
             start: Instant::now(),
             missed: 0,
         }
@@ -512,11 +559,38 @@ impl Implementation for InProcess {
             Restart => {
                 self.missed += line.take_missed();
                 *line = Line::restore(params, line.saved(), 0);
+                self.schedule = Schedule::new(&[event()], &self.schedule.saved(0), true);
                 Done
+            }
+            Join => self.schedule.join(&ident(), 0).map_or(TooLate, Joined),
+            Draw => {
+                let d = self
+                    .schedule
+                    .draw_with(&ident(), |n| line.reserve(n))
+                    .expect("the scenario's event");
+                drawn(d.base, d.count)
             }
             Rate { .. } | Close | Open | Active(_) => Done,
         }
     }
+}
+
+/// The event of the scenarios that use one.
+fn event() -> EventConfig {
+    EventSpec {
+        name: "rentree".into(),
+        opens_at: "2030-01-07T08:00:00+01:00".into(),
+        prequeue_from: None,
+        closes_at: None,
+        new_users_per_minute: None,
+        message: None,
+    }
+    .checked()
+    .expect("a valid event")
+}
+
+fn ident() -> String {
+    Schedule::new(&[event()], &[], true).list()[0].ident()
 }
 
 // ---- the Redis line ----
@@ -639,6 +713,28 @@ impl Implementation for Shared {
             Restart => {
                 (self.epoch, self.issued, self.cursor) = (0, 0, 0);
                 Done
+            }
+            Join | Draw => {
+                let op = if matches!(action, Join) {
+                    "join"
+                } else {
+                    "draw"
+                };
+                let (state, number, count): (String, u64, u64) = self
+                    .script
+                    .event_invocation(op, &ident(), self.issued, 3600)
+                    .invoke_async(&mut self.conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("event.lua {op} runs: {e}"));
+                match (op, state.as_str()) {
+                    ("join", "joined") => Joined(number),
+                    ("join", "drawn") => TooLate,
+                    ("draw", "drawn") => {
+                        self.issued = self.issued.max(number + count);
+                        drawn(number, count)
+                    }
+                    other => panic!("event.lua answers {other:?}"),
+                }
             }
             Rate { .. } | Close | Open | Active(_) => Done,
         }

@@ -14,15 +14,20 @@ use http::header::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 use crate::admission::cookies::{self, Attributes, PASS, TICKET};
+use crate::admission::event::{Phase, Schedule};
 use crate::admission::gcra::Gcra;
 use crate::admission::line::{Arrival, Claim, Line, Params, Place, Saved, Status, eta_for};
 use crate::admission::redis::RedisLine;
-use crate::admission::token::{Keys, Pass, Ticket};
+use crate::admission::token::{Keys, Pass, PreTicket, Ticket};
 use crate::clock::Now;
 use crate::cluster::Cluster;
 use crate::config::{AdmissionConfig, AdmissionMode, AdmissionSettings, StoreFailure};
 use crate::metrics::SiteMetrics;
+
+mod prequeue;
 use crate::outcome::{AdmitHow, Refusal};
+pub use prequeue::PreQueueWait;
+use prequeue::{Joined, Placed};
 
 /// A pass is re-issued (sliding expiry) at most this often (or every
 /// quarter of `session_duration` if shorter), so an active user does not
@@ -72,6 +77,8 @@ pub enum Verdict {
     AdmittedJson(Vec<HeaderValue>),
     /// The waiting room.
     Wait(Waiting),
+    /// An event's pre-queue: the opening and its countdown, no place yet.
+    PreQueue(PreQueueWait),
 }
 
 /// What the waiting room shows.
@@ -107,6 +114,8 @@ pub struct Gate {
     networks: moka::sync::Cache<u128, Arc<Mutex<Gcra>>>,
     /// Pass ids: a counter from a random start, never personal data.
     next_pass: AtomicU64,
+    /// Scheduled openings, with their pre-queues and draws.
+    events: Schedule,
 }
 
 impl Gate {
@@ -118,11 +127,14 @@ impl Gate {
         margin: u64,
     ) -> Gate {
         let params = params(cfg, live, 0);
+        // No crash margin: a clean save.
+        let events = saved.as_ref().map_or(&[][..], |s| &s.events[..]);
+        let schedule = Schedule::new(&cfg.events, events, margin == 0);
         let line = match saved {
             Some(saved) => Line::restore(&params, saved, margin),
             None => Line::new(&params),
         };
-        Gate::with(cfg, Store::Local(Box::new(line)))
+        Gate::with(cfg, Store::Local(Box::new(line)), schedule)
     }
 
     /// A gate whose line is shared through Redis.
@@ -134,11 +146,13 @@ impl Gate {
     ) -> Gate {
         let policy = cluster.config.on_store_failure;
         let line = Box::new(RedisLine::new(cluster, site, &params(cfg, live, 0)));
-        Gate::with(cfg, Store::Shared { line, policy })
+        let schedule = Schedule::new(&cfg.events, &[], true);
+        Gate::with(cfg, Store::Shared { line, policy }, schedule)
     }
 
-    fn with(cfg: &AdmissionConfig, line: Store) -> Gate {
+    fn with(cfg: &AdmissionConfig, line: Store, events: Schedule) -> Gate {
         Gate {
+            events,
             line,
             // Not sized from `max_active_users`: that changes live, the
             // cache's capacity does not.
@@ -237,49 +251,118 @@ impl Gate {
             self.sessions.run_pending_tasks();
         }
         let params = params(cfg, live, self.sessions.entry_count());
+        self.draw_due(site, unix).await;
+        let phase = self.events.phase(unix);
+        let mut held = None;
         if let Some(raw) = cookies::find(visitor.headers, TICKET) {
-            match Ticket::decode(keys, site, raw) {
-                // Older than its cookie may live: likely from a line whose
-                // state was lost since, so its number means nothing now.
-                Some(ticket) if unix.saturating_sub(ticket.issued) > TICKET_MAX_AGE_SECS => {
-                    m.refused(Refusal::Expired);
+            if let Some(pre) = PreTicket::decode(keys, site, raw) {
+                match self.placed(&pre, site, keys, unix) {
+                    Placed::NotYet(planned) => {
+                        return self.prequeue(&planned, unix, Vec::new(), degraded, m);
+                    }
+                    // Its place from the draw: from now on an ordinary
+                    // ticket of that number, in the cookie too.
+                    // Its wait (and its cookie's life) counts from the
+                    // opening, however early it joined.
+                    Placed::Drawn { number, opened } => {
+                        held = Some((
+                            Ticket {
+                                site: site.to_owned(),
+                                number,
+                                issued: opened,
+                                eta: 0,
+                            },
+                            true,
+                        ));
+                    }
+                    // The event was cancelled, or the ticket came too late
+                    // for the draw: a newcomer.
+                    Placed::Void => {}
                 }
-                Some(ticket) => match self.claim(ticket.number, &params, now).await {
-                    Claim::Admitted => {
-                        m.admitted(AdmitHow::Line);
-                        let waited = unix.saturating_sub(ticket.issued);
-                        m.wait_seconds.observe(waited as f64);
-                        m.eta_error.observe(waited.abs_diff(ticket.eta) as f64);
-                        let mut set = vec![
-                            self.mint_pass(site, keys, unix, session_secs, &attrs),
-                            cookies::set(TICKET, "", 0, &attrs),
-                        ];
-                        return if visitor.wants_json {
-                            Verdict::AdmittedJson(std::mem::take(&mut set))
-                        } else {
-                            Verdict::Proceed(set)
-                        };
+            } else {
+                match Ticket::decode(keys, site, raw) {
+                    // Older than its cookie may live: likely from a line whose
+                    // state was lost since, so its number means nothing now.
+                    Some(ticket) if unix.saturating_sub(ticket.issued) > TICKET_MAX_AGE_SECS => {
+                        m.refused(Refusal::Expired);
                     }
-                    Claim::Waiting(place) => {
-                        return self.wait(place, &params, Vec::new(), degraded, m);
-                    }
-                    // The turn went to the next ticket, or the place was lost
-                    // with the line's state: a new place at the end.
-                    Claim::Missed | Claim::Lost => {}
-                },
-                None => m.refused(Refusal::Invalid),
+                    Some(ticket) => held = Some((ticket, false)),
+                    None => m.refused(Refusal::Invalid),
+                }
+            }
+        }
+        if let Some((ticket, from_draw)) = held {
+            match self.claim(ticket.number, &params, now).await {
+                Claim::Admitted => {
+                    m.admitted(AdmitHow::Line);
+                    let waited = unix.saturating_sub(ticket.issued);
+                    m.wait_seconds.observe(waited as f64);
+                    m.eta_error.observe(waited.abs_diff(ticket.eta) as f64);
+                    let mut set = vec![
+                        self.mint_pass(site, keys, unix, session_secs, &attrs),
+                        cookies::set(TICKET, "", 0, &attrs),
+                    ];
+                    return if visitor.wants_json {
+                        Verdict::AdmittedJson(std::mem::take(&mut set))
+                    } else {
+                        Verdict::Proceed(set)
+                    };
+                }
+                Claim::Waiting(place) => {
+                    let cookies = if from_draw {
+                        let token = Ticket {
+                            eta: place.eta.as_secs(),
+                            ..ticket
+                        }
+                        .encode(keys);
+                        vec![cookies::set(TICKET, &token, TICKET_MAX_AGE_SECS, &attrs)]
+                    } else {
+                        Vec::new()
+                    };
+                    return self.wait(place, &params, cookies, degraded, m);
+                }
+                // The turn went to the next ticket, or the place was lost
+                // with the line's state: a new place at the end.
+                Claim::Missed | Claim::Lost => {}
             }
         }
         if !self.network_allows(visitor.ip, cfg, now) {
             // Same answer, no new ticket: a cookie-less client asking again
             // and again does not lengthen the line.
             m.throttled.inc();
+            if let Phase::PreQueue(planned) = &phase {
+                return self.prequeue(planned, unix, Vec::new(), degraded, m);
+            }
             let status = self.status_with(&params, now);
             let place = Place {
                 ahead: status.waiting,
                 eta: eta_for(status.waiting, status.rate),
             };
             return self.wait(place, &params, Vec::new(), degraded, m);
+        }
+        if let Phase::PreQueue(planned) = &phase {
+            match self.join(planned, unix).await {
+                Joined::Number(number) => {
+                    m.tickets.inc();
+                    let token = PreTicket {
+                        site: site.to_owned(),
+                        event: planned.config.name().to_owned(),
+                        number,
+                        issued: unix,
+                    }
+                    .encode(keys);
+                    // It lives until the opening, then as long as a ticket.
+                    let max_age =
+                        planned.config.opens_at.saturating_sub(unix) + TICKET_MAX_AGE_SECS;
+                    let cookie = cookies::set(TICKET, &token, max_age, &attrs);
+                    return self.prequeue(planned, unix, vec![cookie], degraded, m);
+                }
+                Joined::Unreachable => {
+                    return self.prequeue(planned, unix, Vec::new(), true, m);
+                }
+                // Drawn meanwhile (on another node): an ordinary arrival.
+                Joined::TooLate => {}
+            }
         }
         match self
             .arrive(&params, live.mode == AdmissionMode::Auto, now)
@@ -373,10 +456,14 @@ impl Gate {
         }
     }
 
-    /// The counters to save across a restart (a shared line lives in Redis).
-    pub fn saved(&self) -> Option<Saved> {
+    /// The counters to save across a restart (a shared line lives in
+    /// Redis); `unix`: the app's clock, which counted the pre-queue joins.
+    pub fn saved(&self, unix: u64) -> Option<Saved> {
         match &self.line {
-            Store::Local(line) => Some(line.saved()),
+            Store::Local(line) => Some(Saved {
+                events: self.events.saved(unix),
+                ..line.saved()
+            }),
             Store::Shared { .. } => None,
         }
     }

@@ -117,6 +117,10 @@ pub struct Saved {
     /// crash may have issued unsaved (see [`crash_margin`]).
     #[serde(default)]
     pub arrivals_per_sec: u64,
+    /// The site's scheduled openings: pre-queue counts, draws, and the
+    /// events added through the admin API (`admission::event`).
+    #[serde(default)]
+    pub events: Vec<crate::admission::event::SavedEvent>,
 }
 
 /// Ticket numbers a crash may have issued after the last save (one second
@@ -261,6 +265,16 @@ impl Line {
         Claim::Waiting(s.place(ticket, params, now))
     }
 
+    /// Reserves `n` numbers at the end of the line at once, for an event's
+    /// pre-queue (placed among them by its draw, `admission::event`):
+    /// returns the last number before them. Later arrivals queue behind.
+    pub fn reserve(&self, n: u64) -> u64 {
+        let mut s = self.lock();
+        let base = s.issued;
+        s.issued += n;
+        base
+    }
+
     /// Where the line stands now.
     pub fn status(&self, params: &Params, now: Instant) -> Status {
         let mut s = self.lock();
@@ -282,6 +296,7 @@ impl Line {
             turns: s.turns.iter().map(|t| t.ticket).collect(),
             budget_debt_ms: u64::try_from(debt.as_millis()).unwrap_or(u64::MAX),
             arrivals_per_sec: s.arrivals_per_sec(Instant::now()),
+            events: Vec::new(),
         }
     }
 

@@ -6,11 +6,15 @@
 //! - [`cookies`]: reading, writing and hiding digue's own cookies.
 //! - [`line`](mod@line): the line of one site (in process): tickets, cursor, claims.
 //! - [`redis`]: the same line shared by the nodes of a cluster through Redis.
+//! - [`event`]: scheduled openings: the pre-queue, and the draw that
+//!   places it in the line at the opening ([`draw`]: the permutation).
 //! - [`gate`]: the decision for one request: proceed, wait, or admitted.
 //! - [`state`]: saving the lines' counters across restarts.
 //! - [`keys`]: the signing keys, from a file or the environment.
 
 pub mod cookies;
+pub mod draw;
+pub mod event;
 pub mod gate;
 pub mod gcra;
 pub mod keys;

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use redis::{Script, ScriptInvocation};
 use tokio::time::Instant;
 
+use crate::admission::event::Drawn;
 use crate::admission::gcra::Gcra;
 use crate::admission::line::{Arrival, Claim, Params, Place, Status, eta_for};
 use crate::cluster::Cluster;
@@ -65,6 +66,10 @@ struct View {
 pub struct LineScript {
     script: Script,
     keys: [String; 10],
+    /// event.lua: an event's pre-queue and draw, beside the line.
+    events: Script,
+    /// `{digue:<site>}`: the hash tag of every key of the site.
+    tag: String,
 }
 
 /// One call of the script, besides the knobs: the op, the caller's last
@@ -95,7 +100,27 @@ impl LineScript {
         LineScript {
             script: Script::new(include_str!("line.lua")),
             keys,
+            events: Script::new(include_str!("event.lua")),
+            tag,
         }
+    }
+
+    /// event.lua's invocation for the event `ident` (`name:opens_at`).
+    pub fn event_invocation(
+        &self,
+        op: &str,
+        ident: &str,
+        known_issued: u64,
+        ttl_secs: u64,
+    ) -> ScriptInvocation<'_> {
+        let mut invocation = self.events.prepare_invoke();
+        invocation
+            .key(&self.keys[0])
+            .key(format!("{}:event:{ident}", self.tag))
+            .arg(op)
+            .arg(known_issued)
+            .arg(ttl_secs.max(1));
+        invocation
     }
 
     /// The invocation, keys and arguments in the order line.lua reads them.
@@ -139,6 +164,17 @@ pub struct RedisLine {
     fallback: Mutex<Gcra>,
     /// Missed turns already reported to metrics.
     missed_reported: Mutex<u64>,
+}
+
+/// An event's pre-queue as Redis has it (event.lua's answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreQueueReply {
+    /// This pre-queue number is the caller's.
+    Joined(u64),
+    /// The draw was made: too late to join.
+    Drawn(Drawn),
+    /// Neither joined nor drawn (a `view`).
+    Open,
 }
 
 /// Why a Redis call produced nothing usable.
@@ -284,6 +320,47 @@ impl RedisLine {
             0.0
         };
         view.missed = missed;
+    }
+
+    /// An event's pre-queue: `join` it, `draw` it (once cluster-wide), or
+    /// `view` it. `ttl_secs`: how long Redis keeps the event's hash.
+    pub async fn event(
+        &self,
+        op: &str,
+        ident: &str,
+        ttl_secs: u64,
+    ) -> Result<PreQueueReply, Unreachable> {
+        let known = self.view().issued;
+        let invocation = self.script.event_invocation(op, ident, known, ttl_secs);
+        let Some(mut conn) = self.cluster.conn() else {
+            self.healthy.store(false, Ordering::Relaxed);
+            return Err(Unreachable);
+        };
+        let reply: (String, u64, u64) =
+            match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "redis call failed");
+                    self.healthy.store(false, Ordering::Relaxed);
+                    return Err(Unreachable);
+                }
+                Err(_) => {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    return Err(Unreachable);
+                }
+            };
+        Ok(match reply.0.as_str() {
+            "joined" => PreQueueReply::Joined(reply.1),
+            "drawn" => {
+                let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+                view.issued = view.issued.max(reply.1 + reply.2);
+                PreQueueReply::Drawn(Drawn {
+                    base: reply.1,
+                    count: reply.2,
+                })
+            }
+            _ => PreQueueReply::Open,
+        })
     }
 
     /// Refreshes this node's view: one call per node per interval.

@@ -78,6 +78,7 @@ mod tests {
                 turns: vec![3],
                 budget_debt_ms: 1500,
                 arrivals_per_sec: 40,
+                events: Vec::new(),
             },
         );
         state.paces.insert(

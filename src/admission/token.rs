@@ -56,6 +56,16 @@ impl Keys {
         mac
     }
 
+    /// A key for `purpose`, derived from the current secret: the same on
+    /// every node that shares it, and across restarts (the event draw's
+    /// key, `admission::draw`).
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        Keys::mac(&self.current, purpose.as_bytes())
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
     /// `payload.tag`, both base64url.
     pub fn sign(&self, payload: &str) -> String {
         let tag = Keys::mac(&self.current, payload.as_bytes())
@@ -91,6 +101,18 @@ pub struct Ticket {
     pub issued: u64,
     /// The wait predicted at issue (seconds), to measure the ETA's error.
     pub eta: u64,
+}
+
+/// A place in an event's pre-queue: the `number`-th (from 0) to join it.
+/// Its place in the line comes from the draw at the opening.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreTicket {
+    pub site: String,
+    /// The event's name (a-z, 0-9, '-', '_': never a `|`).
+    pub event: String,
+    pub number: u64,
+    /// When it was issued (Unix seconds).
+    pub issued: u64,
 }
 
 /// The right to enter a site's gated paths.
@@ -132,6 +154,32 @@ impl Ticket {
             number,
             issued,
             eta,
+        })
+    }
+}
+
+impl PreTicket {
+    pub fn encode(&self, keys: &Keys) -> String {
+        keys.sign(&format!(
+            "e|{}|{}|{}|{}",
+            self.site, self.event, self.number, self.issued
+        ))
+    }
+
+    /// A pre-queue ticket of `site`, or `None` when forged, garbled or
+    /// another site's.
+    pub fn decode(keys: &Keys, site: &str, token: &str) -> Option<PreTicket> {
+        let payload = keys.verify(token)?;
+        let mut parts = payload.split('|');
+        (parts.next()? == "e" && parts.next()? == site).then_some(())?;
+        let event = parts.next()?.to_owned();
+        let number = parts.next()?.parse().ok()?;
+        let issued = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(PreTicket {
+            site: site.to_owned(),
+            event,
+            number,
+            issued,
         })
     }
 }
@@ -194,6 +242,26 @@ mod tests {
             None
         );
         assert_eq!(Ticket::decode(&k, "pronote", "garbage"), None);
+    }
+
+    #[test]
+    fn a_pre_queue_ticket_round_trips_and_is_neither_a_ticket_nor_another_sites() {
+        let k = keys("0123456789abcdef0123456789abcdef");
+        let t = PreTicket {
+            site: "pronote".into(),
+            event: "rentree".into(),
+            number: 7,
+            issued: 1_700_000_000,
+        };
+        let token = t.encode(&k);
+        assert_eq!(PreTicket::decode(&k, "pronote", &token), Some(t));
+        assert_eq!(PreTicket::decode(&k, "ent", &token), None);
+        assert_eq!(Ticket::decode(&k, "pronote", &token), None);
+        assert_ne!(k.derive("a"), k.derive("b"));
+        assert_eq!(
+            k.derive("a"),
+            keys("0123456789abcdef0123456789abcdef").derive("a")
+        );
     }
 
     #[test]

@@ -13,13 +13,16 @@ use redis::cluster_async::ClusterConnection;
 use serde::{Deserialize, Serialize};
 
 use crate::autopilot::Observation;
-use crate::config::{ClusterConfig, LiveSettings, RedisTarget};
+use crate::config::{ClusterConfig, EventSpec, LiveSettings, RedisTarget};
 use crate::origin::Mode;
 
 pub(super) const EVENTS: &str = "digue:events";
 const SETTINGS: &str = "digue:settings";
 /// Backend modes set through the admin API, by `site backend`.
 const BACKENDS: &str = "digue:backends";
+/// Events added through the admin API, by "site name": a node that starts
+/// later learns them (and can place their pre-queue tickets).
+const SCHEDULE: &str = "digue:events";
 const PURGES: &str = "digue:purges";
 /// The autopilot's lease on a site's admission rate (`…:{site}`): the node
 /// holding it decides the rate for the whole cluster.
@@ -69,6 +72,18 @@ pub enum Event {
         site: String,
         backend: String,
         mode: Mode,
+        from: String,
+    },
+    /// An event added to a site's schedule through the admin API.
+    EventAdded {
+        site: String,
+        spec: EventSpec,
+        from: String,
+    },
+    /// An event cancelled through the admin API.
+    EventCancelled {
+        site: String,
+        name: String,
         from: String,
     },
 }
@@ -255,6 +270,14 @@ impl Cluster {
                     .hset(BACKENDS, format!("{site} {backend}"), &json)
                     .ignore();
             }
+            Event::EventAdded { site, spec, .. } => {
+                store
+                    .hset(SCHEDULE, format!("{site} {}", spec.name), &json)
+                    .ignore();
+            }
+            Event::EventCancelled { site, name, .. } => {
+                store.hdel(SCHEDULE, format!("{site} {name}")).ignore();
+            }
             Event::Purge { .. } => {
                 store.lpush(PURGES, &json).ignore();
                 store.ltrim(PURGES, 0, PURGES_KEPT - 1).ignore();
@@ -374,10 +397,20 @@ impl Cluster {
 
     /// The backend modes stored in Redis, as the events that set them.
     pub(super) async fn stored_backend_modes(&self) -> Vec<Event> {
+        self.stored(BACKENDS).await
+    }
+
+    /// The events added through the admin API and not cancelled.
+    pub(super) async fn stored_events(&self) -> Vec<Event> {
+        self.stored(SCHEDULE).await
+    }
+
+    /// The cluster events stored in the hash `key`.
+    async fn stored(&self, key: &str) -> Vec<Event> {
         let Some(mut conn) = self.conn() else {
             return Vec::new();
         };
-        let stored: redis::RedisResult<Vec<(String, String)>> = conn.hgetall(BACKENDS).await;
+        let stored: redis::RedisResult<Vec<(String, String)>> = conn.hgetall(key).await;
         stored
             .unwrap_or_default()
             .iter()

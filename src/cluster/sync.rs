@@ -47,8 +47,21 @@ fn apply_backend_mode(app: &App, site: &str, backend: &str, mode: Mode) {
 
 fn apply(app: &App, cluster: &Cluster, event: Event) {
     match event {
-        Event::Settings { from, .. } | Event::Purge { from, .. } | Event::Backend { from, .. }
+        Event::Settings { from, .. }
+        | Event::Purge { from, .. }
+        | Event::Backend { from, .. }
+        | Event::EventAdded { from, .. }
+        | Event::EventCancelled { from, .. }
             if from == cluster.node => {}
+        Event::EventAdded { site, spec, .. } => {
+            match crate::opening::add(app, &site, &spec, true) {
+                Ok(_) | Err(crate::opening::EventRefused::Conflict(_)) => {}
+                Err(why) => tracing::warn!(site, ?why, "event from the cluster refused"),
+            }
+        }
+        Event::EventCancelled { site, name, .. } => {
+            let _ = crate::opening::cancel(app, &site, &name);
+        }
         Event::Settings { site, settings, .. } => apply_settings(app, &site, settings),
         Event::Backend {
             site,
@@ -167,6 +180,13 @@ async fn catch_up(app: &App, cluster: &Cluster) {
         } = event
         {
             apply_backend_mode(app, &site, &backend, mode);
+        }
+    }
+    // Not through `apply`: a node restarted under the same id takes back
+    // the events it added itself.
+    for event in cluster.stored_events().await {
+        if let Event::EventAdded { site, spec, .. } = event {
+            let _ = crate::opening::add(app, &site, &spec, true);
         }
     }
     let since = cluster.last_purge.load(Ordering::Relaxed);

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Cidr;
 use super::errors::Errors;
+use super::events::{EventConfig, EventSpec, validate_all};
 use super::live::{AdmissionMode, AdmissionSettings, default_burst};
 
 pub const DEFAULT_SESSION_DURATION: Duration = Duration::from_secs(20 * 60);
@@ -36,6 +37,8 @@ pub struct AdmissionConfig {
     pub portal_name: String,
     /// News for the people waiting, shown on the page.
     pub message: Option<String>,
+    /// Scheduled openings with a pre-queue and a draw (`[[site.admission.event]]`).
+    pub events: Vec<EventConfig>,
 }
 
 /// The `[site.admission]` keys read once, when the site's gate is built.
@@ -63,6 +66,8 @@ pub(super) struct RawAdmission {
     tickets_per_network_per_minute: Option<u64>,
     portal_name: Option<String>,
     message: Option<String>,
+    #[serde(default)]
+    event: Vec<EventSpec>,
 }
 
 /// A count from the file, saturated to what a `u32` holds.
@@ -139,6 +144,7 @@ impl RawAdmission {
                  within it (every 3 s at the fastest)",
             );
         }
+        let events = validate_all(&self.event, &format!("{at}.event"), errors);
         let live = AdmissionSettings {
             new_users_per_minute: rate,
             burst: self.burst.map_or(default_burst(rate), count),
@@ -162,6 +168,7 @@ impl RawAdmission {
                 .map_or(DEFAULT_TICKETS_PER_NETWORK_PER_MINUTE, |n| count(n).max(1)),
             portal_name: self.portal_name.unwrap_or_else(|| "le portail".to_owned()),
             message: self.message,
+            events,
         };
         (config, live)
     }

@@ -30,6 +30,7 @@ mod cidr;
 mod client_limit;
 mod cluster;
 mod errors;
+mod events;
 mod live;
 mod restart;
 mod server;
@@ -62,6 +63,7 @@ pub use cluster::{
     ClusterConfig, DEFAULT_REFRESH_INTERVAL, NODE_TIMEOUT, RedisTarget, StoreFailure,
 };
 pub use errors::{ConfigError, ConfigErrors, key_path};
+pub use events::{DEFAULT_PREQUEUE, EventConfig, EventSpec, MAX_EVENTS, parse_rfc3339};
 pub use live::{
     AdmissionMode, AdmissionPatch, AdmissionSettings, LiveError, LiveSettings, OriginPatch,
     default_burst,

@@ -107,6 +107,22 @@ pub struct WaitView<'a> {
     pub target: &'a str,
 }
 
+/// What the pre-queue page of an event shows one visitor.
+#[derive(Debug, Clone)]
+pub struct PreQueueView<'a> {
+    /// The opening's hour and minute, local to the event's offset.
+    pub local_time: (u64, u64),
+    /// The opening as the operator wrote it (RFC 3339).
+    pub opens_at: &'a str,
+    pub opens_in: u64,
+    pub retry_after: u64,
+    pub approximate: bool,
+    pub portal: &'a str,
+    pub message: Option<&'a str>,
+    /// The URL asked for: the no-JavaScript "check" link.
+    pub target: &'a str,
+}
+
 /// One language's texts.
 struct Catalog {
     code: String,
@@ -353,6 +369,100 @@ impl Pages {
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "waiting page template failed");
                 position_text.clone()
+            });
+        respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            html,
+            false,
+            Some(view.retry_after),
+        )
+    }
+}
+
+impl Pages {
+    /// An event's pre-queue: `503` with `Retry-After`, the opening time and
+    /// a countdown, no position; HTML or JSON (`state: "prequeue"`).
+    pub fn prequeue(&self, view: &PreQueueView<'_>, headers: &HeaderMap) -> Response<ProxyBody> {
+        let lang = self.lang(headers);
+        let (h, mm) = view.local_time;
+        let time = self
+            .text(lang, "prequeue", "time")
+            .replace("{h}", &h.to_string())
+            .replace("{mm}", &format!("{mm:02}"));
+        let t = |key: &str| {
+            self.text(lang, "prequeue", key)
+                .replace("{portal}", view.portal)
+                .replace("{time}", &time)
+        };
+        let left = |secs: u64| {
+            let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+            let pattern = match (h, m) {
+                (0, 0) => t("left_s"),
+                (0, _) => t("left_ms"),
+                _ => t("left_hms"),
+            };
+            pattern
+                .replace("{h}", &h.to_string())
+                .replace("{m}", &m.to_string())
+                .replace("{s}", &s.to_string())
+        };
+        let countdown_text = if view.opens_in == 0 {
+            t("opening")
+        } else {
+            t("countdown").replace("{left}", &left(view.opens_in))
+        };
+        let heading = t("heading");
+        if wants_json(headers) {
+            let json = serde_json::json!({
+                "state": "prequeue",
+                "opens_at": view.opens_at,
+                "opens_in_seconds": view.opens_in,
+                "retry_after": view.retry_after,
+                "heading": heading,
+                "countdown_text": countdown_text,
+                "approximate": view.approximate,
+            });
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json.to_string(),
+                true,
+                Some(view.retry_after),
+            );
+        }
+        let texts = context! {
+            title => t("title"),
+            heading,
+            intro => t("fair"),
+            kept => t("kept"),
+            no_refresh => t("no_refresh"),
+            check => t("check"),
+            pause => self.text(lang, "waiting", "pause"),
+        };
+        let script_texts = context! {
+            pause => self.text(lang, "waiting", "pause"),
+            paused => self.text(lang, "waiting", "paused"),
+            updated => self.text(lang, "waiting", "updated"),
+            admitted => self.text(lang, "waiting", "admitted"),
+            countdown => t("countdown"),
+            opening => t("opening"),
+            left_hms => t("left_hms"),
+            left_ms => t("left_ms"),
+            left_s => t("left_s"),
+        };
+        let html = self
+            .env
+            .get_template("waiting.html")
+            .and_then(|tpl| {
+                tpl.render(context! {
+                    lang => lang.code, t => texts, state => "prequeue", countdown_text,
+                    opens_in => view.opens_in,
+                    retry_after => view.retry_after, message => view.message,
+                    target => view.target, script_texts,
+                })
+            })
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "pre-queue page template failed");
+                countdown_text.clone()
             });
         respond(
             StatusCode::SERVICE_UNAVAILABLE,
