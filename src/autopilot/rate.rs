@@ -34,6 +34,8 @@ const USED_MARGIN: f64 = 1.25;
 /// An interval with fewer origin requests says nothing about latency or
 /// errors (one 500 among five is not a 20 % error rate).
 pub const MIN_ORIGIN_REQUESTS: u64 = 20;
+/// Steady busy pages are given this many intervals before the next cut.
+const BUSY_HOLDS: u32 = 3;
 
 closed_enum! {
     /// Why the rate moved, or did not (the `reason` label).
@@ -134,6 +136,8 @@ pub struct RateController {
     pinned: bool,
     /// Busy pages in the previous interval, to tell a trend.
     last_rejections: u64,
+    /// Intervals held since busy pages stopped rising without falling.
+    busy_holds: u32,
 }
 
 /// One decision of the admission loop, with what it was decided on.
@@ -160,6 +164,7 @@ impl RateController {
             rate: 0.0,
             pinned: false,
             last_rejections: 0,
+            busy_holds: 0,
         };
         controller.set_current(start_per_minute);
         controller
@@ -207,6 +212,10 @@ impl RateController {
         let old = self.rate();
         let config = self.config;
         let (direction, reason) = self.verdict(observed, previous_rejections);
+        let steady_busy = reason == RateReason::Rejections
+            && direction == Direction::Hold
+            && observed.rejections >= previous_rejections;
+        self.busy_holds = if steady_busy { self.busy_holds + 1 } else { 0 };
         let wanted = match direction {
             Direction::Down => self.rate * config.decrease_factor,
             Direction::Up => {
@@ -250,11 +259,20 @@ impl RateController {
         if enough && seen.p90 > self.config.target_latency {
             return (Direction::Down, RateReason::Latency);
         }
-        if seen.rejections > 0 && seen.rejections >= previous_rejections {
-            return (Direction::Down, RateReason::Rejections);
-        }
         if seen.rejections > 0 {
-            return (Direction::Hold, RateReason::Rejections);
+            // The busy pages come from people admitted earlier, who stay
+            // for a whole session: a cut shows late. Rising busy pages cut;
+            // steady ones give the last cut a few intervals to work first,
+            // or the rate would fall interval after interval, far under
+            // what the portal takes; falling ones wait.
+            let rising =
+                seen.rejections > previous_rejections.saturating_add(previous_rejections / 10);
+            let falling = seen.rejections < previous_rejections;
+            return if rising || (!falling && self.busy_holds >= BUSY_HOLDS) {
+                (Direction::Down, RateReason::Rejections)
+            } else {
+                (Direction::Hold, RateReason::Rejections)
+            };
         }
         if seen.waiting == 0 {
             return (Direction::Hold, RateReason::EmptyLine);
@@ -293,7 +311,8 @@ impl Decision for RateDecision {
         let p90 = words::duration(seen.p90, lang);
         let target = words::duration(self.target_latency, lang);
         let (busy, before) = (seen.rejections, self.previous_rejections);
-        let rising = busy >= before;
+        let rising = busy >= before && self.direction == Direction::Down;
+        let steady = busy >= before;
         match (self.reason, fr) {
             (RateReason::Healthy, true) => format!(
                 "origine saine (latence {p90} ≤ cible {target}), {} en file",
@@ -312,13 +331,21 @@ impl Decision for RateDecision {
                 words::percent(self.max_error_rate, lang)
             ),
             (RateReason::Rejections, true) if rising => {
-                format!("pages « occupé » en hausse ({busy}, avant {before})")
+                format!("pages « occupé » qui ne baissent pas ({busy}, avant {before})")
+            }
+            (RateReason::Rejections, true) if steady => {
+                format!(
+                    "pages « occupé » stables ({busy}, avant {before}), la dernière baisse agit"
+                )
             }
             (RateReason::Rejections, true) => {
                 format!("pages « occupé » en baisse ({busy}, avant {before})")
             }
             (RateReason::Rejections, false) if rising => {
                 format!("busy pages not falling ({busy}, before {before})")
+            }
+            (RateReason::Rejections, false) if steady => {
+                format!("busy pages steady ({busy}, before {before}), the last cut is working")
             }
             (RateReason::Rejections, false) => {
                 format!("busy pages falling ({busy}, before {before})")
@@ -494,25 +521,30 @@ mod tests {
     }
 
     #[test]
-    fn busy_pages_cut_while_not_falling_and_hold_while_they_fall() {
+    fn busy_pages_cut_when_rising_or_steady_past_three_intervals_and_hold_while_they_fall() {
         let mut rate = controller(100);
         let busy = |n| RateObservation {
             rejections: n,
             ..healthy(100)
         };
-        let moves: Vec<_> = [5, 5, 2, 0]
+        let moves: Vec<_> = [5, 5, 5, 5, 5, 9, 2, 0]
             .into_iter()
             .map(|n| decide(&mut rate, busy(n)))
             .collect();
+        use RateReason::{Healthy, Rejections};
         assert_eq!(
             moves,
             [
-                (70, Direction::Down, RateReason::Rejections),
-                (49, Direction::Down, RateReason::Rejections),
-                (49, Direction::Hold, RateReason::Rejections),
-                (54, Direction::Up, RateReason::Healthy),
+                (70, Direction::Down, Rejections),
+                (70, Direction::Hold, Rejections),
+                (70, Direction::Hold, Rejections),
+                (70, Direction::Hold, Rejections),
+                (49, Direction::Down, Rejections),
+                (34, Direction::Down, Rejections),
+                (34, Direction::Hold, Rejections),
+                (38, Direction::Up, Healthy),
             ],
-            "growing or steady: cut; falling: wait"
+            "rising: cut; steady: three intervals for the cut to work, then cut; falling: wait"
         );
     }
 
