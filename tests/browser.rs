@@ -364,6 +364,49 @@ async fn a_real_browser_runs_the_console_and_queue_all_makes_the_next_visitor_wa
         CONSOLE_LIMIT,
     )
     .await;
+
+    // A scheduled opening, added and cancelled from the card.
+    let events = "[data-events=\"portal\"]";
+    tab.wait_for(
+        "the card lists the site's openings",
+        &format!("!document.querySelector('{events}').hidden"),
+        CONSOLE_LIMIT,
+    )
+    .await;
+    tab.click(&format!("{events} input[type=text]")).await;
+    tab.type_text("rentree").await;
+    tab.eval(&format!(
+        "document.querySelector('{events} input[type=datetime-local]').value = '2030-01-07T08:00'"
+    ))
+    .await;
+    tab.click(&format!("{events} .row button")).await;
+    let listed = format!("!!document.querySelector('{events} [data-event=\"rentree\"]')");
+    tab.wait_for("the new opening in the list", &listed, CONSOLE_LIMIT).await;
+    let planned = proxy
+        .admin_call(http::Method::GET, "/admin/sites/portal/events", "")
+        .await
+        .json();
+    assert_eq!(planned["events"][0]["name"], "rentree", "{planned}");
+    assert!(
+        planned["events"][0]["opens_at"]
+            .as_str()
+            .is_some_and(|at| at.starts_with("2030-01-07T08:00:00")),
+        "the browser's local time, with its offset: {planned}"
+    );
+    tab.click(&format!("{events} [data-event=\"rentree\"] button")).await;
+    tab.wait_for(
+        "a confirmation",
+        "document.getElementById('confirm').open",
+        CONSOLE_LIMIT,
+    )
+    .await;
+    tab.click("#confirm-yes").await;
+    tab.wait_for("the opening gone", &format!("!{listed}"), CONSOLE_LIMIT).await;
+    let planned = proxy
+        .admin_call(http::Method::GET, "/admin/sites/portal/events", "")
+        .await
+        .json();
+    assert_eq!(planned["events"], serde_json::json!([]), "cancelled");
     drop(tab);
     proxy.shutdown().await;
 }
