@@ -93,13 +93,14 @@ impl ProxyBody {
     }
 
     /// Streams `rest` after `prefix`, holding `permit` until the end; cut if
-    /// no frame goes out for `stall` (checked by a watchdog task, since a
-    /// client that stops reading also stops polling the body).
+    /// no frame goes out for `stall` (checked by `watch`, since a client
+    /// that stops reading also stops polling the body).
     pub fn upstream(
         prefix: Option<Bytes>,
         rest: Incoming,
         permit: Option<OriginPermit>,
         stall: Duration,
+        watch: &Arc<StallWatch>,
     ) -> Self {
         let relay = Arc::new(Relayed {
             stream: Mutex::new(Stream {
@@ -111,7 +112,7 @@ impl ProxyBody {
             frames: AtomicU64::new(0),
             last_len: AtomicU64::new(0),
         });
-        tokio::spawn(watch_stall(Arc::downgrade(&relay), stall));
+        watch.watch(&relay, stall);
         ProxyBody::Upstream {
             prefix: prefix.filter(|p| !p.is_empty()),
             relay,
@@ -130,38 +131,100 @@ impl Relayed {
     }
 }
 
-/// Cuts `relay` once no frame went out for `stall` plus the time a slow
-/// reader needs for the last one; ends when the body finishes or is dropped.
-async fn watch_stall(relay: Weak<Relayed>, stall: Duration) {
-    let mut seen = u64::MAX;
-    let mut idle = Duration::ZERO;
-    loop {
-        tokio::time::sleep(stall).await;
-        let Some(relay) = relay.upgrade() else { return };
-        let frames = relay.frames.load(Ordering::Relaxed);
-        let mut stream = relay.stream();
-        if stream.rest.is_none() {
-            return;
-        }
-        if frames != seen {
-            seen = frames;
-            idle = Duration::ZERO;
-            continue;
-        }
-        idle += stall;
-        let flush = Duration::from_secs(relay.last_len.load(Ordering::Relaxed) / MIN_READ_RATE);
-        if idle >= stall + flush {
-            // Dropping the origin body closes its connection, which frees
-            // the portal's worker too, not only digue's slot.
-            stream.rest = None;
-            stream.permit = None;
-            stream.cut = true;
-            if let Some(waker) = stream.waker.take() {
-                waker.wake();
-            }
-            return;
+/// Every relayed body's stall watchdog, in one task for the whole process.
+/// A task per body, asleep for its stall timeout, cost a few hundred bytes
+/// per request for `origin_timeout` after it ended: at 15,000 requests a
+/// second of per-user pages, 144 MiB of sleeping tasks
+/// (`benches/cache_memory.sh`). Here a body costs one list slot, dropped at
+/// the first sweep after it ends.
+#[derive(Default)]
+pub struct StallWatch {
+    /// The bodies being relayed. Pushed by each relay, swept once per
+    /// [`SWEEP_EVERY`] by the one sweeping task; never held across an await
+    /// (a relay's own lock is taken inside it, never the other way round).
+    watched: Mutex<Vec<Watched>>,
+    sweeping: std::sync::atomic::AtomicBool,
+}
+
+struct Watched {
+    relay: Weak<Relayed>,
+    stall: Duration,
+    /// Frames delivered at the last sweep, and the time since they moved.
+    seen: u64,
+    idle: Duration,
+}
+
+/// How often the watchdog looks: a stalled body is cut between its stall
+/// timeout and one sweep later.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+impl StallWatch {
+    fn watch(self: &Arc<Self>, relay: &Arc<Relayed>, stall: Duration) {
+        self.list().push(Watched {
+            relay: Arc::downgrade(relay),
+            stall,
+            seen: u64::MAX,
+            idle: Duration::ZERO,
+        });
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
         }
     }
+
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<Watched>> {
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bodies still watched (finished ones leave at the next sweep).
+    pub fn len(&self) -> usize {
+        self.list().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Sweeps until the watch is dropped with its app.
+async fn sweep(watch: Weak<StallWatch>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(watch) = watch.upgrade() else { return };
+        watch.list().retain_mut(still_moving);
+    }
+}
+
+/// Whether `w` stays watched: false once its body ended or was dropped, or
+/// once it is cut for making no progress for its stall timeout plus the
+/// time a slow reader needs for the last frame.
+fn still_moving(w: &mut Watched) -> bool {
+    let Some(relay) = w.relay.upgrade() else {
+        return false;
+    };
+    let frames = relay.frames.load(Ordering::Relaxed);
+    let mut stream = relay.stream();
+    if stream.rest.is_none() {
+        return false;
+    }
+    if frames != w.seen {
+        w.seen = frames;
+        w.idle = Duration::ZERO;
+        return true;
+    }
+    w.idle += SWEEP_EVERY;
+    let flush = Duration::from_secs(relay.last_len.load(Ordering::Relaxed) / MIN_READ_RATE);
+    if w.idle < w.stall + flush {
+        return true;
+    }
+    // Dropping the origin body closes its connection, which frees the
+    // portal's worker too, not only digue's slot.
+    stream.rest = None;
+    stream.permit = None;
+    stream.cut = true;
+    if let Some(waker) = stream.waker.take() {
+        waker.wake();
+    }
+    false
 }
 
 impl Body for ProxyBody {

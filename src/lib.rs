@@ -154,6 +154,8 @@ pub struct App {
     /// Set when shutdown starts: `/readyz` answers 503 from then on, so a
     /// load balancer stops sending users to a node that no longer accepts.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Watches every relayed origin body for stalls, in one task.
+    pub stall_watch: Arc<body::StallWatch>,
     /// What the request path reads the time from.
     pub clock: clock::Clock,
     /// The console's last 30 minutes of every site, sampled while the
@@ -260,6 +262,7 @@ impl App {
             reloaded: watch::channel(0).0,
             tls: std::sync::OnceLock::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            stall_watch: Arc::default(),
         }))
     }
 

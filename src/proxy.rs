@@ -650,7 +650,13 @@ impl Ctx {
     fn relay(&self, relay: Relay, outcome: Outcome) -> Response<ProxyBody> {
         self.site.metrics.request(outcome);
         let stall = self.site.config.origin.timeout;
-        let body = ProxyBody::upstream(relay.prefix, relay.body, Some(relay.slot), stall);
+        let body = ProxyBody::upstream(
+            relay.prefix,
+            relay.body,
+            Some(relay.slot),
+            stall,
+            &self.app.stall_watch,
+        );
         let mut res = Response::from_parts(relay.head, body);
         relay.status.append_to(res.headers_mut());
         res

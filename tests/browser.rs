@@ -381,7 +381,8 @@ async fn a_real_browser_runs_the_console_and_queue_all_makes_the_next_visitor_wa
     .await;
     tab.click(&format!("{events} .row button")).await;
     let listed = format!("!!document.querySelector('{events} [data-event=\"rentree\"]')");
-    tab.wait_for("the new opening in the list", &listed, CONSOLE_LIMIT).await;
+    tab.wait_for("the new opening in the list", &listed, CONSOLE_LIMIT)
+        .await;
     let planned = proxy
         .admin_call(http::Method::GET, "/admin/sites/portal/events", "")
         .await
@@ -393,7 +394,8 @@ async fn a_real_browser_runs_the_console_and_queue_all_makes_the_next_visitor_wa
             .is_some_and(|at| at.starts_with("2030-01-07T08:00:00")),
         "the browser's local time, with its offset: {planned}"
     );
-    tab.click(&format!("{events} [data-event=\"rentree\"] button")).await;
+    tab.click(&format!("{events} [data-event=\"rentree\"] button"))
+        .await;
     tab.wait_for(
         "a confirmation",
         "document.getElementById('confirm').open",
@@ -401,7 +403,8 @@ async fn a_real_browser_runs_the_console_and_queue_all_makes_the_next_visitor_wa
     )
     .await;
     tab.click("#confirm-yes").await;
-    tab.wait_for("the opening gone", &format!("!{listed}"), CONSOLE_LIMIT).await;
+    tab.wait_for("the opening gone", &format!("!{listed}"), CONSOLE_LIMIT)
+        .await;
     let planned = proxy
         .admin_call(http::Method::GET, "/admin/sites/portal/events", "")
         .await
