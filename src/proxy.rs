@@ -17,7 +17,7 @@ use crate::cache::coalesce::{Failure, Landing, Role};
 use crate::cache::fill::{Fetched, Fill, Relay, fetch_head};
 use crate::cache::key::CacheKey;
 use crate::cache::store::{Entry, Freshness, Lookup};
-use crate::cache::{policy, serve};
+use crate::cache::{directives, policy, serve};
 use crate::config::CacheRule;
 use crate::origin::tunnel::{Opened, open as tunnel_to_origin};
 use crate::origin::{
@@ -276,7 +276,7 @@ impl Ctx {
                 }
             }
         }
-        let res = match ask {
+        let mut res = match ask {
             Some(ask) => self.tunnel(parts, &ask).await,
             None => {
                 let rule = target::rule_for(
@@ -287,6 +287,10 @@ impl Ctx {
                 self.serve_admitted(parts, body, rule).await
             }
         };
+        directives::strip_downstream(
+            res.headers_mut(),
+            self.site.config.cache.strip_cdn_cache_control,
+        );
         // Waiting-room answers are counted apart (digue_waiting_pages_total):
         // a 5xx alert must not fire on every well-handled surge.
         self.site.metrics.response(res.status());

@@ -13,6 +13,7 @@ use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, request, response};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 
+use crate::cache::directives;
 use crate::cache::key::Vary;
 use crate::config::{CacheRule, RuleAction, SiteConfig};
 use crate::outcome::BypassReason;
@@ -134,12 +135,12 @@ pub fn plan(
         shared: true,
         ..CacheOptions::default()
     };
-    let normalised = lower_case_directives(res).ok_or(NotStorable::Forbidden)?;
+    let normalised = directives::normalise(res).ok_or(NotStorable::Forbidden)?;
     let policy = CachePolicy::new_options(&without_directives(req), &normalised, now, options);
     if !policy.is_storable() {
         return Err(NotStorable::Forbidden);
     }
-    let directives = Directives::of(&res.headers);
+    let directives = Directives::of(&normalised.headers);
     let forced = rule.and_then(|r| match r.action {
         RuleAction::ForceTtl(ttl) => Some(ttl),
         RuleAction::Headers | RuleAction::Bypass => None,
@@ -198,33 +199,6 @@ fn without_directives(req: &request::Parts) -> request::Parts {
     copy.headers.remove(header::CACHE_CONTROL);
     copy.headers.remove(header::PRAGMA);
     copy
-}
-
-/// A copy of the response head with `Cache-Control` and `Pragma` lower-cased:
-/// directive names are case-insensitive (RFC 9111 §5.2) but the library
-/// matches them as written, so `Private` would slip through. `Age` is capped
-/// at [`MAX_DELTA`]: the library adds it to durations unchecked. `None` when
-/// a directive is not readable text: such a response is not stored.
-fn lower_case_directives(res: &response::Parts) -> Option<response::Parts> {
-    let (mut copy, ()) = http::Response::new(()).into_parts();
-    copy.status = res.status;
-    copy.version = res.version;
-    copy.headers = res.headers.clone();
-    for name in [header::CACHE_CONTROL, header::PRAGMA] {
-        let values: Vec<_> = res.headers.get_all(&name).iter().cloned().collect();
-        copy.headers.remove(&name);
-        for v in values {
-            let lower = v.to_str().ok()?.to_ascii_lowercase();
-            copy.headers.append(&name, lower.parse().ok()?);
-        }
-    }
-    let age = copy.headers.get(header::AGE).and_then(|v| v.to_str().ok());
-    if let Some(age) = age.and_then(|v| v.trim().parse::<u64>().ok()) {
-        let capped = age.min(MAX_DELTA.as_secs());
-        copy.headers
-            .insert(header::AGE, http::HeaderValue::from(capped));
-    }
-    Some(copy)
 }
 
 /// The response directives that bound stale serving (RFC 5861, RFC 9111 §5.2.2).

@@ -38,6 +38,9 @@ pub struct CacheConfig {
 pub struct SiteCacheConfig {
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    /// Remove `CDN-Cache-Control` from responses sent downstream: no cache
+    /// between digue and the browsers is meant by it (RFC 9213 §3.1).
+    pub strip_cdn_cache_control: bool,
     pub rules: Vec<CacheRule>,
 }
 
@@ -74,6 +77,8 @@ pub(super) struct RawCache {
 pub(super) struct RawSiteCache {
     stale_while_revalidate: Option<String>,
     stale_if_error: Option<String>,
+    #[serde(default)]
+    strip_cdn_cache_control: bool,
     #[serde(default)]
     rule: Vec<RawRule>,
 }
@@ -144,6 +149,7 @@ impl RawSiteCache {
                 self.stale_if_error.as_deref(),
                 DEFAULT_STALE_IF_ERROR,
             ),
+            strip_cdn_cache_control: self.strip_cdn_cache_control,
             rules,
         }
     }
