@@ -168,6 +168,9 @@ pub enum CacheStatus {
         stored: bool,
         collapsed: bool,
     },
+    /// Forwarded for an unsafe method whose answer made the stored copies of
+    /// its target stale (RFC 9111 §4.4).
+    Invalidated { status: u16 },
     /// The origin could not be asked or did not answer: a digue page.
     NotServed { fwd: Forward, detail: &'static str },
 }
@@ -194,6 +197,9 @@ impl CacheStatus {
                     s.push_str("; collapsed");
                 }
                 s
+            }
+            CacheStatus::Invalidated { status } => {
+                format!("digue; fwd=method; fwd-status={status}; detail=invalidated")
             }
             CacheStatus::NotServed { fwd, detail } => {
                 format!("digue; {}; detail={detail}", fwd_param(fwd))

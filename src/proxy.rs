@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, request};
+use http::{Method, Request, Response, StatusCode, request, response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -17,7 +17,7 @@ use crate::cache::coalesce::{Failure, Landing, Role};
 use crate::cache::fill::{Fetched, Fill, Relay, fetch_head};
 use crate::cache::key::CacheKey;
 use crate::cache::store::{Entry, Freshness, Lookup};
-use crate::cache::{directives, policy, serve};
+use crate::cache::{directives, invalidate, policy, serve};
 use crate::config::CacheRule;
 use crate::origin::tunnel::{Opened, open as tunnel_to_origin};
 use crate::origin::{
@@ -504,19 +504,50 @@ impl Ctx {
         )
         .await
         {
-            Ok(answer) => self.relay_answer(answer, fwd, outcome),
+            Ok(answer) => {
+                let invalidated = fwd == Forward::Bypass(BypassReason::Method)
+                    && self.invalidate_after(parts, &answer.head);
+                self.relay_answer(answer, fwd, outcome, invalidated)
+            }
             Err(failure) => self.failed(parts, None, failure, fwd),
         }
     }
 
+    /// Marks stale what the answer to an unsafe method made out of date;
+    /// whether it applied (RFC 9111 §4.4).
+    fn invalidate_after(&self, parts: &request::Parts, head: &response::Parts) -> bool {
+        if !invalidate::applies(&parts.method, head.status) {
+            return false;
+        }
+        let trusted = &self.snapshot.config.server.trusted_proxies;
+        let at = invalidate::Origin {
+            site: &self.site.config.name,
+            scheme: forwarded_proto(self.from, &parts.headers, trusted),
+            host: &self.host_key,
+        };
+        invalidate::invalidate(&self.app, &at, parts, &head.headers);
+        true
+    }
+
     /// Relays the origin's answer to a request that did not use the cache.
-    fn relay_answer(&self, answer: Answer, fwd: Forward, outcome: Outcome) -> Response<ProxyBody> {
+    fn relay_answer(
+        &self,
+        answer: Answer,
+        fwd: Forward,
+        outcome: Outcome,
+        invalidated: bool,
+    ) -> Response<ProxyBody> {
         let Answer { head, body, slot } = answer;
-        let status = CacheStatus::Forwarded {
-            fwd,
-            status: head.status.as_u16(),
-            stored: false,
-            collapsed: false,
+        let status = match invalidated {
+            true => CacheStatus::Invalidated {
+                status: head.status.as_u16(),
+            },
+            false => CacheStatus::Forwarded {
+                fwd,
+                status: head.status.as_u16(),
+                stored: false,
+                collapsed: false,
+            },
         };
         self.relay(
             Relay {
@@ -556,13 +587,14 @@ impl Ctx {
             return self.failed(&parts, None, failure, fwd);
         };
         let route = self.site.route(self.app.clock.instant());
-        let (head, upstream) = match tunnel_to_origin(route, &parts, &ask.protocol, self.asker())
-            .await
-        {
-            Ok(Opened::Switched { head, upstream }) => (head, upstream),
-            Ok(Opened::Answered(answer)) => return self.relay_answer(answer, fwd, Outcome::Bypass),
-            Err(failure) => return self.failed(&parts, None, failure, fwd),
-        };
+        let (head, upstream) =
+            match tunnel_to_origin(route, &parts, &ask.protocol, self.asker()).await {
+                Ok(Opened::Switched { head, upstream }) => (head, upstream),
+                Ok(Opened::Answered(answer)) => {
+                    return self.relay_answer(answer, fwd, Outcome::Bypass, false);
+                }
+                Err(failure) => return self.failed(&parts, None, failure, fwd),
+            };
         permit.opened();
         m.request(Outcome::Bypass);
         tunnel::splice(downstream, upstream, config.idle_timeout, lifeline, permit);
