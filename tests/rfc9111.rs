@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::Method;
 use support::{Origin, Proxy, RawOrigin, get, reply, request, send};
@@ -194,7 +194,7 @@ async fn an_age_that_is_not_one_non_negative_integer_makes_the_response_stale() 
 
 #[tokio::test]
 async fn an_expires_outside_rfc_9110_is_already_expired() {
-    let tomorrow = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(86_400));
+    let tomorrow = httpdate::fmt_http_date(digue::clock::wall() + Duration::from_secs(86_400));
     let spaced = tomorrow.replacen(", ", ",  ", 1);
     let offset = tomorrow.replace(" GMT", " +0000");
     for expires in [spaced, offset] {

@@ -74,7 +74,7 @@ pub fn normalise(res: &response::Parts) -> Option<response::Parts> {
         .headers
         .get_all(header::PRAGMA)
         .iter()
-        .map(|v| Some(HeaderValue::from_str(&v.to_str().ok()?.to_ascii_lowercase()).ok()?))
+        .map(|v| HeaderValue::from_str(&v.to_str().ok()?.to_ascii_lowercase()).ok())
         .collect();
     copy.headers.remove(header::PRAGMA);
     for v in pragma? {
