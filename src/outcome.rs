@@ -159,6 +159,8 @@ pub enum Forward {
 pub enum CacheStatus {
     /// Served fresh from the cache; `ttl` seconds left.
     Hit { ttl: u64 },
+    /// Served part of a fresh stored response (`206`/`416`): `ttl` seconds left.
+    RangeHit { ttl: u64 },
     /// Served a stale copy without waiting for the origin.
     StaleServed(StaleReason),
     /// Forwarded to the origin.
@@ -180,6 +182,7 @@ impl CacheStatus {
     pub fn render(self) -> String {
         match self {
             CacheStatus::Hit { ttl } => format!("digue; hit; ttl={ttl}"),
+            CacheStatus::RangeHit { ttl } => format!("digue; hit; ttl={ttl}; detail=range-hit"),
             CacheStatus::StaleServed(reason) => {
                 format!("digue; fwd=stale; detail={}", reason.detail())
             }

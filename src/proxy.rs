@@ -345,6 +345,11 @@ impl Ctx {
             if parts.method == Method::HEAD {
                 return self.forward(&parts, no_body(), fwd).await;
             }
+            if parts.headers.contains_key(header::RANGE) {
+                // Only a stored copy is cut: a fill must not store a part.
+                let fwd = Forward::Bypass(BypassReason::Range);
+                return self.forward(&parts, no_body(), fwd).await;
+            }
             match self.app.coalescer.join(&flight) {
                 Role::Leader(leader) => {
                     let fetched = self

@@ -273,3 +273,76 @@ async fn cdn_cache_control_applies_and_is_stripped_when_the_site_says_so() {
     let proxy = Proxy::start(&origin.url(), "", STRICT).await;
     assert_eq!(fetches_for_two_gets(&origin, &proxy).await, 2);
 }
+
+async fn ranged(proxy: &Proxy, headers: &[(&str, &str)]) -> support::Got {
+    get(&proxy.url("/devoir.pdf"), headers).await
+}
+
+#[tokio::test]
+async fn a_range_of_a_stored_response_is_cut_from_the_cache() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=600"), ("etag", "\"v1\"")],
+        "0123456789",
+    )
+    .await;
+    let proxy = Proxy::start(&origin.url(), "", STRICT).await;
+    assert_eq!(ranged(&proxy, &[]).await.text(), "0123456789");
+
+    let part = ranged(&proxy, &[("range", "bytes=2-4")]).await;
+    assert_eq!((part.status.as_u16(), part.text().as_str()), (206, "234"));
+    assert_eq!(part.header("content-range"), Some("bytes 2-4/10"));
+    assert_eq!(part.header("content-length"), Some("3"));
+    assert!(
+        part.cache_status().contains("detail=range-hit"),
+        "{}",
+        part.cache_status()
+    );
+    let tail = ranged(&proxy, &[("range", "Bytes = -3"), ("if-range", "\"v1\"")]).await;
+    assert_eq!((tail.status.as_u16(), tail.text().as_str()), (206, "789"));
+
+    let past = ranged(&proxy, &[("range", "bytes=10-")]).await;
+    assert_eq!(past.status, 416);
+    assert_eq!(past.header("content-range"), Some("bytes */10"));
+
+    for headers in [
+        vec![("range", "bytes=0-1, 4-5")],
+        vec![("range", "bytes=0-1"), ("if-range", "\"v2\"")],
+        vec![("range", "bytes=0-1"), ("if-range", "W/\"v1\"")],
+    ] {
+        let whole = ranged(&proxy, &headers).await;
+        assert_eq!(
+            (whole.status.as_u16(), whole.text().as_str()),
+            (200, "0123456789"),
+            "{headers:?}"
+        );
+    }
+    assert_eq!(
+        origin.count("/devoir.pdf"),
+        1,
+        "every answer came from the cache"
+    );
+}
+
+#[tokio::test]
+async fn a_range_for_an_uncached_object_goes_to_the_origin_and_stores_nothing() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=600")], "0123456789").await;
+    let proxy = Proxy::start(&origin.url(), "", STRICT).await;
+    let first = ranged(&proxy, &[("range", "bytes=0-1")]).await;
+    assert_eq!(
+        first.cache_status(),
+        "digue; fwd=bypass; detail=range; fwd-status=200"
+    );
+    assert_eq!(
+        origin
+            .last("/devoir.pdf")
+            .and_then(|s| s.headers.get("range").cloned()),
+        Some(http::HeaderValue::from_static("bytes=0-1"))
+    );
+    let plain = ranged(&proxy, &[]).await;
+    assert!(
+        plain.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        plain.cache_status()
+    );
+    assert_eq!(origin.count("/devoir.pdf"), 2);
+}

@@ -41,9 +41,6 @@ pub fn classify(
     if req.headers.contains_key(header::AUTHORIZATION) {
         return Err(BypassReason::Authorization);
     }
-    if req.headers.contains_key(header::RANGE) {
-        return Err(BypassReason::Range);
-    }
     let shared = rule.is_some_and(|r| r.shared);
     if !shared && has_session_cookie(&req.headers, &site.session_cookies) {
         return Err(BypassReason::SessionCookie);
