@@ -346,3 +346,25 @@ async fn a_range_for_an_uncached_object_goes_to_the_origin_and_stores_nothing() 
     );
     assert_eq!(origin.count("/devoir.pdf"), 2);
 }
+
+#[tokio::test]
+async fn an_error_with_a_long_max_age_is_kept_only_max_error_ttl() {
+    let origin_404 =
+        Origin::start(|_| reply(404, &[("cache-control", "max-age=3600")], "introuvable")).await;
+    let proxy = Proxy::start(&origin_404.url(), "", STRICT).await;
+    let first = get(&proxy.url("/absent"), &[]).await;
+    assert_eq!(first.status, 404);
+    let again = get(&proxy.url("/absent"), &[]).await;
+    assert!(
+        again.cache_status().starts_with("digue; hit; ttl="),
+        "{}",
+        again.cache_status()
+    );
+    proxy.advance(Duration::from_secs(6));
+    get(&proxy.url("/absent"), &[]).await;
+    assert_eq!(
+        origin_404.count("/absent"),
+        2,
+        "refetched after max_error_ttl (5s)"
+    );
+}

@@ -147,6 +147,13 @@ pub fn plan(
         Some(_) => return Err(NotStorable::Forbidden),
         None => (policy.time_to_live(now), !directives.must_revalidate),
     };
+    // An error page is kept briefly and never served stale: it must not
+    // outlive the error (and a successful refetch replaces it at once).
+    let error = res.status.is_client_error() || res.status.is_server_error();
+    let (ttl, may_serve_stale) = match error {
+        true => (ttl.min(site.cache.max_error_ttl), false),
+        false => (ttl, may_serve_stale),
+    };
     if ttl.is_zero() {
         return Err(NotStorable::NoFreshness);
     }
@@ -478,6 +485,27 @@ mod tests {
             p.policy.age(later) < MAX_DELTA + Duration::from_secs(6),
             "a huge Age is capped, so it can be added to"
         );
+    }
+
+    #[test]
+    fn an_error_is_stored_at_most_max_error_ttl_and_never_served_stale() {
+        let s =
+            site("max_error_ttl = \"3s\"\n[[site.cache.rule]]\nprefix = \"/f\"\nttl = \"1h\"\n");
+        for (path, status) in [("/page", 404), ("/page", 410), ("/f", 404)] {
+            let mut r = req(&[]);
+            r.uri = path.parse().expect("path");
+            let p = decide(&s, &r, &res(status, &[("cache-control", "max-age=600")]))
+                .unwrap_or_else(|e| panic!("storable: {e:?}"));
+            assert_eq!(p.ttl, Duration::from_secs(3), "{path} {status}");
+            assert_eq!(
+                (
+                    p.stale_while_revalidate,
+                    p.stale_if_error,
+                    p.must_revalidate
+                ),
+                (Duration::ZERO, Duration::ZERO, true)
+            );
+        }
     }
 
     #[test]
