@@ -368,3 +368,21 @@ async fn an_error_with_a_long_max_age_is_kept_only_max_error_ttl() {
         "refetched after max_error_ttl (5s)"
     );
 }
+
+#[tokio::test]
+async fn an_early_hints_interim_response_is_never_stored_nor_breaks_the_answer() {
+    let origin = RawOrigin::answering(|_, _| {
+        b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n\
+          HTTP/1.1 100 Continue\r\n\r\n\
+          HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 2\r\n\r\nv1"
+            .to_vec()
+    })
+    .await;
+    let proxy = Proxy::start(&origin.url(), "", STRICT).await;
+    for _ in 0..2 {
+        let got = get(&proxy.url("/page"), &[]).await;
+        assert_eq!((got.status.as_u16(), got.text().as_str()), (200, "v1"));
+        assert_eq!(got.header("link"), None, "the hints are not the final answer's");
+    }
+    assert_eq!(origin.targets().len(), 1, "the final 200 was stored, no 1xx");
+}
