@@ -382,7 +382,15 @@ async fn an_early_hints_interim_response_is_never_stored_nor_breaks_the_answer()
     for _ in 0..2 {
         let got = get(&proxy.url("/page"), &[]).await;
         assert_eq!((got.status.as_u16(), got.text().as_str()), (200, "v1"));
-        assert_eq!(got.header("link"), None, "the hints are not the final answer's");
+        assert_eq!(
+            got.header("link"),
+            None,
+            "the hints are not the final answer's"
+        );
     }
-    assert_eq!(origin.targets().len(), 1, "the final 200 was stored, no 1xx");
+    assert_eq!(
+        origin.targets().len(),
+        1,
+        "the final 200 was stored, no 1xx"
+    );
 }
