@@ -11,13 +11,17 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::response;
 
-use crate::cache::policy::MAX_DELTA;
+use std::time::Duration;
 
 /// Addressed to digue alone; wins over `CDN-Cache-Control` (RFC 9213 §2.1:
 /// the more specific target list comes first).
 pub const DIGUE_CACHE_CONTROL: HeaderName = HeaderName::from_static("digue-cache-control");
 /// Addressed to every CDN-like cache, digue included (RFC 9213 §3.1).
 pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+
+/// The longest any origin-given lifetime, window or `Age` is taken to be:
+/// enough for any real page, and far from overflowing instant arithmetic.
+pub const MAX_DELTA: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// What an invalid `Expires` becomes: a time in the past (RFC 9111 §5.3).
 const ALREADY_EXPIRED: &str = "Thu, 01 Jan 1970 00:00:00 GMT";

@@ -18,9 +18,7 @@ use crate::cache::key::Vary;
 use crate::config::{CacheRule, RuleAction, SiteConfig};
 use crate::outcome::BypassReason;
 
-/// The longest any origin-given lifetime, window or `Age` is taken to be:
-/// enough for any real page, and far from overflowing instant arithmetic.
-pub const MAX_DELTA: Duration = Duration::from_secs(365 * 24 * 3600);
+pub use crate::cache::directives::MAX_DELTA;
 
 /// Decides whether a request may use the shared cache at all.
 pub fn classify(
