@@ -300,6 +300,13 @@ async fn a_range_of_a_stored_response_is_cut_from_the_cache() {
     let tail = ranged(&proxy, &[("range", "Bytes = -3"), ("if-range", "\"v1\"")]).await;
     assert_eq!((tail.status.as_u16(), tail.text().as_str()), (206, "789"));
 
+    let unchanged = ranged(
+        &proxy,
+        &[("range", "bytes=2-4"), ("if-none-match", "\"v1\"")],
+    )
+    .await;
+    assert_eq!(unchanged.status, 304, "preconditions come before Range");
+
     let past = ranged(&proxy, &[("range", "bytes=10-")]).await;
     assert_eq!(past.status, 416);
     assert_eq!(past.header("content-range"), Some("bytes */10"));

@@ -20,7 +20,13 @@ pub fn respond(
 ) -> Response<ProxyBody> {
     let mut headers = entry.headers.clone();
     headers.insert(header::AGE, HeaderValue::from(entry.age(now)));
-    let cut = range::cut(req, entry.status, &headers, entry.body.len());
+    // Preconditions come before Range (RFC 9110 §13.2.2): a matching
+    // If-None-Match is a 304 even when a range is asked for.
+    let unchanged = entry.status == StatusCode::OK && not_modified(&req.headers, &headers);
+    let cut = match unchanged {
+        true => Cut::Whole,
+        false => range::cut(req, entry.status, &headers, entry.body.len()),
+    };
     let status = match (cut != Cut::Whole, status) {
         (true, CacheStatus::Hit { ttl }) => CacheStatus::RangeHit { ttl },
         _ => status,
@@ -29,7 +35,7 @@ pub fn respond(
     if cut != Cut::Whole {
         return ranged(entry, headers, cut);
     }
-    let (code, body) = if entry.status == StatusCode::OK && not_modified(&req.headers, &headers) {
+    let (code, body) = if unchanged {
         headers.remove(header::CONTENT_LENGTH);
         (StatusCode::NOT_MODIFIED, ProxyBody::empty())
     } else {
