@@ -394,6 +394,7 @@ fn do_purge(app: &App, purge: &Purge) -> Response<ProxyBody> {
             path: purge.path.clone(),
             prefix: purge.prefix.clone(),
             hard: purge.hard,
+            invalidate: false,
             from: cluster.node.clone(),
             at: app.clock.now().unix_millis(),
         };

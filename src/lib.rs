@@ -13,9 +13,12 @@
 //! - [`admission`]: the waiting room: admission budget, signed tickets and
 //!   passes, the FIFO line (in process, or shared through Redis), the
 //!   per-request decision, the signing keys.
-//! - [`cache`]: RFC 9111 decisions ([`cache::policy`]), keys and `Vary`
+//! - [`cache`]: RFC 9111 decisions ([`cache::policy`]) on strictly read and
+//!   targeted fields ([`cache::directives`]), keys and `Vary`
 //!   ([`cache::key`]), the bounded store ([`cache::store`]), one fetch per cold
-//!   key ([`cache::coalesce`]), the leader's fetch that fills it ([`cache::fill`]).
+//!   key ([`cache::coalesce`]), the leader's fetch that fills it ([`cache::fill`]),
+//!   invalidation after unsafe methods ([`cache::invalidate`]), byte ranges
+//!   cut from stored copies ([`cache::range`]).
 //! - [`origin`]: the one call to the origin (a slot on a backend, timeout,
 //!   one safe retry, latency and error metrics); a site's backends with
 //!   their balancing, session affinity, passive and active health

@@ -159,6 +159,8 @@ pub enum Forward {
 pub enum CacheStatus {
     /// Served fresh from the cache; `ttl` seconds left.
     Hit { ttl: u64 },
+    /// Served part of a fresh stored response (`206`/`416`): `ttl` seconds left.
+    RangeHit { ttl: u64 },
     /// Served a stale copy without waiting for the origin.
     StaleServed(StaleReason),
     /// Forwarded to the origin.
@@ -168,6 +170,9 @@ pub enum CacheStatus {
         stored: bool,
         collapsed: bool,
     },
+    /// Forwarded for an unsafe method whose answer made the stored copies of
+    /// its target stale (RFC 9111 §4.4).
+    Invalidated { status: u16 },
     /// The origin could not be asked or did not answer: a digue page.
     NotServed { fwd: Forward, detail: &'static str },
 }
@@ -177,6 +182,7 @@ impl CacheStatus {
     pub fn render(self) -> String {
         match self {
             CacheStatus::Hit { ttl } => format!("digue; hit; ttl={ttl}"),
+            CacheStatus::RangeHit { ttl } => format!("digue; hit; ttl={ttl}; detail=range-hit"),
             CacheStatus::StaleServed(reason) => {
                 format!("digue; fwd=stale; detail={}", reason.detail())
             }
@@ -194,6 +200,9 @@ impl CacheStatus {
                     s.push_str("; collapsed");
                 }
                 s
+            }
+            CacheStatus::Invalidated { status } => {
+                format!("digue; fwd=method; fwd-status={status}; detail=invalidated")
             }
             CacheStatus::NotServed { fwd, detail } => {
                 format!("digue; {}; detail={detail}", fwd_param(fwd))

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, request};
+use http::{Method, Request, Response, StatusCode, request, response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -17,7 +17,7 @@ use crate::cache::coalesce::{Failure, Landing, Role};
 use crate::cache::fill::{Fetched, Fill, Relay, fetch_head};
 use crate::cache::key::CacheKey;
 use crate::cache::store::{Entry, Freshness, Lookup};
-use crate::cache::{policy, serve};
+use crate::cache::{directives, invalidate, policy, serve};
 use crate::client_limit::Budget;
 use crate::config::CacheRule;
 use crate::origin::tunnel::{Opened, open as tunnel_to_origin};
@@ -292,7 +292,7 @@ impl Ctx {
                 }
             }
         }
-        let res = match ask {
+        let mut res = match ask {
             Some(ask) => self.tunnel(parts, &ask).await,
             None => {
                 let rule = target::rule_for(
@@ -303,6 +303,10 @@ impl Ctx {
                 self.serve_admitted(parts, body, rule).await
             }
         };
+        directives::strip_downstream(
+            res.headers_mut(),
+            self.site.config.cache.strip_cdn_cache_control,
+        );
         // Waiting-room answers are counted apart (digue_waiting_pages_total):
         // a 5xx alert must not fire on every well-handled surge.
         self.site.metrics.response(res.status());
@@ -355,6 +359,11 @@ impl Ctx {
                 Lookup::Miss => (None, Forward::UriMiss, primary.clone()),
             };
             if parts.method == Method::HEAD {
+                return self.forward(&parts, no_body(), fwd).await;
+            }
+            if parts.headers.contains_key(header::RANGE) {
+                // Only a stored copy is cut: a fill must not store a part.
+                let fwd = Forward::Bypass(BypassReason::Range);
                 return self.forward(&parts, no_body(), fwd).await;
             }
             match self.app.coalescer.join(&flight) {
@@ -523,19 +532,50 @@ impl Ctx {
         )
         .await
         {
-            Ok(answer) => self.relay_answer(answer, fwd, outcome),
+            Ok(answer) => {
+                let invalidated = fwd == Forward::Bypass(BypassReason::Method)
+                    && self.invalidate_after(parts, &answer.head);
+                self.relay_answer(answer, fwd, outcome, invalidated)
+            }
             Err(failure) => self.failed(parts, None, failure, fwd),
         }
     }
 
+    /// Marks stale what the answer to an unsafe method made out of date;
+    /// whether it applied (RFC 9111 §4.4).
+    fn invalidate_after(&self, parts: &request::Parts, head: &response::Parts) -> bool {
+        if !invalidate::applies(&parts.method, head.status) {
+            return false;
+        }
+        let trusted = &self.snapshot.config.server.trusted_proxies;
+        let at = invalidate::Origin {
+            site: &self.site.config.name,
+            scheme: forwarded_proto(self.from, &parts.headers, trusted),
+            host: &self.host_key,
+        };
+        invalidate::invalidate(&self.app, &at, parts, &head.headers);
+        true
+    }
+
     /// Relays the origin's answer to a request that did not use the cache.
-    fn relay_answer(&self, answer: Answer, fwd: Forward, outcome: Outcome) -> Response<ProxyBody> {
+    fn relay_answer(
+        &self,
+        answer: Answer,
+        fwd: Forward,
+        outcome: Outcome,
+        invalidated: bool,
+    ) -> Response<ProxyBody> {
         let Answer { head, body, slot } = answer;
-        let status = CacheStatus::Forwarded {
-            fwd,
-            status: head.status.as_u16(),
-            stored: false,
-            collapsed: false,
+        let status = match invalidated {
+            true => CacheStatus::Invalidated {
+                status: head.status.as_u16(),
+            },
+            false => CacheStatus::Forwarded {
+                fwd,
+                status: head.status.as_u16(),
+                stored: false,
+                collapsed: false,
+            },
         };
         self.relay(
             Relay {
@@ -578,13 +618,14 @@ impl Ctx {
             return self.failed(&parts, None, failure, fwd);
         };
         let route = self.site.route(self.app.clock.instant());
-        let (head, upstream) = match tunnel_to_origin(route, &parts, &ask.protocol, self.asker())
-            .await
-        {
-            Ok(Opened::Switched { head, upstream }) => (head, upstream),
-            Ok(Opened::Answered(answer)) => return self.relay_answer(answer, fwd, Outcome::Bypass),
-            Err(failure) => return self.failed(&parts, None, failure, fwd),
-        };
+        let (head, upstream) =
+            match tunnel_to_origin(route, &parts, &ask.protocol, self.asker()).await {
+                Ok(Opened::Switched { head, upstream }) => (head, upstream),
+                Ok(Opened::Answered(answer)) => {
+                    return self.relay_answer(answer, fwd, Outcome::Bypass, false);
+                }
+                Err(failure) => return self.failed(&parts, None, failure, fwd),
+            };
         permit.opened();
         m.request(Outcome::Bypass);
         tunnel::splice(downstream, upstream, config.idle_timeout, lifeline, permit);

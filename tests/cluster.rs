@@ -416,6 +416,42 @@ async fn a_hard_purge_on_one_node_invalidates_the_copy_on_another_within_a_secon
     );
 }
 
+#[tokio::test]
+async fn a_post_on_one_node_invalidates_the_copy_on_another() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "bonjour").await;
+    let cluster = Cluster::start(origin).await;
+    let a = cluster.node("a").start().await;
+    let b = cluster.node("b").start().await;
+    for node in [&a, &b] {
+        wait_readyz(node, REACHABLE, SETTLE).await;
+        get(&node.url("/page"), &[]).await;
+    }
+    let posted = support::send(support::request(Method::POST, &a.url("/page"), &[], "x=1")).await;
+    assert!(
+        posted.cache_status().ends_with("detail=invalidated"),
+        "{}",
+        posted.cache_status()
+    );
+    wait_for(
+        "B stops serving its copy of the page A's POST changed",
+        Duration::from_secs(1),
+        async || {
+            let status = get(&b.url("/page"), &[]).await.cache_status();
+            if status.starts_with("digue; hit") {
+                Err(status)
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let after = get(&b.url("/page"), &[]).await;
+    assert!(
+        after.cache_status().starts_with("digue; hit"),
+        "refetched once, stored again"
+    );
+}
+
 /// Hard-purges `/page` of `site` on `a` and waits until `b` stops serving
 /// its copy, which must take less than a second; returns how long it took.
 async fn hard_purge_reaches(

@@ -43,6 +43,13 @@ impl CacheKey {
         CacheKey(k.into_boxed_str())
     }
 
+    /// Whether this is the key of a variant of `primary`.
+    pub fn is_variant_of(&self, primary: &CacheKey) -> bool {
+        self.0
+            .strip_prefix(&*primary.0)
+            .is_some_and(|rest| rest.starts_with(SEP))
+    }
+
     /// The site name this key belongs to.
     pub fn site(&self) -> &str {
         self.0.split(SEP).next().unwrap_or_default()

@@ -13,13 +13,12 @@ use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, request, response};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 
+use crate::cache::directives;
 use crate::cache::key::Vary;
 use crate::config::{CacheRule, RuleAction, SiteConfig};
 use crate::outcome::BypassReason;
 
-/// The longest any origin-given lifetime, window or `Age` is taken to be:
-/// enough for any real page, and far from overflowing instant arithmetic.
-pub const MAX_DELTA: Duration = Duration::from_secs(365 * 24 * 3600);
+pub use crate::cache::directives::MAX_DELTA;
 
 /// Decides whether a request may use the shared cache at all.
 pub fn classify(
@@ -39,9 +38,6 @@ pub fn classify(
     }
     if req.headers.contains_key(header::AUTHORIZATION) {
         return Err(BypassReason::Authorization);
-    }
-    if req.headers.contains_key(header::RANGE) {
-        return Err(BypassReason::Range);
     }
     let shared = rule.is_some_and(|r| r.shared);
     if !shared && has_session_cookie(&req.headers, &site.session_cookies) {
@@ -134,12 +130,12 @@ pub fn plan(
         shared: true,
         ..CacheOptions::default()
     };
-    let normalised = lower_case_directives(res).ok_or(NotStorable::Forbidden)?;
+    let normalised = directives::normalise(res).ok_or(NotStorable::Forbidden)?;
     let policy = CachePolicy::new_options(&without_directives(req), &normalised, now, options);
     if !policy.is_storable() {
         return Err(NotStorable::Forbidden);
     }
-    let directives = Directives::of(&res.headers);
+    let directives = Directives::of(&normalised.headers);
     let forced = rule.and_then(|r| match r.action {
         RuleAction::ForceTtl(ttl) => Some(ttl),
         RuleAction::Headers | RuleAction::Bypass => None,
@@ -148,6 +144,13 @@ pub fn plan(
         Some(ttl) if forceable(res.status) => (ttl, true),
         Some(_) => return Err(NotStorable::Forbidden),
         None => (policy.time_to_live(now), !directives.must_revalidate),
+    };
+    // An error page is kept briefly and never served stale: it must not
+    // outlive the error (and a successful refetch replaces it at once).
+    let error = res.status.is_client_error() || res.status.is_server_error();
+    let (ttl, may_serve_stale) = match error {
+        true => (ttl.min(site.cache.max_error_ttl), false),
+        false => (ttl, may_serve_stale),
     };
     if ttl.is_zero() {
         return Err(NotStorable::NoFreshness);
@@ -198,33 +201,6 @@ fn without_directives(req: &request::Parts) -> request::Parts {
     copy.headers.remove(header::CACHE_CONTROL);
     copy.headers.remove(header::PRAGMA);
     copy
-}
-
-/// A copy of the response head with `Cache-Control` and `Pragma` lower-cased:
-/// directive names are case-insensitive (RFC 9111 §5.2) but the library
-/// matches them as written, so `Private` would slip through. `Age` is capped
-/// at [`MAX_DELTA`]: the library adds it to durations unchecked. `None` when
-/// a directive is not readable text: such a response is not stored.
-fn lower_case_directives(res: &response::Parts) -> Option<response::Parts> {
-    let (mut copy, ()) = http::Response::new(()).into_parts();
-    copy.status = res.status;
-    copy.version = res.version;
-    copy.headers = res.headers.clone();
-    for name in [header::CACHE_CONTROL, header::PRAGMA] {
-        let values: Vec<_> = res.headers.get_all(&name).iter().cloned().collect();
-        copy.headers.remove(&name);
-        for v in values {
-            let lower = v.to_str().ok()?.to_ascii_lowercase();
-            copy.headers.append(&name, lower.parse().ok()?);
-        }
-    }
-    let age = copy.headers.get(header::AGE).and_then(|v| v.to_str().ok());
-    if let Some(age) = age.and_then(|v| v.trim().parse::<u64>().ok()) {
-        let capped = age.min(MAX_DELTA.as_secs());
-        copy.headers
-            .insert(header::AGE, http::HeaderValue::from(capped));
-    }
-    Some(copy)
 }
 
 /// The response directives that bound stale serving (RFC 5861, RFC 9111 §5.2.2).
@@ -507,6 +483,27 @@ mod tests {
             p.policy.age(later) < MAX_DELTA + Duration::from_secs(6),
             "a huge Age is capped, so it can be added to"
         );
+    }
+
+    #[test]
+    fn an_error_is_stored_at_most_max_error_ttl_and_never_served_stale() {
+        let s =
+            site("max_error_ttl = \"3s\"\n[[site.cache.rule]]\nprefix = \"/f\"\nttl = \"1h\"\n");
+        for (path, status) in [("/page", 404), ("/page", 410), ("/f", 404)] {
+            let mut r = req(&[]);
+            r.uri = path.parse().expect("path");
+            let p = decide(&s, &r, &res(status, &[("cache-control", "max-age=600")]))
+                .unwrap_or_else(|e| panic!("storable: {e:?}"));
+            assert_eq!(p.ttl, Duration::from_secs(3), "{path} {status}");
+            assert_eq!(
+                (
+                    p.stale_while_revalidate,
+                    p.stale_if_error,
+                    p.must_revalidate
+                ),
+                (Duration::ZERO, Duration::ZERO, true)
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use http::{Method, Response, StatusCode, request};
 use tokio::time::Instant;
 
 use crate::body::ProxyBody;
+use crate::cache::range::{self, Cut};
 use crate::cache::store::Entry;
 use crate::outcome::CacheStatus;
 
@@ -19,8 +20,22 @@ pub fn respond(
 ) -> Response<ProxyBody> {
     let mut headers = entry.headers.clone();
     headers.insert(header::AGE, HeaderValue::from(entry.age(now)));
+    // Preconditions come before Range (RFC 9110 §13.2.2): a matching
+    // If-None-Match is a 304 even when a range is asked for.
+    let unchanged = entry.status == StatusCode::OK && not_modified(&req.headers, &headers);
+    let cut = match unchanged {
+        true => Cut::Whole,
+        false => range::cut(req, entry.status, &headers, entry.body.len()),
+    };
+    let status = match (cut != Cut::Whole, status) {
+        (true, CacheStatus::Hit { ttl }) => CacheStatus::RangeHit { ttl },
+        _ => status,
+    };
     status.append_to(&mut headers);
-    let (code, body) = if entry.status == StatusCode::OK && not_modified(&req.headers, &headers) {
+    if cut != Cut::Whole {
+        return ranged(entry, headers, cut);
+    }
+    let (code, body) = if unchanged {
         headers.remove(header::CONTENT_LENGTH);
         (StatusCode::NOT_MODIFIED, ProxyBody::empty())
     } else {
@@ -32,6 +47,29 @@ pub fn respond(
         (entry.status, body)
     };
     let mut res = Response::new(body);
+    *res.status_mut() = code;
+    *res.headers_mut() = headers;
+    res
+}
+
+/// A `206` with one part of `entry`, or a `416`.
+fn ranged(entry: &Entry, mut headers: HeaderMap, cut: Cut) -> Response<ProxyBody> {
+    let len = entry.body.len();
+    let (code, body, range) = match cut {
+        Cut::Part(part) => {
+            let body = entry.body.slice(part.clone());
+            (StatusCode::PARTIAL_CONTENT, body, Some(part))
+        }
+        Cut::Unsatisfiable | Cut::Whole => {
+            (StatusCode::RANGE_NOT_SATISFIABLE, bytes::Bytes::new(), None)
+        }
+    };
+    headers.insert(
+        header::CONTENT_RANGE,
+        range::content_range(range.as_ref(), len),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let mut res = Response::new(ProxyBody::Full(Some(body)));
     *res.status_mut() = code;
     *res.headers_mut() = headers;
     res

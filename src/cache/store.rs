@@ -65,6 +65,10 @@ pub struct Entry {
     /// Set when a refetch of the purged entry failed: its one refetch served
     /// stale-while-revalidate is spent.
     refetch_failed: AtomicBool,
+    /// Set with `purged_at` after an unsafe method (RFC 9111 §4.4): the
+    /// copy is known to be out of date, so nobody is served it while it is
+    /// refetched; only `stale_if_error` may still use it.
+    invalidated: AtomicBool,
 }
 
 /// Where an entry stands at a given instant.
@@ -113,6 +117,7 @@ impl Entry {
             must_revalidate: plan.must_revalidate,
             purged_at: OnceLock::new(),
             refetch_failed: AtomicBool::new(false),
+            invalidated: AtomicBool::new(false),
         }
     }
 
@@ -123,7 +128,10 @@ impl Entry {
             // refetch runs — unless the response forbids it. Once that
             // failed, or when forbidden, fetch in the foreground (still
             // coalesced) and let usable_if_error decide.
-            return if self.must_revalidate || self.refetch_failed.load(Ordering::Relaxed) {
+            return if self.must_revalidate
+                || self.refetch_failed.load(Ordering::Relaxed)
+                || self.invalidated.load(Ordering::Relaxed)
+            {
                 Freshness::Stale
             } else {
                 Freshness::StaleWhileRevalidate
@@ -167,6 +175,18 @@ impl Entry {
     pub fn purge(&self, now: Instant) {
         let _ = self.purged_at.set(now);
         self.refetch_failed.store(false, Ordering::Relaxed);
+    }
+
+    /// Marks the entry out of date after an unsafe method: expired from
+    /// now, never served while it is refetched (see `invalidated`).
+    pub fn invalidate(&self, now: Instant) {
+        let _ = self.purged_at.set(now);
+        self.invalidated.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether an unsafe method marked this entry out of date.
+    pub fn is_invalidated(&self) -> bool {
+        self.invalidated.load(Ordering::Relaxed)
     }
 
     /// Records that a refetch of this entry failed; counts only once purged.
@@ -330,6 +350,47 @@ impl Store {
             self.entries.invalidate(&*key);
         }
         affected
+    }
+
+    /// Marks out of date the responses stored under `primary`, its variants
+    /// included; returns how many. A direct lookup: only a URL that varies
+    /// costs a scan of the store (its variants' keys cannot be listed).
+    pub fn invalidate(&self, primary: &CacheKey, now: Instant) -> usize {
+        match self.entries.get(primary) {
+            None => 0,
+            Some(Slot::Response(entry)) => {
+                entry.invalidate(now);
+                1
+            }
+            Some(Slot::Vary(_)) => {
+                let mut marked = 0;
+                for (key, slot) in &self.entries {
+                    if let Slot::Response(entry) = slot
+                        && key.is_variant_of(primary)
+                    {
+                        entry.invalidate(now);
+                        marked += 1;
+                    }
+                }
+                marked
+            }
+        }
+    }
+
+    /// Marks out of date the responses of `site` for `path` on any host:
+    /// an invalidation heard from another node of the cluster.
+    pub fn invalidate_path(&self, site: &str, path: &str, now: Instant) -> usize {
+        let mut marked = 0;
+        for (key, slot) in &self.entries {
+            if let Slot::Response(entry) = slot
+                && key.site() == site
+                && key.target() == path
+            {
+                entry.invalidate(now);
+                marked += 1;
+            }
+        }
+        marked
     }
 
     /// Entries of one site and their weighted bytes (an admin-time scan).

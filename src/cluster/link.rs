@@ -58,6 +58,10 @@ pub enum Event {
         path: Option<String>,
         prefix: Option<String>,
         hard: bool,
+        /// Sent after an unsafe method (RFC 9111 §4.4): the copies wait for
+        /// the origin instead of being served stale while refreshed.
+        #[serde(default)]
+        invalidate: bool,
         from: String,
         /// Unix milliseconds, to replay purges missed while disconnected.
         at: u64,

@@ -74,12 +74,14 @@ fn apply(app: &App, cluster: &Cluster, event: Event) {
             path,
             prefix,
             hard,
+            invalidate,
             at,
             ..
         } => {
             cluster.last_purge.fetch_max(at, Ordering::Relaxed);
             let now = app.clock.now().instant;
             match (path, prefix) {
+                (Some(path), _) if invalidate => app.store.invalidate_path(&site, &path, now),
                 (Some(path), _) => app.store.purge(&site, |t| t == path, hard, now),
                 (None, Some(prefix)) => {
                     app.store

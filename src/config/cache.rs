@@ -17,6 +17,8 @@ pub const DEFAULT_HIT_FOR_MISS: Duration = Duration::from_secs(120);
 pub const DEFAULT_MAX_WAITERS_PER_KEY: usize = 10_000;
 pub const DEFAULT_STALE_WHILE_REVALIDATE: Duration = Duration::from_secs(30);
 pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(3600);
+/// Longest a stored 4xx stays fresh, whatever the origin or a rule says.
+pub const DEFAULT_MAX_ERROR_TTL: Duration = Duration::from_secs(5);
 
 /// The `[cache]` keys that size the store and the coalescer: read once at
 /// start. Field names serialize as the file's keys.
@@ -38,6 +40,12 @@ pub struct CacheConfig {
 pub struct SiteCacheConfig {
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    /// Remove `CDN-Cache-Control` from responses sent downstream: no cache
+    /// between digue and the browsers is meant by it (RFC 9213 §3.1).
+    pub strip_cdn_cache_control: bool,
+    /// Longest freshness of a stored error (`4xx`): a surge shield must not
+    /// pin an error page once the portal is fixed.
+    pub max_error_ttl: Duration,
     pub rules: Vec<CacheRule>,
 }
 
@@ -74,6 +82,9 @@ pub(super) struct RawCache {
 pub(super) struct RawSiteCache {
     stale_while_revalidate: Option<String>,
     stale_if_error: Option<String>,
+    #[serde(default)]
+    strip_cdn_cache_control: bool,
+    max_error_ttl: Option<String>,
     #[serde(default)]
     rule: Vec<RawRule>,
 }
@@ -143,6 +154,12 @@ impl RawSiteCache {
                 &format!("{at}.stale_if_error"),
                 self.stale_if_error.as_deref(),
                 DEFAULT_STALE_IF_ERROR,
+            ),
+            strip_cdn_cache_control: self.strip_cdn_cache_control,
+            max_error_ttl: errors.duration(
+                &format!("{at}.max_error_ttl"),
+                self.max_error_ttl.as_deref(),
+                DEFAULT_MAX_ERROR_TTL,
             ),
             rules,
         }
