@@ -377,8 +377,12 @@ impl ConcurrencyController {
 
     fn decision(&self, old: usize, reason: LimitReason, stats: WindowStats) -> LimitDecision {
         let new = self.limit();
-        // A probe gathering samples at the floor is still a probe.
-        let direction = if self.is_probing() || reason == LimitReason::MinRtt {
+        // Waiting for samples moves nothing, probe or not (an idle site
+        // would log and count a decision every window); a probe that
+        // decides is a probe.
+        let direction = if reason == LimitReason::FewSamples {
+            Direction::Hold
+        } else if self.is_probing() || reason == LimitReason::MinRtt {
             Direction::Probe
         } else {
             match new.cmp(&old) {
@@ -578,7 +582,8 @@ mod tests {
             let recent = &self.decisions[self.decisions.len() - count..];
             recent
                 .iter()
-                .filter(|d| d.direction != Direction::Probe)
+                // A probe's windows: deciding, or gathering samples at the floor.
+                .filter(|d| d.direction != Direction::Probe && d.reason != LimitReason::FewSamples)
                 .map(|d| d.new)
                 .collect()
         }
