@@ -89,16 +89,21 @@ pub fn choose<C: Candidate>(
         return Some(Choice::Home(h));
     }
     let least_busy = |wanted: Standing| {
-        let open: Vec<usize> = (0..backends.len())
+        // Each backend's load is read once: other requests move it all the
+        // time, and a second read could leave no backend at the least load
+        // (that divided by zero below, a panic on the request path).
+        let open: Vec<(usize, i64)> = (0..backends.len())
             .filter(|&i| Some(i) != except && backends[i].standing(now) == wanted)
+            .map(|i| (i, backends[i].busy()))
             .collect();
-        let least = open.iter().map(|&i| backends[i].busy()).min()?;
+        let least = open.iter().map(|&(_, busy)| busy).min()?;
         let tied: Vec<usize> = open
             .into_iter()
-            .filter(|&i| backends[i].busy() == least)
+            .filter(|&(_, busy)| busy == least)
+            .map(|(i, _)| i)
             .collect();
         let pick = usize::try_from(tie % tied.len() as u64).unwrap_or(0);
-        Some(tied[pick])
+        tied.get(pick).copied()
     };
     let i = least_busy(Standing::Open).or_else(|| least_busy(Standing::SessionsOnly))?;
     Some(match home {
