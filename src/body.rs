@@ -174,15 +174,6 @@ impl StallWatch {
     fn list(&self) -> std::sync::MutexGuard<'_, Vec<Watched>> {
         self.watched.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    /// Bodies still watched (finished ones leave at the next sweep).
-    pub fn len(&self) -> usize {
-        self.list().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Sweeps until the watch is dropped with its app.

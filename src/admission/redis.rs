@@ -274,25 +274,34 @@ impl RedisLine {
                 turns,
             },
         );
+        let reply = self.run_script(&invocation).await?;
+        self.healthy.store(true, Ordering::Relaxed);
+        Ok(reply)
+    }
+
+    /// Runs one script call within [`CALL_TIMEOUT`]; the store is marked
+    /// unhealthy when it cannot be reached, fails or does not answer in
+    /// time.
+    async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, Unreachable> {
         let Some(mut conn) = self.cluster.conn() else {
             self.healthy.store(false, Ordering::Relaxed);
             return Err(Unreachable);
         };
-        let reply =
-            match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "redis call failed");
-                    self.healthy.store(false, Ordering::Relaxed);
-                    return Err(Unreachable);
-                }
-                Err(_) => {
-                    self.healthy.store(false, Ordering::Relaxed);
-                    return Err(Unreachable);
-                }
-            };
-        self.healthy.store(true, Ordering::Relaxed);
-        Ok(reply)
+        match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "redis call failed");
+                self.healthy.store(false, Ordering::Relaxed);
+                Err(Unreachable)
+            }
+            Err(_) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                Err(Unreachable)
+            }
+        }
     }
 
     fn update(&self, op: &str, ticket: u64, reply: Reply) {
@@ -332,23 +341,7 @@ impl RedisLine {
     ) -> Result<PreQueueReply, Unreachable> {
         let known = self.view().issued;
         let invocation = self.script.event_invocation(op, ident, known, ttl_secs);
-        let Some(mut conn) = self.cluster.conn() else {
-            self.healthy.store(false, Ordering::Relaxed);
-            return Err(Unreachable);
-        };
-        let reply: (String, u64, u64) =
-            match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "redis call failed");
-                    self.healthy.store(false, Ordering::Relaxed);
-                    return Err(Unreachable);
-                }
-                Err(_) => {
-                    self.healthy.store(false, Ordering::Relaxed);
-                    return Err(Unreachable);
-                }
-            };
+        let reply: (String, u64, u64) = self.run_script(&invocation).await?;
         Ok(match reply.0.as_str() {
             "joined" => PreQueueReply::Joined(reply.1),
             "drawn" => {
