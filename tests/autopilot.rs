@@ -79,6 +79,14 @@ async fn limit_until(
     .await;
 }
 
+/// Waits (10 s at most) for the limit to climb between 0.8 and 1.6 × the
+/// portal's capacity.
+async fn climbs_near_capacity(proxy: &Proxy, origin: &Origin) {
+    let near = |l: f64| (0.8 * CAPACITY as f64..=1.6 * CAPACITY as f64).contains(&l);
+    let what = "the limit climbs near the capacity";
+    limit_until(proxy, origin, what, Duration::from_secs(10), near).await;
+}
+
 /// Watches the origin for `span`: the mean of its requests in flight, and
 /// how many it refused for being past twice its capacity meanwhile.
 async fn watch(origin: &Origin, span: Duration) -> (f64, usize) {
@@ -102,15 +110,7 @@ async fn the_autopilot_finds_the_portal_s_capacity_follows_a_halving_and_climbs_
 
     // Under a ceiling of 200, with 80 pupils pressing: from the floor, by
     // slow start.
-    let near = |l: f64| (0.8 * CAPACITY as f64..=1.6 * CAPACITY as f64).contains(&l);
-    limit_until(
-        &proxy,
-        &origin,
-        "the limit climbs near the capacity",
-        Duration::from_secs(10),
-        near,
-    )
-    .await;
+    climbs_near_capacity(&proxy, &origin).await;
     let (busy, _) = watch(&origin, Duration::from_secs(2)).await;
     assert_eq!(
         origin.overloaded(),
@@ -395,15 +395,7 @@ async fn a_restart_resumes_from_what_the_autopilot_had_found() {
     let proxy = digue.clone().start().await;
     let stop = Arc::new(AtomicBool::new(false));
     let clients = surge(&proxy, 80, &stop);
-    let near = |l: f64| (0.8 * CAPACITY as f64..=1.6 * CAPACITY as f64).contains(&l);
-    limit_until(
-        &proxy,
-        &origin,
-        "the limit climbs near the capacity",
-        Duration::from_secs(10),
-        near,
-    )
-    .await;
+    climbs_near_capacity(&proxy, &origin).await;
     let patched = proxy
         .admin_call(
             Method::PATCH,
