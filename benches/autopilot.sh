@@ -75,7 +75,7 @@ write_config() {
     printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\n' "$4" "$5"
     printf 'worker_threads = 1\nmax_connections = 20000\n\n[cache]\nmax_size = "64MiB"\n\n'
     printf '[[site]]\nname = "portal"\nhosts = ["*"]\norigin = "http://127.0.0.1:%s"\n' "$3"
-    printf 'origin_concurrency = %s\norigin_queue_timeout = "2s"\nsession_cookies = ["JSESSIONID"]\n\n' "$concurrency"
+    printf 'origin_concurrency = %s\norigin_queue_timeout = "2s"\norigin_share_per_network = 100\nsession_cookies = ["JSESSIONID"]\n\n' "$concurrency"
     printf '[[site.cache.rule]]\nprefix = "/static/"\nttl = "1h"\nshared = true\n\n'
     printf '[[site.cache.rule]]\nprefix = "/news"\nttl = "1m"\n\n'
     printf '[[site.cache.rule]]\nprefix = "/api/"\nbypass = true\n\n'

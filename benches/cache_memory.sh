@@ -62,7 +62,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$DIGUE_PID/status"; }
 ROWS=""
 for prefix in /c/ /n/; do
   for count in $COUNTS; do
-    printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\nworker_threads = 1\n\n[cache]\nmax_size = "%s"\n\n[[site]]\nname = "portal"\nhosts = ["*"]\norigin = "http://127.0.0.1:%s"\norigin_concurrency = 256\n' \
+    printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\nworker_threads = 1\n\n[cache]\nmax_size = "%s"\n\n[[site]]\nname = "portal"\nhosts = ["*"]\norigin = "http://127.0.0.1:%s"\norigin_concurrency = 256\norigin_share_per_network = 100\n' \
       "$proxy_port" "$admin_port" "$MAX_SIZE" "$origin_port" >"$TMP/digue.toml"
     start_digue digue "$TMP/digue.toml" "$TMP/digue.log" "$admin_port"
     before="$(rss_kib)"

@@ -204,6 +204,7 @@ name = "bench"
 hosts = ["*"]
 origin = "http://127.0.0.1:$ORIGIN_PORT"
 origin_concurrency = $3
+origin_share_per_network = 100   # every load client is on loopback: one network
 EOF
 }
 

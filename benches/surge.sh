@@ -101,6 +101,7 @@ hosts = ["*"]
 origin = "http://127.0.0.1:$portal_port"
 origin_concurrency = $CAPACITY
 origin_queue_timeout = "2s"
+origin_share_per_network = 100   # every pupil is on loopback: one network
 origin_timeout = "20s"
 origin_connect_timeout = "3s"
 session_cookies = ["JSESSIONID"]

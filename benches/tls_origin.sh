@@ -81,6 +81,7 @@ name = "bench"
 hosts = ["*"]
 $4
 origin_concurrency = 256
+origin_share_per_network = 100
 TOML
   start_digue "$1" "$TMP/$1.toml" "$TMP/$1.log" "$3" "$SERVER_CPU"
   URL[$1]="http://127.0.0.1:$2/obj"

@@ -9,6 +9,9 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::share::ClientShare;
+pub use crate::share::Saturated;
+
 /// Slots toward one origin. A slot is held from sending the request until
 /// the response body is fully read (or dropped), so slow downloads count.
 pub struct OriginGuard {
@@ -35,56 +38,20 @@ pub struct OriginGuard {
 /// on its own.
 pub const MAX_LIMIT: usize = 1 << 20;
 
-/// No slot freed within the queue timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Saturated;
-
 /// One origin slot; dropping it frees the slot whatever happened.
 #[must_use = "the slot is released as soon as the permit is dropped"]
 pub struct OriginPermit {
     slot: Option<OwnedSemaphorePermit>,
     in_flight: Arc<[IntGauge]>,
     debt: Arc<AtomicUsize>,
-    /// The client connection's share ([`ConnectionSlots`]), freed with it.
-    _connection: Option<OwnedSemaphorePermit>,
-}
-
-/// Origin slots one client connection may hold at once. One HTTP/2
-/// connection can open hundreds of streams and, by not reading their
-/// bodies (a zero flow-control window), hold an origin slot per stream
-/// until `origin_timeout`: with a share per connection, it cannot take the
-/// slots everyone else needs. HTTP/1.1 holds one at a time anyway; a
-/// browser's burst of per-user calls fits well under it.
-pub const ORIGIN_SLOTS_PER_CONNECTION: usize = 16;
-
-/// A client connection's share of origin slots, carried by each of its
-/// requests (an extension set by the server).
-#[derive(Clone)]
-pub struct ConnectionSlots(Arc<Semaphore>);
-
-impl Default for ConnectionSlots {
-    fn default() -> Self {
-        ConnectionSlots(Arc::new(Semaphore::new(ORIGIN_SLOTS_PER_CONNECTION)))
-    }
-}
-
-impl ConnectionSlots {
-    /// Waits at most `wait` for one of the connection's slots.
-    pub async fn acquire(&self, wait: Duration) -> Result<OwnedSemaphorePermit, Saturated> {
-        match self.0.clone().try_acquire_owned() {
-            Ok(permit) => Ok(permit),
-            Err(_) => tokio::time::timeout(wait, self.0.clone().acquire_owned())
-                .await
-                .map_err(|_| Saturated)?
-                .map_err(|_| Saturated),
-        }
-    }
+    /// The client's shares ([`crate::share`]), freed with the slot.
+    _share: ClientShare,
 }
 
 impl OriginPermit {
-    /// This slot, also holding the client connection's share until freed.
-    pub fn holding(mut self, connection: Option<OwnedSemaphorePermit>) -> OriginPermit {
-        self._connection = connection;
+    /// This slot, also holding the client's shares until freed.
+    pub fn holding(mut self, share: ClientShare) -> OriginPermit {
+        self._share = share;
         self
     }
 }
@@ -186,7 +153,7 @@ impl OriginGuard {
             slot: Some(slot),
             in_flight: self.in_flight.clone(),
             debt: self.debt.clone(),
-            _connection: None,
+            _share: ClientShare::default(),
         })
     }
 }

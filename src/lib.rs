@@ -99,6 +99,7 @@ pub mod preflight;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod share;
 pub mod site;
 pub mod surge;
 pub mod target;

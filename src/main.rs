@@ -263,6 +263,9 @@ fn demo(listen: SocketAddr, schedule: Option<CapacitySchedule>) -> ExitCode {
             // who does not know would guess: the autopilot finds the real
             // capacity, and follows it when `--capacity` moves it.
             site.live.origin_concurrency = capacity * DEMO_CEILING_FACTOR;
+            // `digue surge` sends every pupil from 127.0.0.1: one network,
+            // whose share would be half the portal.
+            site.origin_share_per_network = 100;
             site.autopilot.enabled = true;
             site.autopilot.min_origin_concurrency = 2;
             site.autopilot.min_new_users_per_minute = DEMO_USERS_PER_MINUTE / 2;

@@ -30,9 +30,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::App;
 use crate::body::{BodyError, ProxyBody};
-use crate::guard::ConnectionSlots;
 use crate::origin::Downstream;
 use crate::proxy;
+use crate::share::ConnectionSlots;
 use crate::tunnel::Lifeline;
 
 /// Pause after a failed accept (EMFILE and friends) so a full fd table does

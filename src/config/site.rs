@@ -26,6 +26,10 @@ pub const DEFAULT_ORIGIN_CONCURRENCY: usize = 64;
 pub const DEFAULT_ORIGIN_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The share of a site's origin slots one client network may hold, in
+/// percent: one machine that stops reading its answers can hold at most
+/// half the origin, never all of it.
+pub const DEFAULT_ORIGIN_SHARE_PER_NETWORK: u8 = 50;
 /// Cookies that mark a request as per-user when a site names none.
 pub const DEFAULT_SESSION_COOKIES: &[&str] = &["JSESSIONID", "PHPSESSID", "oneSessionId"];
 
@@ -43,6 +47,9 @@ pub struct SiteConfig {
     pub live: LiveSettings,
     /// Longest wait for an origin slot.
     pub origin_queue_timeout: Duration,
+    /// Percent of the origin's slots one client network (an IPv4 address,
+    /// an IPv6 /64) may hold at once, 1–100 (100: no cap).
+    pub origin_share_per_network: u8,
     /// Cookie names that make a request per-user.
     pub session_cookies: Vec<String>,
     /// Whether the origin tells `/Login` from `/login`: gates and bypass
@@ -131,6 +138,7 @@ pub(super) struct RawSite {
     origin_host: Option<String>,
     origin_concurrency: Option<u64>,
     origin_queue_timeout: Option<String>,
+    origin_share_per_network: Option<u64>,
     origin_timeout: Option<String>,
     origin_connect_timeout: Option<String>,
     origin_tls_name: Option<String>,
@@ -303,6 +311,11 @@ impl RawSite {
                 self.origin_queue_timeout.as_deref(),
                 DEFAULT_ORIGIN_QUEUE_TIMEOUT,
             ),
+            origin_share_per_network: share_per_network(
+                self.origin_share_per_network,
+                &format!("{at}.origin_share_per_network"),
+                errors,
+            ),
             cache: self.cache.validate(&format!("{at}.cache"), errors),
             name,
             hosts,
@@ -317,6 +330,20 @@ impl RawSite {
                 .map(|c| c.validate(&format!("{at}.client_limit"), errors)),
             session_cookies,
             case_sensitive: self.case_sensitive,
+        }
+    }
+}
+
+fn share_per_network(raw: Option<u64>, at: &str, errors: &mut Errors) -> u8 {
+    match raw {
+        None => DEFAULT_ORIGIN_SHARE_PER_NETWORK,
+        Some(percent @ 1..=100) => u8::try_from(percent).unwrap_or(100),
+        Some(_) => {
+            errors.push(
+                at,
+                "must be a percentage from 1 to 100 (100: one network may hold every origin slot)",
+            );
+            DEFAULT_ORIGIN_SHARE_PER_NETWORK
         }
     }
 }

@@ -525,3 +525,22 @@ fn routing_headers_are_header_names_a_request_can_do_without() {
         assert!(errs.iter().any(|e| e.starts_with(key)), "{key}: {errs:?}");
     }
 }
+
+#[test]
+fn the_origin_share_per_network_is_a_percentage() {
+    let with = |value: &str| {
+        MINIMAL.replace(
+            "hosts = [\"*\"]",
+            &format!("hosts = [\"*\"]\norigin_share_per_network = {value}"),
+        )
+    };
+    let site = |text: &str| Config::parse(text).expect("valid").sites.remove(0);
+    assert_eq!(site(MINIMAL).origin_share_per_network, 50, "the default");
+    assert_eq!(site(&with("100")).origin_share_per_network, 100);
+    for value in ["0", "101", "18446744073709551615"] {
+        assert_reported(
+            &errors_of(&with(value)),
+            &["site[0].origin_share_per_network: must be a percentage from 1 to 100"],
+        );
+    }
+}

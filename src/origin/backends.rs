@@ -2,6 +2,7 @@
 //! over each backend's state by address across reloads), and the slot a
 //! request takes on one of them.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,9 +17,10 @@ use super::balance::{self, Choice};
 use super::health::Standing;
 use crate::cache::coalesce::Failure;
 use crate::config::{OriginConfig, SiteConfig};
-use crate::guard::OriginPermit;
+use crate::guard::{OriginPermit, Saturated};
 use crate::metrics::{Metrics, SiteMetrics};
 use crate::outcome::{BusyReason, OriginErrorKind};
+use crate::share::{NetworkPermit, NetworkShares, network_cap};
 
 /// The client toward one site's origin: one pool and one guard per backend.
 pub struct Origin {
@@ -28,6 +30,11 @@ pub struct Origin {
     /// Breaks ties between equally busy backends: bumped by every choice,
     /// so ties rotate instead of always going to the first.
     ties: AtomicU64,
+    /// Slots held by each client network, across the backends; kept over
+    /// a reload like the backends' own slots.
+    networks: Arc<NetworkShares>,
+    /// Percent of the slots one network may hold (100: no cap).
+    share_per_network: u8,
 }
 
 impl Origin {
@@ -63,6 +70,8 @@ impl Origin {
             host_override: site.origin.host.clone(),
             timeout: site.origin.timeout,
             ties: AtomicU64::new(0),
+            networks: previous.map(|p| p.networks.clone()).unwrap_or_default(),
+            share_per_network: site.origin_share_per_network,
         })
     }
 
@@ -81,6 +90,22 @@ impl Origin {
     /// The backend of that name (its address as written in the config).
     pub fn state(&self, name: &str) -> Option<&Arc<BackendState>> {
         self.states().find(|s| s.name == name)
+    }
+
+    /// A slot of `client`'s network share, waiting at most `wait` for one;
+    /// `None` when the site sets no cap.
+    pub(super) async fn network_share(
+        &self,
+        client: IpAddr,
+        wait: Duration,
+    ) -> Result<Option<NetworkPermit>, Saturated> {
+        if self.share_per_network >= 100 {
+            return Ok(None);
+        }
+        let limit = self.states().map(|s| s.guard.limit()).sum();
+        let cap = network_cap(limit, self.share_per_network);
+        let network = self.networks.network(client);
+        self.networks.acquire(network, cap, wait).await.map(Some)
     }
 
     /// Sets `origin_concurrency`: each backend's own limit.

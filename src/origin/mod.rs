@@ -37,9 +37,10 @@ use upstream::SendFailed;
 use crate::admission::cookies;
 use crate::cache::coalesce::Failure;
 use crate::config::{Affinity, BalanceConfig, Cidr};
-use crate::guard::{ConnectionSlots, OriginPermit};
+use crate::guard::OriginPermit;
 use crate::metrics::SiteMetrics;
 use crate::outcome::{BusyReason, OriginErrorKind};
+use crate::share::{ClientShare, ConnectionSlots};
 
 /// A request body toward the origin: the client's stream, or nothing.
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -125,21 +126,27 @@ pub async fn call_origin(
         .flatten();
     let bodiless = body.is_end_stream();
     let resendable = bodiless && matches!(head.method, Method::GET | Method::HEAD);
-    // The client connection's share first: a connection past it waits,
-    // never holding a slot everyone else needs. Not for a trusted proxy's:
-    // a load balancer in front carries many users on one connection.
+    // The client's shares first: a client past them waits, never holding
+    // a slot everyone else needs. The connection's share is not counted
+    // for a trusted proxy's (a load balancer in front carries many users
+    // on one connection); the network's is, for the client it names.
+    // One queue deadline for the shares and the slot together.
+    let queued = Instant::now() + route.queue_timeout;
+    let left = || queued.saturating_duration_since(Instant::now());
+    let busy = |_| Failure::Busy(BusyReason::QueueTimeout);
     let share = head
         .extensions
         .get::<ConnectionSlots>()
         .filter(|_| !headers::is_trusted(asker.from, asker.trusted));
     let connection = match share {
-        Some(share) => Some(
-            share
-                .acquire(route.queue_timeout)
-                .await
-                .map_err(|_| Failure::Busy(BusyReason::QueueTimeout))?,
-        ),
+        Some(share) => Some(share.acquire(left()).await.map_err(busy)?),
         None => None,
+    };
+    let client = headers::client_ip(asker.from, &head.headers, asker.trusted);
+    let network = origin.network_share(client, left()).await.map_err(busy)?;
+    let route = Route {
+        queue_timeout: left(),
+        ..route
     };
     let (mut at, mut slot) = origin.slot(&route, home, None).await?;
     let started = Instant::now();
@@ -188,7 +195,10 @@ pub async fn call_origin(
     Ok(Answer {
         head: head_out,
         body,
-        slot: slot.holding(connection),
+        slot: slot.holding(ClientShare {
+            connection,
+            network,
+        }),
     })
 }
 

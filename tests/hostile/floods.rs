@@ -826,9 +826,13 @@ async fn an_origin_sending_headers_for_ever_is_hung_up_on_with_a_502_page() {
 
 /// Sends `GET target` on a raw connection and reads until `enough` bytes
 /// (head and body) came; returns the connection, still open, and the head.
-async fn read_some(addr: SocketAddr, target: &str, enough: usize) -> (TcpStream, String) {
+async fn read_some(
+    addr: SocketAddr,
+    target: impl AsRef<str>,
+    enough: usize,
+) -> (TcpStream, String) {
     let mut conn = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {target} HTTP/1.1\r\nHost: portal\r\n\r\n");
+    let req = format!("GET {} HTTP/1.1\r\nHost: portal\r\n\r\n", target.as_ref());
     conn.write_all(req.as_bytes())
         .await
         .expect("request written");
@@ -1192,5 +1196,55 @@ async fn one_http2_connection_that_stops_reading_cannot_pin_every_origin_slot() 
         other.text()
     );
     drop(unread);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn many_connections_from_one_machine_cannot_pin_every_origin_slot() {
+    // Endless downloads trickling at 160 KiB/s: never stalled, so each
+    // holds its origin slot for as long as its client keeps it open.
+    let origin = BrokenOrigin::start(Broken::Endless {
+        cache_control: "no-store",
+        pace: Duration::from_millis(100),
+    })
+    .await;
+    let proxy = Digue::new(&origin.url)
+        .site(
+            "origin_concurrency = 8\norigin_queue_timeout = \"1s\"\norigin_share_per_network = 50",
+        )
+        .start()
+        .await;
+    // Eight HTTP/1.1 connections from 127.0.0.1, one download each: the
+    // connection share does not bind them, the network's does (half of 8).
+    let downloads = (0..8).map(|n| read_some(proxy.addr, format!("/endless/{n}"), 256));
+    let downloads = futures_util::future::join_all(downloads).await;
+    let heads: Vec<&str> = downloads.iter().map(|(_, head)| head.as_str()).collect();
+    let pinned = heads
+        .iter()
+        .filter(|h| h.starts_with("HTTP/1.1 200"))
+        .count();
+    assert_eq!(pinned, 4, "one machine holds half the origin: {heads:?}");
+    assert!(
+        heads
+            .iter()
+            .filter(|h| !h.starts_with("HTTP/1.1 200"))
+            .all(|h| h.starts_with("HTTP/1.1 503")),
+        "the rest get the busy page: {heads:?}"
+    );
+    assert_eq!(proxy.metric(IN_FLIGHT).await, 4.0);
+
+    let other =
+        crate::support::get_from("127.0.0.2".parse().expect("ip"), &proxy.url("/"), &[]).await;
+    assert_eq!(
+        other.status,
+        200,
+        "another machine reaches the origin: {}",
+        other.text()
+    );
+    drop(downloads);
+    proxy
+        .wait_metric(IN_FLIGHT, |n| n == 0.0, Duration::from_secs(5))
+        .await;
+    assert_served(&proxy, "/", "after the downloads").await;
     proxy.shutdown().await;
 }

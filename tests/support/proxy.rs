@@ -169,8 +169,15 @@ impl Digue {
             text += &format!("[cluster]\n{cluster}\n");
         }
         if let Some(site) = &self.site {
+            // Every test client is 127.0.0.1, one network: its share of the
+            // origin is the whole origin unless a test sets it.
+            let share = if site.body.contains("origin_share_per_network") {
+                ""
+            } else {
+                "origin_share_per_network = 100\n"
+            };
             text += &format!(
-                "[[site]]\nname = \"{}\"\nhosts = [\"*\"]\norigin = \"{}\"\n{}",
+                "[[site]]\nname = \"{}\"\nhosts = [\"*\"]\norigin = \"{}\"\n{share}{}",
                 site.name, site.origin, site.body
             );
             if let Some(keys) = &site.admission {
