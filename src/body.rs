@@ -1,8 +1,10 @@
 //! The one response body type: a cached or generated buffer, or an origin
 //! stream that holds its origin slot until the last byte is sent — or until
 //! it stops moving: a relayed body that delivers nothing for its stall
-//! timeout is cut, whether the origin went silent or the client stopped
-//! reading, so neither can pin an origin slot for ever.
+//! timeout is cut, so neither a silent origin nor a client that stopped
+//! reading can pin an origin slot for ever. The two have their own
+//! timeouts: an origin may think for `origin_timeout`, a client that does
+//! not read holds a slot (and a portal worker) only `client_send_timeout`.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -68,7 +70,19 @@ struct Stream {
     permit: Option<OriginPermit>,
     /// The task waiting for the next frame, woken when the watchdog cuts.
     waker: Option<Waker>,
+    /// Whether the last poll found the origin with nothing to give: the
+    /// relay waits on the origin, not on its reader.
+    awaiting_origin: bool,
     cut: bool,
+}
+
+/// How long a relayed body may deliver nothing before it is cut.
+#[derive(Debug, Clone, Copy)]
+pub struct Stall {
+    /// While the relay waits for the origin's next bytes.
+    pub origin: Duration,
+    /// While the client does not ask for the bytes it has (a full window).
+    pub client: Duration,
 }
 
 /// The body stopped moving for longer than its stall timeout.
@@ -77,7 +91,10 @@ pub struct Stalled;
 
 impl fmt::Display for Stalled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("relayed body made no progress within origin_timeout")
+        f.write_str(
+            "relayed body made no progress within origin_timeout (origin silent) or \
+             client_send_timeout (client not reading)",
+        )
     }
 }
 
@@ -93,13 +110,14 @@ impl ProxyBody {
     }
 
     /// Streams `rest` after `prefix`, holding `permit` until the end; cut if
-    /// no frame goes out for `stall` (checked by `watch`, since a client
-    /// that stops reading also stops polling the body).
+    /// no frame goes out for the `stall` of whichever side it waits on
+    /// (checked by `watch`, since a client that stops reading also stops
+    /// polling the body).
     pub fn upstream(
         prefix: Option<Bytes>,
         rest: Incoming,
         permit: Option<OriginPermit>,
-        stall: Duration,
+        stall: Stall,
         watch: &Arc<StallWatch>,
     ) -> Self {
         let relay = Arc::new(Relayed {
@@ -107,6 +125,7 @@ impl ProxyBody {
                 rest: Some(rest),
                 permit,
                 waker: None,
+                awaiting_origin: false,
                 cut: false,
             }),
             frames: AtomicU64::new(0),
@@ -148,7 +167,7 @@ pub struct StallWatch {
 
 struct Watched {
     relay: Weak<Relayed>,
-    stall: Duration,
+    stall: Stall,
     /// Frames delivered at the last sweep, and the time since they moved.
     seen: u64,
     idle: Duration,
@@ -159,7 +178,7 @@ struct Watched {
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl StallWatch {
-    fn watch(self: &Arc<Self>, relay: &Arc<Relayed>, stall: Duration) {
+    fn watch(self: &Arc<Self>, relay: &Arc<Relayed>, stall: Stall) {
         self.list().push(Watched {
             relay: Arc::downgrade(relay),
             stall,
@@ -203,8 +222,13 @@ fn still_moving(w: &mut Watched) -> bool {
         return true;
     }
     w.idle += SWEEP_EVERY;
-    let flush = Duration::from_secs(relay.last_len.load(Ordering::Relaxed) / MIN_READ_RATE);
-    if w.idle < w.stall + flush {
+    let allowed = if stream.awaiting_origin {
+        w.stall.origin
+    } else {
+        let flush = relay.last_len.load(Ordering::Relaxed) / MIN_READ_RATE;
+        w.stall.client + Duration::from_secs(flush)
+    };
+    if w.idle < allowed {
         return true;
     }
     // Dropping the origin body closes its connection, which frees the
@@ -238,7 +262,9 @@ impl Body for ProxyBody {
                     let cut = std::mem::take(&mut stream.cut);
                     return Poll::Ready(cut.then(|| Err(Stalled.into())));
                 };
-                match Pin::new(rest).poll_frame(cx) {
+                let polled = Pin::new(rest).poll_frame(cx);
+                stream.awaiting_origin = polled.is_pending();
+                match polled {
                     Poll::Pending => {
                         if !stream
                             .waker

@@ -12,7 +12,7 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::admission::gate::{Verdict, Visitor};
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, Stall};
 use crate::cache::coalesce::{Failure, Landing, Role};
 use crate::cache::fill::{Fetched, Fill, Relay, fetch_head};
 use crate::cache::key::CacheKey;
@@ -690,7 +690,11 @@ impl Ctx {
 
     fn relay(&self, relay: Relay, outcome: Outcome) -> Response<ProxyBody> {
         self.site.metrics.request(outcome);
-        let stall = self.site.config.origin.timeout;
+        let origin = self.site.config.origin.timeout;
+        let stall = Stall {
+            origin,
+            client: self.site.config.client_send_timeout.min(origin),
+        };
         let body = ProxyBody::upstream(
             relay.prefix,
             relay.body,

@@ -30,6 +30,9 @@ pub const DEFAULT_ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// percent: one machine that stops reading its answers can hold at most
 /// half the origin, never all of it.
 pub const DEFAULT_ORIGIN_SHARE_PER_NETWORK: u8 = 50;
+/// A client that reads nothing of a relayed body for this long loses it:
+/// its origin slot, and the portal worker writing to it, go back to others.
+pub const DEFAULT_CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Cookies that mark a request as per-user when a site names none.
 pub const DEFAULT_SESSION_COOKIES: &[&str] = &["JSESSIONID", "PHPSESSID", "oneSessionId"];
 
@@ -50,6 +53,9 @@ pub struct SiteConfig {
     /// Percent of the origin's slots one client network (an IPv4 address,
     /// an IPv6 /64) may hold at once, 1–100 (100: no cap).
     pub origin_share_per_network: u8,
+    /// Longest pause of a client reading a body relayed from the origin
+    /// (never longer than `origin_timeout`).
+    pub client_send_timeout: Duration,
     /// Cookie names that make a request per-user.
     pub session_cookies: Vec<String>,
     /// Whether the origin tells `/Login` from `/login`: gates and bypass
@@ -139,6 +145,7 @@ pub(super) struct RawSite {
     origin_concurrency: Option<u64>,
     origin_queue_timeout: Option<String>,
     origin_share_per_network: Option<u64>,
+    client_send_timeout: Option<String>,
     origin_timeout: Option<String>,
     origin_connect_timeout: Option<String>,
     origin_tls_name: Option<String>,
@@ -316,6 +323,11 @@ impl RawSite {
                 &format!("{at}.origin_share_per_network"),
                 errors,
             ),
+            client_send_timeout: client_send_timeout(
+                self.client_send_timeout.as_deref(),
+                &format!("{at}.client_send_timeout"),
+                errors,
+            ),
             cache: self.cache.validate(&format!("{at}.cache"), errors),
             name,
             hosts,
@@ -332,6 +344,16 @@ impl RawSite {
             case_sensitive: self.case_sensitive,
         }
     }
+}
+
+/// At least a second: the watchdog looks once a second, and a phone on a
+/// train needs a moment.
+fn client_send_timeout(raw: Option<&str>, at: &str, errors: &mut Errors) -> Duration {
+    let timeout = errors.duration(at, raw, DEFAULT_CLIENT_SEND_TIMEOUT);
+    if timeout < Duration::from_secs(1) {
+        errors.push(at, "must be at least 1s");
+    }
+    timeout
 }
 
 fn share_per_network(raw: Option<u64>, at: &str, errors: &mut Errors) -> u8 {

@@ -544,3 +544,32 @@ fn the_origin_share_per_network_is_a_percentage() {
         );
     }
 }
+
+#[test]
+fn the_client_send_timeout_is_at_least_a_second() {
+    let with = |value: &str| {
+        MINIMAL.replace(
+            "hosts = [\"*\"]",
+            &format!("hosts = [\"*\"]\nclient_send_timeout = {value:?}"),
+        )
+    };
+    let site = |text: &str| Config::parse(text).expect("valid").sites.remove(0);
+    assert_eq!(
+        site(MINIMAL).client_send_timeout,
+        std::time::Duration::from_secs(10)
+    );
+    assert_eq!(
+        site(&with("3s")).client_send_timeout,
+        std::time::Duration::from_secs(3)
+    );
+    for value in ["0s", "500ms"] {
+        assert_reported(
+            &errors_of(&with(value)),
+            &["site[0].client_send_timeout: must be at least 1s"],
+        );
+    }
+    assert_reported(
+        &errors_of(&with("soon")),
+        &["site[0].client_send_timeout: \"soon\" is not a duration"],
+    );
+}
