@@ -349,7 +349,7 @@ fn applied(
         kind,
         "live setting changed through the admin API"
     );
-    app.tell_cluster(name, settings);
+    app.tell_cluster(name, settings, None);
     json_ok(site_state(app, name).unwrap_or(Value::Null))
 }
 

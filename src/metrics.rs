@@ -78,6 +78,8 @@ pub struct Metrics {
     pub cluster_epoch: IntGauge,
     /// Round-trips to Redis made by this node.
     pub redis_calls: IntCounter,
+    /// Autopilot rates dropped: sent under a lease another node holds now.
+    pub fenced_rates: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -490,6 +492,11 @@ impl Metrics {
                 "digue_cluster_redis_calls_total",
                 "Cluster mode: round-trips to Redis made by this node since start \
                  (view refreshes, arrivals, claims, publishes).",
+            ),
+            fenced_rates: single(
+                "digue_cluster_fenced_rates_total",
+                "Cluster mode: autopilot rates dropped because the node that sent them had \
+                 lost its lease to another (it stalled past the lease's expiry).",
             ),
             registry: r,
         }

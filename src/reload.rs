@@ -126,8 +126,9 @@ impl App {
     }
 
     /// Tells the other nodes of a cluster the live settings now in force
-    /// on this one (an admin change, the autopilot's rate).
-    pub fn tell_cluster(&self, site: &str, settings: LiveSettings) {
+    /// on this one: an admin change, or the autopilot's rate under its
+    /// lease's `fence`.
+    pub fn tell_cluster(&self, site: &str, settings: LiveSettings, fence: Option<u64>) {
         let Some(cluster) = &self.cluster else {
             return;
         };
@@ -135,6 +136,7 @@ impl App {
             site: site.to_owned(),
             settings,
             from: cluster.node.clone(),
+            fence,
         };
         let cluster = cluster.clone();
         tokio::spawn(async move { cluster.publish(&event).await });

@@ -1540,9 +1540,12 @@ async fn the_deciding_node_judges_on_what_every_node_saw() {
         "a node takes the lease",
         Duration::from_secs(5),
         async || {
-            holder = redis_cli(port, &["GET", "digue:autopilot:lease:portal"])
-                .trim()
-                .to_owned();
+            holder = redis_cli(
+                port,
+                &["GET", &digue::cluster::pilot_lease_keys("portal")[0]],
+            )
+            .trim()
+            .to_owned();
             if holder.is_empty() { Err(()) } else { Ok(()) }
         },
     )
@@ -1591,8 +1594,125 @@ async fn the_deciding_node_judges_on_what_every_node_saw() {
         "the other node decided nothing"
     );
     assert_eq!(
-        redis_cli(port, &["GET", "digue:autopilot:lease:portal"]).trim(),
+        redis_cli(
+            port,
+            &["GET", &digue::cluster::pilot_lease_keys("portal")[0]]
+        )
+        .trim(),
         holder,
         "still the decider"
     );
+}
+
+/// `GET /admin/sites` of a node's first site.
+async fn first_site(node: &Proxy) -> Value {
+    let got = node.admin_call(Method::GET, "/admin/sites", "").await;
+    got.json()["sites"][0].clone()
+}
+
+#[tokio::test]
+async fn a_rate_sent_under_an_older_autopilot_lease_is_dropped_and_an_operator_s_change_is_not() {
+    let cluster = Cluster::start(Origin::portal().await).await;
+    let (a, b) = cluster.pair("new_users_per_minute = 600").await;
+    let port = cluster.redis.port;
+    let rate_on = async |node: &Proxy, rate: u64| {
+        let what = format!("{rate} new users a minute");
+        wait_for(&what, Duration::from_secs(5), async || {
+            let site = first_site(node).await;
+            match site["admission"]["new_users_per_minute"].as_u64() {
+                Some(r) if r == rate => Ok(()),
+                other => Err(other),
+            }
+        })
+        .await;
+    };
+    let patch = r#"{"new_users_per_minute":420}"#;
+    let got = a
+        .admin_call(Method::PATCH, "/admin/sites/portal/admission", patch)
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    rate_on(&b, 420).await;
+
+    // Rates as a lease holder sends them, in the stored settings' format.
+    let stored: Value =
+        serde_json::from_str(&redis_cli(port, &["HGET", "digue:settings", "portal"]))
+            .expect("the settings are kept as JSON");
+    let under_lease = |rate: u64, concurrency: u64, fence: u64| {
+        let mut settings = stored.clone();
+        settings["admission"]["new_users_per_minute"] = rate.into();
+        settings["origin_concurrency"] = concurrency.into();
+        let event = serde_json::json!({
+            "kind": "settings", "site": "portal", "settings": settings,
+            "from": "ghost", "fence": fence,
+        });
+        redis_cli(port, &["PUBLISH", "digue:events", &event.to_string()]);
+    };
+    under_lease(300, 64, 7);
+    rate_on(&a, 300).await;
+    rate_on(&b, 300).await;
+    // A holder that stalled past its lease sends its rate late, after the
+    // next holder's (fence 7): every node drops it.
+    under_lease(900, 33, 6);
+    for node in [&a, &b] {
+        node.wait_metric(
+            "digue_cluster_fenced_rates_total",
+            |n| n == 1.0,
+            Duration::from_secs(5),
+        )
+        .await;
+        let site = first_site(node).await;
+        assert_eq!(
+            site["admission"]["new_users_per_minute"], 300,
+            "not applied"
+        );
+        assert_eq!(site["origin"]["origin_concurrency"], 64, "nothing of it");
+    }
+    // An operator's change carries no fence: it always applies.
+    let got = b
+        .admin_call(Method::PATCH, "/admin/sites/portal/admission", patch)
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    rate_on(&a, 420).await;
+}
+
+#[tokio::test]
+async fn each_autopilot_lease_taken_gets_a_higher_fence() {
+    let cluster = Cluster::start(Origin::portal().await).await;
+    let a = cluster.piloted("a").start().await;
+    let b = cluster.piloted("b").start().await;
+    all_ready(&[&a, &b]).await;
+    let port = cluster.redis.port;
+    let [lease, fence] = digue::cluster::pilot_lease_keys("portal");
+    let held = async || {
+        let mut now = (String::new(), 0_u64);
+        wait_for(
+            "a node holds the lease",
+            Duration::from_secs(5),
+            async || {
+                let holder = redis_cli(port, &["GET", &lease]).trim().to_owned();
+                let fence = redis_cli(port, &["GET", &fence])
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                now = (holder.clone(), fence);
+                if holder.is_empty() {
+                    Err(now.clone())
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        now
+    };
+    let (first, fence_then) = held().await;
+    assert!(
+        fence_then > 1_600_000_000_000,
+        "a new fence starts at Redis's clock in ms: {fence_then}"
+    );
+    // The holder stalls: its lease lapses, and whichever node takes it
+    // next gets the next fence.
+    redis_cli(port, &["DEL", &lease]);
+    let (next, fence_now) = held().await;
+    assert_eq!(fence_now, fence_then + 1, "{first} then {next}");
 }

@@ -12,6 +12,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use serde::{Deserialize, Serialize};
 
+use super::fence::Fences;
 use crate::autopilot::Observation;
 use crate::config::{ClusterConfig, EventSpec, LiveSettings, RedisTarget};
 use crate::origin::Mode;
@@ -24,25 +25,40 @@ const BACKENDS: &str = "digue:backends";
 /// later learns them (and can place their pre-queue tickets).
 const SCHEDULE: &str = "digue:events";
 const PURGES: &str = "digue:purges";
-/// The autopilot's lease on a site's admission rate (`…:{site}`): the node
-/// holding it decides the rate for the whole cluster.
-const PILOT_LEASE: &str = "digue:autopilot:lease:";
 /// Each node's latest autopilot observation of a site (`…:{site}`, a hash
 /// by node), read by the lease holder.
 const PILOT_OBSERVATIONS: &str = "digue:autopilot:obs:";
-/// Takes the lease when free, renews it when held by this node (ARGV[1]),
-/// for ARGV[2] ms; 1 when this node holds it now.
+/// Takes the autopilot's lease on a site (KEYS[1], holding the node's name)
+/// when free, renews it when held by this node (ARGV[1]), for ARGV[2] ms.
+/// Returns the lease's fence while this node holds it, 0 when another does:
+/// each take counts one more in KEYS[2], which never expires. A missing
+/// fence (a new or emptied Redis) starts at Redis's clock in ms, above any
+/// fence an earlier Redis could have handed out, so nodes that remember one
+/// do not refuse the new holder's rates.
 const LEASE_SCRIPT: &str = r"
 local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+if holder and holder ~= ARGV[1] then
+  return 0
 end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+local fence = tonumber(redis.call('GET', KEYS[2]))
+if not fence then
+  local now = redis.call('TIME')
+  fence = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('SET', KEYS[2], string.format('%d', fence))
+elseif not holder then
+  fence = redis.call('INCR', KEYS[2])
 end
-return 0";
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return fence";
+
+/// The keys of a site's autopilot lease and of its fence, in the site's
+/// hash slot (the lease script touches both).
+pub fn pilot_lease_keys(site: &str) -> [String; 2] {
+    [
+        format!("{{digue:{site}}}:autopilot:lease"),
+        format!("{{digue:{site}}}:autopilot:fence"),
+    ]
+}
 /// Purges kept for nodes that reconnect.
 const PURGES_KEPT: isize = 1000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -70,6 +86,10 @@ pub enum Event {
         site: String,
         settings: LiveSettings,
         from: String,
+        /// The autopilot lease's fence, when its holder set the rate (not
+        /// for an operator's change): see `fence`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<u64>,
     },
     /// A backend set active, draining or down.
     Backend {
@@ -151,6 +171,8 @@ pub struct Cluster {
     pub calls: prometheus::IntCounter,
     /// Unix ms of the newest purge applied, to replay after a reconnect.
     pub(super) last_purge: AtomicU64,
+    /// The autopilot fences applied, by site.
+    pub(super) fences: Fences,
 }
 
 impl Cluster {
@@ -197,6 +219,7 @@ impl Cluster {
             up: AtomicBool::new(false),
             calls,
             last_purge: AtomicU64::new(crate::clock::unix_secs(crate::clock::wall()) * 1000),
+            fences: Fences::default(),
         }))
     }
 
@@ -343,22 +366,22 @@ impl Cluster {
     }
 
     /// Takes or renews this node's lease on `site`'s autopilot rate for
-    /// `ttl`: true while it holds it. Unreachable Redis reads as not
-    /// holding it, so no node moves the rate (each keeps the last one).
-    pub async fn pilot_lease(&self, site: &str, ttl: Duration) -> bool {
-        let Some(mut conn) = self.conn() else {
-            return false;
-        };
+    /// `ttl`: its fence while it holds it, to send with the rates it
+    /// decides. Unreachable Redis reads as not holding it, so no node moves
+    /// the rate (each keeps the last one).
+    pub async fn pilot_lease(&self, site: &str, ttl: Duration) -> Option<u64> {
+        let mut conn = self.conn()?;
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let script = redis::Script::new(LEASE_SCRIPT);
         let mut invocation = script.prepare_invoke();
-        invocation
-            .key(format!("{PILOT_LEASE}{site}"))
-            .arg(&self.node)
-            .arg(ms);
+        let [lease, fence] = pilot_lease_keys(site);
+        invocation.key(lease).key(fence).arg(&self.node).arg(ms);
         let held =
-            tokio::time::timeout(CONNECT_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await;
-        matches!(held, Ok(Ok(1)))
+            tokio::time::timeout(CONNECT_TIMEOUT, invocation.invoke_async::<u64>(&mut conn)).await;
+        let fence = held.ok()?.ok().filter(|&f| f > 0)?;
+        // This node's own rates go out under it: a later holder's
+        // supersedes them everywhere, here too.
+        self.fences.admits(site, fence).then_some(fence)
     }
 
     /// Publishes this node's observation of `site`'s interval; the hash

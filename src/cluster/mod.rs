@@ -3,6 +3,7 @@
 //!
 //! - `link`: the connection to Redis, events and what is kept there.
 //! - `sync`: the loops that apply what the other nodes say.
+//! - `fence`: a stalled autopilot lease holder's late rates are dropped.
 //!
 //! - The store is one Redis or a Redis Cluster (sharded), behind one
 //!   connection type ([`Conn`]) so scripts, pipelines and commands take one
@@ -25,8 +26,9 @@
 //!   plain connection to the first seed node that answers.
 //! - The Redis URL (it may hold a password) is never logged.
 
+mod fence;
 mod link;
 mod sync;
 
-pub use link::{Cluster, Conn, Event, PASSWORD_ENV};
+pub use link::{Cluster, Conn, Event, PASSWORD_ENV, pilot_lease_keys};
 pub use sync::run;

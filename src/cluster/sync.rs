@@ -62,6 +62,20 @@ fn apply(app: &App, cluster: &Cluster, event: Event) {
         Event::EventCancelled { site, name, .. } => {
             let _ = crate::opening::cancel(app, &site, &name);
         }
+        Event::Settings {
+            site,
+            fence: Some(fence),
+            from,
+            ..
+        } if !cluster.fences.admits(&site, fence) => {
+            app.metrics.fenced_rates.inc();
+            tracing::warn!(
+                site,
+                from,
+                fence,
+                "autopilot rate from a node whose lease has passed to another: dropped"
+            );
+        }
         Event::Settings { site, settings, .. } => apply_settings(app, &site, settings),
         Event::Backend {
             site,

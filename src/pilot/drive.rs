@@ -35,6 +35,7 @@ pub async fn drive(app: Arc<App>) {
                 continue;
             };
             let mut others = Vec::new();
+            let mut fence = None;
             if site.pilot.slow_due(now.instant)
                 && let Some(cluster) = &app.cluster
             {
@@ -42,7 +43,8 @@ pub async fn drive(app: Arc<App>) {
                 // The lease outlives two missed renewals, not more: a node
                 // that died hands the rate over within three intervals.
                 let ttl = site.pilot.settings().rate_interval * 3;
-                if !cluster.pilot_lease(name, ttl).await {
+                fence = cluster.pilot_lease(name, ttl).await;
+                if fence.is_none() {
                     let busy = site.metrics.busy_total();
                     let seen = site.pilot.observe(busy, now.instant, now.unix_millis());
                     cluster.publish_observation(name, &seen, ttl).await;
@@ -76,7 +78,7 @@ pub async fn drive(app: Arc<App>) {
                 })
             });
             match changed {
-                Ok(settings) => app.tell_cluster(name, settings),
+                Ok(settings) => app.tell_cluster(name, settings, fence),
                 Err(LiveRefused::NoSuchSite) => {}
                 Err(LiveRefused::Conflict(why) | LiveRefused::Invalid(why)) => {
                     tracing::warn!(site = %name, why, "autopilot: admission rate not applied");
