@@ -168,9 +168,12 @@ pub struct StallWatch {
 struct Watched {
     relay: Weak<Relayed>,
     stall: Stall,
-    /// Frames delivered at the last sweep, and the time since they moved.
+    /// Frames delivered at the last sweep, and the time since they moved
+    /// (counted again when the relay starts waiting on the other side).
     seen: u64,
     idle: Duration,
+    /// Whether the relay waited on the origin at the last sweep.
+    on_origin: bool,
 }
 
 /// How often the watchdog looks: a stalled body is cut between its stall
@@ -184,6 +187,7 @@ impl StallWatch {
             stall,
             seen: u64::MAX,
             idle: Duration::ZERO,
+            on_origin: false,
         });
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             tokio::spawn(sweep(Arc::downgrade(self)));
@@ -220,6 +224,12 @@ fn still_moving(w: &mut Watched) -> bool {
         w.seen = frames;
         w.idle = Duration::ZERO;
         return true;
+    }
+    if stream.awaiting_origin != w.on_origin {
+        // A client that paused, then asked for more the origin does not
+        // have yet: the origin's wait starts now, not with the pause.
+        w.on_origin = stream.awaiting_origin;
+        w.idle = Duration::ZERO;
     }
     w.idle += SWEEP_EVERY;
     let allowed = if stream.awaiting_origin {

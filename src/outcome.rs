@@ -93,6 +93,9 @@ closed_enum! {
         WaitTimeout => "wait_timeout",
         /// The site has max_websockets tunnels open already.
         TunnelsFull => "tunnels_full",
+        /// The client (its connection, or its network) already holds its
+        /// share of the origin's slots.
+        ClientShare => "client_share",
     }
 }
 

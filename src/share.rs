@@ -53,19 +53,33 @@ impl ConnectionSlots {
 /// or an IPv6 /64, the unit one machine holds. The connection share alone
 /// is no bound: one machine opens as many connections as it likes.
 ///
-/// The table only holds networks with a slot in use, so it never has more
-/// entries than the site has slots.
+/// The table only holds networks with a slot in use or a request waiting
+/// for one, so it is bounded by the requests in flight.
 #[derive(Default)]
 pub struct NetworkShares {
-    held: Mutex<HashMap<u64, usize>>,
-    /// Wakes the requests waiting for their network's share.
-    freed: Notify,
+    held: Mutex<HashMap<u64, Network>>,
     hasher: std::hash::RandomState,
+}
+
+/// One network's count, and the requests waiting for its share: a freed
+/// slot wakes one of them, never the waiters of every network.
+#[derive(Default)]
+struct Network {
+    slots: usize,
+    waiting: usize,
+    freed: Arc<Notify>,
 }
 
 /// One origin slot counted to a network; dropping it gives it back.
 pub struct NetworkPermit {
     shares: Arc<NetworkShares>,
+    key: u64,
+}
+
+/// A request waiting for its network's share; dropping it (served, timed
+/// out or cancelled) lets the table forget an idle network.
+struct Waiting<'a> {
+    shares: &'a NetworkShares,
     key: u64,
 }
 
@@ -79,68 +93,94 @@ impl NetworkShares {
     }
 
     /// Waits at most `wait` until `network` holds fewer than `cap` slots,
-    /// then counts one more to it. `cap` is read by the caller each time
-    /// (it follows the site's live origin limit).
+    /// then counts one more to it. `cap` (a share of the site's live origin
+    /// limit) is read once per request.
     pub async fn acquire(
         self: &Arc<Self>,
         network: u64,
         cap: usize,
         wait: Duration,
     ) -> Result<NetworkPermit, Saturated> {
+        let permit = || NetworkPermit {
+            shares: self.clone(),
+            key: network,
+        };
+        let freed = match self.take(network, cap, false) {
+            Ok(()) => return Ok(permit()),
+            Err(freed) => freed,
+        };
+        let _waiting = Waiting {
+            shares: self,
+            key: network,
+        };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before the check, so a slot freed between the
             // check and the wait still wakes this request.
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if self.try_take(network, cap) {
-                return Ok(NetworkPermit {
-                    shares: self.clone(),
-                    key: network,
-                });
+            let notified = freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.take(network, cap, true).is_ok() {
+                return Ok(permit());
             }
-            tokio::time::timeout_at(deadline, freed)
+            tokio::time::timeout_at(deadline, notified)
                 .await
                 .map_err(|_| Saturated)?;
         }
     }
 
-    fn try_take(&self, network: u64, cap: usize) -> bool {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = held.entry(network).or_insert(0);
-        if *count >= cap {
-            return false;
+    /// Counts a slot to `network` if it holds fewer than `cap`; else its
+    /// wake-up, the request counted among its waiters unless `waiting`
+    /// says it already is.
+    fn take(&self, network: u64, cap: usize, waiting: bool) -> Result<(), Arc<Notify>> {
+        let mut held = self.lock();
+        let entry = held.entry(network).or_default();
+        if entry.slots < cap {
+            entry.slots += 1;
+            return Ok(());
         }
-        *count += 1;
-        true
+        if !waiting {
+            entry.waiting += 1;
+        }
+        Err(entry.freed.clone())
     }
 
-    /// Networks holding a slot now.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Network>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes `network`'s entry, and forgets it once idle.
+    fn update(&self, network: u64, change: impl FnOnce(&mut Network)) -> Option<Arc<Notify>> {
+        let mut held = self.lock();
+        let Entry::Occupied(mut entry) = held.entry(network) else {
+            return None;
+        };
+        change(entry.get_mut());
+        let freed = entry.get().freed.clone();
+        if entry.get().slots == 0 && entry.get().waiting == 0 {
+            entry.remove();
+        }
+        Some(freed)
+    }
+
+    /// Networks holding a slot or waiting for one now.
     pub fn networks(&self) -> usize {
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.lock().len()
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.shares.update(self.key, |n| n.waiting -= 1);
     }
 }
 
 impl Drop for NetworkPermit {
     fn drop(&mut self) {
-        {
-            let mut held = self
-                .shares
-                .held
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Entry::Occupied(mut count) = held.entry(self.key) {
-                *count.get_mut() -= 1;
-                if *count.get() == 0 {
-                    count.remove();
-                }
-            }
+        let freed = self.shares.update(self.key, |n| n.slots -= 1);
+        if let Some(freed) = freed {
+            freed.notify_one();
         }
-        self.shares.freed.notify_waiters();
     }
 }
 
@@ -207,6 +247,39 @@ mod tests {
             0,
             "a network holding nothing is forgotten"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_freed_slot_serves_one_waiter_and_a_cancelled_wait_is_forgotten() {
+        let shares = Arc::new(NetworkShares::default());
+        let a = shares.network(ip("192.0.2.1"));
+        let held: Vec<_> =
+            futures_util::future::join_all((0..2).map(|_| shares.acquire(a, 2, Duration::ZERO)))
+                .await;
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let shares = shares.clone();
+                tokio::spawn(async move { shares.acquire(a, 2, Duration::from_secs(5)).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let cancelled = {
+            let shares = shares.clone();
+            tokio::spawn(async move { shares.acquire(a, 2, Duration::from_secs(5)).await })
+        };
+        tokio::task::yield_now().await;
+        cancelled.abort();
+        drop(held);
+        let mut served = Vec::new();
+        for waiter in waiters {
+            if let Ok(Ok(permit)) = tokio::time::timeout(Duration::from_secs(1), waiter).await {
+                served.push(permit);
+            }
+        }
+        assert_eq!(served.len(), 2, "two slots freed, two waiters served");
+        drop(served);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(shares.networks(), 0, "nobody holds or waits: forgotten");
     }
 
     #[tokio::test]

@@ -1667,12 +1667,49 @@ async fn a_rate_sent_under_an_older_autopilot_lease_is_dropped_and_an_operator_s
         );
         assert_eq!(site["origin"]["origin_concurrency"], 64, "nothing of it");
     }
+    // A holder's own late send is refused at the source: Redis keeps the
+    // later holder's settings, and nothing goes out.
+    let cluster_a = a.app().cluster.clone().expect("cluster mode");
+    let send = async |rate: u64, fence: u64| {
+        let mut settings = stored.clone();
+        settings["admission"]["new_users_per_minute"] = rate.into();
+        let settings = serde_json::from_value(settings).expect("live settings");
+        let from = cluster_a.node.clone();
+        let site = "portal".to_owned();
+        let fence = Some(fence);
+        cluster_a
+            .publish(&digue::cluster::Event::Settings {
+                site,
+                settings,
+                from,
+                fence,
+            })
+            .await;
+    };
+    send(250, 8).await;
+    rate_on(&b, 250).await;
+    send(950, 7).await;
+    let kept: Value = serde_json::from_str(&redis_cli(port, &["HGET", "digue:settings", "portal"]))
+        .expect("JSON");
+    assert_eq!(
+        kept["admission"]["new_users_per_minute"], 250,
+        "kept: fence 8"
+    );
+    assert_eq!(
+        redis_cli(port, &["HGET", "digue:settings", "portal#fence"]).trim(),
+        "8"
+    );
     // An operator's change carries no fence: it always applies.
     let got = b
         .admin_call(Method::PATCH, "/admin/sites/portal/admission", patch)
         .await;
     assert_eq!(got.status, 200, "{}", got.text());
     rate_on(&a, 420).await;
+    assert_eq!(
+        b.metric("digue_cluster_fenced_rates_total").await,
+        1.0,
+        "the refused send never reached B"
+    );
 }
 
 #[tokio::test]
@@ -1715,4 +1752,15 @@ async fn each_autopilot_lease_taken_gets_a_higher_fence() {
     redis_cli(port, &["DEL", &lease]);
     let (next, fence_now) = held().await;
     assert_eq!(fence_now, fence_then + 1, "{first} then {next}");
+    // Both nodes have read the fence (each reads the lease every 300 ms);
+    // then Redis is restored from an old snapshot: its fence is back to 5.
+    // The next holder's is still above what the nodes applied.
+    sleep(Duration::from_millis(700)).await;
+    redis_cli(port, &["SET", &fence, "5"]);
+    redis_cli(port, &["DEL", &lease]);
+    let (_, fence_after) = held().await;
+    assert!(
+        fence_after > fence_now,
+        "{fence_after} after a rollback, {fence_now} before"
+    );
 }

@@ -17,7 +17,7 @@ use crate::cache::store::Entry;
 use crate::config::CacheRule;
 use crate::guard::OriginPermit;
 use crate::origin::{Answer, Asker, Downstream, call_origin, no_body};
-use crate::outcome::{CacheStatus, Forward, OriginErrorKind};
+use crate::outcome::{BusyReason, CacheStatus, Forward, OriginErrorKind};
 use crate::share::ConnectionSlots;
 use crate::site::Site;
 use crate::target;
@@ -197,6 +197,12 @@ impl Fill {
         .await
         {
             Ok(Answer { head, body, slot }) => (head, body, slot),
+            // The leader's own share is full, not the origin: another
+            // follower may fetch for the others.
+            Err(failure @ Failure::Busy(BusyReason::ClientShare)) => {
+                leader.land(Landing::Abandoned);
+                return Fetched::Failed(failure);
+            }
             Err(failure) => {
                 leader.land(Landing::Failed(failure));
                 return Fetched::Failed(failure);

@@ -2,8 +2,11 @@
 //! past its expiry (a long pause, a partition), may still send the rate it
 //! decided before: by then another node holds the lease and decides. Each
 //! lease taken gets a number one higher than the last (the fence, kept in
-//! Redis); the holder sends it with every rate, and each node drops a rate
-//! whose fence is lower than one it has already applied.
+//! Redis); the holder sends it with every rate, Redis keeps the rate only if
+//! no higher fence stored its own, and each node drops a rate whose fence
+//! is lower than one it has already applied. Each node also follows the
+//! lease's current fence as Redis reports it, so a Redis restored from an
+//! old snapshot does not lock its next holder out.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -13,6 +16,22 @@ use std::sync::{Mutex, PoisonError};
 pub struct Fences(Mutex<HashMap<String, u64>>);
 
 impl Fences {
+    /// Takes `current`, the fence of the lease as Redis holds it now, as
+    /// the one to beat: lower than the highest applied only when Redis went
+    /// back in time, and then the lease holder's rates must not be refused.
+    pub fn follow(&self, site: &str, current: u64) {
+        if current > 0 {
+            let mut highest = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            highest.insert(site.to_owned(), current);
+        }
+    }
+
+    /// The highest fence applied to `site`, 0 before any.
+    pub fn highest(&self, site: &str) -> u64 {
+        let highest = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        highest.get(site).copied().unwrap_or(0)
+    }
+
     /// Whether a rate sent under `fence` may be applied to `site`: not when
     /// a later holder's was already applied. Remembers it when it may.
     pub fn admits(&self, site: &str, fence: u64) -> bool {
@@ -38,5 +57,9 @@ mod tests {
         assert!(fences.admits("portal", 3), "the next holder's");
         assert!(!fences.admits("portal", 2), "the stalled holder's, late");
         assert!(fences.admits("cned", 1), "each site its own");
+        // Redis restored from a snapshot: its holder's fence is lower.
+        fences.follow("portal", 2);
+        assert!(fences.admits("portal", 2), "the holder Redis names now");
+        assert_eq!(fences.highest("portal"), 2);
     }
 }

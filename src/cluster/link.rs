@@ -30,26 +30,41 @@ const PURGES: &str = "digue:purges";
 const PILOT_OBSERVATIONS: &str = "digue:autopilot:obs:";
 /// Takes the autopilot's lease on a site (KEYS[1], holding the node's name)
 /// when free, renews it when held by this node (ARGV[1]), for ARGV[2] ms.
-/// Returns the lease's fence while this node holds it, 0 when another does:
-/// each take counts one more in KEYS[2], which never expires. A missing
-/// fence (a new or emptied Redis) starts at Redis's clock in ms, above any
-/// fence an earlier Redis could have handed out, so nodes that remember one
-/// do not refuse the new holder's rates.
+/// Returns the lease's fence while this node holds it; when another does,
+/// the current fence, negated (0 when there is none yet): each take counts
+/// one more in KEYS[2], which never expires. The fence is
+/// never below ARGV[3], the highest this node has applied: a Redis rolled
+/// back to a snapshot (or a new, empty one, whose fence starts at Redis's
+/// clock in ms) must not hand out a fence the nodes would refuse.
 const LEASE_SCRIPT: &str = r"
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
-  return 0
+  return -(tonumber(redis.call('GET', KEYS[2])) or 0)
 end
 local fence = tonumber(redis.call('GET', KEYS[2]))
+local floor = tonumber(ARGV[3])
 if not fence then
   local now = redis.call('TIME')
-  fence = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-  redis.call('SET', KEYS[2], string.format('%d', fence))
-elseif not holder then
-  fence = redis.call('INCR', KEYS[2])
+  fence = math.max(tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), floor + 1)
+elseif not holder or fence < floor then
+  fence = math.max(fence, floor) + 1
 end
+redis.call('SET', KEYS[2], string.format('%d', fence))
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return fence";
+/// Stores a lease holder's settings of site ARGV[1] (ARGV[2], JSON) in
+/// KEYS[1] unless a higher fence than ARGV[3] already stored its own; 0
+/// when refused. The fence is kept beside them, in field `SITE#fence`.
+const FENCED_SETTINGS_SCRIPT: &str = r"
+local field = ARGV[1] .. '#fence'
+local stored = tonumber(redis.call('HGET', KEYS[1], field))
+if stored and tonumber(ARGV[3]) < stored then
+  return 0
+end
+redis.call('HSET', KEYS[1], field, ARGV[3], ARGV[1], ARGV[2])
+return 1";
+/// Ends the hash field that keeps a site's settings fence.
+const FENCE_FIELD_SUFFIX: &str = "#fence";
 
 /// The keys of a site's autopilot lease and of its fence, in the site's
 /// hash slot (the lease script touches both).
@@ -287,6 +302,19 @@ impl Cluster {
         // nodes of a Redis Cluster.
         let mut store = redis::pipe();
         match event {
+            Event::Settings {
+                site,
+                settings,
+                fence: Some(fence),
+                ..
+            } => {
+                let Ok(s) = serde_json::to_string(settings) else {
+                    return;
+                };
+                if !self.store_fenced(&mut conn, site, &s, *fence).await {
+                    return;
+                }
+            }
             Event::Settings { site, settings, .. } => {
                 if let Ok(s) = serde_json::to_string(settings) {
                     store.hset(SETTINGS, site, s).ignore();
@@ -313,8 +341,11 @@ impl Cluster {
         let mut news = redis::pipe();
         news.publish(EVENTS, &json).ignore();
         self.calls.inc();
+        let stored_already = matches!(event, Event::Settings { fence: Some(_), .. });
         let sent = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            store.query_async::<()>(&mut conn).await?;
+            if !stored_already {
+                store.query_async::<()>(&mut conn).await?;
+            }
             news.query_async::<()>(&mut conn).await
         })
         .await;
@@ -322,6 +353,36 @@ impl Cluster {
             tracing::warn!("could not publish a change to the other nodes");
         }
     }
+    /// Stores a lease holder's settings unless a later holder's are there:
+    /// false when they are not stored (refused, or Redis did not answer),
+    /// and then nothing is published either.
+    async fn store_fenced(&self, conn: &mut Conn, site: &str, json: &str, fence: u64) -> bool {
+        let script = redis::Script::new(FENCED_SETTINGS_SCRIPT);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(SETTINGS).arg(site).arg(json).arg(fence);
+        self.calls.inc();
+        let stored =
+            tokio::time::timeout(CONNECT_TIMEOUT, invocation.invoke_async::<i64>(conn)).await;
+        match stored {
+            Ok(Ok(1)) => true,
+            Ok(Ok(_)) => {
+                tracing::warn!(
+                    site,
+                    fence,
+                    "autopilot rate not sent: its lease has passed to another node"
+                );
+                false
+            }
+            _ => {
+                tracing::warn!(
+                    site,
+                    "could not publish the autopilot's rate to the other nodes"
+                );
+                false
+            }
+        }
+    }
+
     /// A subscription to the events on the first node that answers: PUBLISH
     /// reaches every node of a Redis Cluster, so any one will do.
     pub(super) async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
@@ -361,6 +422,7 @@ impl Cluster {
         stored
             .unwrap_or_default()
             .into_iter()
+            .filter(|(field, _)| !field.ends_with(FENCE_FIELD_SUFFIX))
             .filter_map(|(site, json)| Some((site, serde_json::from_str(&json).ok()?)))
             .collect()
     }
@@ -375,13 +437,27 @@ impl Cluster {
         let script = redis::Script::new(LEASE_SCRIPT);
         let mut invocation = script.prepare_invoke();
         let [lease, fence] = pilot_lease_keys(site);
-        invocation.key(lease).key(fence).arg(&self.node).arg(ms);
+        invocation
+            .key(lease)
+            .key(fence)
+            .arg(&self.node)
+            .arg(ms)
+            .arg(self.fences.highest(site));
         let held =
-            tokio::time::timeout(CONNECT_TIMEOUT, invocation.invoke_async::<u64>(&mut conn)).await;
-        let fence = held.ok()?.ok().filter(|&f| f > 0)?;
-        // This node's own rates go out under it: a later holder's
-        // supersedes them everywhere, here too.
-        self.fences.admits(site, fence).then_some(fence)
+            tokio::time::timeout(CONNECT_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await;
+        let answer = held.ok()?.ok()?;
+        match u64::try_from(answer) {
+            // This node's own rates go out under it: a later holder's
+            // supersedes them everywhere, here too.
+            Ok(fence) if fence > 0 => self.fences.admits(site, fence).then_some(fence),
+            // Another node holds it: its fence is the one to follow, even
+            // when lower than one applied before (a Redis restored from a
+            // snapshot), or this node would refuse its rates for good.
+            _ => {
+                self.fences.follow(site, answer.unsigned_abs());
+                None
+            }
+        }
     }
 
     /// Publishes this node's observation of `site`'s interval; the hash

@@ -133,22 +133,29 @@ pub async fn call_origin(
     // One queue deadline for the shares and the slot together.
     let queued = Instant::now() + route.queue_timeout;
     let left = || queued.saturating_duration_since(Instant::now());
-    let busy = |_| Failure::Busy(BusyReason::QueueTimeout);
+    let busy = |_| Failure::Busy(BusyReason::ClientShare);
+    let trusted = headers::is_trusted(asker.from, asker.trusted);
     let share = head
         .extensions
         .get::<ConnectionSlots>()
-        .filter(|_| !headers::is_trusted(asker.from, asker.trusted));
+        .filter(|_| !trusted);
     let connection = match share {
         Some(share) => Some(share.acquire(left()).await.map_err(busy)?),
         None => None,
     };
     let client = headers::client_ip(asker.from, &head.headers, asker.trusted);
-    let network = origin.network_share(client, left()).await.map_err(busy)?;
-    let route = Route {
+    // A trusted proxy that names no client carries its users as itself.
+    let network = if trusted && client == asker.from.peer.ip().to_canonical() {
+        None
+    } else {
+        origin.network_share(client, left()).await.map_err(busy)?
+    };
+    // The route with what is left of the queue deadline.
+    let queue = || Route {
         queue_timeout: left(),
         ..route
     };
-    let (mut at, mut slot) = origin.slot(&route, home, None).await?;
+    let (mut at, mut slot) = origin.slot(&queue(), home, None).await?;
     let started = Instant::now();
     let deadline = started + origin.timeout;
     let mut sent = send(&route, at, head, asker, body, deadline).await;
@@ -166,7 +173,7 @@ pub async fn call_origin(
             m.origin_error(kind);
             m.origin_retries.inc();
             drop(slot);
-            (at, slot) = origin.slot(&route, home, several.then_some(at)).await?;
+            (at, slot) = origin.slot(&queue(), home, several.then_some(at)).await?;
             sent = send(&route, at, head, asker, no_body(), deadline).await;
         }
     }

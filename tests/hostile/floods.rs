@@ -1248,3 +1248,53 @@ async fn many_connections_from_one_machine_cannot_pin_every_origin_slot() {
     assert_served(&proxy, "/", "after the downloads").await;
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_leader_whose_network_is_at_its_share_hands_the_fetch_to_another_client() {
+    let origin = Origin::start(|seen| {
+        let cc = if seen.target == "/page" {
+            "max-age=60"
+        } else {
+            "no-store"
+        };
+        crate::support::reply(200, &[("cache-control", cc)], "page")
+    })
+    .await;
+    let proxy = Digue::new(&origin.url())
+        .site(
+            "origin_concurrency = 2\norigin_queue_timeout = \"1s\"\n\
+             origin_share_per_network = 50",
+        )
+        .start()
+        .await;
+    // 127.0.0.1 holds its one slot of two with a request the origin sits on.
+    origin.hold();
+    let url = proxy.url("/held");
+    let holding = tokio::spawn(async move { get(&url, &[]).await });
+    origin.wait_for_total(1).await;
+    // It asks for a cold page: it leads the fetch, but waits for its share.
+    let url = proxy.url("/page");
+    let leader = tokio::spawn(async move { get(&url, &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another machine asks for the same page and follows that fetch.
+    let other = "127.0.0.2".parse().expect("ip");
+    let url = proxy.url("/page");
+    let follower = tokio::spawn(async move { crate::support::get_from(other, &url, &[]).await });
+    // The leader gives up at its queue deadline; the follower fetches.
+    origin.wait_for_total(2).await;
+    origin.release();
+    let follower = follower.await.expect("joined");
+    assert_eq!(
+        follower.status,
+        200,
+        "served, not the busy page of another network's share: {}",
+        follower.text()
+    );
+    assert_eq!(
+        leader.await.expect("joined").status,
+        503,
+        "its own share was full"
+    );
+    assert_eq!(holding.await.expect("joined").status, 200);
+    proxy.shutdown().await;
+}
