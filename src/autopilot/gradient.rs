@@ -21,7 +21,11 @@
 //! `minRTT` is re-measured every ~30 s (with jitter, so backends and nodes
 //! do not all dip at once) by holding the limit at its floor for one
 //! decision: a slower database moves the origin's baseline, and a stale
-//! `minRTT` would read it as overload forever.
+//! `minRTT` would read it as overload forever. Between probes it only goes
+//! down, to the lowest median a healthy window shows: the pages asked for
+//! change (the first arrivals' heavy login pages, then lighter ones), and a
+//! `minRTT` measured on heavier pages than today's reads an origin at its
+//! capacity as unloaded (the demo portal collapsed 2–4 s into every run).
 
 use std::time::Duration;
 
@@ -258,6 +262,17 @@ impl ConcurrencyController {
         let filled = self.gathered_peak >= old;
         let half_used = self.gathered_peak.saturating_mul(2) >= old;
         self.forget_gathered();
+        // `minRTT` is the lowest latency seen since the last probe: a probe
+        // that measured a heavier mix of pages than the traffic now asks
+        // for (the login pages of the first arrivals) would otherwise read
+        // every later window as unloaded and let the limit climb past the
+        // origin's capacity.
+        if !self.is_probing()
+            && stats.error_rate() <= ERROR_SHARE_CUT
+            && let Some(min_rtt) = self.min_rtt
+        {
+            self.min_rtt = Some(min_rtt.min(stats.p50.max(RESOLUTION)));
+        }
         let (wanted, reason) = match self.phase {
             Phase::Probing { restore } => {
                 self.end_probe(restore, &stats, now);
@@ -735,6 +750,34 @@ mod tests {
             20.0,
             BAND,
             "back near capacity after the next probe",
+        );
+    }
+
+    #[test]
+    fn a_min_rtt_measured_on_heavier_pages_is_lowered_and_the_fragile_portal_never_fails() {
+        let mut origin = Origin::new(20.0);
+        origin.fragile = true;
+        // The first arrivals ask for login pages three times heavier.
+        origin.base = 3 * BASE;
+        let mut run = Run::new(200);
+        run.windows(&mut origin, 1);
+        assert!(run.controller.min_rtt().is_some_and(|m| m >= 2 * BASE));
+        origin.base = BASE;
+        run.windows(&mut origin, 25);
+        let measured = run.controller.min_rtt().unwrap_or_default();
+        assert!(
+            measured <= BASE * 3 / 2,
+            "minRTT {measured:?} follows the lighter pages"
+        );
+        let failing: Vec<_> = run
+            .decisions
+            .iter()
+            .filter(|d| d.stats.error_rate() > 0.0)
+            .map(|d| d.old)
+            .collect();
+        assert!(
+            failing.is_empty(),
+            "limits that sent the portal past its capacity: {failing:?}"
         );
     }
 
