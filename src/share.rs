@@ -1,8 +1,9 @@
 //! A client's share of a site's origin slots: per connection and per
 //! network. A slot is held until the response body is relayed, so a client
 //! that stops reading holds it until the stall watchdog cuts the body
-//! (`origin_timeout`); without shares, a few such clients could hold every
-//! slot and send everyone else to the busy page.
+//! (`client_send_timeout`), and one that reads just fast enough holds it
+//! for as long as the body lasts; without shares, a few such clients could
+//! hold every slot and send everyone else to the busy page.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
