@@ -32,10 +32,10 @@ const PILOT_OBSERVATIONS: &str = "digue:autopilot:obs:";
 /// when free, renews it when held by this node (ARGV[1]), for ARGV[2] ms.
 /// Returns the lease's fence while this node holds it; when another does,
 /// the current fence, negated (0 when there is none yet): each take counts
-/// one more in KEYS[2], which never expires. The fence is
-/// never below ARGV[3], the highest this node has applied: a Redis rolled
-/// back to a snapshot (or a new, empty one, whose fence starts at Redis's
-/// clock in ms) must not hand out a fence the nodes would refuse.
+/// one more in KEYS[2], which never expires. The fence is never below
+/// ARGV[3], the highest this node has applied: a Redis rolled back to a
+/// snapshot (or a new, empty one, whose fence starts at Redis's clock in
+/// ms) must not hand out a fence the nodes would refuse.
 const LEASE_SCRIPT: &str = r"
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
@@ -74,6 +74,7 @@ pub fn pilot_lease_keys(site: &str) -> [String; 2] {
         format!("{{digue:{site}}}:autopilot:fence"),
     ]
 }
+
 /// Purges kept for nodes that reconnect.
 const PURGES_KEPT: isize = 1000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -353,6 +354,7 @@ impl Cluster {
             tracing::warn!("could not publish a change to the other nodes");
         }
     }
+
     /// Stores a lease holder's settings unless a later holder's are there:
     /// false when they are not stored (refused, or Redis did not answer),
     /// and then nothing is published either.
