@@ -37,9 +37,10 @@ use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 use tokio::time::Instant;
 
+use crate::cache::policy::session_cookie_values;
 use crate::config::{ClientKey, ClientLimitConfig};
 
 /// How often idle clients are forgotten.
@@ -186,20 +187,8 @@ impl ClientLimiter {
 /// The value of the first of the site's session cookies in the request
 /// (names in any case, pairs cut at `;` and `,` as the cache reads them),
 /// as bytes: browsers send non-ASCII values. `None` when absent or empty.
-fn session_value<'h>(headers: &'h HeaderMap, names: &[String]) -> Option<&'h [u8]> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';' || *b == b','))
-        .find_map(|pair| {
-            let eq = pair.iter().position(|b| *b == b'=')?;
-            let name = pair[..eq].trim_ascii();
-            let value = pair[eq + 1..].trim_ascii();
-            let named = names
-                .iter()
-                .any(|n| n.as_bytes().eq_ignore_ascii_case(name));
-            (named && !value.is_empty()).then_some(value)
-        })
+fn session_value<'h>(headers: &'h HeaderMap, names: &'h [String]) -> Option<&'h [u8]> {
+    session_cookie_values(headers, names).find(|value| !value.is_empty())
 }
 
 #[cfg(test)]
@@ -207,6 +196,7 @@ mod tests {
     use std::num::NonZeroU32;
 
     use http::HeaderValue;
+    use http::header;
 
     use super::*;
 

@@ -53,25 +53,32 @@ fn has_body(headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// Whether any `Cookie` header names one of `names`.
+/// The values of the `Cookie` pairs named one of `names`, in order.
 /// Works on bytes: browsers send non-ASCII cookie values, and such a header
 /// must not hide the session cookie next to them. The stricter reading
 /// wins: names in any case (`sid` for `SID`: some stacks read them so), and
 /// `,` as well as `;` between pairs (RFC 2965 servers split on both).
-pub fn has_session_cookie(headers: &HeaderMap, names: &[String]) -> bool {
+pub fn session_cookie_values<'a>(
+    headers: &'a HeaderMap,
+    names: &'a [String],
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
         .get_all(header::COOKIE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b';' || *b == b','))
-        .filter_map(|pair| {
+        .filter_map(move |pair| {
             let eq = pair.iter().position(|b| *b == b'=')?;
-            Some(pair[..eq].trim_ascii())
-        })
-        .any(|name| {
-            names
+            let name = pair[..eq].trim_ascii();
+            let named = names
                 .iter()
-                .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(name));
+            named.then(|| pair[eq + 1..].trim_ascii())
         })
+}
+
+/// Whether any `Cookie` header names one of `names` (empty or not).
+pub fn has_session_cookie(headers: &HeaderMap, names: &[String]) -> bool {
+    session_cookie_values(headers, names).next().is_some()
 }
 
 /// How a storable response is to be kept.
