@@ -342,9 +342,9 @@ impl Cluster {
         let mut news = redis::pipe();
         news.publish(EVENTS, &json).ignore();
         self.calls.inc();
-        let stored_already = matches!(event, Event::Settings { fence: Some(_), .. });
         let sent = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            if !stored_already {
+            // Empty when a fenced rate was stored already, by its script.
+            if !store.is_empty() {
                 store.query_async::<()>(&mut conn).await?;
             }
             news.query_async::<()>(&mut conn).await
