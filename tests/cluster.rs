@@ -389,8 +389,8 @@ async fn resuming_admissions_live_lets_no_burst_through_the_shared_budget() {
     );
 }
 
-#[tokio::test]
-async fn a_hard_purge_on_one_node_invalidates_the_copy_on_another_within_a_second() {
+/// Nodes A and B in front of a page kept a minute, each having fetched it.
+async fn pair_holding_a_page() -> (Cluster, Proxy, Proxy) {
     let origin = Origin::fixed(&[("cache-control", "max-age=60")], "bonjour").await;
     let cluster = Cluster::start(origin).await;
     let a = cluster.node("a").start().await;
@@ -398,6 +398,14 @@ async fn a_hard_purge_on_one_node_invalidates_the_copy_on_another_within_a_secon
     for node in [&a, &b] {
         wait_readyz(node, REACHABLE, SETTLE).await;
         get(&node.url("/page"), &[]).await;
+    }
+    (cluster, a, b)
+}
+
+#[tokio::test]
+async fn a_hard_purge_on_one_node_invalidates_the_copy_on_another_within_a_second() {
+    let (cluster, a, b) = pair_holding_a_page().await;
+    for node in [&a, &b] {
         let hit = get(&node.url("/page"), &[]).await;
         assert!(
             hit.cache_status().starts_with("digue; hit"),
@@ -418,14 +426,7 @@ async fn a_hard_purge_on_one_node_invalidates_the_copy_on_another_within_a_secon
 
 #[tokio::test]
 async fn a_post_on_one_node_invalidates_the_copy_on_another() {
-    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "bonjour").await;
-    let cluster = Cluster::start(origin).await;
-    let a = cluster.node("a").start().await;
-    let b = cluster.node("b").start().await;
-    for node in [&a, &b] {
-        wait_readyz(node, REACHABLE, SETTLE).await;
-        get(&node.url("/page"), &[]).await;
-    }
+    let (_cluster, a, b) = pair_holding_a_page().await;
     let posted = support::send(support::request(Method::POST, &a.url("/page"), &[], "x=1")).await;
     assert!(
         posted.cache_status().ends_with("detail=invalidated"),
