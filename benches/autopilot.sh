@@ -9,7 +9,8 @@
 #   static3x   both three times too high.
 # Reports pupils admitted, the portal's failures, timeouts, time to get in,
 # the ETA's error, and the share of the portal's capacity used — over the run
-# and once converged (leaving out the 30 s after each change of capacity).
+# and once converged (leaving out the 30 s after each change of capacity and
+# the seconds when no pupil was waiting to get in), per capacity phase too.
 #
 # Usage: benches/autopilot.sh
 # Knobs (environment):
@@ -124,9 +125,19 @@ def secs(t):
 changes = [secs(e.split(":")[0]) for e in schedule.split(",")]
 r = json.load(open(f"{d}/report.json"))
 p, resp, portal = r["pupils"], r["responses"], r.get("portal") or {}
-settled = [t["portal_capacity_used_share"] for t in r["timeline"]
-           if t.get("portal_capacity_used_share") is not None
-           and all(not (c <= t["second"] < c + 30) for c in changes)]
+# "Once converged": leaving out the 30 s after each change of capacity, and
+# the seconds when no pupil was waiting to get in (a portal nobody asks for
+# more cannot be used more: the old reading counted the end of the run,
+# everyone in, as capacity the autopilot left unused). Also per phase.
+phases = {}
+for t in r["timeline"]:
+    share = t.get("portal_capacity_used_share")
+    if share is None or t["pupils_waiting"] == 0:
+        continue
+    started = max((c for c in changes if c <= t["second"]), default=0)
+    if t["second"] >= started + 30:
+        phases.setdefault(started, []).append(share)
+settled = [s for shares in phases.values() for s in shares]
 tg = r.get("time_to_get_in") or {}
 eta = r.get("eta") or {}
 print(json.dumps({
@@ -137,6 +148,7 @@ print(json.dumps({
   "eta_err": eta.get("median_abs_error_seconds"),
   "share": portal.get("capacity_used_share"),
   "settled_share": sum(settled) / len(settled) if settled else None,
+  "phase_shares": ["{:.0f}s: {:.0%}".format(c, sum(v) / len(v)) for c, v in sorted(phases.items())],
 }))
 PY
 )"
@@ -163,7 +175,8 @@ cols = [
   ("time to get in p50 / p90 (s)", lambda r: "{} / {}".format(f(r["tti_p50"], "{:.1f}"), f(r["tti_p90"], "{:.1f}"))),
   ("ETA median error (s)", lambda r: f(r["eta_err"], "{:.1f}")),
   ("portal capacity used, whole run", lambda r: f(r["share"], "{:.0%}")),
-  ("portal capacity used, once converged", lambda r: f(r["settled_share"], "{:.0%}")),
+  ("portal capacity used, once converged (while pupils waited)", lambda r: f(r["settled_share"], "{:.0%}")),
+  ("the same, per capacity phase (from)", lambda r: ", ".join(r["phase_shares"]) or "-"),
 ]
 names = list(rows)
 print("| | " + " | ".join(label.get(n, n) for n in names) + " |")
