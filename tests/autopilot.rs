@@ -79,6 +79,31 @@ async fn limit_until(
     .await;
 }
 
+/// The admission rate the autopilot holds.
+async fn rate(proxy: &Proxy) -> f64 {
+    proxy
+        .metric("digue_autopilot_rate_per_minute{site=\"portal\"}")
+        .await
+}
+
+/// Waits (at most `within`) until the rate satisfies `ok`.
+async fn rate_until(proxy: &Proxy, what: &str, within: Duration, ok: impl Fn(f64) -> bool) {
+    wait_for(what, within, async || {
+        let r = rate(proxy).await;
+        if ok(r) { Ok(()) } else { Err(r) }
+    })
+    .await;
+}
+
+/// The site as `GET /admin/sites` shows it.
+async fn site_view(proxy: &Proxy) -> serde_json::Value {
+    let sites = proxy
+        .admin_call(Method::GET, "/admin/sites", "")
+        .await
+        .json();
+    sites["sites"][0].clone()
+}
+
 /// Waits (10 s at most) for the limit to climb between 0.8 and 1.6 × the
 /// portal's capacity.
 async fn climbs_near_capacity(proxy: &Proxy, origin: &Origin) {
@@ -153,11 +178,8 @@ async fn the_autopilot_finds_the_portal_s_capacity_follows_a_halving_and_climbs_
     for c in clients {
         c.await.expect("client");
     }
-    let sites = proxy
-        .admin_call(Method::GET, "/admin/sites", "")
-        .await
-        .json();
-    let decisions = &sites["sites"][0]["autopilot"]["decisions"];
+    let site = site_view(&proxy).await;
+    let decisions = &site["autopilot"]["decisions"];
     assert!(
         decisions
             .as_array()
@@ -170,6 +192,75 @@ async fn the_autopilot_finds_the_portal_s_capacity_follows_a_halving_and_climbs_
             .is_some_and(|w| w.contains('→')),
         "each with its reason in words: {decisions}"
     );
+    proxy.shutdown().await;
+}
+
+/// The March 2020 failure: the portal accepts, then answers nothing. Its
+/// requests would time out only after `origin_timeout` (a minute here);
+/// meanwhile no latency comes back, which read as an idle backend. The
+/// requests unanswered for a whole window are samples: the limit falls
+/// within a second or two, the admission rate is cut at the next interval,
+/// and the limit climbs back once the portal answers.
+#[tokio::test]
+async fn a_portal_that_stops_answering_is_cut_long_before_its_requests_time_out() {
+    let origin = portal().await;
+    // Twice the usual capacity: the admission loop judges an interval on
+    // 20 requests at least, and the requests caught unanswered are those
+    // in flight when the portal stops.
+    origin.set_capacity(2 * CAPACITY, BASE);
+    let proxy = Digue::new(&origin.url())
+        .admin()
+        .site(
+            "origin_concurrency = 200\norigin_timeout = \"60s\"\norigin_queue_timeout = \"30s\"\n\
+             [site.autopilot]\nenabled = true\ninterval = \"100ms\"\nrate_interval = \"500ms\"\n\
+             target_latency = \"200ms\"\nmin_origin_concurrency = 1\n\
+             min_new_users_per_minute = 60\n",
+        )
+        .admission("new_users_per_minute = 600")
+        .start()
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = surge(&proxy, 80, &stop);
+    let what = "the limit climbs well past 20";
+    limit_until(&proxy, &origin, what, Duration::from_secs(10), |l| {
+        l >= 30.0
+    })
+    .await;
+    let before = limit(&proxy, &origin).await;
+    let rate_before = rate(&proxy).await;
+
+    origin.hold();
+    limit_until(
+        &proxy,
+        &origin,
+        "the limit falls to a third while the portal answers nothing",
+        Duration::from_secs(5),
+        |l| l * 3.0 <= before,
+    )
+    .await;
+    // A limit at its floor cuts the rate too; with 1 as the floor, only
+    // the latency of the unanswered requests can.
+    let what = "the admission rate is cut for the latency of the unanswered requests";
+    rate_until(&proxy, what, Duration::from_secs(5), |r| {
+        r <= 0.7 * rate_before
+    })
+    .await;
+    let said = site_view(&proxy).await["autopilot"]["decisions"].to_string();
+    assert!(
+        said.contains("toujours sans réponse") && said.contains("> cible 200 ms"),
+        "the decisions say why: {said}"
+    );
+
+    origin.release();
+    let what = "the limit climbs back once the portal answers";
+    limit_until(&proxy, &origin, what, Duration::from_secs(15), |l| {
+        l >= 24.0
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.expect("client");
+    }
     proxy.shutdown().await;
 }
 
@@ -264,34 +355,17 @@ async fn a_slow_portal_makes_the_autopilot_cut_the_admission_rate_and_an_empty_l
         .admission("new_users_per_minute = 600")
         .start()
         .await;
-    let rate = async || {
-        proxy
-            .metric("digue_autopilot_rate_per_minute{site=\"portal\"}")
-            .await
-    };
     let stop = Arc::new(AtomicBool::new(false));
     let clients = surge(&proxy, 20, &stop);
-    wait_for(
-        "the rate is cut while the portal answers slower than the target",
-        Duration::from_secs(10),
-        async || {
-            let r = rate().await;
-            if (1.0..=420.0).contains(&r) {
-                Ok(())
-            } else {
-                Err(r)
-            }
-        },
-    )
+    let what = "the rate is cut while the portal answers slower than the target";
+    rate_until(&proxy, what, Duration::from_secs(10), |r| {
+        (1.0..=420.0).contains(&r)
+    })
     .await;
-    let sites = proxy
-        .admin_call(Method::GET, "/admin/sites", "")
-        .await
-        .json();
-    let site = &sites["sites"][0];
+    let site = &site_view(&proxy).await;
     assert_eq!(
         site["admission"]["new_users_per_minute"].as_f64(),
-        Some(rate().await),
+        Some(rate(&proxy).await),
         "the cut is applied to the waiting room: {site}"
     );
     let words = site["autopilot"]["decisions"]
@@ -356,7 +430,7 @@ async fn a_slow_portal_makes_the_autopilot_cut_the_admission_rate_and_an_empty_l
         },
     )
     .await;
-    let held = rate().await;
+    let held = rate(&proxy).await;
     let start = counted(&proxy.metrics().await);
     wait_for(
         "three intervals judge the line empty",
@@ -368,7 +442,7 @@ async fn a_slow_portal_makes_the_autopilot_cut_the_admission_rate_and_an_empty_l
     )
     .await;
     assert_eq!(
-        rate().await,
+        rate(&proxy).await,
         held,
         "healthy again, but nobody waits: nothing to learn, the rate stays"
     );
@@ -419,12 +493,9 @@ async fn a_restart_resumes_from_what_the_autopilot_had_found() {
     assert_eq!(pace["origin_limits"][origin.url()], found, "{saved}");
 
     let proxy = digue.start().await;
-    let sites = proxy
-        .admin_call(Method::GET, "/admin/sites", "")
-        .await
-        .json();
     assert_eq!(
-        sites["sites"][0]["admission"]["new_users_per_minute"], 420,
+        site_view(&proxy).await["admission"]["new_users_per_minute"],
+        420,
         "the rate it had, not the file's 6000"
     );
     let stop = Arc::new(AtomicBool::new(false));
@@ -433,11 +504,7 @@ async fn a_restart_resumes_from_what_the_autopilot_had_found() {
         "the first measure gives the saved limit back",
         Duration::from_secs(10),
         async || {
-            let sites = proxy
-                .admin_call(Method::GET, "/admin/sites", "")
-                .await
-                .json();
-            let decisions = sites["sites"][0]["autopilot"]["decisions"].clone();
+            let decisions = site_view(&proxy).await["autopilot"]["decisions"].clone();
             let measured = decisions
                 .as_array()
                 .and_then(|d| d.iter().find(|d| d["reason"] == "min_rtt"))

@@ -8,7 +8,10 @@
 //! an origin whose latency grows with its load past a capacity C, it
 //! settles where `limit = C × (1 + buffer) + √limit` (27 for C = 20, 64 for
 //! C = 50): the √limit headroom keeps a small queue at the origin, so a
-//! rise in capacity shows up as a latency that does not rise.
+//! rise in capacity shows up as a latency that does not rise. The window
+//! it reads counts the requests still unanswered after a whole window as
+//! samples of the window's length (`LatencySnapshot::with_stalled`): a
+//! backend that stops answering is cut, not read as idle.
 //!
 //! It starts as Envoy's filter does, by measuring `minRTT` at its floor,
 //! then climbs by slow start (the limit doubles each window while latency
@@ -378,7 +381,9 @@ impl ConcurrencyController {
     /// The smoothed limit the gradient asks for. The median, not the p90:
     /// it is stable over the few dozen samples of a window, and `minRTT`
     /// is a median too, so the ratio compares like with like. The tail and
-    /// failures are the error rule's and the admission loop's business.
+    /// failures are the error rule's and the admission loop's business. A
+    /// median that is a request still unanswered after a whole window is
+    /// no noise to damp: that move is taken whole.
     fn follow_gradient(&self, stats: &WindowStats) -> f64 {
         let Some(min_rtt) = self.min_rtt else {
             return self.limit;
@@ -387,7 +392,11 @@ impl ConcurrencyController {
         let gradient =
             (min_rtt.as_secs_f64() * (1.0 + RTT_BUFFER) / sample).clamp(MIN_GRADIENT, 1.0);
         let target = self.limit * gradient + self.limit.sqrt();
-        self.limit + SMOOTHING * (target - self.limit)
+        let smoothing = match stats.stalled.saturating_mul(2) > stats.samples {
+            true => 1.0,
+            false => SMOOTHING,
+        };
+        self.limit + smoothing * (target - self.limit)
     }
 
     fn decision(&self, old: usize, reason: LimitReason, stats: WindowStats) -> LimitDecision {
@@ -445,9 +454,18 @@ impl Decision for LimitDecision {
             None if fr => "inconnue".to_owned(),
             None => "unknown".to_owned(),
         };
+        let stalled = match (self.stats.stalled, fr) {
+            (0, _) => String::new(),
+            (n, true) => format!(", {n} toujours sans réponse"),
+            (n, false) => format!(", {n} still unanswered"),
+        };
         match (self.reason, fr) {
-            (LimitReason::Latency, true) => format!("latence {p50} pour {min_rtt} à vide"),
-            (LimitReason::Latency, false) => format!("latency {p50} vs {min_rtt} unloaded"),
+            (LimitReason::Latency, true) => {
+                format!("latence {p50} pour {min_rtt} à vide{stalled}")
+            }
+            (LimitReason::Latency, false) => {
+                format!("latency {p50} vs {min_rtt} unloaded{stalled}")
+            }
             (LimitReason::Errors, true) => {
                 format!("erreurs {}", words::percent(self.stats.error_rate(), lang))
             }
@@ -966,6 +984,40 @@ mod tests {
         assert!(
             !controller.at_floor(),
             "slow start at the floor is no collapse"
+        );
+    }
+
+    #[test]
+    fn a_backend_that_stops_answering_is_cut_by_its_unanswered_requests() {
+        let mut run = Run::new(200);
+        run.windows(&mut Origin::new(20.0), 40);
+        let before = run.controller.limit();
+        assert!(before >= 20, "steady near the capacity first: {run:?}");
+        // No answer at all from now on: what was sent stays in flight.
+        let silent = LatencySnapshot::default();
+        let mut alone = run.controller.clone();
+        let held = alone.on_window(&silent, FULL, run.now + WINDOW);
+        assert_eq!(
+            (held.reason, held.new),
+            (LimitReason::FewSamples, before),
+            "without the requests in flight, silence reads as an idle backend"
+        );
+        let mut limits = Vec::new();
+        for _ in 0..5 {
+            let stalled = silent.with_stalled(run.controller.limit() as u64, WINDOW);
+            run.now += WINDOW;
+            let decision = run.controller.on_window(&stalled, FULL, run.now);
+            // Under ten in flight, two windows make one decision.
+            if decision.reason != LimitReason::FewSamples {
+                assert_eq!(decision.reason, LimitReason::Latency, "{decision:?}");
+                let words = decision.describe_fr();
+                assert!(words.contains("toujours sans réponse"), "{words}");
+            }
+            limits.push(decision.new);
+        }
+        assert!(
+            limits.windows(2).all(|w| w[1] <= w[0]) && limits[4] * 3 <= before,
+            "a third of {before} or less within five windows: {limits:?}"
         );
     }
 

@@ -17,6 +17,9 @@ pub struct Observation {
     pub buckets: Vec<(usize, u64)>,
     pub errors: u64,
     pub answered_micros: u64,
+    /// Samples that are requests still unanswered (absent from older nodes).
+    #[serde(default)]
+    pub stalled: u64,
     /// Busy pages the node served over the interval.
     pub busy: u64,
 }
@@ -35,6 +38,7 @@ impl Observation {
                 .collect(),
             errors: window.errors,
             answered_micros: window.answered_micros,
+            stalled: window.stalled,
             busy,
         }
     }
@@ -52,6 +56,9 @@ impl Observation {
         }
         window.errors = self.errors.min(window.samples());
         window.answered_micros = self.answered_micros.min(MAX_COUNT * MAX_COUNT);
+        window.stalled = self
+            .stalled
+            .min(window.samples().saturating_sub(window.errors));
         window
     }
 }
@@ -89,11 +96,13 @@ mod tests {
         let hostile = Observation {
             buckets: vec![(usize::MAX, 5), (BUCKETS, 9), (3, u64::MAX), (3, u64::MAX)],
             errors: u64::MAX,
+            stalled: u64::MAX,
             ..Observation::default()
         };
         let window = hostile.window();
         assert_eq!(window.samples(), MAX_COUNT, "capped, not wrapped");
         assert_eq!(window.errors, MAX_COUNT, "no more errors than samples");
+        assert_eq!(window.stalled, 0, "nor unanswered ones than the rest");
         let mut merged = window.clone();
         merged.merge(&window);
         assert_eq!(merged.stats().samples, 2 * MAX_COUNT);

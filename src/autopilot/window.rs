@@ -7,6 +7,13 @@
 //! the true order statistic, so it is within **12.5 % of the true value**
 //! (within 1.02 ms below 1.02 ms). Latencies from 67.1 s up and failures share
 //! the top bucket, read as [`WORST_LATENCY`].
+//!
+//! It also knows which requests are still in flight and since which window
+//! ([`LatencyWindow::depart`], [`LatencyWindow::stalled`]): a portal that
+//! stops answering (the March 2020 failure: connections accepted, no answer)
+//! gives no latency until its requests time out, and missing samples would
+//! read as an idle backend. A request in flight for a whole window is a
+//! sample already: at least that slow.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,6 +30,10 @@ pub const BUCKETS: usize = 1 + (HIGH_OCTAVE - LOW_OCTAVE) as usize * SUBS + 1;
 const TOP: usize = BUCKETS - 1;
 /// What a failure counts as, and what the top bucket reads as.
 pub const WORST_LATENCY: Duration = Duration::from_micros(1 << HIGH_OCTAVE);
+/// Requests in flight are counted by the window they left in, modulo this:
+/// one in flight for over 62 windows is read as young for two windows in
+/// 64, which only delays its being counted.
+const EPOCHS: usize = 64;
 
 /// The recorder shared by every request to one backend. Lock-free: a record
 /// is two relaxed atomic additions, no allocation.
@@ -40,6 +51,12 @@ pub struct LatencyWindow {
     /// after 5 s would otherwise halve the limit five windows in a row, to
     /// its floor, on the same overload.
     generation: AtomicU64,
+    /// The window's number, bumped by each [`LatencyWindow::take`].
+    epoch: AtomicU64,
+    /// Requests in flight by the window they left in (modulo [`EPOCHS`]).
+    /// Each count only goes down after it went up, so the sum over slots
+    /// is exact even when one wraps.
+    flying: [AtomicU64; EPOCHS],
 }
 
 impl Default for LatencyWindow {
@@ -49,8 +66,42 @@ impl Default for LatencyWindow {
             errors: AtomicU64::new(0),
             answered_micros: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            flying: [const { AtomicU64::new(0) }; EPOCHS],
         }
     }
+}
+
+/// One request on its way to the backend: in flight until it is answered,
+/// fails, or is dropped (the client hung up: it is no sample).
+#[must_use = "a flight is counted in flight until it is dropped"]
+#[derive(Debug)]
+pub struct Flight<'a> {
+    window: &'a LatencyWindow,
+    epoch: u64,
+    generation: u64,
+}
+
+impl Flight<'_> {
+    /// An answer (to response headers) that was not a 5xx.
+    pub fn answered(self, latency: Duration) {
+        self.window.record(latency);
+    }
+
+    /// A timeout, a connection failure or a 5xx.
+    pub fn failed(self) {
+        self.window.record_failure(self.generation);
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.window.flying[slot(self.epoch)].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn slot(epoch: u64) -> usize {
+    (epoch % EPOCHS as u64) as usize
 }
 
 impl LatencyWindow {
@@ -90,15 +141,42 @@ impl LatencyWindow {
         self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request leaves for the backend now: say how it ended through the
+    /// flight, which counts it in flight meanwhile.
+    pub fn depart(&self) -> Flight<'_> {
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        self.flying[slot(epoch)].fetch_add(1, Ordering::Relaxed);
+        Flight {
+            window: self,
+            epoch,
+            generation: self.generation(),
+        }
+    }
+
+    /// Requests still in flight that left before the last `windows`
+    /// windows began: unanswered for at least that many whole windows (1
+    /// to 62). Read after [`LatencyWindow::take`] with 1, they are the
+    /// requests the window just taken could not time. A request leaving
+    /// while this runs is never counted.
+    pub fn stalled(&self, windows: u64) -> u64 {
+        let now = self.epoch.load(Ordering::Relaxed);
+        let young = windows.clamp(1, EPOCHS as u64 - 2);
+        (young + 1..EPOCHS as u64)
+            .map(|age| self.flying[slot(now.wrapping_sub(age))].load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
     /// Reads and resets the window. A request recorded while this runs lands
     /// in this window or the next, never in both nor in neither; its error
     /// count may land in the other window than its bucket, which only shifts
     /// one error by one window.
     pub fn take(&self) -> LatencySnapshot {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
         LatencySnapshot {
             counts: std::array::from_fn(|i| self.buckets[i].swap(0, Ordering::Relaxed)),
             errors: self.errors.swap(0, Ordering::Relaxed),
             answered_micros: self.answered_micros.swap(0, Ordering::Relaxed),
+            stalled: 0,
         }
     }
 }
@@ -113,6 +191,9 @@ pub struct LatencySnapshot {
     pub errors: u64,
     /// Sum of the answered requests' latencies, in µs.
     pub answered_micros: u64,
+    /// Samples that are requests still unanswered (see
+    /// [`LatencySnapshot::with_stalled`]), also counted in `counts`.
+    pub stalled: u64,
 }
 
 impl Default for LatencySnapshot {
@@ -121,6 +202,7 @@ impl Default for LatencySnapshot {
             counts: [0; BUCKETS],
             errors: 0,
             answered_micros: 0,
+            stalled: 0,
         }
     }
 }
@@ -132,6 +214,8 @@ pub struct WindowStats {
     pub samples: u64,
     /// Timeouts, connection failures and 5xx.
     pub errors: u64,
+    /// Requests still unanswered, counted at a lower bound of their latency.
+    pub stalled: u64,
     /// Percentiles over every sample, failures read as [`WORST_LATENCY`].
     pub p50: Duration,
     pub p90: Duration,
@@ -142,12 +226,13 @@ pub struct WindowStats {
 }
 
 impl WindowStats {
-    /// Share of the samples that failed, 0 when there were none.
+    /// Share of the requests that ended which failed, 0 when none ended:
+    /// requests still unanswered do not water the failures down.
     pub fn error_rate(&self) -> f64 {
-        if self.samples == 0 {
-            return 0.0;
+        match self.samples.saturating_sub(self.stalled) {
+            0 => 0.0,
+            ended => self.errors as f64 / ended as f64,
         }
-        self.errors as f64 / self.samples as f64
     }
 }
 
@@ -162,14 +247,29 @@ impl LatencySnapshot {
         }
         self.errors += other.errors;
         self.answered_micros += other.answered_micros;
+        self.stalled += other.stalled;
+    }
+
+    /// This window and `stalled` requests still unanswered after `at` (the
+    /// window's length): samples of `at`, a lower bound of their latency
+    /// (read, as every sample, within its bucket's 12.5 %). A loop counts
+    /// them each window they stay unanswered (each window says what is
+    /// known then), and again as what they turn out to be once they end.
+    pub fn with_stalled(&self, stalled: u64, at: Duration) -> LatencySnapshot {
+        let mut window = self.clone();
+        let micros = u64::try_from(at.as_micros()).unwrap_or(u64::MAX);
+        window.counts[bucket(micros)] += stalled;
+        window.stalled += stalled;
+        window
     }
 
     pub fn stats(&self) -> WindowStats {
         let samples = self.samples();
-        let answered = samples.saturating_sub(self.errors);
+        let answered = samples.saturating_sub(self.errors + self.stalled);
         WindowStats {
             samples,
             errors: self.errors,
+            stalled: self.stalled,
             p50: self.percentile(0.5),
             p90: self.percentile(0.9),
             p99: self.percentile(0.99),
@@ -301,6 +401,62 @@ mod tests {
             (stats.samples, stats.errors),
             (2, 1),
             "only the failure sent after the cut is news"
+        );
+    }
+
+    #[test]
+    fn requests_unanswered_for_a_whole_window_are_stalled_until_they_end() {
+        let window = LatencyWindow::new();
+        let early: Vec<Flight> = (0..3).map(|_| window.depart()).collect();
+        window.take();
+        assert_eq!(window.stalled(1), 0, "in flight for part of a window only");
+        let late = window.depart();
+        window.take();
+        assert_eq!(
+            window.stalled(1),
+            3,
+            "the early three spanned a whole window"
+        );
+        assert_eq!(window.stalled(2), 0, "but not two");
+        let mut early = early.into_iter();
+        early.next().expect("flight").answered(ms(1500));
+        early.next().expect("flight").failed();
+        drop(early.next());
+        assert_eq!(window.stalled(1), 0, "answered, failed, or dropped: ended");
+        window.take();
+        assert_eq!(window.stalled(1), 1, "then the late one");
+        late.answered(ms(900));
+        assert_eq!(window.stalled(1), 0);
+        // Around the ring of epochs and back, nothing is left over.
+        for _ in 0..3 * EPOCHS {
+            let flight = window.depart();
+            window.take();
+            window.take();
+            assert_eq!(window.stalled(1), 1, "one request, two windows old");
+            drop(flight);
+        }
+        assert_eq!(window.stalled(1), 0);
+    }
+
+    #[test]
+    fn stalled_samples_read_as_slow_but_neither_fail_nor_average() {
+        let window = LatencyWindow::new();
+        for _ in 0..4 {
+            window.record(ms(20));
+        }
+        window.record_failure(0);
+        let stats = window.take().with_stalled(5, ms(1000)).stats();
+        assert_eq!((stats.samples, stats.stalled), (10, 5));
+        assert!(
+            (stats.error_rate() - 0.2).abs() < 1e-9,
+            "one failure in the five that ended, not in ten: {}",
+            stats.error_rate()
+        );
+        assert_eq!(stats.mean, ms(20), "the mean is over answers only");
+        assert!(
+            stats.p90 >= ms(875) && stats.p90 <= ms(1125),
+            "unanswered after 1 s reads as 1 s, within a bucket: {:?}",
+            stats.p90
         );
     }
 

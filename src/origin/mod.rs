@@ -228,7 +228,7 @@ async fn send(
         .unwrap_or_else(|| asker.host.clone());
     let req = backend.pool.request(head, asker, host, body);
     state.metrics.requests.inc();
-    let generation = state.window.generation();
+    let flight = state.window.depart();
     let started = Instant::now();
     let sent = backend.pool.send(req, deadline).await;
     let took = started.elapsed();
@@ -244,10 +244,10 @@ async fn send(
         Err(_) => false,
     };
     if failed {
-        state.window.record_failure(generation);
+        flight.failed();
         state.failed(route.now, route.balance, origin.may_eject(route.now));
     } else if sent.is_ok() {
-        state.window.record(took);
+        flight.answered(took);
         state.succeeded(route.now);
     }
     sent

@@ -57,6 +57,11 @@ struct Inner {
     next_slow: Option<Instant>,
     /// Every backend's latencies since the slow loop last looked.
     since_slow: LatencySnapshot,
+    /// Requests unanswered for a whole slow interval, over every backend,
+    /// when the fast loop last looked: samples for the slow loop too, or a
+    /// portal that stops answering reads as one with too few requests to
+    /// judge, and admissions go on into it until its requests time out.
+    stalled_for_slow: u64,
     /// The busy-page count when the slow loop last looked.
     busy_seen: Option<u64>,
     decisions: Decisions,
@@ -68,6 +73,22 @@ struct Inner {
     published: u64,
     /// The last observation read from each other node, by its `seq`.
     read_from: BTreeMap<String, u64>,
+}
+
+impl Inner {
+    /// The latencies since the slow loop last looked, with the requests
+    /// unanswered all that time as samples of its length.
+    fn take_since_slow(&mut self) -> LatencySnapshot {
+        let window = std::mem::take(&mut self.since_slow);
+        let at = self.settings.interval * slow_windows(&self.settings) as u32;
+        window.with_stalled(std::mem::take(&mut self.stalled_for_slow), at)
+    }
+}
+
+/// Fast-loop windows in a slow interval, at least 1.
+fn slow_windows(settings: &AutopilotConfig) -> u64 {
+    let fast = settings.interval.as_millis().max(1);
+    (settings.rate_interval.as_millis() / fast).max(1) as u64
 }
 
 /// What the slow loop sees of the site besides the origin's latencies.
@@ -92,6 +113,7 @@ impl Pilot {
                 next_fast: None,
                 next_slow: None,
                 since_slow: LatencySnapshot::default(),
+                stalled_for_slow: 0,
                 busy_seen: None,
                 decisions: Decisions::new(),
                 last_limit_log: None,
@@ -166,9 +188,12 @@ impl Pilot {
             .limits
             .retain(|name, _| names.contains(&name.as_str()));
         let mut moved = Vec::new();
+        let slow_windows = slow_windows(&settings);
+        let mut stalled_for_slow = 0;
         for state in origin.states() {
             let window = state.window.take();
             inner.since_slow.merge(&window);
+            stalled_for_slow += state.window.stalled(slow_windows);
             let controller = inner.limits.entry(state.name.clone()).or_insert_with(|| {
                 // A guard under the ceiling holds a value learned before
                 // (a resume, an operator's): give it back after the
@@ -184,7 +209,14 @@ impl Pilot {
             if state.guard.limit() != controller.limit() {
                 controller.set_limit(state.guard.limit());
             }
-            let decision = controller.on_window(&window, state.guard.take_peak(), now);
+            // Requests unanswered for a whole window are samples too,
+            // but not for a probe: `minRTT` is timed on answers.
+            let stalled = match controller.is_probing() {
+                true => 0,
+                false => state.window.stalled(1),
+            };
+            let judged = window.with_stalled(stalled, settings.interval);
+            let decision = controller.on_window(&judged, state.guard.take_peak(), now);
             if decision.reason == LimitReason::Errors {
                 state.window.new_generation();
             }
@@ -206,6 +238,7 @@ impl Pilot {
                     .push(decision.record(at_unix, Some(&state.name)));
             }
         }
+        inner.stalled_for_slow = stalled_for_slow;
         let log_due = inner
             .last_limit_log
             .is_none_or(|at| now.duration_since(at) >= LOG_LIMITS_EVERY);
@@ -227,7 +260,7 @@ impl Pilot {
     pub fn observe(&self, busy_total: u64, now: Instant, at_ms: u64) -> Observation {
         let mut inner = self.inner();
         inner.next_slow = Some(now + inner.settings.rate_interval);
-        let window = std::mem::take(&mut inner.since_slow);
+        let window = inner.take_since_slow();
         let busy_before = inner.busy_seen.replace(busy_total);
         inner.published += 1;
         let busy = busy_total.saturating_sub(busy_before.unwrap_or(busy_total));
@@ -252,7 +285,7 @@ impl Pilot {
         }
         inner.next_slow = Some(now + settings.rate_interval);
         self.note_rate(&mut inner, now, line.rate_now);
-        let mut window = std::mem::take(&mut inner.since_slow);
+        let mut window = inner.take_since_slow();
         let busy_before = inner.busy_seen.replace(line.busy_total);
         let mut others_busy = 0_u64;
         let fresh_since = at_ms.saturating_sub(millis(settings.rate_interval * 2));
