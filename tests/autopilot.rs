@@ -1,7 +1,8 @@
 //! The autopilot over real sockets: in front of a portal whose capacity
 //! the test sets (and changes), with ceilings far above it, digue finds
 //! that capacity, follows it when it halves and climbs back when it
-//! returns; an operator pins it, resumes it, and reads its decisions.
+//! returns, and cuts a portal that stops answering before its requests
+//! time out; an operator pins it, resumes it, and reads its decisions.
 
 mod support;
 
