@@ -4,7 +4,8 @@
 //! Every window (~1 s) the limit follows the ratio of the backend's latency
 //! at low load (`minRTT`, plus a buffer) to its current median latency:
 //! `limit = limit × gradient + √limit`, the gradient clamped to [0.5, 1],
-//! half of the move taken, the result within the operator's bounds. Against
+//! half of the move taken (all of it when most samples are requests still
+//! unanswered), the result within the operator's bounds. Against
 //! an origin whose latency grows with its load past a capacity C, it
 //! settles where `limit = C × (1 + buffer) + √limit` (27 for C = 20, 64 for
 //! C = 50): the √limit headroom keeps a small queue at the origin, so a
@@ -52,7 +53,8 @@ const RTT_BUFFER: f64 = 0.1;
 /// A decision at most halves the limit, as in Envoy and Gradient2.
 const MIN_GRADIENT: f64 = 0.5;
 /// Share of the way to the new limit taken per decision: damps noisy
-/// medians; an error cut is not smoothed.
+/// medians; an error cut, and a move on mostly unanswered requests, are
+/// not smoothed.
 const SMOOTHING: f64 = 0.5;
 /// More than 10 % of failures halves the limit at once, whatever the
 /// median says: an origin that fails fast (a 503 from its own limiter)
@@ -381,9 +383,9 @@ impl ConcurrencyController {
     /// The smoothed limit the gradient asks for. The median, not the p90:
     /// it is stable over the few dozen samples of a window, and `minRTT`
     /// is a median too, so the ratio compares like with like. The tail and
-    /// failures are the error rule's and the admission loop's business. A
-    /// median that is a request still unanswered after a whole window is
-    /// no noise to damp: that move is taken whole.
+    /// failures are the error rule's and the admission loop's business.
+    /// When most samples are requests still unanswered after a whole
+    /// window, the median is no noise to damp: that move is taken whole.
     fn follow_gradient(&self, stats: &WindowStats) -> f64 {
         let Some(min_rtt) = self.min_rtt else {
             return self.limit;

@@ -22,5 +22,5 @@ pub use decisions::{Decision, DecisionRecord, Decisions, Direction, Loop};
 pub use gradient::{ConcurrencyConfig, ConcurrencyController, LimitDecision, LimitReason};
 pub use observation::Observation;
 pub use rate::{RateConfig, RateController, RateDecision, RateObservation, RateReason};
-pub use window::{LatencySnapshot, LatencyWindow, WindowStats};
+pub use window::{LatencySnapshot, LatencyWindow, MAX_STALL_WINDOWS, WindowStats};
 pub use words::Lang;

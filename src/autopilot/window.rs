@@ -31,9 +31,11 @@ const TOP: usize = BUCKETS - 1;
 /// What a failure counts as, and what the top bucket reads as.
 pub const WORST_LATENCY: Duration = Duration::from_micros(1 << HIGH_OCTAVE);
 /// Requests in flight are counted by the window they left in, modulo this:
-/// one in flight for over 62 windows is read as young for two windows in
-/// 64, which only delays its being counted.
+/// one in flight for longer than the ring is read as young again for a few
+/// windows, which only delays its being counted.
 const EPOCHS: usize = 64;
+/// The longest stall [`LatencyWindow::stalled`] can tell, in windows.
+pub const MAX_STALL_WINDOWS: u64 = EPOCHS as u64 - 2;
 
 /// The recorder shared by every request to one backend. Lock-free: a record
 /// is two relaxed atomic additions, no allocation.
@@ -73,30 +75,40 @@ impl Default for LatencyWindow {
 }
 
 /// One request on its way to the backend: in flight until it is answered,
-/// fails, or is dropped (the client hung up: it is no sample).
+/// fails, or is dropped without either (the client hung up, a reused
+/// connection failed, the client's body failed: no sample).
 #[must_use = "a flight is counted in flight until it is dropped"]
 #[derive(Debug)]
 pub struct Flight<'a> {
     window: &'a LatencyWindow,
-    epoch: u64,
+    /// The window it left in; `None` when it is not counted in flight.
+    epoch: Option<u64>,
     generation: u64,
 }
 
 impl Flight<'_> {
     /// An answer (to response headers) that was not a 5xx.
+    /// Out of flight first, so that no window reads it both stalled and
+    /// answered.
     pub fn answered(self, latency: Duration) {
-        self.window.record(latency);
+        let window = self.window;
+        drop(self);
+        window.record(latency);
     }
 
     /// A timeout, a connection failure or a 5xx.
     pub fn failed(self) {
-        self.window.record_failure(self.generation);
+        let (window, generation) = (self.window, self.generation);
+        drop(self);
+        window.record_failure(generation);
     }
 }
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
-        self.window.flying[slot(self.epoch)].fetch_sub(1, Ordering::Relaxed);
+        if let Some(epoch) = self.epoch {
+            self.window.flying[slot(epoch)].fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -142,10 +154,15 @@ impl LatencyWindow {
     }
 
     /// A request leaves for the backend now: say how it ended through the
-    /// flight, which counts it in flight meanwhile.
-    pub fn depart(&self) -> Flight<'_> {
-        let epoch = self.epoch.load(Ordering::Relaxed);
-        self.flying[slot(epoch)].fetch_add(1, Ordering::Relaxed);
+    /// flight, which counts it in flight meanwhile. One that streams a
+    /// body from the client is not: a pupil's slow upload is no stall of
+    /// the backend.
+    pub fn depart(&self, streams_body: bool) -> Flight<'_> {
+        let epoch = (!streams_body).then(|| {
+            let epoch = self.epoch.load(Ordering::Relaxed);
+            self.flying[slot(epoch)].fetch_add(1, Ordering::Relaxed);
+            epoch
+        });
         Flight {
             window: self,
             epoch,
@@ -155,12 +172,12 @@ impl LatencyWindow {
 
     /// Requests still in flight that left before the last `windows`
     /// windows began: unanswered for at least that many whole windows (1
-    /// to 62). Read after [`LatencyWindow::take`] with 1, they are the
+    /// to [`MAX_STALL_WINDOWS`]). Read after [`LatencyWindow::take`] with 1, they are the
     /// requests the window just taken could not time. A request leaving
     /// while this runs is never counted.
     pub fn stalled(&self, windows: u64) -> u64 {
         let now = self.epoch.load(Ordering::Relaxed);
-        let young = windows.clamp(1, EPOCHS as u64 - 2);
+        let young = windows.clamp(1, MAX_STALL_WINDOWS);
         (young + 1..EPOCHS as u64)
             .map(|age| self.flying[slot(now.wrapping_sub(age))].load(Ordering::Relaxed))
             .fold(0, u64::wrapping_add)
@@ -226,13 +243,15 @@ pub struct WindowStats {
 }
 
 impl WindowStats {
-    /// Share of the requests that ended which failed, 0 when none ended:
-    /// requests still unanswered do not water the failures down.
+    /// Share of the samples that failed, 0 when there were none. Requests
+    /// still unanswered count among the samples: a share over the few that
+    /// ended would read one 500 beside nineteen stalled as 100 %, and the
+    /// stalled ones are the latency rule's business.
     pub fn error_rate(&self) -> f64 {
-        match self.samples.saturating_sub(self.stalled) {
-            0 => 0.0,
-            ended => self.errors as f64 / ended as f64,
+        if self.samples == 0 {
+            return 0.0;
         }
+        self.errors as f64 / self.samples as f64
     }
 }
 
@@ -407,16 +426,18 @@ mod tests {
     #[test]
     fn requests_unanswered_for_a_whole_window_are_stalled_until_they_end() {
         let window = LatencyWindow::new();
-        let early: Vec<Flight> = (0..3).map(|_| window.depart()).collect();
+        let early: Vec<Flight> = (0..3).map(|_| window.depart(false)).collect();
+        let upload = window.depart(true);
         window.take();
         assert_eq!(window.stalled(1), 0, "in flight for part of a window only");
-        let late = window.depart();
+        let late = window.depart(false);
         window.take();
         assert_eq!(
             window.stalled(1),
             3,
-            "the early three spanned a whole window"
+            "the early three spanned a whole window, the upload is not counted"
         );
+        drop(upload);
         assert_eq!(window.stalled(2), 0, "but not two");
         let mut early = early.into_iter();
         early.next().expect("flight").answered(ms(1500));
@@ -429,7 +450,7 @@ mod tests {
         assert_eq!(window.stalled(1), 0);
         // Around the ring of epochs and back, nothing is left over.
         for _ in 0..3 * EPOCHS {
-            let flight = window.depart();
+            let flight = window.depart(false);
             window.take();
             window.take();
             assert_eq!(window.stalled(1), 1, "one request, two windows old");
@@ -448,8 +469,8 @@ mod tests {
         let stats = window.take().with_stalled(5, ms(1000)).stats();
         assert_eq!((stats.samples, stats.stalled), (10, 5));
         assert!(
-            (stats.error_rate() - 0.2).abs() < 1e-9,
-            "one failure in the five that ended, not in ten: {}",
+            (stats.error_rate() - 0.1).abs() < 1e-9,
+            "one failure in ten requests, not one in the five that ended: {}",
             stats.error_rate()
         );
         assert_eq!(stats.mean, ms(20), "the mean is over answers only");

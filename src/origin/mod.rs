@@ -226,9 +226,10 @@ async fn send(
         .host_override
         .clone()
         .unwrap_or_else(|| asker.host.clone());
+    let streams_body = !body.is_end_stream();
     let req = backend.pool.request(head, asker, host, body);
     state.metrics.requests.inc();
-    let flight = state.window.depart();
+    let flight = state.window.depart(streams_body);
     let started = Instant::now();
     let sent = backend.pool.send(req, deadline).await;
     let took = started.elapsed();

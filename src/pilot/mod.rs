@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::admission::state::SavedPace;
 use crate::autopilot::{
     ConcurrencyConfig, ConcurrencyController, Decision, Decisions, Direction, LatencySnapshot,
-    LimitReason, Observation, RateConfig, RateController, RateObservation,
+    LimitReason, MAX_STALL_WINDOWS, Observation, RateConfig, RateController, RateObservation,
 };
 use crate::config::{AutopilotConfig, AutopilotPatch, LiveSettings, SiteConfig};
 use crate::metrics::{AutopilotMetrics, Metrics};
@@ -77,18 +77,26 @@ struct Inner {
 
 impl Inner {
     /// The latencies since the slow loop last looked, with the requests
-    /// unanswered all that time as samples of its length.
+    /// unanswered all that time as samples of its length, if that is
+    /// beyond `target_latency` (a shorter bound would read as on target).
     fn take_since_slow(&mut self) -> LatencySnapshot {
         let window = std::mem::take(&mut self.since_slow);
+        let stalled = std::mem::take(&mut self.stalled_for_slow);
         let at = self.settings.interval * slow_windows(&self.settings) as u32;
-        window.with_stalled(std::mem::take(&mut self.stalled_for_slow), at)
+        match at > self.settings.target_latency {
+            true => window.with_stalled(stalled, at),
+            false => window,
+        }
     }
 }
 
-/// Fast-loop windows in a slow interval, at least 1.
+/// Fast-loop windows in a slow interval, from 1 to the longest stall a
+/// window can tell (a longer `rate_interval` counts requests unanswered for
+/// that long: still a lower bound).
 fn slow_windows(settings: &AutopilotConfig) -> u64 {
     let fast = settings.interval.as_millis().max(1);
-    (settings.rate_interval.as_millis() / fast).max(1) as u64
+    let windows = u64::try_from(settings.rate_interval.as_millis() / fast).unwrap_or(u64::MAX);
+    windows.clamp(1, MAX_STALL_WINDOWS)
 }
 
 /// What the slow loop sees of the site besides the origin's latencies.
@@ -209,11 +217,16 @@ impl Pilot {
             if state.guard.limit() != controller.limit() {
                 controller.set_limit(state.guard.limit());
             }
-            // Requests unanswered for a whole window are samples too,
-            // but not for a probe: `minRTT` is timed on answers.
-            let stalled = match controller.is_probing() {
-                true => 0,
-                false => state.window.stalled(1),
+            // Requests unanswered for a whole window are samples too, but
+            // not for a probe (`minRTT` is timed on answers), and only when
+            // a window is long beside the backend's unloaded latency: a
+            // sample of one window must read as slow, never as fast.
+            let long_window = controller
+                .min_rtt()
+                .is_some_and(|rtt| rtt * 2 <= settings.interval);
+            let stalled = match !controller.is_probing() && long_window {
+                true => state.window.stalled(1),
+                false => 0,
             };
             let judged = window.with_stalled(stalled, settings.interval);
             let decision = controller.on_window(&judged, state.guard.take_peak(), now);
