@@ -996,9 +996,9 @@ mod tests {
         let before = run.controller.limit();
         assert!(before >= 20, "steady near the capacity first: {run:?}");
         // No answer at all from now on: what was sent stays in flight.
-        let silent = LatencySnapshot::default();
+        let silent = LatencySnapshot::default;
         let mut alone = run.controller.clone();
-        let held = alone.on_window(&silent, FULL, run.now + WINDOW);
+        let held = alone.on_window(&silent(), FULL, run.now + WINDOW);
         assert_eq!(
             (held.reason, held.new),
             (LimitReason::FewSamples, before),
@@ -1006,7 +1006,7 @@ mod tests {
         );
         let mut limits = Vec::new();
         for _ in 0..5 {
-            let stalled = silent.with_stalled(run.controller.limit() as u64, WINDOW);
+            let stalled = silent().with_stalled(run.controller.limit() as u64, WINDOW);
             run.now += WINDOW;
             let decision = run.controller.on_window(&stalled, FULL, run.now);
             // Under ten in flight, two windows make one decision.

@@ -123,7 +123,7 @@ impl LatencyWindow {
 
     /// An answer from the origin (to response headers), that was not a 5xx.
     pub fn record(&self, latency: Duration) {
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let micros = micros(latency);
         self.buckets[bucket(micros)].fetch_add(1, Ordering::Relaxed);
         self.answered_micros.fetch_add(micros, Ordering::Relaxed);
     }
@@ -172,9 +172,9 @@ impl LatencyWindow {
 
     /// Requests still in flight that left before the last `windows`
     /// windows began: unanswered for at least that many whole windows (1
-    /// to [`MAX_STALL_WINDOWS`]). Read after [`LatencyWindow::take`] with 1, they are the
-    /// requests the window just taken could not time. A request leaving
-    /// while this runs is never counted.
+    /// to [`MAX_STALL_WINDOWS`]). Read after [`LatencyWindow::take`] with
+    /// 1, they are the requests the window just taken could not time. A
+    /// request leaving while this runs is never counted.
     pub fn stalled(&self, windows: u64) -> u64 {
         let now = self.epoch.load(Ordering::Relaxed);
         let young = windows.clamp(1, MAX_STALL_WINDOWS);
@@ -274,12 +274,10 @@ impl LatencySnapshot {
     /// (read, as every sample, within its bucket's 12.5 %). A loop counts
     /// them each window they stay unanswered (each window says what is
     /// known then), and again as what they turn out to be once they end.
-    pub fn with_stalled(&self, stalled: u64, at: Duration) -> LatencySnapshot {
-        let mut window = self.clone();
-        let micros = u64::try_from(at.as_micros()).unwrap_or(u64::MAX);
-        window.counts[bucket(micros)] += stalled;
-        window.stalled += stalled;
-        window
+    pub fn with_stalled(mut self, stalled: u64, at: Duration) -> LatencySnapshot {
+        self.counts[bucket(micros(at))] += stalled;
+        self.stalled += stalled;
+        self
     }
 
     pub fn stats(&self) -> WindowStats {
@@ -320,6 +318,11 @@ impl LatencySnapshot {
         }
         Duration::ZERO
     }
+}
+
+/// A latency in µs, saturating.
+fn micros(latency: Duration) -> u64 {
+    u64::try_from(latency.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The bucket of a latency in µs.
